@@ -1,0 +1,100 @@
+"""What an accelerator gives the rest of kvmpy: vCPUs that run until an exit.
+
+Both accelerators register a QOM type under ``accel`` and expose :class:`Vcpu` objects with the
+same exit-based ``run()``.  Differences that are real are declared in :class:`AccelCaps`, which
+the board reads (KVM keeps the timer and IPIs in the kernel; the interpreter needs the ACLINT
+and SBI TIME/IPI in the VMM).  No device knows which accelerator runs it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar, Protocol
+
+from kvmpy.accel.exits import VcpuExit
+from kvmpy.qom import Object, Property, register_type
+
+if TYPE_CHECKING:
+    from kvmpy.memory import GuestRAM
+
+# mip/mie bit numbers (privileged spec 3.1.9), used as ``irq`` in Vcpu.set_irq.
+IRQ_S_SOFT = 1
+IRQ_M_SOFT = 3
+IRQ_S_TIMER = 5
+IRQ_M_TIMER = 7
+IRQ_S_EXT = 9
+IRQ_M_EXT = 11
+
+PRV_U = 0
+PRV_S = 1
+PRV_M = 3
+
+
+@dataclass(frozen=True)
+class AccelCaps:
+    """What the board must provide itself, depending on the accelerator."""
+
+    machine_mode: bool
+    """Harts start in M-mode and can run M-mode firmware (OpenSBI, bare-metal tests)."""
+    in_kernel_timer_ipi: bool
+    """Timer, IPIs and SBI TIME/IPI/RFENCE/HSM/SRST are handled below the VMM (KVM)."""
+    isa_extensions: tuple[str, ...] = field(default=())
+    """Extensions as they appear in ``riscv,isa`` after ``rv64``: ("i", "m", ..., "zicsr", ...)."""
+    mmu_type: str = "riscv,sv48"
+
+
+class Vcpu(Protocol):
+    """One hart as an accelerator runs it. ``run()`` returns a :data:`VcpuExit`."""
+
+    index: int
+
+    def run(self) -> VcpuExit:
+        """Run until an exit; the previous exit must have been completed."""
+        ...
+
+    def complete_mmio_read(self, value: int) -> None:
+        """Give the value of the MMIO load reported by the last exit."""
+        ...
+
+    def complete_sbi(self, error: int, value: int) -> None:
+        """Give a0 (SBI error) and a1 (value) for the SBI call reported by the last exit."""
+        ...
+
+    def kick(self) -> None:
+        """Thread-safe: make a running ``run()`` return ``IntrExit`` soon."""
+        ...
+
+    def set_irq(self, irq: int, level: bool) -> None:
+        """Thread-safe: drive interrupt pin ``irq`` (a mip bit number) of this hart."""
+        ...
+
+    def get_reg(self, name: str) -> int:
+        """Read a register by name: ``pc``, ``x0``..``x31`` (or ABI names), ``f0``..``f31``,
+        CSR names (``mstatus``, ``satp``, ...), ``priv``."""
+        ...
+
+    def set_reg(self, name: str, value: int) -> None:
+        ...
+
+
+@register_type("accel", "object", abstract=True, description="accelerator")
+class Accelerator(Object):
+    """Base of accelerators. ``name`` is what ``-accel`` takes (``kvm``, ``tcg``)."""
+
+    name: ClassVar[str]
+    caps: AccelCaps
+    vcpus: list[Vcpu]
+
+    thread = Property(str, "multi", "vCPU threading", choices=("single", "multi"))
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """None when this accelerator can run here, else the one-line reason why not."""
+        return None
+
+    def init_machine(self, ram: GuestRAM, num_harts: int) -> None:
+        """Phase 5: take the RAM mapping and create one vCPU per hart."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release vCPUs, file descriptors and native state."""
