@@ -1,0 +1,68 @@
+"""Character device backends, QEMU's ``-chardev``: the byte pipes devices and monitors talk over.
+
+A frontend (UART, monitor) writes with :meth:`Chardev.write` and receives input through the
+handlers it installs with :meth:`Chardev.set_handlers` (QEMU's ``qemu_chr_fe_set_handlers``):
+the backend calls ``can_receive()`` to learn how many bytes the frontend accepts now, then
+``receive(data)`` with at most that many.  Backends are driven by the main loop through
+:meth:`Chardev.fileno` / :meth:`Chardev.on_readable`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from kvmpy.qom import Object, Property, register_type
+
+ReceiveHandler = Callable[[bytes], None]
+CanReceiveHandler = Callable[[], int]
+
+
+@register_type("chardev", "object", abstract=True, description="character device backend")
+class Chardev(Object):
+    """Base backend. Subclasses implement ``write`` and, when they have input, ``fileno``."""
+
+    id = Property(str, "", "chardev id")
+    logfile = Property(str, "", "also write output to this file")
+
+    def __init__(self) -> None:
+        self._receive: ReceiveHandler | None = None
+        self._can_receive: CanReceiveHandler | None = None
+        self._pending = b""
+
+    def set_handlers(self, receive: ReceiveHandler | None,
+                     can_receive: CanReceiveHandler | None = None) -> None:
+        """Install the frontend's input handlers (None detaches)."""
+        self._receive = receive
+        self._can_receive = can_receive
+        self.accept_input()
+
+    def open(self) -> None:
+        """Acquire OS resources (files, sockets, terminal mode); raises ConfigError."""
+
+    def close(self) -> None:
+        """Release OS resources and restore the terminal; safe to call twice."""
+
+    def write(self, data: bytes) -> int:
+        """Send frontend output; returns the bytes accepted (all of them unless closed)."""
+        raise NotImplementedError
+
+    def fileno(self) -> int | None:
+        """File descriptor the main loop waits on for input, or None."""
+        return None
+
+    def on_readable(self) -> None:
+        """The main loop saw ``fileno()`` readable: read and deliver input."""
+
+    def deliver(self, data: bytes) -> None:
+        """Hand input to the frontend, buffering what it cannot take yet."""
+        self._pending += data
+        self.accept_input()
+
+    def accept_input(self) -> None:
+        """Deliver buffered input as far as the frontend accepts it (call when it drains)."""
+        while self._pending and self._receive is not None:
+            room = self._can_receive() if self._can_receive is not None else len(self._pending)
+            if room <= 0:
+                return
+            chunk, self._pending = self._pending[:room], self._pending[room:]
+            self._receive(chunk)
