@@ -98,3 +98,36 @@ class Accelerator(Object):
 
     def close(self) -> None:
         """Release vCPUs, file descriptors and native state."""
+
+
+class FirmwareHart(Protocol):
+    """What kvmpy's built-in SBI (``-bios builtin``) needs from a hart on the interpreter.
+
+    Under KVM these services are in the kernel and never reach the VMM.  An IPI is
+    ``set_irq(IRQ_S_SOFT, True)``: it sets sip.SSIP, which the guest clears itself.
+    """
+
+    index: int
+
+    @property
+    def stopped(self) -> bool:
+        """True while the hart is powered off (SBI HSM STOPPED): run() is not called."""
+        ...
+
+    def set_irq(self, irq: int, level: bool) -> None: ...
+
+    def set_sbi_timer(self, deadline: int) -> None:
+        """SBI TIME set_timer: raise STIP once mtime >= ``deadline`` (clears STIP now)."""
+        ...
+
+    def flush_tlb(self) -> None:
+        """SBI RFENCE: drop this hart's translations (and decoded instructions)."""
+        ...
+
+    def hart_start(self, start_addr: int, opaque: int) -> None:
+        """SBI HSM hart_start: S-mode at ``start_addr``, a0 = hartid, a1 = opaque, satp = 0."""
+        ...
+
+    def hart_stop(self) -> None:
+        """SBI HSM hart_stop: power the hart off."""
+        ...
