@@ -13,7 +13,8 @@ import time
 from typing import TextIO
 
 LOG_ITEMS: dict[str, str] = {
-    "guest_errors": "log when the guest OS does something invalid (eg accessing a non-existent register)",
+    "guest_errors": "log when the guest OS does something invalid "
+                    "(eg accessing a non-existent register)",
     "int": "show interrupts/exceptions in short format",
     "unimp": "log unimplemented functionality",
     "in_asm": "show target assembly code for each compiled TB",

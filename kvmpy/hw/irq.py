@@ -1,4 +1,4 @@
-"""Interrupt lines, QEMU's ``qemu_irq``: a device raises a line without knowing what is wired to it."""
+"""Interrupt lines, QEMU's ``qemu_irq``: a device raises a line not knowing what it drives."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ class IrqLine:
     seeing the current level after any change.
     """
 
-    __slots__ = ("_handler", "n", "level")
+    __slots__ = ("_handler", "level", "n")
 
     def __init__(self, handler: IrqHandler, n: int = 0) -> None:
         self._handler = handler
