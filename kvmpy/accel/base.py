@@ -76,6 +76,11 @@ class Vcpu(Protocol):
     def set_reg(self, name: str, value: int) -> None:
         ...
 
+    def reset(self, pc: int, priv: int, a0: int, a1: int, stopped: bool) -> None:
+        """Power-on state: registers zero, ``pc``/``a0``/``a1`` set, running in ``priv``
+        (PRV_M/PRV_S), or powered off until started (SBI HSM) when ``stopped``."""
+        ...
+
 
 @register_type("accel", "object", abstract=True, description="accelerator")
 class Accelerator(Object):
