@@ -8,7 +8,11 @@ once (``access_sizes``), and keeps its guest-visible state in one dataclass (``s
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any, ClassVar
+
+from kvmpy import qom
+from kvmpy.errors import ConfigError
 
 
 class MmioDevice:
@@ -37,3 +41,67 @@ class MmioDevice:
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.state = type(self.state)(**state)
+
+
+# --- QOM device types -------------------------------------------------------------------------
+# QEMU's TYPE_DEVICE and TYPE_SYS_BUS_DEVICE.  Every device model registers a type below one of
+# these so that ``-device help`` and ``-device NAME,help`` are answered from the registry.
+
+@qom.register_type("device", "object", abstract=True, description="base device")
+class Device(qom.Object):
+    """Base of every device type (QEMU's ``DeviceClass``).
+
+    ``user_creatable`` says whether ``-device`` may create it; ``bus_type`` and ``category``
+    are what ``-device help`` prints.  Devices take their properties (``qom.Property``
+    attributes) as keyword arguments of ``__init__``, so construction is QEMU's realize.
+    """
+
+    user_creatable: ClassVar[bool] = False
+    bus_type: ClassVar[str] = "System"
+    category: ClassVar[str] = "Misc devices"
+
+
+@qom.register_type("sys-bus-device", "device", abstract=True, description="system bus device")
+class SysBusDevice(MmioDevice, Device):
+    """A device with one MMIO window on the system bus (QEMU's ``SysBusDevice``).
+
+    ``region_size`` is the size of the window the device decodes (QEMU's memory region size).
+    """
+
+    region_size: int = 0x1000
+
+
+def device_new(name: str, props: Mapping[str, str] | None = None, **kwargs: Any) -> Any:
+    """Create device type ``name`` (QEMU's ``qdev_new`` + realize).
+
+    ``props`` are command-line strings (``{"drive": "hd0"}``), parsed with QEMU's errors and
+    passed to ``__init__`` together with ``kwargs`` (the injected dependencies).
+    """
+    info = qom.type_info(name)
+    if info is None or not qom.is_a(name, "device"):
+        raise ConfigError(f"'{name}' is not a valid device model name")
+    if info.abstract:
+        raise ConfigError(f"Parameter 'driver' expects a non-abstract device type, "
+                          f"'{name}' is abstract")
+    args = dict(kwargs)
+    for key, text in (props or {}).items():
+        prop = info.properties.get(key)
+        if prop is None:
+            raise ConfigError(f"Property '{name}.{key}' not found")
+        args[prop.attr] = prop.parse(text)
+    return info.cls(**args)
+
+
+def device_help() -> str:
+    """``-device help``: user-creatable devices grouped by category, QEMU's layout."""
+    groups: dict[str, list[str]] = {}
+    for info in qom.object_class_get_list("device"):
+        cls = info.cls
+        if not issubclass(cls, Device) or not cls.user_creatable:
+            continue
+        line = f'name "{info.name}", bus {cls.bus_type}'
+        if info.description:
+            line += f', desc "{info.description}"'
+        groups.setdefault(cls.category, []).append(line)
+    blocks = [f"{category}:\n" + "\n".join(lines) for category, lines in sorted(groups.items())]
+    return "\n\n".join(blocks)
