@@ -103,7 +103,7 @@ def select_machine_class(config: VMConfig) -> type[MachineState]:
 
 def instantiate_machine(cls: type[MachineState], config: VMConfig) -> MachineState:
     """Phase 3: class defaults, then the user's properties and options, with QEMU's errors."""
-    machine = qom.object_new(cls.type_name, config.machine_props)
+    machine: MachineState = qom.object_new(cls.type_name, config.machine_props)
     if config.ram_size is not None:
         machine.ram_size = config.ram_size
     machine.smp = config.smp

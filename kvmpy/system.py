@@ -1,0 +1,514 @@
+"""A running VM: the six phases of QEMU's machine creation, and the main loop.
+
+1. options (``kvmpy.cli`` or the library) give a :class:`~kvmpy.config.VMConfig`;
+2. :func:`~kvmpy.machine.select_machine_class` picks the machine type;
+3. :func:`~kvmpy.machine.instantiate_machine` applies defaults and properties;
+   the accelerator is selected here too (QEMU's ``configure_accelerators``), since the board
+   reads its capabilities;
+4. board init: ``machine.init(system)`` builds RAM, devices, the device tree, loads payloads;
+5. accelerator init: vCPUs are created on the RAM mapping and attached to the harts;
+6. run: a driver runs the vCPUs while the main loop (asyncio) serves chardevs, monitors and
+   timers, until shutdown.
+
+Devices are called from vCPU threads and from the main loop; :attr:`System.lock` (QEMU's big
+lock) serialises every device call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from kvmpy import qom
+from kvmpy.accel.base import PRV_M, Accelerator, AccelCaps, Vcpu
+from kvmpy.chardev.base import Chardev
+from kvmpy.config import VMConfig
+from kvmpy.errors import AccelError, ConfigError, StateError
+from kvmpy.hw.cpu import HartPort
+from kvmpy.machine import MachineState, instantiate_machine, select_machine_class
+from kvmpy.memory import GuestRAM, MmioBus
+from kvmpy.runloop import Driver, RoundRobinDriver, ThreadPerVcpuDriver
+
+_log = logging.getLogger("kvmpy")
+
+DEFAULT_ACCELS = ("kvm", "tcg")
+EventListener = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class HartBoot:
+    """Where one hart starts after reset."""
+
+    pc: int = 0x1000
+    priv: int = PRV_M
+    a0: int = 0
+    a1: int = 0
+    stopped: bool = False
+
+
+@dataclass
+class BootState:
+    """Filled by board init; applied to every vCPU at start and on system_reset."""
+
+    harts: list[HartBoot] = field(default_factory=list)
+
+
+class SbiHandler(Protocol):
+    def handle(self, vcpu: Any, exit_: Any) -> tuple[int, int]: ...
+
+
+class ResettableMachine(Protocol):
+    def reset(self, system: System) -> None: ...
+
+
+def accel_types() -> list[type[Accelerator]]:
+    return [info.cls for info in qom.object_class_get_list("accel")]
+
+
+def find_accel_class(name: str) -> type[Accelerator] | None:
+    for cls in accel_types():
+        if cls.name == name:
+            return cls
+    return None
+
+
+def accel_help() -> str:
+    return "\n".join(["Accelerators supported in QEMU binary:",
+                      *sorted(cls.name for cls in accel_types())])
+
+
+class _Clock:
+    """mtime at the board's 10 MHz timebase, from the accelerator when it keeps time."""
+
+    def __init__(self, system: System) -> None:
+        self._system = system
+        self._origin_ns = time.monotonic_ns()
+
+    def read(self) -> int:
+        accel = self._system.accel
+        reader = getattr(accel, "read_mtime", None)
+        if reader is not None:
+            return int(reader())
+        return (time.monotonic_ns() - self._origin_ns) // 100
+
+    def write(self, value: int) -> None:
+        writer = getattr(self._system.accel, "write_mtime", None)
+        if writer is not None:
+            writer(value)
+        else:
+            self._origin_ns = time.monotonic_ns() - value * 100
+
+
+class _WakingBackend:
+    """Forwards a HartPort to its vCPU and wakes an idle driver when a pin changes."""
+
+    def __init__(self, vcpu: Vcpu, system: System) -> None:
+        self.vcpu = vcpu
+        self.system = system
+
+    def set_irq(self, irq: int, level: bool) -> None:
+        self.vcpu.set_irq(irq, level)
+        if level and self.system.driver is not None:
+            self.system.driver.wake()
+
+    def get_reg(self, name: str) -> int:
+        return self.vcpu.get_reg(name)
+
+    def set_reg(self, name: str, value: int) -> None:
+        self.vcpu.set_reg(name, value)
+
+
+class System:
+    """One VM. Build it with :meth:`create` (phases 2-5), then :meth:`run` (phase 6)."""
+
+    def __init__(self, config: VMConfig) -> None:
+        self.config = config
+        self.lock = threading.RLock()
+        self.bus = MmioBus()
+        self.ram: GuestRAM | None = None
+        self.harts: list[HartPort] = []
+        self.boot = BootState()
+        self.sbi: SbiHandler | None = None
+        self.firmware_mode = "none"
+        self.machine: MachineState | None = None
+        self.accel: Accelerator | None = None
+        self.caps = AccelCaps(machine_mode=True, in_kernel_timer_ipi=False)
+        self.driver: Driver | None = None
+        self.time_source = _Clock(self)
+        self.chardevs: dict[str, Chardev] = {}
+        self.serials: list[Chardev | None] = []
+        self.monitors: list[Any] = []
+        self.status = "prelaunch"
+        self.exit_code = 0
+        self.notices: list[str] = []
+        self._listeners: list[EventListener] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._quit_event: asyncio.Event | None = None
+        self._pending_timers: list[tuple[int, Callable[[], None]]] = []
+        self._closed = False
+
+    # -- phases 2 to 5 -------------------------------------------------------------------
+
+    def create(self) -> System:
+        config = self.config
+        cls = select_machine_class(config)                      # phase 2
+        self.machine = instantiate_machine(cls, config)         # phase 3
+        self.accel = self._select_accelerator()
+        self.caps = self.accel.caps
+        self._open_chardevs()
+        self.harts = [HartPort(i) for i in range(self.machine.smp.cpus)]
+        self.machine.init(self)                                 # phase 4
+        if self.ram is None:
+            raise ConfigError(f"machine '{cls.name}' created no RAM")
+        self.accel.init_machine(self.ram, len(self.harts))      # phase 5
+        for hart, vcpu in zip(self.harts, self.accel.vcpus, strict=True):
+            hart.attach(_WakingBackend(vcpu, self))
+        self._apply_boot_state()
+        driver_cls = ThreadPerVcpuDriver if self.accel.thread == "multi" and \
+            getattr(self.accel, "threaded_vcpus", False) else RoundRobinDriver
+        self.driver = driver_cls(self, list(self.accel.vcpus))
+        return self
+
+    def _accel_choices(self) -> tuple[list[tuple[str, dict[str, str], str]], bool]:
+        """(name, props, option text) in fallback order, and whether the user chose them."""
+        config = self.config
+        if config.accels:
+            return [(a.driver, a.props, a.text or f"-accel {a.driver}") for a in config.accels], \
+                True
+        machine_accel = self.machine.accel if self.machine is not None else ""
+        if machine_accel:
+            return [(name, {}, f"-machine accel={machine_accel}")
+                    for name in machine_accel.split(":")], True
+        return [(name, {}, f"-accel {name}") for name in DEFAULT_ACCELS], False
+
+    def _select_accelerator(self) -> Accelerator:
+        choices, explicit = self._accel_choices()
+        reasons: list[str] = []
+        for name, props, text in choices:
+            cls = find_accel_class(name)
+            if cls is None:
+                raise ConfigError(f"invalid accelerator {name}", option=text)
+            reason = cls.unavailable_reason()
+            if reason is None:
+                accel: Accelerator = qom.object_new(cls.type_name, props)
+                if reasons and not explicit:
+                    self._notice(f"{reasons[-1]}; falling back to {name}")
+                elif reasons:
+                    self._notice(reasons[-1])
+                return accel
+            reasons.append(f"{text}: {reason}")
+        if len(choices) == 1 or explicit:
+            raise AccelError(reasons[0] if len(reasons) == 1 else "; ".join(reasons))
+        raise AccelError("no accelerator found: " + "; ".join(reasons))
+
+    def _notice(self, message: str) -> None:
+        """A one-line notice on stderr (fallbacks, firmware choice, bundled guest)."""
+        self.notices.append(message)
+        print(f"kvmpy: {message}", file=sys.stderr, flush=True)
+
+    notice = _notice
+
+    def _open_chardevs(self) -> None:
+        from kvmpy import chardev as chardev_pkg
+
+        opener = getattr(chardev_pkg, "open_backends", None)
+        if opener is None:
+            return
+        self.chardevs, self.serials, self.monitors = opener(self)
+
+    def create_ram(self, base: int, size: int, name: str = "ram") -> GuestRAM:
+        """Board init: the machine's RAM (one region; shared with the accelerator)."""
+        if self.ram is not None:
+            raise ConfigError("only one RAM region is supported")
+        self.ram = GuestRAM(base, size, name)
+        return self.ram
+
+    def serial_chardev(self, index: int) -> Chardev | None:
+        return self.serials[index] if index < len(self.serials) else None
+
+    def _apply_boot_state(self) -> None:
+        assert self.accel is not None
+        for i, vcpu in enumerate(self.accel.vcpus):
+            hb = self.boot.harts[i] if i < len(self.boot.harts) else HartBoot()
+            vcpu.reset(hb.pc, hb.priv, hb.a0, hb.a1, hb.stopped)
+
+    # -- events and run states -----------------------------------------------------------
+
+    def add_event_listener(self, listener: EventListener) -> None:
+        self._listeners.append(listener)
+
+    def remove_event_listener(self, listener: EventListener) -> None:
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
+
+    def emit(self, event: str, data: dict[str, Any] | None = None) -> None:
+        for listener in list(self._listeners):
+            listener(event, data or {})
+
+    def _set_status(self, status: str) -> None:
+        self.status = status
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+    def pause(self) -> None:
+        """QMP ``stop``: vCPUs stop; STOP event."""
+        if self.status != "running":
+            return
+        assert self.driver is not None
+        self.driver.pause()
+        self._set_status("paused")
+        self.emit("STOP")
+
+    def resume(self) -> None:
+        """QMP ``cont``: from prelaunch or paused; a VM that needs a reset refuses."""
+        if self.status in ("shutdown", "internal-error", "guest-panicked"):
+            raise StateError("Resetting the Virtual Machine is required", self.status,
+                             ("prelaunch", "paused"))
+        if self.status == "running":
+            return
+        assert self.driver is not None
+        self._set_status("running")
+        self.emit("RESUME")
+        self.driver.resume()
+
+    def reset(self, reason: str = "host-qmp-system-reset", guest: bool = False) -> None:
+        """System reset: devices and harts to power-on state, payloads reloaded."""
+        assert self.driver is not None and self.machine is not None
+        if self.config.no_reboot:
+            self._shutdown(reason, guest)
+            return
+        was_running = self.status == "running"
+        self.driver.pause()
+        with self.lock:
+            for region in self.bus.regions:
+                region.device.reset()
+            resetter = getattr(self.machine, "reset", None)
+            if resetter is not None:
+                resetter(self)
+            self._apply_boot_state()
+        self.emit("RESET", {"guest": guest, "reason": reason})
+        if self.status in ("shutdown", "internal-error", "guest-panicked"):
+            self._set_status("paused")
+        if was_running:
+            self.driver.resume()
+
+    def _shutdown(self, reason: str, guest: bool) -> None:
+        assert self.driver is not None
+        self.driver.pause()
+        self.emit("SHUTDOWN", {"guest": guest, "reason": reason})
+        if self.config.no_shutdown and reason not in ("host-qmp-quit", "host-signal"):
+            self._set_status("shutdown")
+            self.emit("STOP")
+            return
+        self._set_status("shutdown")
+        self.quit()
+
+    # Requests from vCPU threads and devices: executed on the main loop.
+
+    def _call_on_loop(self, fn: Callable[[], None]) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            fn()
+        elif self._on_loop_thread():
+            loop.call_soon(fn)
+        else:
+            loop.call_soon_threadsafe(fn)
+
+    def _on_loop_thread(self) -> bool:
+        return threading.get_ident() == getattr(self, "_loop_thread", None)
+
+    def request_shutdown(self, reason: str = "guest-shutdown", guest: bool = True) -> None:
+        if self.driver is not None:
+            self.driver.stop_soon()
+        self._call_on_loop(lambda: self._shutdown(reason, guest))
+
+    def request_reset(self, reason: str = "guest-reset", guest: bool = True) -> None:
+        self._call_on_loop(lambda: self.reset(reason, guest))
+
+    def exit_with_status(self, code: int) -> None:
+        """sifive_test PASS/FAIL: end the process with ``code`` (QEMU 7.2 calls exit())."""
+        self.exit_code = code
+        if self.driver is not None:
+            self.driver.stop_soon()
+        self._call_on_loop(self.quit)
+
+    def report_internal_error(self, message: str) -> None:
+        print(f"kvmpy: {message}", file=sys.stderr, flush=True)
+        if self.driver is not None:
+            self.driver.stop_soon()
+
+        def enter() -> None:
+            self._set_status("internal-error")
+            self.emit("STOP")
+            if not self.monitors:
+                self.exit_code = 1
+                self.quit()
+
+        self._call_on_loop(enter)
+
+    def report_guest_panic(self) -> None:
+        if self.driver is not None:
+            self.driver.stop_soon()
+
+        def enter() -> None:
+            self._set_status("guest-panicked")
+            self.emit("GUEST_PANICKED", {"action": "pause"})
+            if not self.monitors:
+                self.exit_code = 1
+                self.quit()
+
+        self._call_on_loop(enter)
+
+    # -- main loop -----------------------------------------------------------------------
+
+    def schedule(self, deadline_ns: int, callback: Callable[[], None]) -> Callable[[], None]:
+        """Run ``callback`` under the big lock at host monotonic time ``deadline_ns``.
+
+        Returns a function that cancels it. Safe from any thread.
+        """
+        state: dict[str, Any] = {"handle": None, "cancelled": False}
+
+        def fire() -> None:
+            if not state["cancelled"]:
+                with self.lock:
+                    callback()
+
+        def arm() -> None:
+            if state["cancelled"] or self._loop is None:
+                return
+            when = deadline_ns / 1e9 - time.monotonic() + self._loop.time()
+            state["handle"] = self._loop.call_at(when, fire)
+
+        def cancel() -> None:
+            state["cancelled"] = True
+            handle = state["handle"]
+            if handle is not None:
+                self._call_on_loop(handle.cancel)
+
+        if self._loop is None:
+            self._pending_timers.append((deadline_ns, arm))
+        else:
+            self._call_on_loop(arm)
+        return cancel
+
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (under the big lock) whenever ``fd`` is readable."""
+        assert self._loop is not None
+
+        def ready() -> None:
+            with self.lock:
+                callback()
+
+        self._loop.add_reader(fd, ready)
+
+    def remove_reader(self, fd: int) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(fd)
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the main loop (thread-safe)."""
+        self._call_on_loop(fn)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        return self._loop
+
+    def quit(self) -> None:
+        """End the main loop; :meth:`run` returns :attr:`exit_code`."""
+        if self._quit_event is not None:
+            self._quit_event.set()
+
+    def run(self, install_signal_handlers: bool = True) -> int:
+        """Phase 6: run until shutdown. Returns the process exit status."""
+        loop = asyncio.new_event_loop()
+        try:
+            return loop.run_until_complete(self._main(install_signal_handlers))
+        finally:
+            self.close()
+            loop.close()
+
+    async def _main(self, install_signal_handlers: bool) -> int:
+        assert self.driver is not None
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._quit_event = asyncio.Event()
+        for _, arm in self._pending_timers:
+            arm()
+        self._pending_timers.clear()
+        for chardev in self.chardevs.values():
+            fd = chardev.fileno()
+            if fd is not None:
+                self.add_reader(fd, chardev.on_readable)
+            starter = getattr(chardev, "attach_loop", None)
+            if starter is not None:
+                starter(self)
+        for monitor in self.monitors:
+            starter = getattr(monitor, "start", None)
+            if starter is not None:
+                starter(self)
+        if install_signal_handlers and threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                self._loop.add_signal_handler(signum, self._on_signal, signum)
+        if self.config.pidfile:
+            self._write_pidfile(self.config.pidfile)
+        self.driver.start()
+        if self.config.start_paused:
+            self._set_status("prelaunch")
+        else:
+            self._set_status("running")
+            self.driver.resume()
+        await self._quit_event.wait()
+        return self.exit_code
+
+    def _on_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        print(f"kvmpy: terminating on signal {signum} ({name})", file=sys.stderr, flush=True)
+        self._shutdown("host-signal", False)
+
+    def _write_pidfile(self, path: str) -> None:
+        try:
+            with open(path, "w") as f:
+                f.write(f"{os.getpid()}\n")
+        except OSError as exc:
+            raise ConfigError(f"cannot create PID file: {exc.strerror}") from exc
+
+    def close(self) -> None:
+        """Stop vCPUs and release everything; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.driver is not None:
+            self.driver.quit()
+        for monitor in self.monitors:
+            closer = getattr(monitor, "close", None)
+            if closer is not None:
+                closer()
+        for chardev in self.chardevs.values():
+            chardev.close()
+        if self.accel is not None:
+            self.accel.close()
+        if self.config.pidfile:
+            with contextlib.suppress(OSError):
+                os.unlink(self.config.pidfile)
+
+
+def run(config: VMConfig) -> int:
+    """The command line's entry: create the VM from ``config`` and run it to the end."""
+    system = System(config)
+    try:
+        system.create()
+    except BaseException:
+        system.close()
+        raise
+    return system.run()
