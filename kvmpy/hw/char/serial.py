@@ -1,0 +1,304 @@
+"""16550A UART (``ns16550a``), QEMU's ``serial-mm`` (hw/char/serial.c, serial_mm_*).
+
+Byte registers at ``offset >> regshift`` (the virt board uses regshift 0); wider accesses are
+truncated to their low byte, as QEMU's serial_mm ops do::
+
+    0 RBR (read) / THR (write)      DLL while LCR.DLAB
+    1 IER (& 0x0f)                  DLM while LCR.DLAB
+    2 IIR (read) / FCR (write)
+    3 LCR   4 MCR (& 0x1f)   5 LSR (read clears BI/OE)   6 MSR (read clears deltas)   7 SCR
+
+Transmission is instant: a THR write sends the byte to the chardev (or, in loopback, back to
+the receiver) and THRE is set again at once.  THRE interrupt rules (16550 datasheet plus the
+behaviour the Linux 8250 driver depends on, as QEMU): setting IER.THRI while THRE=1 raises the
+THRE interrupt immediately and clearing THRI drops it; an IIR read that reports THRE clears it;
+a THR write clears it.  Input arrives through ``Chardev.set_handlers`` with ``can_receive`` =
+free receive-FIFO space, so no typed byte is lost; reading RBR calls ``chardev.accept_input()``.
+The character timeout of the FIFO is taken as elapsed as soon as the FIFO holds fewer bytes
+than the trigger level (a receive burst from the chardev is one event).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kvmpy import log
+from kvmpy.chardev.base import Chardev
+from kvmpy.hw.core import SysBusDevice
+from kvmpy.hw.irq import IrqLine, unconnected_irq
+from kvmpy.qom import Property, register_type
+
+UART_FIFO_LENGTH = 16
+
+UART_LCR_DLAB = 0x80
+UART_IER_MSI = 0x08
+UART_IER_RLSI = 0x04
+UART_IER_THRI = 0x02
+UART_IER_RDI = 0x01
+
+UART_IIR_NO_INT = 0x01
+UART_IIR_ID = 0x06
+UART_IIR_MSI = 0x00
+UART_IIR_THRI = 0x02
+UART_IIR_RDI = 0x04
+UART_IIR_RLSI = 0x06
+UART_IIR_CTI = 0x0C
+UART_IIR_FE = 0xC0
+
+UART_MCR_LOOP = 0x10
+UART_MCR_OUT2 = 0x08
+
+UART_MSR_DCD = 0x80
+UART_MSR_DSR = 0x20
+UART_MSR_CTS = 0x10
+UART_MSR_ANY_DELTA = 0x0F
+
+UART_LSR_TEMT = 0x40
+UART_LSR_THRE = 0x20
+UART_LSR_BI = 0x10
+UART_LSR_OE = 0x02
+UART_LSR_DR = 0x01
+UART_LSR_INT_ANY = 0x1E
+
+UART_FCR_FE = 0x01
+UART_FCR_RFR = 0x02
+UART_FCR_XFR = 0x04
+
+_TRIGGER_LEVELS = {0x00: 1, 0x40: 4, 0x80: 8, 0xC0: 14}
+
+
+@dataclass
+class SerialState:
+    """Register file and FIFOs (power-on values as QEMU's serial_reset)."""
+
+    rbr: int = 0
+    thr: int = 0
+    ier: int = 0
+    iir: int = UART_IIR_NO_INT
+    lcr: int = 0
+    mcr: int = UART_MCR_OUT2
+    lsr: int = UART_LSR_TEMT | UART_LSR_THRE
+    msr: int = UART_MSR_DCD | UART_MSR_DSR | UART_MSR_CTS
+    scr: int = 0
+    fcr: int = 0
+    divider: int = 0x0C
+    recv_fifo: list[int] = field(default_factory=list)
+    recv_fifo_itl: int = 1
+    thr_ipending: int = 0
+    timeout_ipending: int = 0
+
+
+@register_type("serial-mm", "sys-bus-device", description="16550A UART (ns16550a)")
+class SerialMM(SysBusDevice):
+    """The UART: its interrupt line, and the chardev it writes to and reads from."""
+
+    access_sizes = (1, 2, 4, 8)
+    name = "serial"
+    state: SerialState
+
+    regshift = Property(int, 0, "register spacing is 1 << regshift bytes")
+    baudbase = Property(int, 399193, "base baud rate (divisor 1)")
+
+    def __init__(self, irq: IrqLine | None = None, chardev: Chardev | None = None,
+                 **props: object) -> None:
+        for key, value in props.items():
+            setattr(self, key, value)
+        self.irq = irq if irq is not None else unconnected_irq()
+        self.chardev = chardev
+        self.region_size = 8 << self.regshift
+        self.state = SerialState()
+        if chardev is not None:
+            chardev.set_handlers(self.receive, self.can_receive)
+
+    # -- interrupt ------------------------------------------------------------------------------
+
+    def _update_irq(self) -> None:
+        s = self.state
+        if s.ier & UART_IER_RLSI and s.lsr & UART_LSR_INT_ANY:
+            iir = UART_IIR_RLSI
+        elif s.ier & UART_IER_RDI and s.timeout_ipending:
+            iir = UART_IIR_CTI
+        elif (s.ier & UART_IER_RDI and s.lsr & UART_LSR_DR
+              and (not s.fcr & UART_FCR_FE or len(s.recv_fifo) >= s.recv_fifo_itl)):
+            iir = UART_IIR_RDI
+        elif s.ier & UART_IER_THRI and s.thr_ipending:
+            iir = UART_IIR_THRI
+        elif s.ier & UART_IER_MSI and s.msr & UART_MSR_ANY_DELTA:
+            iir = UART_IIR_MSI
+        else:
+            iir = UART_IIR_NO_INT
+        s.iir = iir | (s.iir & 0xF0)
+        self.irq.set(iir != UART_IIR_NO_INT)
+
+    # -- receive side (chardev frontend) --------------------------------------------------------
+
+    def can_receive(self) -> int:
+        """Bytes the UART accepts now: free receive-FIFO space (1 byte without FIFO)."""
+        s = self.state
+        if s.fcr & UART_FCR_FE:
+            return UART_FIFO_LENGTH - len(s.recv_fifo)
+        return 0 if s.lsr & UART_LSR_DR else 1
+
+    def receive(self, data: bytes) -> None:
+        """Bytes from the chardev (or the loopback)."""
+        if not data:
+            return
+        s = self.state
+        if s.fcr & UART_FCR_FE:
+            for byte in data:
+                if len(s.recv_fifo) < UART_FIFO_LENGTH:
+                    s.recv_fifo.append(byte)
+                else:
+                    s.lsr |= UART_LSR_OE  # overruns do not overwrite the FIFO
+            s.lsr |= UART_LSR_DR
+            if len(s.recv_fifo) < s.recv_fifo_itl:
+                s.timeout_ipending = 1
+        else:
+            if s.lsr & UART_LSR_DR:
+                s.lsr |= UART_LSR_OE
+            s.rbr = data[-1]
+            if len(data) > 1:
+                s.lsr |= UART_LSR_OE
+            s.lsr |= UART_LSR_DR
+        self._update_irq()
+
+    # -- transmit side --------------------------------------------------------------------------
+
+    def _transmit(self, byte: int) -> None:
+        s = self.state
+        s.thr = byte
+        s.thr_ipending = 0
+        s.lsr &= ~(UART_LSR_THRE | UART_LSR_TEMT)
+        self._update_irq()
+        # The byte moves to the shift register at once: THR is empty again.
+        s.lsr |= UART_LSR_THRE
+        if not s.thr_ipending:
+            s.thr_ipending = 1
+            self._update_irq()
+        if s.mcr & UART_MCR_LOOP:
+            self.receive(bytes((byte,)))
+        elif self.chardev is not None:
+            self.chardev.write(bytes((byte,)))
+        s.lsr |= UART_LSR_TEMT
+
+    # -- registers ------------------------------------------------------------------------------
+
+    def mmio_read(self, offset: int, size: int) -> int:
+        reg = (offset >> self.regshift) & 7
+        s = self.state
+        if reg == 0:
+            if s.lcr & UART_LCR_DLAB:
+                return s.divider & 0xFF
+            return self._read_rbr()
+        if reg == 1:
+            return (s.divider >> 8) & 0xFF if s.lcr & UART_LCR_DLAB else s.ier
+        if reg == 2:
+            value = s.iir
+            if value & UART_IIR_ID == UART_IIR_THRI:
+                s.thr_ipending = 0
+                self._update_irq()
+            return value
+        if reg == 3:
+            return s.lcr
+        if reg == 4:
+            return s.mcr
+        if reg == 5:
+            value = s.lsr
+            if s.lsr & (UART_LSR_BI | UART_LSR_OE):
+                s.lsr &= ~(UART_LSR_BI | UART_LSR_OE)
+                self._update_irq()
+            return value
+        if reg == 6:
+            if s.mcr & UART_MCR_LOOP:
+                # Loopback: the modem outputs are wired to the inputs.
+                return ((s.mcr & 0x0C) << 4) | ((s.mcr & 0x02) << 3) | ((s.mcr & 0x01) << 5)
+            value = s.msr
+            if s.msr & UART_MSR_ANY_DELTA:
+                s.msr &= 0xF0
+                self._update_irq()
+            return value
+        return s.scr
+
+    def _read_rbr(self) -> int:
+        s = self.state
+        if s.fcr & UART_FCR_FE:
+            value = s.recv_fifo.pop(0) if s.recv_fifo else 0
+            s.timeout_ipending = 0
+            if not s.recv_fifo:
+                s.lsr &= ~(UART_LSR_DR | UART_LSR_BI)
+            elif len(s.recv_fifo) < s.recv_fifo_itl:
+                s.timeout_ipending = 1
+        else:
+            value = s.rbr
+            s.lsr &= ~(UART_LSR_DR | UART_LSR_BI)
+        self._update_irq()
+        if self.chardev is not None and not s.mcr & UART_MCR_LOOP:
+            self.chardev.accept_input()
+        return value
+
+    def mmio_write(self, offset: int, size: int, value: int) -> None:
+        reg = (offset >> self.regshift) & 7
+        value &= 0xFF
+        s = self.state
+        if reg == 0:
+            if s.lcr & UART_LCR_DLAB:
+                s.divider = (s.divider & 0xFF00) | value
+            else:
+                self._transmit(value)
+        elif reg == 1:
+            if s.lcr & UART_LCR_DLAB:
+                s.divider = (s.divider & 0x00FF) | (value << 8)
+            else:
+                self._write_ier(value)
+        elif reg == 2:
+            self._write_fcr(value)
+        elif reg == 3:
+            s.lcr = value
+        elif reg == 4:
+            s.mcr = value & 0x1F
+        elif reg == 7:
+            s.scr = value
+        else:
+            log.guest_error(f"serial: write 0x{value:x} to read-only register {reg}")
+
+    def _write_ier(self, value: int) -> None:
+        s = self.state
+        changed = (s.ier ^ value) & 0x0F
+        s.ier = value & 0x0F
+        # Turning THRI on while THR is empty raises the THRE interrupt at once, even if an IIR
+        # read had cleared it (QEMU, Bochs; Linux's 8250 start_tx and THRE probe rely on it).
+        if changed & UART_IER_THRI:
+            s.thr_ipending = int(bool(s.ier & UART_IER_THRI and s.lsr & UART_LSR_THRE))
+        if changed:
+            self._update_irq()
+
+    def _write_fcr(self, value: int) -> None:
+        s = self.state
+        if (value ^ s.fcr) & UART_FCR_FE:
+            value |= UART_FCR_XFR | UART_FCR_RFR  # enabling/disabling flushes both FIFOs
+        if value & UART_FCR_RFR:
+            s.lsr &= ~(UART_LSR_DR | UART_LSR_BI)
+            s.timeout_ipending = 0
+            s.recv_fifo.clear()
+        if value & UART_FCR_XFR:
+            s.lsr |= UART_LSR_THRE
+            s.thr_ipending = 1
+        s.fcr = value & 0xC9
+        if s.fcr & UART_FCR_FE:
+            s.iir |= UART_IIR_FE
+            s.recv_fifo_itl = _TRIGGER_LEVELS[value & 0xC0]
+        else:
+            s.iir &= ~UART_IIR_FE
+        self._update_irq()
+        if self.chardev is not None and value & UART_FCR_RFR:
+            self.chardev.accept_input()
+
+    def reset(self) -> None:
+        self.state = SerialState()
+        self.irq.lower()
+        if self.chardev is not None:
+            self.chardev.accept_input()
+
+    def set_state(self, state: dict[str, object]) -> None:
+        super().set_state(state)
+        self._update_irq()

@@ -1,0 +1,248 @@
+"""SiFive PLIC (``sifive,plic-1.0.0``), QEMU's ``riscv.sifive.plic`` (hw/intc/sifive_plic.c).
+
+Register map (32-bit little-endian accesses only; offsets inside the window)::
+
+    priority_base  + 4*n               priority of source n (WARL: value mod (num_priorities+1))
+    pending_base   + 4*w               pending bits of sources 32w..32w+31 (read-only)
+    enable_base    + stride*ctx + 4*w  enable bits of context ctx
+    context_base   + 0x1000*ctx        priority threshold of context ctx
+    context_base   + 0x1000*ctx + 4    claim (read) / complete (write a source id)
+
+Contexts come from ``hart-config`` (QEMU's "MS,MS" string: per hart, one context per mode
+letter, in order).  Inputs are level-sensitive: setting an input line sets its pending bit to
+the level.  A context's output is high while a source is pending, enabled, not claimed and has
+a priority above the threshold.  Claim returns the highest-priority such source (ties go to the
+lowest id), clears its pending bit and marks it claimed; complete clears the claimed bit.  As a
+PLIC gateway does (PLIC spec, "Interrupt Gateways"), a source whose line is still high when it
+is completed becomes pending again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from kvmpy import log
+from kvmpy.errors import ConfigError
+from kvmpy.hw.core import SysBusDevice
+from kvmpy.hw.irq import IrqLine
+from kvmpy.qom import Property, register_type
+
+_WORD = 0xFFFFFFFF
+
+
+@dataclass
+class PlicState:
+    """Guest-visible PLIC state; bitfields are Python ints (bit n = source n)."""
+
+    priority: list[int] = field(default_factory=list)
+    threshold: list[int] = field(default_factory=list)
+    enable: list[int] = field(default_factory=list)
+    pending: int = 0
+    claimed: int = 0
+    levels: int = 0
+    """Current level of each input line (wires, kept across reset)."""
+
+
+def parse_hart_config(text: str, hartid_base: int = 0) -> list[tuple[int, str]]:
+    """``"MS,MS"`` -> ``[(0, "M"), (0, "S"), (1, "M"), (1, "S")]``: (hartid, mode) per context."""
+    contexts: list[tuple[int, str]] = []
+    hartid = hartid_base
+    for part in text.split(","):
+        if not part:
+            continue
+        seen: set[str] = set()
+        for mode in part:
+            if mode not in "MSU":
+                raise ConfigError(f"plic: invalid mode '{mode}'")
+            if mode in seen:
+                raise ConfigError(f"plic: duplicate mode '{mode}' in config: {text}")
+            seen.add(mode)
+            contexts.append((hartid, mode))
+        hartid += 1
+    return contexts
+
+
+@register_type("riscv.sifive.plic", "sys-bus-device", description="SiFive PLIC")
+class SiFivePlic(SysBusDevice):
+    """The PLIC. ``outputs[ctx]`` is the external-interrupt line of context ``ctx`` (for the
+    virt board: hart h's ``irq_line(11)`` for its M context and ``irq_line(9)`` for S)."""
+
+    access_sizes = (4,)
+    name = "riscv.sifive.plic"
+    state: PlicState
+
+    hart_config = Property(str, "MS", "contexts per hart, e.g. MS,MS")
+    hartid_base = Property(int, 0, "first hart id")
+    num_sources = Property(int, 96, "number of interrupt sources including source 0")
+    num_priorities = Property(int, 7, "highest priority")
+    priority_base = Property(int, 0x0, "offset of the priority registers")
+    pending_base = Property(int, 0x1000, "offset of the pending bits")
+    enable_base = Property(int, 0x2000, "offset of the enable bits")
+    enable_stride = Property(int, 0x80, "distance between the enable bits of two contexts")
+    context_base = Property(int, 0x200000, "offset of the threshold/claim registers")
+    context_stride = Property(int, 0x1000, "distance between two contexts' registers")
+    aperture_size = Property(int, 0, "size of the MMIO window (0: just enough)")
+
+    def __init__(self, outputs: Sequence[IrqLine] = (), **props: object) -> None:
+        for key, value in props.items():
+            setattr(self, key, value)
+        self.contexts = parse_hart_config(self.hart_config, self.hartid_base)
+        if self.num_sources < 1 or self.num_sources > 1024:
+            raise ConfigError("plic: invalid number of interrupt sources")
+        if len(outputs) != len(self.contexts):
+            raise ConfigError(f"plic: {len(self.contexts)} contexts in hart-config "
+                              f"'{self.hart_config}' but {len(outputs)} output lines")
+        self.outputs = list(outputs)
+        self.words = (self.num_sources + 31) // 32
+        self.region_size = self.aperture_size or (
+            self.context_base + self.context_stride * len(self.contexts))
+        self._out_levels = [False] * len(self.contexts)
+        self.state = self._fresh_state()
+
+    def _fresh_state(self) -> PlicState:
+        n = len(self.contexts)
+        return PlicState(priority=[0] * self.num_sources, threshold=[0] * n, enable=[0] * n)
+
+    # -- wiring ---------------------------------------------------------------------------------
+
+    def irq_in(self, n: int) -> IrqLine:
+        """The input line of source ``n`` (1 .. num_sources-1)."""
+        if not 0 < n < self.num_sources:
+            raise ConfigError(f"plic: no interrupt source {n} (num-sources {self.num_sources})")
+        return IrqLine(self._set_input, n)
+
+    def _set_input(self, n: int, level: bool) -> None:
+        s = self.state
+        bit = 1 << n
+        s.levels = (s.levels | bit) if level else (s.levels & ~bit)
+        pending = (s.pending | bit) if level else (s.pending & ~bit)
+        if pending != s.pending:
+            s.pending = pending
+            self._update()
+
+    # -- interrupt logic ------------------------------------------------------------------------
+
+    def _best(self, ctx: int) -> int:
+        """Highest-priority claimable source of ``ctx`` above its threshold, or 0."""
+        s = self.state
+        bits = s.pending & ~s.claimed & s.enable[ctx]
+        best, best_prio = 0, s.threshold[ctx]
+        priority = s.priority
+        while bits:
+            low = bits & -bits
+            irq = low.bit_length() - 1
+            if priority[irq] > best_prio:
+                best, best_prio = irq, priority[irq]
+            bits ^= low
+        return best
+
+    def _update(self, force: bool = False) -> None:
+        s = self.state
+        active = s.pending & ~s.claimed
+        for ctx, line in enumerate(self.outputs):
+            level = bool(active & s.enable[ctx]) and self._best(ctx) != 0
+            if force or level != self._out_levels[ctx]:
+                self._out_levels[ctx] = level
+                line.set(level)
+
+    def claim(self, ctx: int) -> int:
+        s = self.state
+        irq = self._best(ctx)
+        if irq:
+            s.pending &= ~(1 << irq)
+            s.claimed |= 1 << irq
+        self._update()
+        return irq
+
+    def complete(self, irq: int) -> None:
+        s = self.state
+        if not 0 <= irq < self.num_sources:
+            log.guest_error(f"sifive_plic: complete of invalid source {irq}")
+            return
+        s.claimed &= ~(1 << irq)
+        if s.levels >> irq & 1 and irq:
+            s.pending |= 1 << irq  # gateway forwards a still-asserted level again
+        self._update()
+
+    # -- MMIO -----------------------------------------------------------------------------------
+
+    def _warl_priority(self, value: int) -> int | None:
+        top = self.num_priorities
+        if (top + 1) & top == 0:
+            return value % (top + 1)
+        return value if value <= top else None
+
+    def _decode(self, offset: int) -> tuple[str, int, int] | None:
+        """Map an offset to (group, index, word); None if it is no register."""
+        if offset & 3:
+            return None
+        if 0 <= offset - self.priority_base < self.num_sources * 4:
+            return ("priority", (offset - self.priority_base) >> 2, 0)
+        if 0 <= offset - self.pending_base < self.words * 4:
+            return ("pending", 0, (offset - self.pending_base) >> 2)
+        rel = offset - self.enable_base
+        if 0 <= rel < len(self.contexts) * self.enable_stride:
+            ctx, word = divmod(rel, self.enable_stride)
+            return ("enable", ctx, word >> 2) if word >> 2 < self.words else None
+        rel = offset - self.context_base
+        if 0 <= rel < len(self.contexts) * self.context_stride:
+            ctx, reg = divmod(rel, self.context_stride)
+            if reg == 0:
+                return ("threshold", ctx, 0)
+            if reg == 4:
+                return ("claim", ctx, 0)
+        return None
+
+    def mmio_read(self, offset: int, size: int) -> int:
+        reg = self._decode(offset)
+        s = self.state
+        if reg is None:
+            log.guest_error(f"sifive_plic_read: Invalid register read 0x{offset:x}")
+            return 0
+        group, index, word = reg
+        if group == "priority":
+            return s.priority[index]
+        if group == "pending":
+            return (s.pending >> (32 * word)) & _WORD
+        if group == "enable":
+            return (s.enable[index] >> (32 * word)) & _WORD
+        if group == "threshold":
+            return s.threshold[index]
+        return self.claim(index)
+
+    def mmio_write(self, offset: int, size: int, value: int) -> None:
+        reg = self._decode(offset)
+        s = self.state
+        if reg is None:
+            log.guest_error(f"sifive_plic_write: Invalid register write 0x{offset:x}")
+            return
+        group, index, word = reg
+        if group == "priority" or group == "threshold":
+            legal = self._warl_priority(value)
+            if legal is None:
+                log.guest_error(f"sifive_plic_write: priority {value} out of range")
+                return
+            (s.priority if group == "priority" else s.threshold)[index] = legal
+            self._update()
+        elif group == "pending":
+            log.guest_error(f"sifive_plic_write: invalid pending write: 0x{offset:x}")
+        elif group == "enable":
+            mask = _WORD << (32 * word)
+            valid = (1 << self.num_sources) - 1
+            s.enable[index] = (s.enable[index] & ~mask) | ((value << (32 * word)) & mask & valid)
+            self._update()
+        else:
+            self.complete(value)
+
+    def reset(self) -> None:
+        levels = self.state.levels
+        self.state = self._fresh_state()
+        self.state.levels = levels
+        for ctx in range(len(self._out_levels)):
+            self._out_levels[ctx] = False
+        self._update(force=True)
+
+    def set_state(self, state: dict[str, object]) -> None:
+        super().set_state(state)
+        self._update(force=True)
