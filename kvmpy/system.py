@@ -224,6 +224,9 @@ class System:
         if opener is None:
             return
         self.chardevs, self.serials, self.monitors = opener(self)
+        for serial in self.serials:
+            if serial is not None:
+                serial.frontend_lock = self.lock
 
     def create_ram(self, base: int, size: int, name: str = "ram") -> GuestRAM:
         """Board init: the machine's RAM (one region; shared with the accelerator)."""
@@ -403,14 +406,13 @@ class System:
         return cancel
 
     def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
-        """Call ``callback`` (under the big lock) whenever ``fd`` is readable."""
+        """Call ``callback`` on the main loop whenever ``fd`` is readable.
+
+        Not under the big lock: monitors pause vCPUs from here, and a vCPU may be waiting for
+        the lock.  Device frontends get the lock through ``Chardev.frontend_lock``.
+        """
         assert self._loop is not None
-
-        def ready() -> None:
-            with self.lock:
-                callback()
-
-        self._loop.add_reader(fd, ready)
+        self._loop.add_reader(fd, callback)
 
     def remove_reader(self, fd: int) -> None:
         if self._loop is not None:

@@ -9,12 +9,20 @@ the backend calls ``can_receive()`` to learn how many bytes the frontend accepts
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
+from typing import ContextManager
 
 from kvmpy.qom import Object, Property, register_type
 
 ReceiveHandler = Callable[[bytes], None]
 CanReceiveHandler = Callable[[], int]
+EventHandler = Callable[[str], None]
+
+CHR_EVENT_OPENED = "opened"
+"""A peer connected (socket accept/connect, pty opened): monitors send their greeting."""
+CHR_EVENT_CLOSED = "closed"
+"""The peer went away: monitors drop per-connection state."""
 
 
 @register_type("chardev", "object", abstract=True, description="character device backend")
@@ -27,14 +35,30 @@ class Chardev(Object):
     def __init__(self) -> None:
         self._receive: ReceiveHandler | None = None
         self._can_receive: CanReceiveHandler | None = None
+        self._event: EventHandler | None = None
         self._pending = b""
+        self.frontend_lock: ContextManager[object] = contextlib.nullcontext()
+        """Held around frontend calls; the System sets its big lock for device frontends."""
 
     def set_handlers(self, receive: ReceiveHandler | None,
-                     can_receive: CanReceiveHandler | None = None) -> None:
+                     can_receive: CanReceiveHandler | None = None,
+                     event: EventHandler | None = None) -> None:
         """Install the frontend's input handlers (None detaches)."""
         self._receive = receive
         self._can_receive = can_receive
+        self._event = event
         self.accept_input()
+
+    @property
+    def connected(self) -> bool:
+        """Whether a peer is there to read output (always, except for sockets and ptys)."""
+        return True
+
+    def notify_event(self, event: str) -> None:
+        """Backends call this on CHR_EVENT_OPENED / CHR_EVENT_CLOSED."""
+        if self._event is not None:
+            with self.frontend_lock:
+                self._event(event)
 
     def open(self) -> None:
         """Acquire OS resources (files, sockets, terminal mode); raises ConfigError."""
@@ -60,9 +84,11 @@ class Chardev(Object):
 
     def accept_input(self) -> None:
         """Deliver buffered input as far as the frontend accepts it (call when it drains)."""
-        while self._pending and self._receive is not None:
-            room = self._can_receive() if self._can_receive is not None else len(self._pending)
-            if room <= 0:
-                return
-            chunk, self._pending = self._pending[:room], self._pending[room:]
-            self._receive(chunk)
+        with self.frontend_lock:
+            while self._pending and self._receive is not None:
+                room = (self._can_receive() if self._can_receive is not None
+                        else len(self._pending))
+                if room <= 0:
+                    return
+                chunk, self._pending = self._pending[:room], self._pending[room:]
+                self._receive(chunk)
