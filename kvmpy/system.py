@@ -135,6 +135,7 @@ class System:
         self.lock = threading.RLock()
         self.bus = MmioBus()
         self.ram: GuestRAM | None = None
+        self.roms: list[GuestRAM] = []
         self.harts: list[HartPort] = []
         self.boot = BootState()
         self.sbi: SbiHandler | None = None
@@ -169,7 +170,7 @@ class System:
         self.machine.init(self)                                 # phase 4
         if self.ram is None:
             raise ConfigError(f"machine '{cls.name}' created no RAM")
-        self.accel.init_machine(self.ram, len(self.harts))      # phase 5
+        self.accel.init_machine(self.ram, len(self.harts), self.roms)  # phase 5
         for hart, vcpu in zip(self.harts, self.accel.vcpus, strict=True):
             hart.attach(_WakingBackend(vcpu, self))
         self._apply_boot_state()
@@ -234,6 +235,19 @@ class System:
             raise ConfigError("only one RAM region is supported")
         self.ram = GuestRAM(base, size, name)
         return self.ram
+
+    def create_rom(self, base: int, size: int, name: str) -> GuestRAM:
+        """Board init: a read-only region (boot ROM); fill it with ``write`` before phase 5."""
+        rom = GuestRAM(base, size, name)
+        self.roms.append(rom)
+        return rom
+
+    def memory_at(self, gpa: int, size: int = 1) -> GuestRAM | None:
+        """The RAM or ROM region holding ``[gpa, gpa + size)``, if any."""
+        for region in (self.ram, *self.roms):
+            if region is not None and region.contains(gpa, size):
+                return region
+        return None
 
     def serial_chardev(self, index: int) -> Chardev | None:
         return self.serials[index] if index < len(self.serials) else None
@@ -500,6 +514,9 @@ class System:
             chardev.close()
         if self.accel is not None:
             self.accel.close()
+        for rom in self.roms:
+            rom.close()
+        self.roms.clear()
         if self.config.pidfile:
             with contextlib.suppress(OSError):
                 os.unlink(self.config.pidfile)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import pytest
@@ -81,7 +82,8 @@ class ScriptedAccel(Accelerator):
         self.caps = AccelCaps(machine_mode=False, in_kernel_timer_ipi=True)
         self.vcpus: list[Any] = []
 
-    def init_machine(self, ram: GuestRAM, num_harts: int) -> None:
+    def init_machine(self, ram: GuestRAM, num_harts: int,
+                     roms: Sequence[GuestRAM] = ()) -> None:
         self.vcpus = [ScriptedVcpu(i) for i in range(num_harts)]
 
 

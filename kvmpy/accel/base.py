@@ -8,6 +8,7 @@ and SBI TIME/IPI in the VMM).  No device knows which accelerator runs it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
@@ -41,6 +42,9 @@ class AccelCaps:
     isa_extensions: tuple[str, ...] = field(default=())
     """Extensions as they appear in ``riscv,isa`` after ``rv64``: ("i", "m", ..., "zicsr", ...)."""
     mmu_type: str = "riscv,sv48"
+    timebase_frequency: int = 10_000_000
+    """Hz of ``time``/``mtime``: the device tree's ``/cpus/timebase-frequency`` (QEMU: 10 MHz;
+    under KVM the host's timer frequency, which the guest cannot change)."""
 
 
 class Vcpu(Protocol):
@@ -97,8 +101,13 @@ class Accelerator(Object):
         """None when this accelerator can run here, else the one-line reason why not."""
         return None
 
-    def init_machine(self, ram: GuestRAM, num_harts: int) -> None:
-        """Phase 5: take the RAM mapping and create one vCPU per hart."""
+    def init_machine(self, ram: GuestRAM, num_harts: int,
+                     roms: Sequence[GuestRAM] = ()) -> None:
+        """Phase 5: take the RAM mapping and create one vCPU per hart.
+
+        ``roms`` are read-only regions the guest executes and loads from (the virt board's
+        MROM); a store to one is an MMIO exit, as with a KVM read-only memory slot.
+        """
         raise NotImplementedError
 
     def close(self) -> None:
