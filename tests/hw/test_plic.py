@@ -221,5 +221,5 @@ def test_created_through_registry_with_qemu_property_names(make_irq: Any) -> Non
                       outputs=[make_irq()])
     assert isinstance(plic, SiFivePlic)
     assert plic.num_sources == 33 and plic.words == 2
-    with pytest.raises(ConfigError, match="Property 'riscv.sifive.plic.nope' not found"):
+    with pytest.raises(ConfigError, match=r"Property 'riscv\.sifive\.plic\.nope' not found"):
         device_new("riscv.sifive.plic", {"nope": "1"}, outputs=[make_irq()])
