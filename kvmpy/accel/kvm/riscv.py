@@ -1,0 +1,450 @@
+"""The ``kvm`` accelerator on a riscv64 host: policy on top of the thin KVM wrappers.
+
+- selection: :func:`probe` says in one line why KVM cannot run here (or None);
+- the vCPU (:class:`KvmRiscvVcpu`): exits as :mod:`kvmpy.accel.exits` values, registers by name
+  through ONE_REG, the S-mode external interrupt through ``KVM_INTERRUPT``, kicks through
+  ``immediate_exit`` plus a signal, power-on state per the KVM boot contract (pc = entry,
+  a0 = hartid, a1 = FDT, S-mode; the other harts STOPPED until SBI HSM starts them in-kernel);
+- the accelerator (:class:`KvmAccel`): one VM, one memory slot over guest RAM, one vCPU per hart,
+  capabilities (ISA string from ``config.isa`` and the ISA_EXT registers, MMU mode, timebase)
+  for the board, which must not give a KVM guest M-mode firmware (:func:`check_firmware`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import platform
+import random
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import TYPE_CHECKING, ClassVar
+
+from kvmpy import log
+from kvmpy.accel.base import IRQ_S_EXT, PRV_M, PRV_S, PRV_U, AccelCaps, Accelerator, Vcpu
+from kvmpy.accel.exits import (
+    InternalErrorExit,
+    IntrExit,
+    MmioExit,
+    SbiExit,
+    UnsupportedExit,
+    VcpuExit,
+)
+from kvmpy.accel.kvm import abi, onereg
+from kvmpy.accel.kvm.kvm import Kvm, KvmIoctlError, Vm
+from kvmpy.accel.kvm.kvm import Vcpu as VcpuFd
+from kvmpy.errors import AccelError, ConfigError
+from kvmpy.qom import register_type
+
+if TYPE_CHECKING:
+    from kvmpy.memory import GuestRAM
+
+_log = logging.getLogger("kvmpy")
+
+KVM_DEVICE = "/dev/kvm"
+KICK_SIGNAL = signal.SIGUSR1
+"""Sent to a vCPU thread blocked in ``KVM_RUN`` so that it returns EINTR (its handler does
+nothing); ``immediate_exit`` covers a thread that is not inside ``KVM_RUN`` yet."""
+
+_U64 = (1 << 64) - 1
+_CSR_SEED = 0x015
+_MMU_TYPES = {8: "riscv,sv39", 9: "riscv,sv48", 10: "riscv,sv57"}
+_FIRMWARE_OK = (None, "", "none", "builtin")
+
+
+# -- selection --------------------------------------------------------------------------------
+
+
+def _host_has_h_extension() -> bool | None:
+    """From the first ``isa`` line of /proc/cpuinfo; None when it cannot be told."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "isa":
+                    base = value.strip().lower().split("_")[0]
+                    return base.startswith("rv") and "h" in base[4:]
+    except OSError:
+        return None
+    return None
+
+
+def probe(host_machine: str | None = None, device: str = KVM_DEVICE) -> str | None:
+    """None when a RISC-V KVM is usable here, else the one-line reason why not.
+
+    Checks, in order: the host is riscv64; ``device`` opens; its API version is 12; a VM and a
+    vCPU can be created and the vCPU answers a RISC-V ONE_REG read (``config.isa``), which an
+    x86 ``/dev/kvm`` (even seen through qemu-user) does not.
+    """
+    machine = host_machine if host_machine is not None else platform.machine()
+    if machine != "riscv64":
+        return f"the host is {machine}, not riscv64: its KVM cannot run RISC-V guests"
+    try:
+        kvm = Kvm(device)
+    except FileNotFoundError:
+        if _host_has_h_extension() is False:
+            return (f"{device} not found: the host CPU has no H (hypervisor) extension, "
+                    "which KVM needs")
+        return (f"{device} not found: load the kvm module (modprobe kvm); the kernel needs "
+                "CONFIG_KVM and the CPU the H extension")
+    except PermissionError:
+        return (f"permission denied opening {device}: add your user to the kvm group "
+                "(usermod -aG kvm $USER) and log in again")
+    except OSError as exc:
+        return f"cannot open {device}: {exc.strerror}"
+    with kvm:
+        try:
+            version = kvm.api_version()
+        except OSError as exc:
+            return f"{device} is not a usable KVM: {exc}"
+        if version != abi.KVM_API_VERSION:
+            return f"{device} has KVM API version {version}, kvmpy needs {abi.KVM_API_VERSION}"
+        try:
+            with kvm.create_vm() as vm, vm.create_vcpu(0) as vcpu:
+                vcpu.get_one_reg(onereg.config_id("isa"))
+        except OSError as exc:
+            return f"{device} is not a RISC-V KVM: {exc} (config.isa)"
+    return None
+
+
+def check_firmware(bios: str | None) -> None:
+    """A KVM guest starts in S-mode: only ``-bios none`` or kvmpy's ``builtin`` SBI (whose
+    services KVM provides in-kernel) are possible. Raises ConfigError as QEMU refuses."""
+    if bios not in _FIRMWARE_OK:
+        raise ConfigError("Machine mode firmware is not supported in combination with KVM.")
+
+
+# -- kicks ------------------------------------------------------------------------------------
+
+
+def _kick_handler(signum: int, frame: FrameType | None) -> None:
+    """Nothing to do: the signal only makes ``KVM_RUN`` return EINTR in the vCPU thread."""
+
+
+def install_kick_handler() -> bool:
+    """Install the no-op handler of :data:`KICK_SIGNAL` (main thread only). False when it
+    cannot be installed; kicks then rely on ``immediate_exit`` and in-kernel wakeups alone."""
+    try:
+        current = signal.getsignal(KICK_SIGNAL)
+        if current is _kick_handler:
+            return True
+        if current not in (signal.SIG_DFL, None):
+            _log.debug("kvm: signal %d already has a handler; vCPU kicks use it", KICK_SIGNAL)
+            return current is not signal.SIG_IGN
+        signal.signal(KICK_SIGNAL, _kick_handler)
+    except ValueError:  # not the main thread
+        return False
+    return True
+
+
+# -- the vCPU ---------------------------------------------------------------------------------
+
+
+class KvmRiscvVcpu:
+    """Hart ``index`` as a KVM vCPU; implements :class:`kvmpy.accel.base.Vcpu`.
+
+    ``fd`` is the thin wrapper (:class:`kvmpy.accel.kvm.kvm.Vcpu`); everything this class does
+    goes through it.  ``double_fp``/``single_fp`` say which FP register file the hart has.
+    """
+
+    def __init__(self, fd: VcpuFd, index: int, double_fp: bool = True,
+                 single_fp: bool = True) -> None:
+        self.fd = fd
+        self.index = index
+        self._fd_run = fd.run
+        self._double_fp = double_fp
+        self._single_fp = single_fp
+        self._thread: int | None = None
+        self._kick_signal = True
+        self._mtimecmp = _U64
+
+    # running
+
+    def run(self) -> VcpuExit:
+        """``KVM_RUN`` until an exit the VMM must handle. CSR exits (Zkr ``seed``) are
+        completed here; KVM_RUN errors and FAIL_ENTRY/INTERNAL_ERROR become
+        :class:`InternalErrorExit` with a register dump."""
+        self._thread = threading.get_ident()
+        while True:
+            try:
+                exit_ = self._fd_run()
+            except KvmIoctlError as exc:
+                return InternalErrorExit(f"{exc}\n{self.register_dump()}")
+            cls = exit_.__class__
+            if cls is MmioExit or cls is IntrExit or cls is SbiExit:
+                return exit_
+            if cls is InternalErrorExit:
+                return InternalErrorExit(
+                    f"{exit_.message}\n{self.register_dump()}")  # type: ignore[union-attr]
+            if cls is UnsupportedExit and \
+                    exit_.code == abi.KVM_EXIT_RISCV_CSR:  # type: ignore[union-attr]
+                self._complete_csr()
+                continue
+            return exit_
+
+    def _complete_csr(self) -> None:
+        csr = self.fd.kvm_run.riscv_csr
+        if csr.csr_num == _CSR_SEED:
+            # Zkr: OPST = ES16 (valid entropy) with 16 random bits (Zkr spec, seed CSR).
+            self.fd.complete_csr((0b10 << 30) | random.getrandbits(16))
+        else:
+            log.guest_error(f"hart {self.index}: access to CSR 0x{csr.csr_num:x} "
+                            "forwarded by KVM, not implemented")
+            self.fd.complete_csr(0)
+
+    def complete_mmio_read(self, value: int) -> None:
+        self.fd.complete_mmio_read(value)
+
+    def complete_sbi(self, error: int, value: int) -> None:
+        self.fd.complete_sbi(error, value)
+
+    def kick(self) -> None:
+        """``immediate_exit`` for a thread about to enter ``KVM_RUN``, and the kick signal
+        for one already inside it."""
+        self.fd.set_immediate_exit(True)
+        thread = self._thread
+        if self._kick_signal and thread is not None and thread != threading.get_ident():
+            with contextlib.suppress(ProcessLookupError, OSError):
+                signal.pthread_kill(thread, KICK_SIGNAL)
+
+    def set_irq(self, irq: int, level: bool) -> None:
+        """Only the S-mode external interrupt (mip bit 9) comes from the VMM (the PLIC);
+        the timer and IPIs are in-kernel, so other pins are ignored."""
+        if irq == IRQ_S_EXT:
+            self.fd.interrupt(abi.KVM_INTERRUPT_SET if level else abi.KVM_INTERRUPT_UNSET)
+
+    # registers
+
+    def _reg_id(self, name: str) -> int | None:
+        reg = onereg.gpr_id(name)
+        if reg is not None:
+            return reg
+        if name in onereg.CSR_NAMES:
+            return onereg.csr_id(name)
+        if name == "fcsr":
+            return onereg.fp_id(32, self._double_fp)
+        if name.startswith("f") and name[1:].isdigit() and 0 <= int(name[1:]) < 32:
+            return onereg.fp_id(int(name[1:]), self._double_fp)
+        if name == "time":
+            return onereg.timer_id("time")
+        return None
+
+    def get_reg(self, name: str) -> int:
+        """``pc``, ``x0``..``x31``/ABI names, ``f0``..``f31``, ``fcsr``, the supervisor CSRs,
+        ``time``, ``priv`` (PRV_S/PRV_U), ``mhartid``. M-mode state does not exist under KVM."""
+        if name in ("x0", "zero"):
+            return 0
+        if name == "priv":
+            return PRV_S if self._get(onereg.core_id("mode")) == abi.KVM_RISCV_MODE_S else PRV_U
+        if name == "mhartid":
+            return self.index
+        if name == "mtimecmp":
+            return self._mtimecmp
+        return self._get(self._lookup(name))
+
+    def set_reg(self, name: str, value: int) -> None:
+        if name in ("x0", "zero"):
+            return
+        if name == "priv":
+            if value not in (PRV_S, PRV_U):
+                raise AccelError(f"kvm: hart {self.index} cannot run in privilege {value}: "
+                                 "KVM guests run in S or U mode")
+            mode = abi.KVM_RISCV_MODE_S if value == PRV_S else abi.KVM_RISCV_MODE_U
+            self._set(onereg.core_id("mode"), mode)
+            return
+        if name == "mtimecmp":  # no ACLINT under KVM: the timer is in-kernel (SBI TIME/Sstc)
+            self._mtimecmp = value & _U64
+            return
+        self._set(self._lookup(name), value)
+
+    def _lookup(self, name: str) -> int:
+        reg = self._reg_id(name)
+        if reg is None:
+            raise AccelError(f"kvm: register '{name}' is not accessible under KVM")
+        return reg
+
+    def _get(self, reg: int) -> int:
+        try:
+            return self.fd.get_one_reg(reg)
+        except OSError as exc:
+            raise AccelError(f"kvm: hart {self.index}: {exc} (id 0x{reg:x})") from exc
+
+    def _set(self, reg: int, value: int) -> None:
+        try:
+            self.fd.set_one_reg(reg, value)
+        except OSError as exc:
+            raise AccelError(f"kvm: hart {self.index}: {exc} (id 0x{reg:x})") from exc
+
+    def reset(self, pc: int, priv: int, a0: int, a1: int, stopped: bool) -> None:
+        """The KVM boot contract: GPRs and supervisor CSRs zero (satp = 0), pc/a0/a1 set,
+        S-mode, external interrupt line low; ``stopped`` harts wait in-kernel for SBI HSM."""
+        if priv == PRV_M:
+            raise AccelError("kvm: harts cannot start in M-mode under KVM "
+                             "(Machine mode firmware is not supported in combination with KVM.)")
+        for i in range(1, 32):
+            self._set(onereg.core_id(onereg.ABI_NAMES[i]), 0)
+        for csr in ("sie", "stvec", "sscratch", "sepc", "scause", "stval", "satp",
+                    "scounteren", "sstatus"):
+            self._set(onereg.csr_id(csr), 0)
+        self._set(onereg.core_id("pc"), pc)
+        self._set(onereg.core_id("a0"), a0)
+        self._set(onereg.core_id("a1"), a1)
+        self.set_reg("priv", priv)
+        with contextlib.suppress(OSError):
+            self.fd.set_one_reg(onereg.timer_id("state"), abi.KVM_RISCV_TIMER_STATE_OFF)
+        self.fd.interrupt(abi.KVM_INTERRUPT_UNSET)
+        self.fd.set_mp_state(abi.KVM_MP_STATE_STOPPED if stopped else abi.KVM_MP_STATE_RUNNABLE)
+
+    @property
+    def stopped(self) -> bool:
+        """Powered off (SBI HSM STOPPED). The vCPU thread still calls run(): KVM sleeps."""
+        return self.fd.get_mp_state() == abi.KVM_MP_STATE_STOPPED
+
+    def register_dump(self) -> str:
+        """pc, mode, x1..x31 and the supervisor CSRs, for internal-error reports."""
+        try:
+            mode = "S" if self.fd.get_one_reg(onereg.core_id("mode")) else "U"
+            lines = [f"pc  {self.fd.get_one_reg(onereg.core_id('pc')):016x}  mode {mode}"]
+            regs = [f"{n:<4}{self.fd.get_one_reg(onereg.core_id(n)):016x}"
+                    for n in onereg.ABI_NAMES[1:]]
+            lines += ["  ".join(regs[i:i + 4]) for i in range(0, len(regs), 4)]
+            csrs = [f"{n} {self.fd.get_one_reg(onereg.csr_id(n)):016x}"
+                    for n in ("sstatus", "sepc", "scause", "stval", "satp", "stvec", "sie",
+                              "sip")]
+            lines += ["  ".join(csrs[i:i + 4]) for i in range(0, len(csrs), 4)]
+        except OSError as exc:
+            return f"(hart {self.index} registers unavailable: {exc})"
+        return "\n".join(lines)
+
+
+# -- the accelerator --------------------------------------------------------------------------
+
+
+def read_isa_extensions(vcpu: VcpuFd) -> tuple[str, ...]:
+    """``riscv,isa`` after ``rv64``: letters from ``config.isa``, then each multi-letter
+    ISA_EXT register that reads 1 (unknown to this kernel: -ENOENT/-EINVAL, skipped)."""
+    letters = onereg.isa_letters(vcpu.get_one_reg(onereg.config_id("isa")))
+    multi = []
+    for index, name in enumerate(abi.KVM_RISCV_ISA_EXT_NAMES):
+        if len(name) == 1:
+            continue
+        try:
+            if vcpu.get_one_reg(onereg.isa_ext_id(index)):
+                multi.append(name)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.EINVAL):
+                raise
+    return (*letters, *sorted(multi, key=onereg.multi_letter_key))
+
+
+def _optional_reg(vcpu: VcpuFd, reg: int) -> int | None:
+    try:
+        return vcpu.get_one_reg(reg)
+    except OSError:
+        return None
+
+
+@register_type("kvm-accel", "accel", description="KVM accelerator (riscv64 hosts)")
+class KvmAccel(Accelerator):
+    """``-accel kvm``: guests run on ``/dev/kvm``; kvmpy handles MMIO, console SBI calls and
+    system events.  ``kvm_factory`` opens the KVM device (tests pass a fake wrapper)."""
+
+    name: ClassVar[str] = "kvm"
+    threaded_vcpus: ClassVar[bool] = True
+    """One thread per vCPU, blocked in KVM_RUN (``kvmpy.runloop.ThreadPerVcpuDriver``)."""
+
+    def __init__(self, kvm_factory: Callable[[], Kvm] | None = None) -> None:
+        self._factory: Callable[[], Kvm] = kvm_factory or (lambda: Kvm(KVM_DEVICE))
+        self.vcpus: list[Vcpu] = []
+        self._kvm: Kvm | None = None
+        self._vm: Vm | None = None
+        self._fds: list[VcpuFd] = []
+        self._caps: AccelCaps | None = None
+        self.dbcn_enabled = False
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        return probe()
+
+    @property
+    def caps(self) -> AccelCaps:
+        """Read from vCPU 0 on first use (the board needs them before the vCPUs exist)."""
+        if self._caps is None:
+            vcpu = self._vcpu_fd(0)
+            try:
+                isa = read_isa_extensions(vcpu)
+            except OSError as exc:
+                raise AccelError(f"kvm: {exc} (config.isa)") from exc
+            satp_mode = _optional_reg(vcpu, onereg.config_id("satp_mode"))
+            freq = _optional_reg(vcpu, onereg.timer_id("frequency"))
+            self._caps = AccelCaps(
+                machine_mode=False, in_kernel_timer_ipi=True, isa_extensions=isa,
+                mmu_type=_MMU_TYPES.get(satp_mode or 8, "riscv,sv39"),
+                timebase_frequency=freq or 10_000_000)
+        return self._caps
+
+    @caps.setter
+    def caps(self, value: AccelCaps) -> None:
+        self._caps = value
+
+    def _open_vm(self) -> Vm:
+        if self._vm is None:
+            try:
+                self._kvm = self._factory()
+                self._vm = self._kvm.create_vm(0)
+            except OSError as exc:
+                self.close()
+                raise AccelError(f"kvm: {exc}") from exc
+        return self._vm
+
+    def _vcpu_fd(self, index: int) -> VcpuFd:
+        vm = self._open_vm()
+        while len(self._fds) <= index:
+            try:
+                self._fds.append(vm.create_vcpu(len(self._fds)))
+            except OSError as exc:
+                raise AccelError(f"kvm: {exc} (vCPU {len(self._fds)})") from exc
+        return self._fds[index]
+
+    def init_machine(self, ram: GuestRAM, num_harts: int,
+                     roms: Sequence[GuestRAM] = ()) -> None:
+        """Memory slot 0 over ``ram``, a read-only slot per ROM (stores to it exit as MMIO),
+        vCPUs 0..num_harts-1 (id = hartid) with the debug console SBI extension (DBCN)
+        forwarded to the VMM where the kernel has it."""
+        vm = self._open_vm()
+        for slot, (region, flags) in enumerate(
+                [(ram, 0), *((rom, abi.KVM_MEM_READONLY) for rom in roms)]):
+            try:
+                vm.set_user_memory_region(slot, region.base, region.size, region.host_address,
+                                          flags)
+            except OSError as exc:
+                raise AccelError(f"kvm: {exc} ({region.name} 0x{region.base:x}"
+                                 f"+0x{region.size:x})") from exc
+        caps = self.caps
+        kick_signal = install_kick_handler()
+        for index in range(num_harts):
+            fd = self._vcpu_fd(index)
+            try:
+                fd.set_one_reg(onereg.sbi_ext_id(abi.KVM_RISCV_SBI_EXT_DBCN), 1)
+                self.dbcn_enabled = True
+            except OSError as exc:  # before Linux 6.8: legacy console only
+                _log.debug("kvm: hart %d: DBCN not enabled: %s", index, exc)
+            vcpu = KvmRiscvVcpu(fd, index, double_fp="d" in caps.isa_extensions,
+                                single_fp="f" in caps.isa_extensions)
+            vcpu._kick_signal = kick_signal
+            self.vcpus.append(vcpu)
+
+    def close(self) -> None:
+        self.vcpus = []
+        for fd in self._fds:
+            fd.close()
+        self._fds = []
+        if self._vm is not None:
+            self._vm.close()
+            self._vm = None
+        if self._kvm is not None:
+            self._kvm.close()
+            self._kvm = None
