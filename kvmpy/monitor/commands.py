@@ -1,0 +1,153 @@
+"""What QMP and HMP commands do, shared by both monitors and the library API."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import kvmpy
+from kvmpy.errors import KvmpyError, StateError
+from kvmpy.machine import machine_types
+
+if TYPE_CHECKING:
+    from kvmpy.accel.base import Vcpu
+    from kvmpy.system import System
+
+PAGE_SIZE = 4096
+SATP_MODES = {8: 3, 9: 4, 10: 5}
+"""satp.MODE -> page-table levels (Sv39, Sv48, Sv57)."""
+
+
+def version_info() -> dict[str, Any]:
+    major, minor, micro = (int(x) for x in kvmpy.__version__.split(".")[:3])
+    return {"qemu": {"major": major, "minor": minor, "micro": micro},
+            "package": f"kvmpy {kvmpy.__version__}"}
+
+
+def query_status(system: System) -> dict[str, Any]:
+    return {"status": system.status, "singlestep": False, "running": system.running}
+
+
+def stop(system: System) -> dict[str, Any]:
+    system.pause()
+    return {}
+
+
+def cont(system: System) -> dict[str, Any]:
+    system.resume()
+    return {}
+
+
+def system_reset(system: System) -> dict[str, Any]:
+    system.reset("host-qmp-system-reset", guest=False)
+    return {}
+
+
+def system_powerdown(system: System) -> dict[str, Any]:
+    """The virt board has no power button: only the POWERDOWN event, as in QEMU."""
+    system.emit("POWERDOWN")
+    return {}
+
+
+def quit_vm(system: System) -> None:
+    system._shutdown("host-qmp-quit", False)
+
+
+def query_name(system: System) -> dict[str, Any]:
+    return {"name": system.config.name} if system.config.name else {}
+
+
+def query_kvm(system: System) -> dict[str, Any]:
+    from kvmpy.system import find_accel_class
+
+    kvm = find_accel_class("kvm")
+    present = kvm is not None and kvm.unavailable_reason() is None
+    enabled = system.accel is not None and type(system.accel).name == "kvm"
+    return {"enabled": enabled, "present": present}
+
+
+def query_cpus_fast(system: System) -> list[dict[str, Any]]:
+    tids = system.driver.thread_ids() if system.driver is not None else []
+    return [{"thread-id": tids[i] if i < len(tids) else 0,
+             "props": {"core-id": i},
+             "qom-path": f"/machine/soc0/harts[{i}]",
+             "cpu-index": i, "target": "riscv64"} for i in range(len(system.harts))]
+
+
+def query_machines() -> list[dict[str, Any]]:
+    result = []
+    for cls in machine_types():
+        entry: dict[str, Any] = {"hotpluggable-cpus": False, "name": cls.name,
+                                 "numa-mem-supported": False,
+                                 "default-cpu-type": f"{cls.default_cpu_type}-riscv-cpu",
+                                 "cpu-max": cls.max_cpus, "deprecated": False,
+                                 "default-ram-id": f"{cls.name}.ram"}
+        if cls.is_default:
+            entry["is-default"] = True
+        result.append(entry)
+    return result
+
+
+def vcpu(system: System, index: int) -> Vcpu:
+    if system.accel is None or not 0 <= index < len(system.accel.vcpus):
+        raise KvmpyError(f"CPU index {index} out of range" if system.accel is not None
+                         else "No CPU available")
+    return system.accel.vcpus[index]
+
+
+def read_physical(system: System, gpa: int, size: int) -> bytes:
+    """Guest-physical memory (RAM and ROM; device windows read as QEMU's pmemsave would not)."""
+    region = system.memory_at(gpa, size)
+    if region is None:
+        raise KvmpyError(f"Invalid addr 0x{gpa:x}/size {size} specified")
+    return region.read(gpa, size)
+
+
+def translate(system: System, cpu: int, vaddr: int) -> int:
+    """Walk the hart's page tables (Sv39/48/57, privileged spec 4.3.2) for a debug access."""
+    hart = vcpu(system, cpu)
+    satp = hart.get_reg("satp")
+    levels = SATP_MODES.get(satp >> 60)
+    if levels is None:
+        return vaddr
+    table = (satp & ((1 << 44) - 1)) * PAGE_SIZE
+    for level in range(levels - 1, -1, -1):
+        index = (vaddr >> (12 + 9 * level)) & 0x1FF
+        pte = int.from_bytes(read_physical(system, table + index * 8, 8), "little")
+        if not pte & 1 or (not pte & 2 and pte & 4):
+            raise KvmpyError(f"Invalid addr 0x{vaddr:x} specified (not mapped)")
+        ppn = (pte >> 10) & ((1 << 44) - 1)
+        if pte & 0xA:  # leaf: R or X set
+            offset_mask = (1 << (12 + 9 * level)) - 1
+            return ((ppn * PAGE_SIZE) & ~offset_mask) | (vaddr & offset_mask)
+        table = ppn * PAGE_SIZE
+    raise KvmpyError(f"Invalid addr 0x{vaddr:x} specified (no leaf page)")
+
+
+def read_virtual(system: System, cpu: int, vaddr: int, size: int) -> bytes:
+    out = bytearray()
+    while size > 0:
+        chunk = min(size, PAGE_SIZE - (vaddr % PAGE_SIZE))
+        out += read_physical(system, translate(system, cpu, vaddr), chunk)
+        vaddr += chunk
+        size -= chunk
+    return bytes(out)
+
+
+def _save(path: str, data: bytes) -> dict[str, Any]:
+    with open(path, "wb") as f:
+        f.write(data)
+    return {}
+
+
+def pmemsave(system: System, val: int, size: int, filename: str) -> dict[str, Any]:
+    return _save(filename, read_physical(system, val, size))
+
+
+def memsave(system: System, val: int, size: int, filename: str, cpu: int) -> dict[str, Any]:
+    return _save(filename, read_virtual(system, cpu, val, size))
+
+
+def require_paused(system: System, what: str) -> None:
+    if system.status == "running":
+        raise StateError(f"{what} needs the VM paused", system.status,
+                         ("paused", "prelaunch", "shutdown"))

@@ -1,0 +1,325 @@
+"""HMP, the human monitor (``-monitor stdio``, Ctrl-A c on ``mon:stdio``), with QEMU's commands."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import kvmpy
+from kvmpy.chardev.base import CHR_EVENT_OPENED, Chardev
+from kvmpy.errors import KvmpyError
+from kvmpy.monitor import commands
+
+if TYPE_CHECKING:
+    from kvmpy.system import System
+
+PROMPT = "(qemu) "
+ABI_NAMES = ["zero", "ra", "sp", "gp", "tp", "t0", "t1", "t2", "s0", "s1", "a0", "a1", "a2",
+             "a3", "a4", "a5", "a6", "a7", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9",
+             "s10", "s11", "t3", "t4", "t5", "t6"]
+FP_NAMES = ["ft0", "ft1", "ft2", "ft3", "ft4", "ft5", "ft6", "ft7", "fs0", "fs1", "fa0", "fa1",
+            "fa2", "fa3", "fa4", "fa5", "fa6", "fa7", "fs2", "fs3", "fs4", "fs5", "fs6", "fs7",
+            "fs8", "fs9", "fs10", "fs11", "ft8", "ft9", "ft10", "ft11"]
+CSRS = ["mhartid", "mstatus", "mip", "mie", "mideleg", "medeleg", "mtvec", "stvec", "mepc",
+        "sepc", "mcause", "scause", "mtval", "stval", "mscratch", "sscratch", "satp"]
+UNIT_SIZES = {"b": 1, "h": 2, "w": 4, "g": 8}
+_FMT_RE = re.compile(r"^/(\d*)([xduotacis]?)([bhwg]?)$")
+
+
+class HmpState:
+    """Per-monitor state: the current CPU (``cpu N``) and the last x/xp format."""
+
+    def __init__(self) -> None:
+        self.cpu = 0
+        self.fmt = ("x", 4)
+
+
+def _get(system: System, cpu: int, name: str) -> int:
+    try:
+        return commands.vcpu(system, cpu).get_reg(name)
+    except (KeyError, ValueError):
+        return 0
+
+
+def info_registers(system: System, state: HmpState, args: list[str]) -> str:
+    lines = []
+    cpus = range(len(system.harts)) if "-a" in args else [state.cpu]
+    for cpu in cpus:
+        lines.append(f"CPU#{cpu}")
+        lines.append(f" {'V':<8} = {0:3d}")
+        lines.append(f" {'pc':<8} {_get(system, cpu, 'pc'):016x}")
+        for csr in CSRS:
+            lines.append(f" {csr:<8} {_get(system, cpu, csr):016x}")
+        row = []
+        for i, abi in enumerate(ABI_NAMES):
+            row.append(f" x{i}/{abi:<5}{'':<{4 - len(str(i))}}{_get(system, cpu, f'x{i}'):016x}")
+            if len(row) == 4:
+                lines.append("".join(row))
+                row = []
+        for i, abi in enumerate(FP_NAMES):
+            row.append(f" f{i}/{abi:<5}{'':<{4 - len(str(i))}}{_get(system, cpu, f'f{i}'):016x}")
+            if len(row) == 4:
+                lines.append("".join(row))
+                row = []
+    return "\n".join(lines)
+
+
+def info_mtree(system: System, state: HmpState, args: list[str]) -> str:
+    lines = ["address-space: memory", "  0000000000000000-ffffffffffffffff (prio 0, i/o): system"]
+    regions: list[tuple[int, int, str, str]] = []
+    if system.ram is not None:
+        regions.append((system.ram.base, system.ram.size, "ram", system.ram.name))
+    for rom in system.roms:
+        regions.append((rom.base, rom.size, "rom", rom.name))
+    for region in system.bus.regions:
+        regions.append((region.base, region.size, "i/o", region.name))
+    for base, size, kind, name in sorted(regions):
+        lines.append(f"    {base:016x}-{base + size - 1:016x} (prio 0, {kind}): {name}")
+    return "\n".join(lines)
+
+
+def info_qtree(system: System, state: HmpState, args: list[str]) -> str:
+    lines = ["bus: main-system-bus", "  type System"]
+    for region in system.bus.regions:
+        dev = region.device
+        type_name = getattr(dev, "type_name", type(dev).__name__)
+        lines.append(f"  dev: {type_name}, id \"\"")
+        lines.append(f"    mmio {region.base:016x}/{region.size:016x}")
+    return "\n".join(lines)
+
+
+def info_cpus(system: System, state: HmpState, args: list[str]) -> str:
+    cpus = commands.query_cpus_fast(system)
+    return "\n".join(f"{'*' if c['cpu-index'] == state.cpu else ' '} CPU #{c['cpu-index']}: "
+                     f"thread_id={c['thread-id']}" for c in cpus)
+
+
+def info_status(system: System, state: HmpState, args: list[str]) -> str:
+    status = system.status
+    if status == "running":
+        return "VM status: running"
+    if status == "paused":
+        return "VM status: paused"
+    return f"VM status: paused ({status})"
+
+
+def info_version(system: System, state: HmpState, args: list[str]) -> str:
+    return f"kvmpy {kvmpy.__version__}"
+
+
+def info_name(system: System, state: HmpState, args: list[str]) -> str:
+    return system.config.name or ""
+
+
+INFO: dict[str, tuple[Callable[[System, HmpState, list[str]], str], str]] = {
+    "status": (info_status, "show the current VM status (running|paused)"),
+    "registers": (info_registers, "show the cpu registers (-a: all CPUs)"),
+    "mtree": (info_mtree, "show memory tree"),
+    "qtree": (info_qtree, "show device tree"),
+    "cpus": (info_cpus, "show infos for each CPU"),
+    "version": (info_version, "show the version of QEMU"),
+    "name": (info_name, "show the current VM name"),
+}
+
+
+def _memory_dump(system: System, state: HmpState, args: list[str], physical: bool) -> str:
+    fmt, unit = state.fmt
+    count = 1
+    if args and args[0].startswith("/"):
+        match = _FMT_RE.match(args.pop(0))
+        if match is None:
+            raise KvmpyError("invalid char in format")
+        if match.group(1):
+            count = int(match.group(1))
+        if match.group(2):
+            fmt = match.group(2)
+        if match.group(3):
+            unit = UNIT_SIZES[match.group(3)]
+        elif fmt == "c":
+            unit = 1
+        state.fmt = (fmt, unit)
+    if not args:
+        raise KvmpyError("missing address")
+    addr = _parse_int(args[0])
+
+    def read(address: int, size: int) -> bytes:
+        if physical:
+            return commands.read_physical(system, address, size)
+        return commands.read_virtual(system, state.cpu, address, size)
+
+    if fmt == "i":
+        return _disassemble(read(addr, count * 4), addr, count)
+    per_line = {1: 8, 2: 8, 4: 4, 8: 2}[unit]
+    data = read(addr, count * unit)
+    lines = []
+    for i in range(0, count, per_line):
+        words = [int.from_bytes(data[(i + j) * unit:(i + j + 1) * unit], "little")
+                 for j in range(min(per_line, count - i))]
+        lines.append(f"{addr + i * unit:016x}: " + " ".join(_format(w, fmt, unit) for w in words))
+    return "\n".join(lines)
+
+
+def _format(value: int, fmt: str, unit: int) -> str:
+    bits = unit * 8
+    if fmt == "x":
+        return f"0x{value:0{unit * 2}x}"
+    if fmt == "d":
+        return str(value - (1 << bits) if value >> (bits - 1) else value)
+    if fmt == "u":
+        return str(value)
+    if fmt == "o":
+        return f"0{value:o}"
+    if fmt == "t":
+        return f"{value:0{bits}b}"
+    if fmt == "c":
+        return repr(chr(value & 0xFF)) if 32 <= value & 0xFF < 127 else f"'\\x{value & 0xFF:02x}'"
+    return f"0x{value:x}"
+
+
+def _disassemble(code: bytes, addr: int, count: int) -> str:
+    try:
+        import capstone
+    except ImportError:
+        raise KvmpyError("disassembly needs the capstone package") from None
+    md = capstone.Cs(capstone.CS_ARCH_RISCV,
+                     capstone.CS_MODE_RISCV64 | capstone.CS_MODE_RISCVC)
+    lines = []
+    for insn in md.disasm(code, addr, count):
+        lines.append(f"0x{insn.address:016x}:  {insn.mnemonic:<8} {insn.op_str}".rstrip())
+    return "\n".join(lines)
+
+
+def _parse_int(text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise KvmpyError(f"invalid number '{text}'") from None
+
+
+def run_command(system: System, line: str, cpu_index: int | None = None,
+                state: HmpState | None = None) -> str:
+    """Execute one HMP command line; returns its output (empty for silent commands)."""
+    state = state or HmpState()
+    if cpu_index is not None:
+        state.cpu = cpu_index
+    try:
+        words = shlex.split(line)
+    except ValueError as exc:
+        return f"{exc}\n"
+    if not words:
+        return ""
+    name, args = words[0], words[1:]
+    # "x/4xw 0x1000" is written without a space after the command.
+    match = re.match(r"^(xp|x)(/.*)$", name)
+    if match:
+        name, args = match.group(1), [match.group(2), *args]
+    try:
+        output = _dispatch(system, state, name, args)
+    except KvmpyError as exc:
+        return f"Error: {exc}\n"
+    return output + "\n" if output else ""
+
+
+def _dispatch(system: System, state: HmpState, name: str, args: list[str]) -> str:
+    if name == "info":
+        if not args or args[0] not in INFO:
+            return "\n".join(f"info {k} -- {v[1]}" for k, v in sorted(INFO.items()))
+        return INFO[args[0]][0](system, state, args[1:])
+    if name in ("stop", "s"):
+        commands.stop(system)
+        return ""
+    if name in ("c", "cont"):
+        commands.cont(system)
+        return ""
+    if name == "system_reset":
+        commands.system_reset(system)
+        return ""
+    if name == "system_powerdown":
+        commands.system_powerdown(system)
+        return ""
+    if name in ("q", "quit"):
+        commands.quit_vm(system)
+        return ""
+    if name == "cpu":
+        if not args:
+            raise KvmpyError("missing CPU index")
+        index = _parse_int(args[0])
+        commands.vcpu(system, index)
+        state.cpu = index
+        return ""
+    if name == "x":
+        return _memory_dump(system, state, args, physical=False)
+    if name == "xp":
+        return _memory_dump(system, state, args, physical=True)
+    if name in ("help", "?"):
+        return "\n".join(f"{cmd:<28}-- {desc}" for cmd, desc in HELP
+                         if not args or cmd.split()[0] == args[0])
+    raise KvmpyError(f"unknown command: '{name}'")
+
+
+HELP = [
+    ("c|cont", "resume emulation"),
+    ("cpu index", "set the default CPU"),
+    ("help|? [cmd]", "show the help"),
+    ("info [subcommand]", "show various information about the system state"),
+    ("q|quit", "quit the emulator"),
+    ("stop|s", "stop emulation"),
+    ("system_powerdown", "send system power down event"),
+    ("system_reset", "reset the system"),
+    ("x /fmt addr", "virtual memory dump starting at 'addr'"),
+    ("xp /fmt addr", "physical memory dump starting at 'addr'"),
+]
+
+
+class HmpMonitor:
+    """HMP on a chardev: echoes typed characters, edits a line, runs it on Enter."""
+
+    def __init__(self, chardev: Chardev, banner: bool = True) -> None:
+        self.chardev = chardev
+        self.system: System | None = None
+        self.state = HmpState()
+        self.banner = banner
+        self._line = bytearray()
+
+    def start(self, system: System) -> None:
+        self.system = system
+        self.chardev.set_handlers(self._receive, None, self._on_event)
+        if self.chardev.connected and self.banner:
+            self._greet()
+
+    def close(self) -> None:
+        self.chardev.set_handlers(None)
+
+    def _on_event(self, event: str) -> None:
+        if event == CHR_EVENT_OPENED:
+            self._greet()
+
+    def _greet(self) -> None:
+        self._write(f"kvmpy {kvmpy.__version__} monitor - type 'help' for more information\n")
+        self._write(PROMPT)
+
+    def _write(self, text: str) -> None:
+        self.chardev.write(text.replace("\n", "\r\n").encode())
+
+    def _receive(self, data: bytes) -> None:
+        for byte in data:
+            if byte in (0x0D, 0x0A):
+                if byte == 0x0A and not self._line and getattr(self, "_last_cr", False):
+                    self._last_cr = False
+                    continue
+                self._last_cr = byte == 0x0D
+                self._write("\n")
+                line = self._line.decode(errors="replace")
+                self._line.clear()
+                if self.system is not None:
+                    self._write(run_command(self.system, line, state=self.state))
+                self._write(PROMPT)
+            elif byte in (0x7F, 0x08):
+                if self._line:
+                    self._line.pop()
+                    self._write("\b \b")
+            elif 0x20 <= byte < 0x7F:
+                self._line.append(byte)
+                self.chardev.write(bytes([byte]))
