@@ -130,8 +130,9 @@ class _WakingBackend:
 class System:
     """One VM. Build it with :meth:`create` (phases 2-5), then :meth:`run` (phase 6)."""
 
-    def __init__(self, config: VMConfig) -> None:
+    def __init__(self, config: VMConfig, console: Chardev | None = None) -> None:
         self.config = config
+        self._console = console
         self.lock = threading.RLock()
         self.bus = MmioBus()
         self.ram: GuestRAM | None = None
@@ -222,9 +223,10 @@ class System:
         from kvmpy import chardev as chardev_pkg
 
         opener = getattr(chardev_pkg, "open_backends", None)
-        if opener is None:
-            return
-        self.chardevs, self.serials, self.monitors = opener(self)
+        if opener is not None:
+            self.chardevs, self.serials, self.monitors = opener(self)
+        if self._console is not None:
+            self.serials = [self._console]
         for serial in self.serials:
             if serial is not None:
                 serial.frontend_lock = self.lock
@@ -445,16 +447,21 @@ class System:
         if self._quit_event is not None:
             self._quit_event.set()
 
-    def run(self, install_signal_handlers: bool = True) -> int:
-        """Phase 6: run until shutdown. Returns the process exit status."""
+    def run(self, install_signal_handlers: bool = True,
+            ready: Callable[[], None] | None = None) -> int:
+        """Phase 6: run until shutdown. Returns the process exit status.
+
+        ``ready`` is called once the main loop serves requests and the vCPUs have started.
+        """
         loop = asyncio.new_event_loop()
         try:
-            return loop.run_until_complete(self._main(install_signal_handlers))
+            return loop.run_until_complete(self._main(install_signal_handlers, ready))
         finally:
             self.close()
             loop.close()
 
-    async def _main(self, install_signal_handlers: bool) -> int:
+    async def _main(self, install_signal_handlers: bool,
+                    ready: Callable[[], None] | None) -> int:
         assert self.driver is not None
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
@@ -484,6 +491,8 @@ class System:
         else:
             self._set_status("running")
             self.driver.resume()
+        if ready is not None:
+            ready()
         await self._quit_event.wait()
         return self.exit_code
 

@@ -1,0 +1,368 @@
+"""``kvmpy.VM``: a virtual machine in this process, for lifecycle tests.
+
+The shape follows QEMU's ``QEMUMachine``: a context manager, ``launch``/``shutdown``/``kill``/
+``wait``, ``event_wait(name, timeout, match)``, run-state guards raising ``StateError``; plus
+what only an in-process VMM can give: the console as a Python object, guest memory and
+registers, single-stepping on the interpreter.
+
+    with kvmpy.VM(machine="virt", memory="256M", append="console=ttyS0") as vm:
+        vm.console.expect(r"~ # ")
+        vm.console.send("uname -a\\n")
+        vm.console.expect(r"Linux")
+"""
+
+from __future__ import annotations
+
+import queue
+import re
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from kvmpy.chardev.base import Chardev
+from kvmpy.errors import KvmpyError, StateError
+from kvmpy.monitor import commands
+
+DEFAULT_TIMEOUT = 30.0
+
+
+class Console(Chardev):
+    """The guest's serial console as a Python object: everything written is kept."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cond = threading.Condition()
+        self._output = bytearray()
+        self._cursor = 0
+
+    def write(self, data: bytes) -> int:
+        with self._cond:
+            self._output += data
+            self._cond.notify_all()
+        return len(data)
+
+    @property
+    def log(self) -> str:
+        """The whole console output so far, decoded leniently."""
+        with self._cond:
+            return self._output.decode(errors="replace")
+
+    def send(self, text: str | bytes) -> None:
+        """Type ``text`` into the guest's console (delivered as the UART accepts it)."""
+        data = text.encode() if isinstance(text, str) else text
+        self.deliver(data)
+
+    def expect(self, pattern: str | re.Pattern[str], timeout: float = DEFAULT_TIMEOUT
+               ) -> re.Match[str]:
+        """Wait until output after the previous match matches ``pattern``; returns the match.
+
+        Raises TimeoutError carrying the unmatched output.
+        """
+        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                text = self._output[self._cursor:].decode(errors="replace")
+                match = regex.search(text)
+                if match is not None:
+                    self._cursor += len(text[:match.end()].encode(errors="replace"))
+                    return match
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"console did not match {regex.pattern!r} within "
+                                       f"{timeout} s; output since last match:\n{text[-2000:]}")
+                self._cond.wait(min(remaining, 0.5))
+
+
+class Memory:
+    """Guest-physical memory of a VM (RAM and ROM)."""
+
+    def __init__(self, vm: VM) -> None:
+        self._vm = vm
+
+    def read(self, gpa: int, size: int) -> bytes:
+        return commands.read_physical(self._vm.system, gpa, size)
+
+    def write(self, gpa: int, data: bytes) -> None:
+        region = self._vm.system.memory_at(gpa, len(data))
+        if region is None or region is not self._vm.system.ram:
+            raise KvmpyError(f"0x{gpa:x}+{len(data)} is not in guest RAM")
+        region.write(gpa, data)
+
+    def read_u64(self, gpa: int) -> int:
+        return int.from_bytes(self.read(gpa, 8), "little")
+
+
+def _build_args(args: Sequence[str] | None, options: Mapping[str, Any]) -> list[str]:
+    argv = list(args or [])
+    flag_map = {"machine": "-M", "accel": "-accel", "cpu": "-cpu", "memory": "-m",
+                "smp": "-smp", "kernel": "-kernel", "initrd": "-initrd", "append": "-append",
+                "bios": "-bios", "dtb": "-dtb", "name": "-name"}
+    for key, value in options.items():
+        if value is None:
+            continue
+        if key in flag_map:
+            argv += [flag_map[key], str(value)]
+        elif key == "devices":
+            for device in value:
+                argv += ["-device", device]
+        elif key in ("no_reboot", "no_shutdown"):
+            if value:
+                argv.append("-" + key.replace("_", "-"))
+        elif key == "start_paused":
+            if value:
+                argv.append("-S")
+        elif key == "extra_args":
+            argv += list(value)
+        else:
+            raise TypeError(f"VM() got an unexpected keyword argument '{key}'")
+    return argv
+
+
+class VM:
+    """A VM in this process. Keyword arguments mirror the command line, or pass ``args``."""
+
+    def __init__(self, args: Sequence[str] | None = None, **options: Any) -> None:
+        from kvmpy.system import System
+
+        self.args = _build_args(args, options)
+        self.console = Console()
+        self.memory = Memory(self)
+        self._events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._system: System | None = None
+        self._thread: threading.Thread | None = None
+        self._exit_code: int | None = None
+        self._error: BaseException | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def system(self) -> Any:
+        if self._system is None:
+            raise StateError("the VM has not been launched", "not-launched", "launched")
+        return self._system
+
+    def launch(self) -> VM:
+        """Create the machine and start it (or leave it in ``prelaunch`` with -S)."""
+        from kvmpy.cli import parse_args
+        from kvmpy.system import System
+
+        if self._system is not None:
+            raise StateError("the VM has already been launched", self.status, "not-launched")
+        config = parse_args([*self.args, "-display", "none"] if "-display" not in self.args
+                            else self.args)
+        config.serial = []
+        config.nographic = False
+        system = System(config, console=self.console)
+        system.add_event_listener(self._on_event)
+        system.create()
+        self._system = system
+        started = threading.Event()
+
+        def main() -> None:
+            try:
+                self._exit_code = system.run(install_signal_handlers=False, ready=started.set)
+            except BaseException as exc:  # kept for wait() to re-raise
+                self._error = exc
+                started.set()
+
+        self._thread = threading.Thread(target=main, name="kvmpy-main", daemon=True)
+        self._thread.start()
+        started.wait()
+        return self
+
+    def _on_event(self, name: str, data: dict[str, Any]) -> None:
+        now = time.time()
+        event: dict[str, Any] = {"event": name, "data": dict(data),
+                                 "timestamp": {"seconds": int(now),
+                                               "microseconds": int(now % 1 * 1e6)}}
+        self._events.put(event)
+
+    @property
+    def status(self) -> str:
+        """QEMU's run state: prelaunch, running, paused, shutdown, internal-error, ..."""
+        if self._system is None:
+            return "not-launched"
+        return str(self._system.status)
+
+    def is_running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _on_loop(self, fn: Any) -> Any:
+        """Run ``fn`` on the VM's main loop and return its result (exceptions re-raised)."""
+        system = self.system
+        if not self.is_running():
+            raise StateError("the VM is not running", self.status, "running")
+        done = threading.Event()
+        result: list[Any] = []
+        error: list[BaseException] = []
+
+        def call() -> None:
+            try:
+                result.append(fn())
+            except BaseException as exc:
+                error.append(exc)
+            finally:
+                done.set()
+
+        system.call_soon(call)
+        if not done.wait(DEFAULT_TIMEOUT):
+            raise TimeoutError("the VM's main loop did not answer")
+        if error:
+            raise error[0]
+        return result[0] if result else None
+
+    def pause(self) -> None:
+        """QMP ``stop``: every hart stops; registers can be read and written."""
+        self._require("running", "paused")
+        self._on_loop(self.system.pause)
+
+    def resume(self) -> None:
+        """QMP ``cont``."""
+        self._on_loop(self.system.resume)
+
+    def reset(self) -> None:
+        """QMP ``system_reset``."""
+        self._on_loop(lambda: self.system.reset("host-qmp-system-reset", False))
+
+    def shutdown(self, timeout: float = DEFAULT_TIMEOUT) -> int:
+        """Stop the VM (QMP ``quit``) and wait for it; returns the exit status."""
+        if self.is_running():
+            self._on_loop(lambda: commands.quit_vm(self.system))
+        return self.wait(timeout)
+
+    def kill(self) -> None:
+        """Stop at once, whatever the guest is doing."""
+        if self.is_running():
+            self.system.call_soon(self.system.quit)
+        if self._thread is not None:
+            self._thread.join(DEFAULT_TIMEOUT)
+
+    def wait(self, timeout: float | None = DEFAULT_TIMEOUT) -> int:
+        """Wait until the VM ends by itself (guest poweroff, quit); returns the exit status."""
+        if self._thread is None:
+            raise StateError("the VM has not been launched", self.status, "launched")
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError(f"the VM did not stop within {timeout} s")
+        if self._error is not None:
+            raise self._error
+        return self._exit_code if self._exit_code is not None else 0
+
+    def exitcode(self) -> int | None:
+        return None if self.is_running() else self._exit_code
+
+    def __enter__(self) -> VM:
+        if self._system is None:
+            self.launch()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.is_running():
+            try:
+                self.shutdown()
+            except (TimeoutError, StateError):
+                self.kill()
+
+    def _require(self, *states: str) -> None:
+        if self.status not in states:
+            raise StateError(f"the VM is {self.status}, this needs {' or '.join(states)}",
+                             self.status, states)
+
+    # -- events ----------------------------------------------------------------------------
+
+    def event_wait(self, name: str, timeout: float = DEFAULT_TIMEOUT,
+                   match: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The next event ``name`` whose fields contain ``match`` (recursively), as QEMU's."""
+        deadline = time.monotonic() + timeout
+        skipped: list[dict[str, Any]] = []
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"no {name} event within {timeout} s")
+                try:
+                    event = self._events.get(timeout=remaining)
+                except queue.Empty:
+                    raise TimeoutError(f"no {name} event within {timeout} s") from None
+                if event["event"] == name and _matches(event, match or {}):
+                    return event
+                skipped.append(event)
+        finally:
+            for event in skipped:
+                self._events.put(event)
+
+    def get_events(self) -> list[dict[str, Any]]:
+        """Every event not consumed yet, oldest first."""
+        events = []
+        while True:
+            try:
+                events.append(self._events.get_nowait())
+            except queue.Empty:
+                return events
+
+    def events(self, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """Iterate over events as they arrive (stops after ``timeout`` s without one)."""
+        while True:
+            try:
+                yield self._events.get(timeout=timeout)
+            except queue.Empty:
+                return
+
+    # -- state access ----------------------------------------------------------------------
+
+    def qmp(self, command: str, **arguments: Any) -> Any:
+        """Run a QMP command in-process (``_`` in argument names is ``-``); returns its value."""
+        from kvmpy.monitor.qmp import COMMANDS, QmpMonitor
+
+        if command not in COMMANDS:
+            raise KvmpyError(f"The command {command} has not been found")
+        args = {k.replace("_", "-"): v for k, v in arguments.items()}
+        monitor = QmpMonitor(self.console)
+        monitor.system = self.system
+        return self._on_loop(lambda: monitor.execute(command, args))
+
+    def hmp(self, command_line: str, cpu: int = 0) -> str:
+        """Run an HMP command; returns its text."""
+        from kvmpy.monitor.hmp import run_command
+
+        return str(self._on_loop(lambda: run_command(self.system, command_line, cpu)))
+
+    def get_reg(self, name: str, cpu: int = 0) -> int:
+        """A register of hart ``cpu`` (``pc``, ``a0``, ``x5``, ``mstatus``, ...); VM paused."""
+        self._require("paused", "prelaunch", "shutdown", "internal-error", "guest-panicked")
+        return commands.vcpu(self.system, cpu).get_reg(name)
+
+    def set_reg(self, name: str, value: int, cpu: int = 0) -> None:
+        self._require("paused", "prelaunch")
+        commands.vcpu(self.system, cpu).set_reg(name, value)
+
+    def registers(self, cpu: int = 0) -> dict[str, int]:
+        """pc, x1..x31 and the main CSRs of hart ``cpu`` while paused."""
+        from kvmpy.monitor.hmp import CSRS
+
+        names = ["pc", *(f"x{i}" for i in range(1, 32)), *CSRS]
+        return {name: self.get_reg(name, cpu) for name in names}
+
+    def step(self, count: int = 1, cpu: int = 0) -> None:
+        """Execute ``count`` instructions on hart ``cpu`` while paused (interpreter only)."""
+        self._require("paused", "prelaunch")
+        hart = commands.vcpu(self.system, cpu)
+        stepper = getattr(hart, "step", None)
+        if stepper is None:
+            raise KvmpyError("single-stepping needs the tcg accelerator")
+        stepper(count)
+
+
+def _matches(event: Mapping[str, Any], match: Mapping[str, Any]) -> bool:
+    for key, want in match.items():
+        if key not in event:
+            return False
+        got = event[key]
+        if isinstance(want, Mapping):
+            if not isinstance(got, Mapping) or not _matches(got, want):
+                return False
+        elif got != want:
+            return False
+    return True
