@@ -31,7 +31,8 @@ _start:
 /* Trap handler.  Records mcause/mtval/mepc/previous mode, then:
  *   - an ecall with t6 == ENTER_M_MAGIC returns to M-mode after the ecall;
  *   - an expected trap (trap_expected != 0) resumes at trap_resume in M-mode when set,
- *     else skips the trapping instruction (exceptions) or returns to mepc (interrupts);
+ *     else skips the trapping instruction (exceptions) or returns to mepc (interrupts;
+ *     mie is cleared so the source need not be silenced first);
  *   - anything else prints the trap and fails with the current subtest number. */
 	.balign 4
 	.globl trap_entry
@@ -76,7 +77,10 @@ trap_entry:
 	ld t1, 40(t0)           /* trap_expected */
 	beqz t1, unexpected_trap
 	sd zero, 40(t0)
-	ld t1, 48(t0)           /* trap_resume */
+	csrr t1, mcause
+	bgez t1, 6f
+	csrw mie, zero          /* interrupt: mask them all so it is not taken again */
+6:	ld t1, 48(t0)           /* trap_resume */
 	beqz t1, 3f
 	sd zero, 48(t0)
 	csrw mepc, t1
