@@ -238,12 +238,13 @@ class KvmRiscvVcpu:
         if name in ("x0", "zero"):
             return 0
         if name == "priv":
-            return PRV_S if self._get(onereg.core_id("mode")) == abi.KVM_RISCV_MODE_S else PRV_U
+            mode = self._get(onereg.core_id("mode"), "mode")
+            return PRV_S if mode == abi.KVM_RISCV_MODE_S else PRV_U
         if name == "mhartid":
             return self.index
         if name == "mtimecmp":
             return self._mtimecmp
-        return self._get(self._lookup(name))
+        return self._get(self._lookup(name), name)
 
     def set_reg(self, name: str, value: int) -> None:
         if name in ("x0", "zero"):
@@ -253,12 +254,12 @@ class KvmRiscvVcpu:
                 raise AccelError(f"kvm: hart {self.index} cannot run in privilege {value}: "
                                  "KVM guests run in S or U mode")
             mode = abi.KVM_RISCV_MODE_S if value == PRV_S else abi.KVM_RISCV_MODE_U
-            self._set(onereg.core_id("mode"), mode)
+            self._set(onereg.core_id("mode"), mode, "mode")
             return
         if name == "mtimecmp":  # no ACLINT under KVM: the timer is in-kernel (SBI TIME/Sstc)
             self._mtimecmp = value & _U64
             return
-        self._set(self._lookup(name), value)
+        self._set(self._lookup(name), value, name)
 
     def _lookup(self, name: str) -> int:
         reg = self._reg_id(name)
@@ -266,17 +267,17 @@ class KvmRiscvVcpu:
             raise AccelError(f"kvm: register '{name}' is not accessible under KVM")
         return reg
 
-    def _get(self, reg: int) -> int:
+    def _get(self, reg: int, name: str) -> int:
         try:
             return self.fd.get_one_reg(reg)
         except OSError as exc:
-            raise AccelError(f"kvm: hart {self.index}: {exc} (id 0x{reg:x})") from exc
+            raise AccelError(f"kvm: hart {self.index}: {exc} ({name}, id 0x{reg:x})") from exc
 
-    def _set(self, reg: int, value: int) -> None:
+    def _set(self, reg: int, value: int, name: str) -> None:
         try:
             self.fd.set_one_reg(reg, value)
         except OSError as exc:
-            raise AccelError(f"kvm: hart {self.index}: {exc} (id 0x{reg:x})") from exc
+            raise AccelError(f"kvm: hart {self.index}: {exc} ({name}, id 0x{reg:x})") from exc
 
     def reset(self, pc: int, priv: int, a0: int, a1: int, stopped: bool) -> None:
         """The KVM boot contract: GPRs and supervisor CSRs zero (satp = 0), pc/a0/a1 set,
@@ -284,14 +285,14 @@ class KvmRiscvVcpu:
         if priv == PRV_M:
             raise AccelError("kvm: harts cannot start in M-mode under KVM "
                              "(Machine mode firmware is not supported in combination with KVM.)")
-        for i in range(1, 32):
-            self._set(onereg.core_id(onereg.ABI_NAMES[i]), 0)
+        for name in onereg.ABI_NAMES[1:]:
+            self._set(onereg.core_id(name), 0, name)
         for csr in ("sie", "stvec", "sscratch", "sepc", "scause", "stval", "satp",
                     "scounteren", "sstatus"):
-            self._set(onereg.csr_id(csr), 0)
-        self._set(onereg.core_id("pc"), pc)
-        self._set(onereg.core_id("a0"), a0)
-        self._set(onereg.core_id("a1"), a1)
+            self._set(onereg.csr_id(csr), 0, csr)
+        self._set(onereg.core_id("pc"), pc, "pc")
+        self._set(onereg.core_id("a0"), a0, "a0")
+        self._set(onereg.core_id("a1"), a1, "a1")
         self.set_reg("priv", priv)
         with contextlib.suppress(OSError):
             self.fd.set_one_reg(onereg.timer_id("state"), abi.KVM_RISCV_TIMER_STATE_OFF)
