@@ -4,8 +4,28 @@
 :class:`kvmpy.ProcessVM` make VM lifecycle tests a few lines long.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from kvmpy.errors import AccelError, ConfigError, KvmpyError, StateError
+
+if TYPE_CHECKING:
+    from kvmpy.process import ProcessVM
+    from kvmpy.vm import VM
 
 __version__ = "0.1.0"
 
-__all__ = ["AccelError", "ConfigError", "KvmpyError", "StateError", "__version__"]
+__all__ = ["VM", "AccelError", "ConfigError", "KvmpyError", "ProcessVM", "StateError",
+           "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    # The lifecycle classes import the whole VMM; load them on first use only.
+    if name == "VM":
+        from kvmpy.vm import VM
+
+        return VM
+    if name == "ProcessVM":
+        from kvmpy.process import ProcessVM
+
+        return ProcessVM
+    raise AttributeError(f"module 'kvmpy' has no attribute '{name}'")

@@ -147,6 +147,28 @@ def memsave(system: System, val: int, size: int, filename: str, cpu: int) -> dic
     return _save(filename, read_virtual(system, cpu, val, size))
 
 
+def query_registers(system: System, cpu: int) -> dict[str, int]:
+    """pc, x1..x31 and the main CSRs of one hart (kvmpy extension ``x-query-registers``)."""
+    from kvmpy.monitor.hmp import CSRS
+
+    hart = vcpu(system, cpu)
+    names = ["pc", *(f"x{i}" for i in range(1, 32)), *CSRS]
+    return {name: hart.get_reg(name) for name in names}
+
+
+def pmemwrite(system: System, val: int, data: str) -> dict[str, Any]:
+    """Write hex ``data`` to guest RAM (kvmpy extension ``x-pmemwrite``)."""
+    try:
+        raw = bytes.fromhex(data)
+    except ValueError:
+        raise KvmpyError("Parameter 'data' expects hexadecimal bytes") from None
+    region = system.memory_at(val, len(raw))
+    if region is None or region is not system.ram:
+        raise KvmpyError(f"Invalid addr 0x{val:x}/size {len(raw)} specified")
+    region.write(val, raw)
+    return {}
+
+
 def require_paused(system: System, what: str) -> None:
     if system.status == "running":
         raise StateError(f"{what} needs the VM paused", system.status,

@@ -1,0 +1,349 @@
+"""``kvmpy.ProcessVM``: the kvmpy command line as a child process, driven over QMP.
+
+The same methods as :class:`kvmpy.VM`, for tests that want the VMM in its own process (crash
+isolation, signals, the exact CLI users run).  The console and QMP travel over unix sockets in a
+private temporary directory that is removed with everything else on every exit path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from kvmpy.errors import KvmpyError, StateError
+from kvmpy.qmp_client import QMPClient, QMPError
+from kvmpy.vm import DEFAULT_TIMEOUT, _build_args, _matches
+
+
+class VMLaunchFailure(KvmpyError):
+    """The child did not come up; carries its command line, exit status and output."""
+
+    def __init__(self, message: str, command: list[str], exitcode: int | None,
+                 output: str) -> None:
+        super().__init__(f"{message}\ncommand: {' '.join(command)}\nexit status: {exitcode}\n"
+                         f"output:\n{output}")
+        self.command = command
+        self.exitcode = exitcode
+        self.output = output
+
+
+class AbnormalShutdown(KvmpyError):
+    """The VM did not stop cleanly and had to be killed."""
+
+
+class SocketConsole:
+    """The serial console over a unix socket: output logged by a reader thread."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(timeout)
+        self._sock.connect(path)
+        self._sock.settimeout(None)
+        self._cond = threading.Condition()
+        self._output = bytearray()
+        self._cursor = 0
+        self._thread = threading.Thread(target=self._reader, daemon=True, name="console")
+        self._thread.start()
+
+    def _reader(self) -> None:
+        while True:
+            try:
+                chunk = self._sock.recv(65536)
+            except OSError:
+                chunk = b""
+            with self._cond:
+                if not chunk:
+                    self._cond.notify_all()
+                    return
+                self._output += chunk
+                self._cond.notify_all()
+
+    @property
+    def log(self) -> str:
+        with self._cond:
+            return self._output.decode(errors="replace")
+
+    def send(self, text: str | bytes) -> None:
+        self._sock.sendall(text.encode() if isinstance(text, str) else text)
+
+    def expect(self, pattern: str | re.Pattern[str], timeout: float = DEFAULT_TIMEOUT
+               ) -> re.Match[str]:
+        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                text = self._output[self._cursor:].decode(errors="replace")
+                match = regex.search(text)
+                if match is not None:
+                    self._cursor += len(text[:match.end()].encode(errors="replace"))
+                    return match
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._thread.is_alive():
+                    raise TimeoutError(f"console did not match {regex.pattern!r} within "
+                                       f"{timeout} s; output since last match:\n{text[-2000:]}")
+                self._cond.wait(min(remaining, 0.5))
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()
+        self._thread.join(5)
+
+
+class _ProcessMemory:
+    def __init__(self, vm: ProcessVM) -> None:
+        self._vm = vm
+
+    def read(self, gpa: int, size: int) -> bytes:
+        path = os.path.join(self._vm.temp_dir, "pmemsave.bin")
+        self._vm.qmp("pmemsave", val=gpa, size=size, filename=path)
+        with open(path, "rb") as f:
+            data = f.read()
+        os.unlink(path)
+        return data
+
+    def write(self, gpa: int, data: bytes) -> None:
+        self._vm.qmp("x-pmemwrite", val=gpa, data=data.hex())
+
+    def read_u64(self, gpa: int) -> int:
+        return int.from_bytes(self.read(gpa, 8), "little")
+
+
+class ProcessVM:
+    """The CLI in a child process. ``binary`` defaults to this Python running ``-m kvmpy``."""
+
+    def __init__(self, args: Sequence[str] | None = None, *,
+                 binary: Sequence[str] | None = None, **options: Any) -> None:
+        self.args = _build_args(args, options)
+        self.binary = list(binary) if binary else [sys.executable, "-m", "kvmpy"]
+        self.temp_dir = ""
+        self.command: list[str] = []
+        self.memory = _ProcessMemory(self)
+        self._console: SocketConsole | None = None
+        self._qmp: QMPClient | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_path = ""
+        self._exitcode: int | None = None
+        self._cleanups: list[Callable[[], None]] = []
+
+    # -- launch and teardown ---------------------------------------------------------------
+
+    def add_cleanup(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` after the VM is gone, whether launch failed or not."""
+        self._cleanups.append(fn)
+
+    def launch(self, timeout: float = DEFAULT_TIMEOUT) -> ProcessVM:
+        if self._proc is not None:
+            raise StateError("the VM has already been launched", self.status, "not-launched")
+        self.temp_dir = tempfile.mkdtemp(prefix="kvmpy-")
+        qmp_path = os.path.join(self.temp_dir, "qmp.sock")
+        console_path = os.path.join(self.temp_dir, "console.sock")
+        self._log_path = os.path.join(self.temp_dir, "output.log")
+        self.command = [*self.binary, *self.args, "-display", "none",
+                        "-qmp", f"unix:{qmp_path},server=on,wait=off"]
+        if "-serial" not in self.args and "-nographic" not in self.args:
+            self.command += ["-serial", f"unix:{console_path},server=on,wait=off"]
+        try:
+            with open(self._log_path, "wb") as log:
+                self._proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL,
+                                              stdout=log, stderr=subprocess.STDOUT,
+                                              start_new_session=True)
+            self._qmp = QMPClient(qmp_path)
+            self._connect(lambda: self._qmp.connect(timeout) if self._qmp else None, timeout)
+            if "-serial" not in self.args and "-nographic" not in self.args:
+                self._console = SocketConsole(console_path, timeout)
+        except BaseException as exc:
+            exitcode = self._kill_process()
+            output = self.get_log()
+            self._post_shutdown()
+            if isinstance(exc, (OSError, TimeoutError, QMPError, ValueError)):
+                raise VMLaunchFailure(f"kvmpy failed to start: {exc}", self.command, exitcode,
+                                      output) from None
+            raise
+        return self
+
+    def _connect(self, connect: Callable[[], Any], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._proc is not None and self._proc.poll() is not None:
+                raise OSError(f"the process exited with status {self._proc.returncode}")
+            try:
+                connect()
+                return
+            except (FileNotFoundError, ConnectionRefusedError):
+                if time.monotonic() > deadline:
+                    raise TimeoutError("no QMP socket") from None
+                time.sleep(0.02)
+
+    def _kill_process(self) -> int | None:
+        proc = self._proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        self._exitcode = proc.wait()
+        return self._exitcode
+
+    def _post_shutdown(self) -> None:
+        if self._console is not None:
+            self._console.close()
+            self._console = None
+        if self._qmp is not None:
+            self._qmp.close()
+            self._qmp = None
+        if self.temp_dir and os.path.isdir(self.temp_dir):
+            self._final_log = self.get_log()
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+        cleanups, self._cleanups = self._cleanups, []
+        for fn in cleanups:
+            fn()
+
+    def get_log(self) -> str:
+        """Everything the process printed (stdout and stderr)."""
+        try:
+            with open(self._log_path, "rb") as f:
+                return f.read().decode(errors="replace")
+        except OSError:
+            return getattr(self, "_final_log", "")
+
+    def shutdown(self, timeout: float = DEFAULT_TIMEOUT, hard: bool = False) -> int:
+        """QMP ``quit`` and wait; kills the process (AbnormalShutdown) if that fails."""
+        if self._proc is None:
+            return self._exitcode or 0
+        try:
+            if not hard and self._proc.poll() is None and self._qmp is not None:
+                with contextlib.suppress(QMPError, OSError):
+                    self._qmp.execute("quit", timeout=timeout)
+                try:
+                    self._exitcode = self._proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    self._kill_process()
+                    raise AbnormalShutdown("kvmpy did not exit after 'quit'") from None
+            else:
+                self._kill_process()
+        finally:
+            self._post_shutdown()
+        return self._exitcode if self._exitcode is not None else 0
+
+    def kill(self) -> None:
+        self.shutdown(hard=True)
+
+    def wait(self, timeout: float | None = DEFAULT_TIMEOUT) -> int:
+        """Wait for the process to end by itself (guest poweroff); returns its status."""
+        if self._proc is None:
+            raise StateError("the VM has not been launched", "not-launched", "launched")
+        try:
+            self._exitcode = self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(f"the VM did not stop within {timeout} s") from None
+        self._post_shutdown()
+        return self._exitcode
+
+    def exitcode(self) -> int | None:
+        return None if self._proc is None else self._proc.poll()
+
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def get_pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def __enter__(self) -> ProcessVM:
+        if self._proc is None:
+            self.launch()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.is_running():
+            with contextlib.suppress(AbnormalShutdown):
+                self.shutdown()
+        else:
+            self._post_shutdown()
+
+    # -- QMP -------------------------------------------------------------------------------
+
+    def qmp(self, command: str, **arguments: Any) -> Any:
+        if self._qmp is None:
+            raise StateError("the VM is not running", self.status, "running")
+        args = {k.replace("_", "-"): v for k, v in arguments.items()}
+        return self._qmp.execute(command, args or None)
+
+    @property
+    def console(self) -> SocketConsole:
+        if self._console is None:
+            raise StateError("no console socket (a -serial was given)", self.status, "running")
+        return self._console
+
+    @property
+    def status(self) -> str:
+        if self._proc is None:
+            return "not-launched"
+        if self._proc.poll() is not None or self._qmp is None:
+            return "shutdown"
+        return str(self.qmp("query-status")["status"])
+
+    def pause(self) -> None:
+        self.qmp("stop")
+
+    def resume(self) -> None:
+        self.qmp("cont")
+
+    def reset(self) -> None:
+        self.qmp("system_reset")
+
+    def hmp(self, command_line: str, cpu: int = 0) -> str:
+        return str(self.qmp("human-monitor-command", command_line=command_line,
+                            cpu_index=cpu))
+
+    def get_reg(self, name: str, cpu: int = 0) -> int:
+        return int(self.qmp("x-query-registers", cpu_index=cpu)[name])
+
+    def registers(self, cpu: int = 0) -> dict[str, int]:
+        regs: dict[str, int] = self.qmp("x-query-registers", cpu_index=cpu)
+        return regs
+
+    def event_wait(self, name: str, timeout: float = DEFAULT_TIMEOUT,
+                   match: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        if self._qmp is None:
+            raise StateError("the VM is not running", self.status, "running")
+        deadline = time.monotonic() + timeout
+        skipped = []
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                event = self._qmp.pull_event(max(remaining, 0)) if remaining > 0 else None
+                if event is None:
+                    raise TimeoutError(f"no {name} event within {timeout} s")
+                if event["event"] == name and _matches(event, match or {}):
+                    return event
+                skipped.append(event)
+        finally:
+            self._qmp.events.extendleft(reversed(skipped))
+
+    def get_events(self) -> list[dict[str, Any]]:
+        events = []
+        while self._qmp is not None:
+            event = self._qmp.pull_event(0)
+            if event is None:
+                break
+            events.append(event)
+        return events
+
+    def events(self, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        while self._qmp is not None:
+            event = self._qmp.pull_event(timeout)
+            if event is None:
+                return
+            yield event
