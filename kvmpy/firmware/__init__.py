@@ -1,0 +1,1 @@
+"""Firmware: kvmpy's own SBI (``-bios builtin``) and finding the system's OpenSBI."""
