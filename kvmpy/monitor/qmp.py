@@ -58,7 +58,7 @@ class QmpMonitor:
         self.system: System | None = None
         self._buffer = b""
         self._negotiated = False
-        self._decoder = json.JSONDecoder()
+        self._discarding = False
         self._loop_thread: int | None = None
 
     # -- wiring ----------------------------------------------------------------------------
@@ -109,31 +109,32 @@ class QmpMonitor:
     # -- framing ---------------------------------------------------------------------------
 
     def _receive(self, data: bytes) -> None:
+        if self._discarding:
+            newline = data.find(b"\n")
+            if newline < 0:
+                return
+            self._discarding = False
+            data = data[newline + 1:]
         self._buffer += data
         while True:
-            text = self._buffer.lstrip()
-            if not text:
-                self._buffer = b""
+            self._buffer = self._buffer.lstrip()
+            if not self._buffer:
                 return
+            end = _message_end(self._buffer)
+            if end is None:
+                if len(self._buffer) > MAX_MESSAGE_BYTES:
+                    self._discarding = b"\n" not in self._buffer
+                    self._error_and_resync("JSON parse error, message too long")
+                return
+            raw, self._buffer = self._buffer[:end], self._buffer[end:]
             try:
-                decoded = text.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                if exc.reason == "unexpected end of data" and len(text) < MAX_MESSAGE_BYTES:
-                    return
-                self._error_and_resync("JSON parse error, invalid UTF-8 sequence")
+                obj = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                self._reply_error(None, QmpError("JSON parse error, invalid UTF-8 sequence"))
                 continue
-            try:
-                obj, end = self._decoder.raw_decode(decoded)
             except json.JSONDecodeError as exc:
-                if exc.pos >= len(decoded.rstrip()) and len(text) < MAX_MESSAGE_BYTES:
-                    return  # incomplete: wait for more
-                if len(text) >= MAX_MESSAGE_BYTES and exc.pos >= len(decoded.rstrip()):
-                    self._buffer = b""
-                    self._reply_error(None, QmpError("JSON parse error, message too long"))
-                    return
-                self._error_and_resync(f"JSON parse error, {exc.msg.lower()}")
+                self._reply_error(None, QmpError(f"JSON parse error, {exc.msg.lower()}"))
                 continue
-            self._buffer = decoded[end:].encode()
             self._dispatch(obj)
 
     def _error_and_resync(self, desc: str) -> None:
@@ -210,6 +211,37 @@ class QmpMonitor:
         if self.system is None:
             raise QmpError("monitor is not attached to a machine")
         return self.system
+
+
+def _message_end(buffer: bytes) -> int | None:
+    """Length of the first complete JSON value in ``buffer`` (which starts non-blank).
+
+    Objects and arrays end at their closing bracket (strings and escapes respected); anything
+    else ends at the next newline.  None means more input is needed.
+    """
+    if buffer[:1] not in (b"{", b"["):
+        newline = buffer.find(b"\n")
+        return None if newline < 0 else newline + 1
+    depth = 0
+    in_string = False
+    escaped = False
+    for i, byte in enumerate(buffer):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x7B, 0x5B):
+            depth += 1
+        elif byte in (0x7D, 0x5D):
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    return None
 
 
 def _is_type(value: Any, expected: type) -> bool:
