@@ -1,0 +1,195 @@
+"""virtio-blk (block device, id 2; virtio spec §5.2), QEMU's ``virtio-blk-device``.
+
+One request queue.  A request is a 16-byte header (type u32, reserved u32, sector u64),
+data buffers, and a 1-byte status the device writes: 0 OK, 1 IOERR, 2 UNSUPP.  Requests run
+synchronously against a raw image file (:class:`RawImage`); sectors are 512 bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kvmpy import log
+from kvmpy.errors import ConfigError
+from kvmpy.hw.virtio.device import VirtioDevice
+from kvmpy.hw.virtio.virtqueue import VirtqElement, Virtqueue
+from kvmpy.qom import Property, register_type
+
+VIRTIO_ID_BLOCK = 2
+SECTOR = 512
+
+VIRTIO_BLK_F_SIZE_MAX = 1
+VIRTIO_BLK_F_SEG_MAX = 2
+VIRTIO_BLK_F_RO = 5
+VIRTIO_BLK_F_BLK_SIZE = 6
+VIRTIO_BLK_F_FLUSH = 9
+
+VIRTIO_BLK_T_IN = 0
+VIRTIO_BLK_T_OUT = 1
+VIRTIO_BLK_T_FLUSH = 4
+VIRTIO_BLK_T_GET_ID = 8
+
+VIRTIO_BLK_S_OK = 0
+VIRTIO_BLK_S_IOERR = 1
+VIRTIO_BLK_S_UNSUPP = 2
+
+VIRTIO_BLK_ID_BYTES = 20
+
+_HEADER = struct.Struct("<IIQ")
+
+
+class RawImage:
+    """A raw disk image file opened for the VM's lifetime."""
+
+    def __init__(self, path: str, read_only: bool = False) -> None:
+        self.path = path
+        self.read_only = read_only
+        try:
+            self.fd = os.open(path, os.O_RDONLY if read_only else os.O_RDWR)
+        except OSError as exc:
+            raise ConfigError(f"Could not open '{path}': {exc.strerror}") from exc
+        self.size = os.fstat(self.fd).st_size
+
+    def pread(self, offset: int, length: int) -> bytes:
+        return os.pread(self.fd, length, offset)
+
+    def pwrite(self, offset: int, data: bytes) -> None:
+        os.pwrite(self.fd, data, offset)
+
+    def flush(self) -> None:
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+@dataclass
+class VirtioBlkState:
+    """No state beyond the queue: requests complete synchronously."""
+
+
+@register_type("virtio-blk-device", "virtio-device", description="virtio block device")
+class VirtioBlk(VirtioDevice):
+    category = "Storage devices"
+    device_id = VIRTIO_ID_BLOCK
+    queue_sizes = (256,)
+
+    drive = Property(str, "", "Node name or ID of a block device to use as a backend")
+    serial = Property(str, "", "disk serial number (VIRTIO_BLK_T_GET_ID)")
+    queue_size = Property(int, 256, "virtqueue size", name="queue-size")
+
+    def __init__(self, image: RawImage | None = None, **props: object) -> None:
+        super().__init__()
+        for key, value in props.items():
+            setattr(self, key, value)
+        if image is None:
+            raise ConfigError("drive property not set")
+        if not 2 <= self.queue_size <= 1024 or self.queue_size & (self.queue_size - 1):
+            raise ConfigError(f"invalid queue-size property ({self.queue_size}), must be a "
+                              "power of 2 between 2 and 1024")
+        self.queue_sizes = (self.queue_size,)
+        self.image = image
+        self.state = VirtioBlkState()
+
+    @classmethod
+    def backends(cls, system: Any, props: Mapping[str, str]) -> dict[str, Any]:
+        drive_id = props.get("drive")
+        if not drive_id:
+            return {}
+        for spec in getattr(system.config, "drives", ()):
+            drive_props = getattr(spec, "props", spec)
+            if drive_props.get("id") == drive_id:
+                return {"image": _open_drive(drive_props)}
+        raise ConfigError(f"Property 'virtio-blk-device.drive' can't find value '{drive_id}'")
+
+    def host_features(self) -> int:
+        features = (1 << VIRTIO_BLK_F_SEG_MAX | 1 << VIRTIO_BLK_F_BLK_SIZE
+                    | 1 << VIRTIO_BLK_F_FLUSH)
+        if self.image.read_only:
+            features |= 1 << VIRTIO_BLK_F_RO
+        return features
+
+    def config(self) -> bytes:
+        capacity = self.image.size // SECTOR
+        seg_max = self.queue_size - 2
+        # capacity u64, size_max u32, seg_max u32, geometry (u16, u8, u8), blk_size u32
+        return struct.pack("<QIIHBBI", capacity, 0, seg_max, 0, 0, 0, SECTOR)
+
+    def handle_queue(self, index: int) -> None:
+        vq = self.queues[index]
+        done = False
+        while (elem := vq.pop()) is not None:
+            status, written = self._request(vq, elem)
+            vq.write_in(elem, bytes((status,)), skip=elem.in_size - 1)
+            vq.push(elem, written + 1)
+            done = True
+        if done:
+            self.notify(index)
+
+    def _request(self, vq: Virtqueue, elem: VirtqElement) -> tuple[int, int]:
+        """Run one request; returns (status, bytes written before the status byte)."""
+        if elem.out_size < _HEADER.size or elem.in_size < 1:
+            log.guest_error("virtio-blk: request without header or status byte")
+            return VIRTIO_BLK_S_IOERR, 0
+        kind, _, sector = _HEADER.unpack(vq.read_out(elem, _HEADER.size))
+        data_in = elem.in_size - 1
+        if kind == VIRTIO_BLK_T_IN:
+            return self._read(vq, elem, sector, data_in)
+        if kind == VIRTIO_BLK_T_OUT:
+            return self._write(vq, elem, sector), 0
+        if kind == VIRTIO_BLK_T_FLUSH:
+            self.image.flush()
+            return VIRTIO_BLK_S_OK, 0
+        if kind == VIRTIO_BLK_T_GET_ID:
+            ident = self.serial.encode()[:VIRTIO_BLK_ID_BYTES]
+            ident += bytes(min(data_in, VIRTIO_BLK_ID_BYTES) - len(ident))
+            return VIRTIO_BLK_S_OK, vq.write_in(elem, ident[:data_in])
+        return VIRTIO_BLK_S_UNSUPP, 0
+
+    def _in_range(self, sector: int, length: int) -> bool:
+        if length % SECTOR or sector * SECTOR + length > self.image.size:
+            log.guest_error(f"virtio-blk: request at sector {sector} of {length} bytes is "
+                            f"outside the {self.image.size}-byte disk")
+            return False
+        return True
+
+    def _read(self, vq: Virtqueue, elem: VirtqElement, sector: int,
+              length: int) -> tuple[int, int]:
+        if not self._in_range(sector, length):
+            return VIRTIO_BLK_S_IOERR, 0
+        try:
+            data = self.image.pread(sector * SECTOR, length)
+        except OSError:
+            return VIRTIO_BLK_S_IOERR, 0
+        return VIRTIO_BLK_S_OK, vq.write_in(elem, data)
+
+    def _write(self, vq: Virtqueue, elem: VirtqElement, sector: int) -> int:
+        if self.image.read_only:
+            return VIRTIO_BLK_S_IOERR
+        payload = vq.read_out(elem)[_HEADER.size:]
+        if not self._in_range(sector, len(payload)):
+            return VIRTIO_BLK_S_IOERR
+        try:
+            self.image.pwrite(sector * SECTOR, payload)
+        except OSError:
+            return VIRTIO_BLK_S_IOERR
+        return VIRTIO_BLK_S_OK
+
+
+def _open_drive(props: Mapping[str, str]) -> RawImage:
+    """Open a ``-drive`` (raw format only) for a virtio-blk device."""
+    path = props.get("file")
+    if not path:
+        raise ConfigError(f"drive {props.get('id', '')}: 'file' is required")
+    fmt = props.get("format", "raw")
+    if fmt != "raw":
+        raise ConfigError(f"drive {props.get('id', '')}: format '{fmt}' is not supported "
+                          "(only raw)")
+    read_only = props.get("readonly", "off") in ("on", "yes", "true", "y")
+    return RawImage(path, read_only)

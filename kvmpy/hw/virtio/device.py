@@ -1,0 +1,100 @@
+"""The virtio device side (QEMU's ``virtio-device``): what a transport plugs in.
+
+A device declares its id, its feature bits, its queues' default sizes and its config space;
+the transport owns the registers and the queue addresses and calls :meth:`handle_queue` when
+the driver notifies a queue.  The device consumes requests through :attr:`queues` and calls
+:meth:`notify` when it has used buffers, which the transport turns into an interrupt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+from kvmpy.hw.core import Device
+from kvmpy.hw.virtio.virtqueue import Virtqueue
+from kvmpy.qom import register_type
+
+# Device-independent feature bits (virtio spec §6).
+VIRTIO_F_NOTIFY_ON_EMPTY = 24
+VIRTIO_F_ANY_LAYOUT = 27
+VIRTIO_RING_F_INDIRECT_DESC = 28
+VIRTIO_RING_F_EVENT_IDX = 29
+VIRTIO_F_VERSION_1 = 32
+
+# Device status bits (§2.1).
+VIRTIO_CONFIG_S_ACKNOWLEDGE = 1
+VIRTIO_CONFIG_S_DRIVER = 2
+VIRTIO_CONFIG_S_DRIVER_OK = 4
+VIRTIO_CONFIG_S_FEATURES_OK = 8
+VIRTIO_CONFIG_S_NEEDS_RESET = 0x40
+VIRTIO_CONFIG_S_FAILED = 0x80
+
+
+@register_type("virtio-device", "device", abstract=True, description="virtio device")
+class VirtioDevice(Device):
+    """Base of virtio devices (rng, blk, ...). ``state`` is the device's own dataclass."""
+
+    bus_type = "virtio-bus"
+    user_creatable = True
+
+    device_id: ClassVar[int] = 0
+    queue_sizes: tuple[int, ...] = ()
+    """Default size of each queue (QEMU's ``virtio_add_queue`` sizes)."""
+
+    state: Any
+
+    def __init__(self) -> None:
+        self.queues: list[Virtqueue] = []
+        self.guest_features = 0
+        self._notify: Callable[[int], None] = lambda index: None
+
+    @classmethod
+    def backends(cls, system: Any, props: Mapping[str, str]) -> dict[str, Any]:
+        """Keyword arguments for ``__init__`` that ``-device`` properties name on the system
+        (``drive=hd0`` -> the opened disk); raises ConfigError as QEMU words it."""
+        return {}
+
+    # -- transport side -------------------------------------------------------------------------
+
+    def attach(self, queues: list[Virtqueue], notify: Callable[[int], None]) -> None:
+        """Called by the transport when the device is plugged."""
+        self.queues = queues
+        self._notify = notify
+
+    def notify(self, index: int) -> None:
+        """Tell the transport that queue ``index`` has new used buffers."""
+        self._notify(index)
+
+    def host_features(self) -> int:
+        """Device-specific feature bits offered to the driver."""
+        return 0
+
+    def set_features(self, features: int) -> None:
+        """The features the driver accepted (already masked with what was offered)."""
+        self.guest_features = features
+
+    def config(self) -> bytes:
+        """The device configuration space, little-endian."""
+        return b""
+
+    def write_config(self, offset: int, data: bytes) -> None:
+        """The driver wrote ``data`` at ``offset`` of the config space (default: ignored)."""
+
+    def handle_queue(self, index: int) -> None:
+        """The driver notified queue ``index``."""
+
+    def driver_ok(self) -> None:
+        """The driver set DRIVER_OK: the device may start using its queues."""
+
+    def reset(self) -> None:
+        """Device reset (status written 0, or system reset)."""
+        self.guest_features = 0
+
+    def get_state(self) -> dict[str, Any]:
+        return {"guest_features": self.guest_features, "device": dataclasses.asdict(self.state)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.guest_features = state["guest_features"]
+        self.state = type(self.state)(**state["device"])

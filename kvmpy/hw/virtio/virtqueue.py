@@ -1,0 +1,207 @@
+"""Split virtqueues in guest RAM (virtio 1.2 spec §2.7; legacy layout §2.7.2 / 4.2.4).
+
+A queue is three guest-physical areas: the descriptor table (16 bytes per entry: addr u64,
+len u32, flags u16, next u16), the driver (available) ring (flags u16, idx u16, ring[num] u16,
+used_event u16) and the device (used) ring (flags u16, idx u16, ring[num] of {id u32,
+len u32}, avail_event u16).  Everything the guest wrote is checked; a malformed queue raises
+:class:`VirtqueueError`, which the transport logs as a guest error.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from kvmpy.memory import GuestRAM
+
+VRING_DESC_F_NEXT = 1
+VRING_DESC_F_WRITE = 2
+VRING_DESC_F_INDIRECT = 4
+VRING_AVAIL_F_NO_INTERRUPT = 1
+
+VIRTQUEUE_MAX_SIZE = 1024
+
+_DESC = struct.Struct("<QIHH")
+_USED_ELEM = struct.Struct("<II")
+_U16 = struct.Struct("<H")
+
+
+class VirtqueueError(Exception):
+    """The guest set up or used a queue in a way the spec forbids (message says how)."""
+
+
+@dataclass
+class QueueState:
+    """One queue as the transport configured it, plus the device's position in it."""
+
+    num: int = 0
+    """Queue size chosen by the driver (0: queue does not exist)."""
+    num_default: int = 0
+    """Size the device offers (QEMU's vring.num_default)."""
+    desc: int = 0
+    avail: int = 0
+    used: int = 0
+    align: int = 4096
+    """Legacy used-ring alignment (QueueAlign)."""
+    ready: bool = False
+    last_avail_idx: int = 0
+    used_idx: int = 0
+
+
+@dataclass
+class VirtqElement:
+    """One request: the head descriptor index and its buffers as (gpa, length) pairs,
+    device-readable ``out`` first, then device-writable ``in_``."""
+
+    head: int
+    out: list[tuple[int, int]] = field(default_factory=list)
+    in_: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def in_size(self) -> int:
+        return sum(length for _, length in self.in_)
+
+    @property
+    def out_size(self) -> int:
+        return sum(length for _, length in self.out)
+
+
+class Virtqueue:
+    """Device-side access to one split virtqueue in guest RAM."""
+
+    def __init__(self, ram: GuestRAM, state: QueueState) -> None:
+        self.ram = ram
+        self.state = state
+
+    # -- guest memory helpers -------------------------------------------------------------------
+
+    def _offset(self, gpa: int, size: int) -> int:
+        ram = self.ram
+        if gpa < ram.base or gpa + size > ram.base + ram.size:
+            raise VirtqueueError(f"address 0x{gpa:x}+0x{size:x} is outside guest RAM")
+        return gpa - ram.base
+
+    def read_u16(self, gpa: int) -> int:
+        return int(_U16.unpack_from(self.ram.view, self._offset(gpa, 2))[0])
+
+    def write_u16(self, gpa: int, value: int) -> None:
+        _U16.pack_into(self.ram.view, self._offset(gpa, 2), value & 0xFFFF)
+
+    def read(self, gpa: int, size: int) -> bytes:
+        off = self._offset(gpa, size)
+        return bytes(self.ram.view[off:off + size])
+
+    def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
+        off = self._offset(gpa, len(data))
+        self.ram.view[off:off + len(data)] = data
+
+    # -- rings ----------------------------------------------------------------------------------
+
+    @property
+    def usable(self) -> bool:
+        s = self.state
+        return s.num > 0 and s.desc != 0
+
+    def avail_idx(self) -> int:
+        return self.read_u16(self.state.avail + 2)
+
+    def has_work(self) -> bool:
+        return self.usable and self.avail_idx() != self.state.last_avail_idx
+
+    def pop(self) -> VirtqElement | None:
+        """The next available request, or None when the driver has posted nothing new."""
+        s = self.state
+        if not self.usable:
+            return None
+        avail_idx = self.avail_idx()
+        pending = (avail_idx - s.last_avail_idx) & 0xFFFF
+        if pending == 0:
+            return None
+        if pending > s.num:
+            raise VirtqueueError(f"avail idx {avail_idx} is {pending} ahead of the device "
+                                 f"(queue size {s.num})")
+        head = self.read_u16(s.avail + 4 + 2 * (s.last_avail_idx % s.num))
+        s.last_avail_idx = (s.last_avail_idx + 1) & 0xFFFF
+        if head >= s.num:
+            raise VirtqueueError(f"avail ring head {head} >= queue size {s.num}")
+        elem = VirtqElement(head)
+        self._walk(elem, s.desc, s.num, head, indirect_allowed=True)
+        return elem
+
+    def _walk(self, elem: VirtqElement, table: int, size: int, index: int,
+              indirect_allowed: bool) -> None:
+        seen = 0
+        while True:
+            if seen >= size:
+                raise VirtqueueError("descriptor chain loops or is longer than its table")
+            seen += 1
+            addr, length, flags, nxt = _DESC.unpack(self.read(table + 16 * index, 16))
+            if flags & VRING_DESC_F_INDIRECT:
+                if not indirect_allowed or flags & VRING_DESC_F_NEXT:
+                    raise VirtqueueError("nested or chained indirect descriptor table")
+                if length == 0 or length % 16:
+                    raise VirtqueueError(f"indirect table length {length} is not a multiple "
+                                         "of 16")
+                self._walk(elem, addr, length // 16, 0, indirect_allowed=False)
+                return
+            if length:
+                self._offset(addr, length)
+                if flags & VRING_DESC_F_WRITE:
+                    elem.in_.append((addr, length))
+                elif elem.in_:
+                    raise VirtqueueError("device-readable descriptor after a writable one")
+                else:
+                    elem.out.append((addr, length))
+            if not flags & VRING_DESC_F_NEXT:
+                return
+            if nxt >= size:
+                raise VirtqueueError(f"descriptor next {nxt} >= table size {size}")
+            index = nxt
+
+    def read_out(self, elem: VirtqElement, limit: int | None = None) -> bytes:
+        """The device-readable bytes of ``elem`` (at most ``limit``)."""
+        data = bytearray()
+        for addr, length in elem.out:
+            if limit is not None:
+                length = min(length, limit - len(data))
+            data += self.read(addr, length)
+            if limit is not None and len(data) >= limit:
+                break
+        return bytes(data)
+
+    def write_in(self, elem: VirtqElement, data: bytes | bytearray | memoryview,
+                 skip: int = 0) -> int:
+        """Scatter ``data`` into the writable buffers from byte ``skip``; returns bytes written."""
+        view = memoryview(data)
+        written = 0
+        for addr, length in elem.in_:
+            if skip >= length:
+                skip -= length
+                continue
+            chunk = view[written:written + length - skip]
+            if not chunk:
+                break
+            self.write(addr + skip, chunk)
+            written += len(chunk)
+            skip = 0
+        return written
+
+    def push(self, elem: VirtqElement, length: int) -> None:
+        """Return ``elem`` to the driver with ``length`` bytes written into it."""
+        s = self.state
+        slot = s.used + 4 + 8 * (s.used_idx % s.num)
+        _USED_ELEM.pack_into(self.ram.view, self._offset(slot, 8), elem.head, length)
+        s.used_idx = (s.used_idx + 1) & 0xFFFF
+        self.write_u16(s.used + 2, s.used_idx)
+
+    def should_notify(self) -> bool:
+        """Whether the driver wants an interrupt for used buffers (no EVENT_IDX offered)."""
+        return not self.read_u16(self.state.avail) & VRING_AVAIL_F_NO_INTERRUPT
+
+
+def legacy_ring_addresses(pfn_addr: int, num: int, align: int) -> tuple[int, int, int]:
+    """Legacy layout from one base address: (desc, avail, used) (virtio 0.9.5 §2.3)."""
+    desc = pfn_addr
+    avail = desc + 16 * num
+    used = (avail + 2 * (3 + num) + align - 1) & ~(align - 1)
+    return desc, avail, used

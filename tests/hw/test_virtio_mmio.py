@@ -1,0 +1,396 @@
+"""virtio-mmio transport (legacy and modern) with virtio-rng and virtio-blk behind it,
+driven the way Linux's virtio_mmio driver does, through a guest RAM and the MMIO bus."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import kvmpy.hw.intc  # noqa: F401  (registers riscv.sifive.plic)
+from kvmpy.config import OptionSpec, VMConfig
+from kvmpy.errors import ConfigError
+from kvmpy.hw.core import device_help
+from kvmpy.hw.virtio import RawImage, VirtioBlk, VirtioMmio, VirtioRng, plug_devices
+from kvmpy.memory import GuestRAM, MmioBus
+
+BASE = 0x10001000
+RAM_BASE = 0x80000000
+
+
+class Driver:
+    """A minimal virtio-mmio driver over the bus: sets up queue 0 and posts chains."""
+
+    def __init__(self, bus: MmioBus, ram: GuestRAM, legacy: bool, num: int = 16) -> None:
+        self.bus, self.ram, self.legacy, self.num = bus, ram, legacy, num
+        self.desc = RAM_BASE + 0x10000
+        if legacy:
+            self.avail = self.desc + 16 * num
+            self.used = (self.avail + 2 * (3 + num) + 4095) & ~4095
+        else:
+            self.avail, self.used = RAM_BASE + 0x20000, RAM_BASE + 0x30000
+        self.next_desc = 0
+        self.avail_idx = 0
+        self.buffers = RAM_BASE + 0x40000
+
+    def r(self, off: int) -> int:
+        return self.bus.read(BASE + off, 4)
+
+    def w(self, off: int, value: int) -> None:
+        self.bus.write(BASE + off, 4, value)
+
+    def probe(self, features: int | None = None) -> int:
+        assert self.r(0) == 0x74726976
+        assert self.r(4) == (1 if self.legacy else 2)
+        self.w(0x70, 0)
+        self.w(0x70, 1)
+        self.w(0x70, 3)
+        self.w(0x14, 0)
+        offered = self.r(0x10)
+        self.w(0x14, 1)
+        offered |= self.r(0x10) << 32
+        wanted = offered if features is None else features
+        self.w(0x24, 0)
+        self.w(0x20, wanted & 0xFFFFFFFF)
+        if not self.legacy:
+            self.w(0x24, 1)
+            self.w(0x20, wanted >> 32)
+            self.w(0x70, 0xB)
+            assert self.r(0x70) & 8
+        else:
+            self.w(0x28, 4096)
+        self.w(0x30, 0)
+        assert self.r(0x34) == 1024
+        self.w(0x38, self.num)
+        if self.legacy:
+            assert self.r(0x40) == 0
+            self.w(0x3C, 4096)
+            self.w(0x40, self.desc >> 12)
+        else:
+            for reg, addr in ((0x80, self.desc), (0x90, self.avail), (0xA0, self.used)):
+                self.w(reg, addr & 0xFFFFFFFF)
+                self.w(reg + 4, addr >> 32)
+            self.w(0x44, 1)
+        self.w(0x70, self.r(0x70) | 4)
+        return offered
+
+    def add_buffer(self, data: bytes | int, writable: bool) -> tuple[int, int]:
+        length = data if isinstance(data, int) else len(data)
+        addr = self.buffers
+        self.buffers += (length + 15) & ~15
+        if not isinstance(data, int):
+            self.ram.write(addr, data)
+        return addr, length
+
+    def post(self, chain: list[tuple[int, int, bool]], notify: bool = True) -> int:
+        head = self.next_desc
+        for i, (addr, length, writable) in enumerate(chain):
+            index = self.next_desc
+            last = i == len(chain) - 1
+            flags = (0 if last else 1) | (2 if writable else 0)
+            nxt = (index + 1) % self.num
+            self.ram.write(self.desc + 16 * index, struct.pack("<QIHH", addr, length, flags, nxt))
+            self.next_desc = nxt
+        self.ram.write_int(self.avail + 4 + 2 * (self.avail_idx % self.num), 2, head)
+        self.avail_idx = (self.avail_idx + 1) & 0xFFFF
+        self.ram.write_int(self.avail + 2, 2, self.avail_idx)
+        if notify:
+            self.w(0x50, 0)
+        return head
+
+    def used_idx(self) -> int:
+        return self.ram.read_int(self.used + 2, 2)
+
+    def used_elem(self, i: int) -> tuple[int, int]:
+        return struct.unpack("<II", self.ram.read(self.used + 4 + 8 * (i % self.num), 8))
+
+
+@pytest.fixture
+def ram() -> GuestRAM:
+    return GuestRAM(RAM_BASE, 1 << 20)
+
+
+def make(ram: GuestRAM, make_irq: Any, device: Any, legacy: bool = True,
+         ) -> tuple[VirtioMmio, MmioBus, Driver]:
+    transport = VirtioMmio(make_irq(8), ram=ram, device=device, force_legacy=legacy)
+    bus = MmioBus()
+    bus.add(BASE, transport.region_size, transport)
+    return transport, bus, Driver(bus, ram, legacy)
+
+
+def test_empty_slot(make_irq: Any, ram: GuestRAM) -> None:
+    transport = VirtioMmio(make_irq(1), ram=ram)
+    assert transport.mmio_read(0, 4) == 0x74726976
+    assert transport.mmio_read(4, 4) == 1
+    assert transport.mmio_read(8, 4) == 0
+    assert transport.mmio_read(0xC, 4) == 0x554D4551
+    assert transport.mmio_read(0x34, 4) == 0
+    transport.mmio_write(0x70, 4, 0xF)  # ignored
+    assert transport.mmio_read(0x70, 4) == 0
+    assert VirtioMmio(force_legacy=False).mmio_read(4, 4) == 2
+    assert transport.region_size == 0x200
+
+
+@pytest.mark.parametrize("legacy", [True, False])
+def test_rng_fills_buffers(make_irq: Any, ram: GuestRAM, legacy: bool) -> None:
+    rng = VirtioRng(entropy=lambda n: bytes(range(1, n + 1)))
+    transport, bus, drv = make(ram, make_irq, rng, legacy)
+    offered = drv.probe()
+    assert bus.read(BASE + 8, 4) == 4
+    assert bool(offered >> 32 & 1) is (not legacy)  # VERSION_1 only in modern mode
+    assert offered & (1 << 28)  # indirect descriptors
+    addr, length = drv.add_buffer(32, writable=True)
+    head = drv.post([(addr, length, True)])
+    assert drv.used_idx() == 1
+    assert drv.used_elem(0) == (head, 32)
+    assert ram.read(addr, 32) == bytes(range(1, 33))
+    assert transport.irq.level is True
+    assert bus.read(BASE + 0x60, 4) == 1
+    bus.write(BASE + 0x64, 4, 1)
+    assert transport.irq.level is False
+
+
+def test_rng_uses_urandom_by_default(make_irq: Any, ram: GuestRAM) -> None:
+    _, _, drv = make(ram, make_irq, VirtioRng())
+    drv.probe()
+    addr, length = drv.add_buffer(64, writable=True)
+    drv.post([(addr, length, True)])
+    assert drv.used_elem(0)[1] == 64
+    assert ram.read(addr, 64) != bytes(64)
+
+
+def test_no_interrupt_flag_suppresses_irq(make_irq: Any, ram: GuestRAM) -> None:
+    transport, _, drv = make(ram, make_irq, VirtioRng())
+    drv.probe()
+    ram.write_int(drv.avail, 2, 1)  # VRING_AVAIL_F_NO_INTERRUPT
+    addr, length = drv.add_buffer(8, writable=True)
+    drv.post([(addr, length, True)])
+    assert drv.used_idx() == 1
+    assert transport.irq.level is False
+
+
+def test_indirect_descriptors(make_irq: Any, ram: GuestRAM) -> None:
+    _, _, drv = make(ram, make_irq, VirtioRng(entropy=lambda n: b"\xAA" * n))
+    drv.probe()
+    a1, _ = drv.add_buffer(4, True)
+    a2, _ = drv.add_buffer(4, True)
+    table, _ = drv.add_buffer(struct.pack("<QIHHQIHH", a1, 4, 3, 1, a2, 4, 2, 0), False)
+    ram.write(drv.desc, struct.pack("<QIHH", table, 32, 4, 0))
+    ram.write_int(drv.avail + 4, 2, 0)
+    ram.write_int(drv.avail + 2, 2, 1)
+    drv.w(0x50, 0)
+    assert drv.used_elem(0) == (0, 8)
+    assert ram.read(a1, 4) + ram.read(a2, 4) == b"\xAA" * 8
+
+
+def test_blk_read_write_flush_getid(make_irq: Any, ram: GuestRAM, tmp_path: Path) -> None:
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(range(256)) * 16)  # 4 KiB = 8 sectors
+    blk = VirtioBlk(image=RawImage(str(disk)), serial="kvmpy-disk")
+    transport, bus, drv = make(ram, make_irq, blk)
+    offered = drv.probe()
+    assert offered & (1 << 9) and not offered & (1 << 5)  # FLUSH, not RO
+    assert bus.read(BASE + 0x100, 4) == 8  # capacity in sectors
+    assert bus.read(BASE + 0x104, 4) == 0
+    assert bus.read(BASE + 0x114, 4) == 512  # blk_size
+    assert bus.read(BASE + 0x100, 1) == 8
+    assert bus.read(BASE + 0x1F0, 4) == 0xFFFFFFFF  # beyond the config space
+
+    def request(kind: int, sector: int, data: bytes | None, inlen: int) -> tuple[int, bytes]:
+        hdr = drv.add_buffer(struct.pack("<IIQ", kind, 0, sector), False)
+        chain = [(*hdr, False)]
+        if data is not None:
+            chain.append((*drv.add_buffer(data, False), False))
+        buf = drv.add_buffer(inlen, True) if inlen else None
+        if buf is not None:
+            chain.append((*buf, True))
+        status = drv.add_buffer(1, True)
+        chain.append((*status, True))
+        before = drv.used_idx()
+        drv.post(chain)
+        assert drv.used_idx() == before + 1
+        got = ram.read(buf[0], inlen) if buf is not None else b""
+        return ram.read(status[0], 1)[0], got
+
+    status, data = request(0, 1, None, 512)
+    assert status == 0 and data == bytes(range(256)) * 2
+    status, _ = request(1, 2, b"\x5A" * 1024, 0)
+    assert status == 0
+    assert disk.read_bytes()[1024:2048] == b"\x5A" * 1024
+    assert request(4, 0, None, 0)[0] == 0
+    status, ident = request(8, 0, None, 20)
+    assert status == 0 and ident == b"kvmpy-disk" + bytes(10)
+    assert request(0, 8, None, 512)[0] == 1  # past the end: IOERR
+    assert request(0, 0, None, 100)[0] == 1  # not a whole sector
+    assert request(11, 0, None, 0)[0] == 2  # DISCARD not offered: UNSUPP
+    assert transport.irq.level is True
+
+
+def test_blk_read_only(make_irq: Any, ram: GuestRAM, tmp_path: Path) -> None:
+    disk = tmp_path / "ro.img"
+    disk.write_bytes(bytes(1024))
+    blk = VirtioBlk(image=RawImage(str(disk), read_only=True))
+    _, _, drv = make(ram, make_irq, blk)
+    assert drv.probe() & (1 << 5)
+
+
+def test_status_zero_resets(make_irq: Any, ram: GuestRAM) -> None:
+    transport, bus, drv = make(ram, make_irq, VirtioRng())
+    drv.probe()
+    addr, length = drv.add_buffer(8, True)
+    drv.post([(addr, length, True)])
+    assert transport.irq.level
+    bus.write(BASE + 0x70, 4, 0)
+    assert transport.irq.level is False
+    assert bus.read(BASE + 0x70, 4) == 0
+    assert bus.read(BASE + 0x40, 4) == 0  # queue address forgotten
+    assert transport.vqs[0].state.last_avail_idx == 0
+
+
+def test_queue_pfn_zero_resets_legacy(make_irq: Any, ram: GuestRAM) -> None:
+    _transport, bus, drv = make(ram, make_irq, VirtioRng())
+    drv.probe()
+    bus.write(BASE + 0x40, 4, 0)
+    assert bus.read(BASE + 0x70, 4) == 0
+
+
+def test_malformed_chains_break_the_device_not_the_vmm(make_irq: Any, ram: GuestRAM,
+                                                       guest_errors: Any) -> None:
+    transport, bus, drv = make(ram, make_irq, VirtioRng(), legacy=False)
+    drv.probe()
+    # A descriptor pointing outside RAM.
+    ram.write(drv.desc, struct.pack("<QIHH", 0x1000, 16, 2, 0))
+    ram.write_int(drv.avail + 4, 2, 0)
+    ram.write_int(drv.avail + 2, 2, 1)
+    drv.w(0x50, 0)
+    assert any("outside guest RAM" in m for m in guest_errors.messages)
+    assert bus.read(BASE + 0x70, 4) & 0x40  # NEEDS_RESET
+    assert bus.read(BASE + 0x60, 4) & 2  # config change interrupt
+    assert transport.irq.level
+    # Broken until reset: further notifies are ignored.
+    drv.w(0x50, 0)
+    drv.w(0x70, 0)
+    assert transport.state.broken is False
+
+
+@pytest.mark.parametrize("desc", [
+    struct.pack("<QIHH", RAM_BASE + 0x40000, 8, 3, 0),  # next points to itself: loop
+    struct.pack("<QIHH", RAM_BASE + 0x40000, 8, 1, 99),  # next beyond the table
+    struct.pack("<QIHH", RAM_BASE + 0x40000, 15, 4, 0),  # indirect length not 16*n
+])
+def test_bad_descriptors(make_irq: Any, ram: GuestRAM, guest_errors: Any, desc: bytes) -> None:
+    _, _, drv = make(ram, make_irq, VirtioRng())
+    drv.probe()
+    ram.write(drv.desc, desc)
+    ram.write_int(drv.avail + 4, 2, 0)
+    ram.write_int(drv.avail + 2, 2, 1)
+    drv.w(0x50, 0)
+    assert len(guest_errors) == 1
+    assert drv.used_idx() == 0
+
+
+def test_avail_index_running_ahead(make_irq: Any, ram: GuestRAM, guest_errors: Any) -> None:
+    _, _, drv = make(ram, make_irq, VirtioRng())
+    drv.probe()
+    ram.write_int(drv.avail + 2, 2, 100)
+    drv.w(0x50, 0)
+    assert "ahead" in guest_errors.messages[0]
+
+
+def test_register_mistakes_are_logged(make_irq: Any, ram: GuestRAM, guest_errors: Any) -> None:
+    _transport, bus, _drv = make(ram, make_irq, VirtioRng())
+    assert bus.read(BASE + 0x00, 2) == 0  # registers are 32-bit
+    bus.write(BASE + 0x70, 1, 1)
+    assert bus.read(BASE + 0x44, 4) == 0  # QueueReady is modern-only
+    bus.write(BASE + 0x80, 4, 1)  # QueueDescLow is modern-only
+    bus.write(BASE + 0x00, 4, 1)  # read-only
+    assert bus.read(BASE + 0x50, 4) == 0  # write-only
+    assert bus.read(BASE + 0xF0, 4) == 0  # no register
+    bus.write(BASE + 0x38, 4, 4096)  # QueueNum above 1024
+    bus.write(BASE + 0x3C, 4, 3)  # QueueAlign not a power of 2
+    bus.write(BASE + 0x30, 4, 5)
+    bus.write(BASE + 0x38, 4, 16)  # queue 5 does not exist
+    assert bus.read(BASE + 0x34, 4) == 0
+    bus.read(BASE + 0x100, 8)  # 8-byte config access
+    bus.write(BASE + 0x50, 4, 7)  # notify of a queue that does not exist
+    assert bus.read(BASE + 0x200, 4) == 0  # outside the window (bus)
+    assert len(guest_errors) == 13
+    _modern, mbus, _ = make(ram, make_irq, VirtioRng(), legacy=False)
+    guest_errors.clear()
+    mbus.write(BASE + 0x28, 4, 4096)  # GuestPageSize is legacy-only
+    mbus.write(BASE + 0x40, 4, 1)
+    assert len(guest_errors) == 2
+
+
+def test_state_roundtrip(make_irq: Any, ram: GuestRAM) -> None:
+    transport, bus, drv = make(ram, make_irq, VirtioRng(), legacy=False)
+    drv.probe()
+    addr, length = drv.add_buffer(8, True)
+    drv.post([(addr, length, True)])
+    saved = transport.get_state()
+    transport.reset()
+    assert bus.read(BASE + 0x70, 4) == 0
+    transport.set_state(saved)
+    assert bus.read(BASE + 0x70, 4) == 0xF
+    assert transport.irq.level
+    addr, length = drv.add_buffer(8, True)
+    drv.post([(addr, length, True)])
+    assert drv.used_idx() == 2
+
+
+def test_plug_devices_from_the_command_line(make_irq: Any, ram: GuestRAM,
+                                            tmp_path: Path) -> None:
+    disk = tmp_path / "d.img"
+    disk.write_bytes(bytes(4096))
+
+    class System:
+        config = VMConfig(devices=[OptionSpec("virtio-rng-device"),
+                                   OptionSpec("virtio-blk-device", {"drive": "hd0"})])
+
+    System.config.drives = [OptionSpec("", {"id": "hd0", "file": str(disk),  # type: ignore
+                                            "format": "raw", "if": "none"})]
+    slots = [VirtioMmio(make_irq(i), ram=ram) for i in range(8)]
+    plugged = plug_devices(System(), list(reversed(slots)))
+    assert [type(d) for d in plugged] == [VirtioRng, VirtioBlk]
+    assert slots[7].device is plugged[0] and slots[6].device is plugged[1]
+    assert slots[7].mmio_read(8, 4) == 4 and slots[6].mmio_read(8, 4) == 2
+
+
+@pytest.mark.parametrize("spec, message", [
+    (OptionSpec("nosuch"), "'nosuch' is not a valid device model name"),
+    (OptionSpec("riscv.sifive.plic"), "expects a pluggable device type"),
+    (OptionSpec("virtio-rng-device", {"bogus": "1"}),
+     "Property 'virtio-rng-device.bogus' not found"),
+    (OptionSpec("virtio-blk-device", {"drive": "nope"}), "can't find value 'nope'"),
+    (OptionSpec("virtio-blk-device"), "drive property not set"),
+])
+def test_plug_devices_errors(make_irq: Any, ram: GuestRAM, spec: OptionSpec,
+                             message: str) -> None:
+    class System:
+        config = VMConfig(devices=[spec])
+
+    with pytest.raises(ConfigError, match=message) as info:
+        plug_devices(System(), [VirtioMmio(make_irq(), ram=ram)])
+    assert info.value.option is not None
+
+
+def test_more_devices_than_slots(make_irq: Any, ram: GuestRAM) -> None:
+    class System:
+        config = VMConfig(devices=[OptionSpec("virtio-rng-device")] * 2)
+
+    with pytest.raises(ConfigError, match="No 'virtio-bus' bus found"):
+        plug_devices(System(), [VirtioMmio(make_irq(), ram=ram)])
+
+
+def test_missing_image_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="Could not open"):
+        RawImage(str(tmp_path / "missing.img"))
+
+
+def test_device_help_lists_virtio_devices() -> None:
+    text = device_help()
+    assert 'name "virtio-blk-device", bus virtio-bus' in text
+    assert 'name "virtio-rng-device", bus virtio-bus' in text
+    assert "riscv.sifive.plic" not in text  # not user-creatable
