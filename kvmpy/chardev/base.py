@@ -23,6 +23,12 @@ CHR_EVENT_OPENED = "opened"
 """A peer connected (socket accept/connect, pty opened): monitors send their greeting."""
 CHR_EVENT_CLOSED = "closed"
 """The peer went away: monitors drop per-connection state."""
+CHR_EVENT_BREAK = "break"
+"""The user sent a break (mux ``C-a b``): a UART reports it as a line break (magic SysRq)."""
+CHR_EVENT_MUX_IN = "mux-in"
+"""A mux frontend got the focus (``C-a c``): a monitor shows its prompt again."""
+CHR_EVENT_MUX_OUT = "mux-out"
+"""A mux frontend lost the focus: a monitor holds its output until it gets it back."""
 
 
 @register_type("chardev", "object", abstract=True, description="character device backend")
