@@ -198,8 +198,11 @@ class Vcpu(_Fd):
                 self.kvm_run.immediate_exit = 0
                 return self._intr_exit
             raise KvmIoctlError("KVM_RUN", err)
-        reason = self.kvm_run.exit_reason
-        if reason == 6:  # abi.KVM_EXIT_MMIO
+        return self.decode_exit(self.kvm_run.exit_reason)
+
+    def decode_exit(self, reason: int) -> VcpuExit:
+        """The exit value for ``kvm_run`` as ``KVM_RUN`` left it with ``reason``."""
+        if reason == 6:  # abi.KVM_EXIT_MMIO, the hot path: no allocation
             mmio = self._mmio
             out = self._mmio_exit
             size = mmio.len
@@ -212,9 +215,6 @@ class Vcpu(_Fd):
                 out.is_write = False
                 out.value = 0
             return out
-        return self._decode_other(reason)
-
-    def _decode_other(self, reason: int) -> VcpuExit:
         run = self.kvm_run
         if reason == abi.KVM_EXIT_RISCV_SBI:
             sbi = run.riscv_sbi

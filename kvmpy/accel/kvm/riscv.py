@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 _log = logging.getLogger("kvmpy")
 
 KVM_DEVICE = "/dev/kvm"
+CPUINFO = "/proc/cpuinfo"
 KICK_SIGNAL = signal.SIGUSR1
 """Sent to a vCPU thread blocked in ``KVM_RUN`` so that it returns EINTR (its handler does
 nothing); ``immediate_exit`` covers a thread that is not inside ``KVM_RUN`` yet."""
@@ -58,10 +59,10 @@ _FIRMWARE_OK = (None, "", "none", "builtin")
 # -- selection --------------------------------------------------------------------------------
 
 
-def _host_has_h_extension() -> bool | None:
+def host_has_h_extension(cpuinfo: str = CPUINFO) -> bool | None:
     """From the first ``isa`` line of /proc/cpuinfo; None when it cannot be told."""
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(cpuinfo) as f:
             for line in f:
                 key, _, value = line.partition(":")
                 if key.strip() == "isa":
@@ -72,7 +73,8 @@ def _host_has_h_extension() -> bool | None:
     return None
 
 
-def probe(host_machine: str | None = None, device: str = KVM_DEVICE) -> str | None:
+def probe(host_machine: str | None = None, device: str = KVM_DEVICE,
+          cpuinfo: str = CPUINFO) -> str | None:
     """None when a RISC-V KVM is usable here, else the one-line reason why not.
 
     Checks, in order: the host is riscv64; ``device`` opens; its API version is 12; a VM and a
@@ -85,7 +87,7 @@ def probe(host_machine: str | None = None, device: str = KVM_DEVICE) -> str | No
     try:
         kvm = Kvm(device)
     except FileNotFoundError:
-        if _host_has_h_extension() is False:
+        if host_has_h_extension(cpuinfo) is False:
             return (f"{device} not found: the host CPU has no H (hypervisor) extension, "
                     "which KVM needs")
         return (f"{device} not found: load the kvm module (modprobe kvm); the kernel needs "
