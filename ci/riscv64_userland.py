@@ -39,6 +39,7 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / "ci" / "cache"
@@ -499,9 +500,7 @@ def uninstall(dist: str, root: Path) -> None:
 
 def qemu_env(root: Path = ROOTFS, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("PYTHON", "VIRTUAL_ENV", "QEMU_"))
+        k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV", "QEMU_"))
     }
     env["QEMU_LD_PREFIX"] = str(root)
     env["LC_ALL"] = "C.UTF-8"
@@ -606,7 +605,7 @@ def cross_build_tcg(root: Path, build_dir: Path) -> tuple[str, Path] | None:
         raise UserlandError(f"emitting the cffi C code failed: {r.stderr.strip()[-500:]}")
     info = json.loads(r.stdout.strip().splitlines()[-1])
     module_name: str = info["module"]
-    kwds: dict[str, list[str]] = info["kwds"]
+    kwds: dict[str, Any] = info["kwds"]
     cc = os.environ.get("CROSS_CC", f"{TRIPLET}-gcc")
     if shutil.which(cc) is None:
         raise UserlandError(f"{cc} not found (Debian package gcc-{TRIPLET})")
@@ -679,9 +678,10 @@ def build_kvmpy_wheel(root: Path, out_dir: Path) -> Path:
         )
     )
     eps = []
-    for group, entries in (
-        [("console_scripts", proj.get("scripts", {})), *list(proj.get("entry-points", {}).items())]
-    ):
+    for group, entries in [
+        ("console_scripts", proj.get("scripts", {})),
+        *list(proj.get("entry-points", {}).items()),
+    ]:
         if entries:
             eps.append(f"[{group}]")
             eps += [f"{k} = {v}" for k, v in entries.items()]
