@@ -129,7 +129,7 @@ def qemu_mtree(args: Sequence[str]) -> list[tuple[int, int, str]]:
         if line.startswith("address-space: "):
             in_memory = line.strip() == "address-space: memory"
             continue
-        match = re.match(r"^    ([0-9a-f]{16})-([0-9a-f]{16}) \(prio \d+, [\w]+\): (.+)$", line)
+        match = re.match(r"^    ([0-9a-f]{16})-([0-9a-f]{16}) \(prio \d+, [\w/]+\): (.+)$", line)
         if in_memory and match:
             regions.append((int(match.group(1), 16), int(match.group(2), 16), match.group(3)))
     return regions
