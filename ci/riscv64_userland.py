@@ -611,6 +611,7 @@ def cross_build_tcg(root: Path, build_dir: Path) -> tuple[str, Path] | None:
         raise UserlandError(f"{cc} not found (Debian package gcc-{TRIPLET})")
     inc = [
         DEVROOT / "usr" / "include" / f"python{pyver}",
+        DEVROOT / "usr" / "include",  # holds only Python's headers (see ensure_userland)
         DEVROOT / "usr" / "include" / TRIPLET / f"python{pyver}",
     ]
     if not (inc[0] / "Python.h").exists():
@@ -751,10 +752,11 @@ def ensure_userland(*, refresh_index: bool = False, quiet: bool = False) -> User
             index = index or Index(apt_debian_mirror(), refresh=refresh_index)
             runtime = {p.name for p in index.closure(RUNTIME_PACKAGES)}
             dev = index.closure(BUILD_PACKAGES, have=runtime)
-            # Only headers are needed: unpack the -dev packages alone.
-            dev = [p for p in dev if p.name.endswith("-dev")]
-            log(f"unpacking {len(dev)} -dev packages into {DEVROOT.relative_to(REPO)}")
-            unpack(fetch_debs(index, dev), DEVROOT)
+            # Only Python's headers are needed; libc and friends come from the cross toolchain.
+            dev = [p for p in dev if re.fullmatch(r"libpython3\.\d+-dev", p.name)]
+            debs = fetch_debs(index, dev)
+            log(f"unpacking {', '.join(p.name for p in dev)} into {DEVROOT.relative_to(REPO)}")
+            unpack(debs, DEVROOT)
             dev_stamp_file.write_text(dev_want)
 
     # 4: kvmpy.
