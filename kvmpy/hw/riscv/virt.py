@@ -277,7 +277,7 @@ class VirtMachine(MachineState):
     def _create_virtio(self, system: System, irq_in: Callable[[int], IrqLine]) -> None:
         """Eight virtio-mmio transports; ``-device virtio-*-device`` fill them from the top."""
         try:
-            from kvmpy.hw.virtio import mmio as virtio_mmio  # type: ignore[attr-defined]
+            from kvmpy.hw.virtio import mmio as virtio_mmio
         except ImportError:
             if system.config.devices:
                 raise NotBuiltError("-device: virtio devices are not available in this build"
