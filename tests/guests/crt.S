@@ -29,7 +29,8 @@ _start:
 
 	.text
 /* Trap handler.  Records mcause/mtval/mepc/previous mode, then:
- *   - an ecall with t6 == ENTER_M_MAGIC returns to M-mode after the ecall;
+ *   - an ecall with t6 == ENTER_M_MAGIC returns to M-mode after the ecall, one with
+ *     t6 == RESUME_M_MAGIC continues in M-mode at m_resume;
  *   - an expected trap (trap_expected != 0) resumes at trap_resume in M-mode when set,
  *     else skips the trapping instruction (exceptions) or returns to mepc (interrupts;
  *     mie is cleared so the source need not be silenced first);
@@ -50,7 +51,15 @@ trap_entry:
 	bltu t1, t2, 2f
 	li t2, CAUSE_ECALL_M
 	bgtu t1, t2, 2f
-	li t2, ENTER_M_MAGIC
+	li t2, RESUME_M_MAGIC
+	bne t6, t2, 1f
+	/* on to m_resume in M-mode */
+	ld t1, m_resume
+	csrw mepc, t1
+	li t1, MSTATUS_MPP
+	csrs mstatus, t1
+	j 9f
+1:	li t2, ENTER_M_MAGIC
 	bne t6, t2, 2f
 	/* back to M-mode after the ecall */
 	csrr t1, mepc
@@ -233,6 +242,8 @@ trap_count:    .dword 0     /* +32 */
 trap_expected: .dword 0     /* +40 */
 trap_resume:   .dword 0     /* +48 */
 trap_save:     .dword 0, 0, 0, 0
+	.globl m_resume
+m_resume:      .dword 0
 
 	.bss
 	.balign 16

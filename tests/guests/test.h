@@ -7,6 +7,7 @@
 #define TEST_H
 
 #define ENTER_M_MAGIC 0x454e544552     /* t6 value that marks the "back to M-mode" ecall */
+#define RESUME_M_MAGIC 0x524553554d    /* t6 value of the "resume at m_resume in M-mode" ecall */
 
 #define MSTATUS_SIE   (1 << 1)
 #define MSTATUS_MIE   (1 << 3)
@@ -127,6 +128,19 @@
 .macro ENTER_M
 	li t6, ENTER_M_MAGIC
 	ecall
+.endm
+
+/* From U- or S-mode code that may not run in M-mode (e.g. at a virtual address):
+ * continue in M-mode at the address stored in m_resume. */
+.macro RESUME_M
+	li t6, RESUME_M_MAGIC
+	ecall
+.endm
+
+/* Set the M-mode address where RESUME_M continues. */
+.macro SET_M_RESUME label
+	la t6, \label
+	sd t6, m_resume, t5
 .endm
 
 #endif
