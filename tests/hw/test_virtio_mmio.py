@@ -16,95 +16,10 @@ from kvmpy.hw.core import device_help
 from kvmpy.hw.virtio import RawImage, VirtioBlk, VirtioMmio, VirtioRng, plug_devices
 from kvmpy.memory import GuestRAM, MmioBus
 
+from .conftest import VirtioTestDriver
+
 BASE = 0x10001000
 RAM_BASE = 0x80000000
-
-
-class Driver:
-    """A minimal virtio-mmio driver over the bus: sets up queue 0 and posts chains."""
-
-    def __init__(self, bus: MmioBus, ram: GuestRAM, legacy: bool, num: int = 16) -> None:
-        self.bus, self.ram, self.legacy, self.num = bus, ram, legacy, num
-        self.desc = RAM_BASE + 0x10000
-        if legacy:
-            self.avail = self.desc + 16 * num
-            self.used = (self.avail + 2 * (3 + num) + 4095) & ~4095
-        else:
-            self.avail, self.used = RAM_BASE + 0x20000, RAM_BASE + 0x30000
-        self.next_desc = 0
-        self.avail_idx = 0
-        self.buffers = RAM_BASE + 0x40000
-
-    def r(self, off: int) -> int:
-        return self.bus.read(BASE + off, 4)
-
-    def w(self, off: int, value: int) -> None:
-        self.bus.write(BASE + off, 4, value)
-
-    def probe(self, features: int | None = None) -> int:
-        assert self.r(0) == 0x74726976
-        assert self.r(4) == (1 if self.legacy else 2)
-        self.w(0x70, 0)
-        self.w(0x70, 1)
-        self.w(0x70, 3)
-        self.w(0x14, 0)
-        offered = self.r(0x10)
-        self.w(0x14, 1)
-        offered |= self.r(0x10) << 32
-        wanted = offered if features is None else features
-        self.w(0x24, 0)
-        self.w(0x20, wanted & 0xFFFFFFFF)
-        if not self.legacy:
-            self.w(0x24, 1)
-            self.w(0x20, wanted >> 32)
-            self.w(0x70, 0xB)
-            assert self.r(0x70) & 8
-        else:
-            self.w(0x28, 4096)
-        self.w(0x30, 0)
-        assert self.r(0x34) == 1024
-        self.w(0x38, self.num)
-        if self.legacy:
-            assert self.r(0x40) == 0
-            self.w(0x3C, 4096)
-            self.w(0x40, self.desc >> 12)
-        else:
-            for reg, addr in ((0x80, self.desc), (0x90, self.avail), (0xA0, self.used)):
-                self.w(reg, addr & 0xFFFFFFFF)
-                self.w(reg + 4, addr >> 32)
-            self.w(0x44, 1)
-        self.w(0x70, self.r(0x70) | 4)
-        return offered
-
-    def add_buffer(self, data: bytes | int, writable: bool) -> tuple[int, int]:
-        length = data if isinstance(data, int) else len(data)
-        addr = self.buffers
-        self.buffers += (length + 15) & ~15
-        if not isinstance(data, int):
-            self.ram.write(addr, data)
-        return addr, length
-
-    def post(self, chain: list[tuple[int, int, bool]], notify: bool = True) -> int:
-        head = self.next_desc
-        for i, (addr, length, writable) in enumerate(chain):
-            index = self.next_desc
-            last = i == len(chain) - 1
-            flags = (0 if last else 1) | (2 if writable else 0)
-            nxt = (index + 1) % self.num
-            self.ram.write(self.desc + 16 * index, struct.pack("<QIHH", addr, length, flags, nxt))
-            self.next_desc = nxt
-        self.ram.write_int(self.avail + 4 + 2 * (self.avail_idx % self.num), 2, head)
-        self.avail_idx = (self.avail_idx + 1) & 0xFFFF
-        self.ram.write_int(self.avail + 2, 2, self.avail_idx)
-        if notify:
-            self.w(0x50, 0)
-        return head
-
-    def used_idx(self) -> int:
-        return self.ram.read_int(self.used + 2, 2)
-
-    def used_elem(self, i: int) -> tuple[int, int]:
-        return struct.unpack("<II", self.ram.read(self.used + 4 + 8 * (i % self.num), 8))
 
 
 @pytest.fixture
@@ -113,11 +28,11 @@ def ram() -> GuestRAM:
 
 
 def make(ram: GuestRAM, make_irq: Any, device: Any, legacy: bool = True,
-         ) -> tuple[VirtioMmio, MmioBus, Driver]:
+         ) -> tuple[VirtioMmio, MmioBus, Any]:
     transport = VirtioMmio(make_irq(8), ram=ram, device=device, force_legacy=legacy)
     bus = MmioBus()
     bus.add(BASE, transport.region_size, transport)
-    return transport, bus, Driver(bus, ram, legacy)
+    return transport, bus, VirtioTestDriver(bus, ram, BASE, legacy)
 
 
 def test_empty_slot(make_irq: Any, ram: GuestRAM) -> None:

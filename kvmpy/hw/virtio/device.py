@@ -49,6 +49,7 @@ class VirtioDevice(Device):
         self.queues: list[Virtqueue] = []
         self.guest_features = 0
         self._notify: Callable[[int], None] = lambda index: None
+        self._error: Callable[[str], None] = lambda message: None
 
     @classmethod
     def backends(cls, system: Any, props: Mapping[str, str]) -> dict[str, Any]:
@@ -58,10 +59,18 @@ class VirtioDevice(Device):
 
     # -- transport side -------------------------------------------------------------------------
 
-    def attach(self, queues: list[Virtqueue], notify: Callable[[int], None]) -> None:
+    def attach(self, queues: list[Virtqueue], notify: Callable[[int], None],
+               error: Callable[[str], None] | None = None) -> None:
         """Called by the transport when the device is plugged."""
         self.queues = queues
         self._notify = notify
+        if error is not None:
+            self._error = error
+
+    def virtio_error(self, message: str) -> None:
+        """The guest misused a queue outside a notify (e.g. during chardev input): the
+        transport logs it and marks the device broken (QEMU's ``virtio_error``)."""
+        self._error(message)
 
     def notify(self, index: int) -> None:
         """Tell the transport that queue ``index`` has new used buffers."""

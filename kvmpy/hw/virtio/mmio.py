@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from kvmpy import log, qom
 from kvmpy.errors import ConfigError
-from kvmpy.hw.core import SysBusDevice, device_new
+from kvmpy.hw.core import Device, SysBusDevice, device_new
 from kvmpy.hw.irq import IrqLine, unconnected_irq
 from kvmpy.hw.virtio.device import (
     VIRTIO_CONFIG_S_DRIVER_OK,
@@ -144,7 +144,7 @@ class VirtioMmio(SysBusDevice):
             raise ConfigError("virtio-mmio: no guest RAM to place virtqueues in")
         self.device = device
         self.vqs = [Virtqueue(self.ram, QueueState()) for _ in device.queue_sizes]
-        device.attach(self.vqs, self._device_notify)
+        device.attach(self.vqs, self._device_notify, self._virtio_error)
         self._reset_transport()
 
     def host_features(self) -> int:
@@ -434,29 +434,42 @@ class VirtioMmio(SysBusDevice):
         self._update_irq()
 
 
-def plug_devices(system: Any, transports: Sequence[VirtioMmio]) -> list[VirtioDevice]:
+def plug_devices(system: Any, transports: Sequence[VirtioMmio]) -> list[Device]:
     """Create the ``-device`` virtio devices of ``system.config`` into free ``transports``,
     in order (the virt board passes its slots from the highest address down, as QEMU fills
-    them).  Backends are looked up on the system (``-drive`` ids, chardev ids)."""
-    plugged: list[VirtioDevice] = []
+    them); ports (``virtconsole``, ``virtserialport``) go on the last virtio-serial-device.
+    Backends are looked up on the system (``-drive`` ids, ``system.chardevs``)."""
+    from kvmpy.hw.virtio.console import VirtioSerial, VirtSerialPort
+
+    plugged: list[Device] = []
     free = [t for t in transports if t.device is None]
+    serial_bus: VirtioSerial | None = None
     for spec in system.config.devices:
         what = spec.text or f"-device {spec.driver}"
         info = qom.type_info(spec.driver)
         if info is None or not qom.is_a(spec.driver, "device"):
             raise ConfigError(f"'{spec.driver}' is not a valid device model name", what)
         cls = info.cls
-        if not issubclass(cls, VirtioDevice) or info.abstract:
+        if info.abstract or not issubclass(cls, (VirtioDevice, VirtSerialPort)):
             raise ConfigError("Parameter 'driver' expects a pluggable device type", what)
-        if not free:
-            raise ConfigError(f"No 'virtio-bus' bus found for device '{spec.driver}'", what)
         try:
-            backends = cls.backends(system, spec.props)
-            device = device_new(spec.driver, spec.props, **backends)
+            if issubclass(cls, VirtSerialPort):
+                if serial_bus is None:
+                    raise ConfigError(f"No 'virtio-serial-bus' bus found for device "
+                                      f"'{spec.driver}'")
+                port = device_new(spec.driver, spec.props, **cls.backends(system, spec.props))
+                serial_bus.add_port(port)
+                plugged.append(port)
+                continue
+            if not free:
+                raise ConfigError(f"No 'virtio-bus' bus found for device '{spec.driver}'")
+            device = device_new(spec.driver, spec.props, **cls.backends(system, spec.props))
         except ConfigError as exc:
             if exc.option is None:
                 exc.option = what
             raise
         free.pop(0).plug(device)
         plugged.append(device)
+        if isinstance(device, VirtioSerial):
+            serial_bus = device
     return plugged

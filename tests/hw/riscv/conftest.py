@@ -126,7 +126,7 @@ def qemu_mtree(args: Sequence[str]) -> list[tuple[int, int, str]]:
     regions = []
     in_memory = False
     for line in out.splitlines():
-        if line.startswith("address-space: "):
+        if line.strip() and not line[0].isspace():      # a section header
             in_memory = line.strip() == "address-space: memory"
             continue
         match = re.match(r"^    ([0-9a-f]{16})-([0-9a-f]{16}) \(prio \d+, [\w/]+\): (.+)$", line)

@@ -160,3 +160,34 @@ def test_user_dtb_replaces_the_tree_with_chosen_fixed_up(board: Any, tmp_path: P
     assert chosen.get_property("bootargs").value == "root=/dev/ram"
     assert chosen.get_property("linux,initrd-start").value == 0x84000000
     assert machine.fdt_addr == 0x87E00000
+
+
+def test_virtio_devices_fill_slots_from_the_top(board: Any) -> None:
+    """As QEMU: the first -device virtio-*-device lands at 0x10008000 (IRQ 8)."""
+    from kvmpy.config import OptionSpec
+
+    system, _ = board(bios="none", devices=[OptionSpec("virtio-rng-device")])
+    bus = system.bus
+    assert bus.read(0x10008000, 4) == 0x74726976                 # "virt"
+    assert bus.read(0x10008008, 4) == 4                          # DeviceID: entropy
+    assert [bus.read(0x10001000 + 0x1000 * i + 8, 4) for i in range(7)] == [0] * 7
+
+
+def test_rtc_reads_host_time(board: Any) -> None:
+    import time
+
+    system, _ = board(bios="none")
+    before = time.time_ns()
+    low = system.bus.read(0x101000, 4)
+    high = system.bus.read(0x101004, 4)
+    guest_ns = (high << 32) | low
+    assert abs(guest_ns - before) < 5_000_000_000
+
+
+def test_reset_survives_a_vanished_kernel(board: Any, tmp_path: Path, capsys: Any) -> None:
+    kernel = tmp_path / "k.bin"
+    kernel.write_bytes(b"\x13" * 64)
+    system, machine = board(bios="builtin", kernel=str(kernel))
+    kernel.unlink()
+    machine.reset(system)
+    assert "system reset: could not load kernel" in capsys.readouterr().err

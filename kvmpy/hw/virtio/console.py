@@ -1,0 +1,301 @@
+"""virtio console (id 3; virtio spec §5.3): QEMU's ``virtio-serial-device`` with its ports
+``virtconsole`` and ``virtserialport`` (hw/char/virtio-serial-bus.c, hw/char/virtio-console.c).
+
+The device offers MULTIPORT: queues are port 0 receive/transmit (0, 1), control
+receive/transmit (2, 3), then receive/transmit of port n >= 1 at 2(n+1), 2(n+1)+1.  The
+control protocol (``struct virtio_console_control``: id u32, event u16, value u16) goes:
+driver DEVICE_READY -> device PORT_ADD for each port; driver PORT_READY(n) -> device
+CONSOLE_PORT (for a virtconsole), PORT_NAME, PORT_OPEN (the chardev is connected); driver
+PORT_OPEN(n, 0/1) says whether the guest has the port open.
+
+Each port is the frontend of a chardev: transmit buffers are written to it, and its input
+fills the port's posted receive buffers (``can_receive`` = posted buffer space, so input
+waits in the chardev rather than being dropped).
+"""
+
+from __future__ import annotations
+
+import functools
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvmpy import log
+from kvmpy.chardev.base import Chardev
+from kvmpy.errors import ConfigError
+from kvmpy.hw.core import Device
+from kvmpy.hw.virtio.device import VirtioDevice
+from kvmpy.hw.virtio.virtqueue import VirtqElement, Virtqueue, VirtqueueError
+from kvmpy.qom import Property, register_type
+
+VIRTIO_ID_CONSOLE = 3
+
+VIRTIO_CONSOLE_F_SIZE = 0
+VIRTIO_CONSOLE_F_MULTIPORT = 1
+VIRTIO_CONSOLE_F_EMERG_WRITE = 2
+
+VIRTIO_CONSOLE_DEVICE_READY = 0
+VIRTIO_CONSOLE_PORT_ADD = 1
+VIRTIO_CONSOLE_PORT_REMOVE = 2
+VIRTIO_CONSOLE_PORT_READY = 3
+VIRTIO_CONSOLE_CONSOLE_PORT = 4
+VIRTIO_CONSOLE_RESIZE = 5
+VIRTIO_CONSOLE_PORT_OPEN = 6
+VIRTIO_CONSOLE_PORT_NAME = 7
+
+CONTROL_RX = 2
+CONTROL_TX = 3
+
+_CONTROL = struct.Struct("<IHH")
+_RX_PEEK_LIMIT = 4096
+
+
+def rx_queue(nr: int) -> int:
+    return 0 if nr == 0 else 2 * (nr + 1)
+
+
+@register_type("virtserialport", "device", description="virtio serial port")
+class VirtSerialPort(Device):
+    """A port of a virtio-serial-device, fronting chardev ``chardev``."""
+
+    user_creatable = True
+    bus_type = "virtio-serial-bus"
+    category = "Input devices"
+    is_console = False
+
+    chardev = Property(str, "", "ID of a chardev to use as a backend")
+    nr = Property(int, -1, "port number (-1: first free)")
+    name = Property(str, "", "port name shown to the guest")
+
+    def __init__(self, backend: Chardev | None = None, **props: object) -> None:
+        for key, value in props.items():
+            setattr(self, key, value)
+        self.backend = backend
+        self.serial: VirtioSerial | None = None
+
+    @classmethod
+    def backends(cls, system: Any, props: Mapping[str, str]) -> dict[str, Any]:
+        chardev_id = props.get("chardev")
+        if not chardev_id:
+            return {}
+        chardev = getattr(system, "chardevs", {}).get(chardev_id)
+        if chardev is None:
+            raise ConfigError(f"Property '{cls.type_name}.chardev' can't find value "
+                              f"'{chardev_id}'")
+        lock = getattr(system, "lock", None)
+        if lock is not None:
+            chardev.frontend_lock = lock  # input reaches the device under the big lock
+        return {"backend": chardev}
+
+
+@register_type("virtconsole", "virtserialport", description="virtio console port")
+class VirtConsole(VirtSerialPort):
+    is_console = True
+
+
+@dataclass
+class VirtioSerialState:
+    control_pending: list[bytes] = field(default_factory=list)
+    """Control messages for the driver waiting for a control receive buffer."""
+    guest_connected: list[int] = field(default_factory=list)
+    """Ports the guest has open (PORT_OPEN 1)."""
+
+
+@register_type("virtio-serial-device", "virtio-device", description="virtio serial bus")
+class VirtioSerial(VirtioDevice):
+    category = "Input devices"
+    device_id = VIRTIO_ID_CONSOLE
+
+    max_ports = Property(int, 31, "maximum number of ports", name="max_ports")
+    emergency_write = Property(bool, True, "emergency write (EMERG_WRITE feature)",
+                               name="emergency-write")
+
+    def __init__(self, **props: object) -> None:
+        super().__init__()
+        for key, value in props.items():
+            setattr(self, key, value)
+        if not 1 <= self.max_ports <= 511:
+            raise ConfigError(f"maximum ports supported: 511, got {self.max_ports}")
+        self.queue_sizes = (128, 128, 32, 32) + (128, 128) * (self.max_ports - 1)
+        self.ports: dict[int, VirtSerialPort] = {}
+        self.state = VirtioSerialState()
+
+    # -- ports ----------------------------------------------------------------------------------
+
+    def add_port(self, port: VirtSerialPort) -> None:
+        """Attach a ``virtconsole``/``virtserialport`` (QEMU's port numbering)."""
+        nr = port.nr
+        if nr < 0:
+            if port.is_console and 0 not in self.ports:
+                nr = 0
+            else:
+                nr = next((n for n in range(1, self.max_ports) if n not in self.ports), -1)
+                if nr < 0:
+                    raise ConfigError("virtio-serial-bus: Out of slots on the virtio-serial "
+                                      "bus (max ports reached)")
+        elif nr == 0 and not port.is_console:
+            raise ConfigError("virtio-serial-bus: Port number 0 on virtio-serial devices "
+                              "reserved for virtconsole devices for backward compatibility")
+        if nr in self.ports:
+            raise ConfigError(f"virtio-serial-bus: A port already exists at id {nr}")
+        if nr >= self.max_ports:
+            raise ConfigError(f"virtio-serial-bus: Out of range port id specified, max. "
+                              f"allowed: {self.max_ports - 1}")
+        port.nr = nr
+        port.serial = self
+        self.ports[nr] = port
+        if port.backend is not None:
+            port.backend.set_handlers(functools.partial(self._receive, nr),
+                                      functools.partial(self._can_receive, nr))
+
+    # -- virtio ---------------------------------------------------------------------------------
+
+    def host_features(self) -> int:
+        features = 1 << VIRTIO_CONSOLE_F_MULTIPORT
+        if self.emergency_write:
+            features |= 1 << VIRTIO_CONSOLE_F_EMERG_WRITE
+        return features
+
+    def config(self) -> bytes:
+        # cols u16, rows u16, max_nr_ports u32, emerg_wr u32
+        return struct.pack("<HHII", 0, 0, self.max_ports, 0)
+
+    def write_config(self, offset: int, data: bytes) -> None:
+        if offset == 8 and self.emergency_write:
+            port = self.ports.get(0)
+            if port is not None and port.backend is not None:
+                port.backend.write(data[:1])
+
+    def reset(self) -> None:
+        super().reset()
+        self.state = VirtioSerialState()
+
+    def handle_queue(self, index: int) -> None:
+        if index == CONTROL_TX:
+            self._handle_control(self.queues[index])
+        elif index == CONTROL_RX:
+            self._flush_control()
+        elif index % 2 == 0:
+            port = self._port_of_queue(index)
+            if port is not None and port.backend is not None:
+                port.backend.accept_input()
+        else:
+            self._transmit(index)
+
+    def _port_of_queue(self, index: int) -> VirtSerialPort | None:
+        nr = 0 if index < 2 else index // 2 - 1
+        return self.ports.get(nr)
+
+    def _transmit(self, index: int) -> None:
+        vq = self.queues[index]
+        port = self._port_of_queue(index)
+        used = False
+        while (elem := vq.pop()) is not None:
+            data = vq.read_out(elem)
+            if port is not None and port.backend is not None:
+                port.backend.write(data)
+            vq.push(elem, 0)
+            used = True
+        if used:
+            self.notify(index)
+
+    # -- receive --------------------------------------------------------------------------------
+
+    def _guest_open(self, nr: int) -> bool:
+        return nr in self.state.guest_connected
+
+    def _can_receive(self, nr: int) -> int:
+        if not self._guest_open(nr):
+            return 0
+        vq = self.queues[rx_queue(nr)]
+        room, popped = 0, 0
+        try:
+            while room < _RX_PEEK_LIMIT and (elem := vq.pop()) is not None:
+                popped += 1
+                room += elem.in_size
+        except VirtqueueError:  # a malformed queue accepts nothing until the guest notifies
+            room = 0
+        vq.state.last_avail_idx = (vq.state.last_avail_idx - popped) & 0xFFFF
+        return room
+
+    def _receive(self, nr: int, data: bytes) -> None:
+        vq = self.queues[rx_queue(nr)]
+        try:
+            while data and (elem := vq.pop()) is not None:
+                written = vq.write_in(elem, data)
+                vq.push(elem, written)
+                data = data[written:]
+        except VirtqueueError as exc:
+            self.virtio_error(f"port {nr} receive queue: {exc}")
+            return
+        if data:
+            log.guest_error(f"virtio-serial: port {nr} dropped {len(data)} input bytes")
+        self.notify(rx_queue(nr))
+
+    # -- control --------------------------------------------------------------------------------
+
+    def _send_control(self, port_id: int, event: int, value: int, extra: bytes = b"") -> None:
+        self.state.control_pending.append(_CONTROL.pack(port_id, event, value) + extra)
+        self._flush_control()
+
+    def _flush_control(self) -> None:
+        if not self.queues:
+            return
+        vq = self.queues[CONTROL_RX]
+        pending = self.state.control_pending
+        sent = False
+        while pending and vq.usable and vq.state.ready:
+            elem = vq.pop()
+            if elem is None:
+                break
+            message = pending.pop(0)
+            vq.push(elem, vq.write_in(elem, message))
+            sent = True
+        if sent:
+            self.notify(CONTROL_RX)
+
+    def _handle_control(self, vq: Virtqueue) -> None:
+        used = False
+        while (elem := vq.pop()) is not None:
+            self._control_message(elem, vq.read_out(elem, _CONTROL.size))
+            vq.push(elem, 0)
+            used = True
+        if used:
+            self.notify(CONTROL_TX)
+
+    def _control_message(self, elem: VirtqElement, data: bytes) -> None:
+        if len(data) < _CONTROL.size:
+            log.guest_error("virtio-serial: short control message")
+            return
+        port_id, event, value = _CONTROL.unpack(data)
+        if event == VIRTIO_CONSOLE_DEVICE_READY:
+            if not value:
+                log.guest_error("virtio-serial: guest failed to initialise the device")
+                return
+            for nr in sorted(self.ports):
+                self._send_control(nr, VIRTIO_CONSOLE_PORT_ADD, 1)
+            return
+        port = self.ports.get(port_id)
+        if port is None:
+            log.guest_error(f"virtio-serial: control message for unknown port {port_id}")
+            return
+        if event == VIRTIO_CONSOLE_PORT_READY:
+            if not value:
+                log.guest_error(f"virtio-serial: guest could not add port {port_id}")
+                return
+            if port.is_console:
+                self._send_control(port_id, VIRTIO_CONSOLE_CONSOLE_PORT, 1)
+            if port.name:
+                self._send_control(port_id, VIRTIO_CONSOLE_PORT_NAME, 1,
+                                   port.name.encode() + b"\0")
+            if port.backend is not None:
+                self._send_control(port_id, VIRTIO_CONSOLE_PORT_OPEN, 1)
+        elif event == VIRTIO_CONSOLE_PORT_OPEN:
+            connected = self.state.guest_connected
+            if value and port_id not in connected:
+                connected.append(port_id)
+            elif not value and port_id in connected:
+                connected.remove(port_id)
+            if value and port.backend is not None:
+                port.backend.accept_input()
