@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kvmpy.accel.base import IRQ_M_EXT, IRQ_M_SOFT, IRQ_S_EXT, IRQ_S_SOFT
-from kvmpy.errors import ConfigError, NotBuiltError
+from kvmpy.errors import ConfigError, KvmpyError, NotBuiltError
 from kvmpy.firmware.sbi import Sbi, SbiConsole
 from kvmpy.hw.core import MmioDevice
 from kvmpy.hw.irq import IrqLine
@@ -345,8 +345,15 @@ class VirtMachine(MachineState):
 
     def reset(self, system: System) -> None:
         """System reset: QEMU copies its ROM blobs (firmware, kernel, initrd, FDT with a fresh
-        rng-seed) back into RAM; the boot state is applied by the system afterwards."""
-        self._load_payloads(system, self._fdt_size)
+        rng-seed) back into RAM; the boot state is applied by the system afterwards.
+
+        The blobs are read again from their files (not kept in memory); a file that has gone
+        away since start is reported in one line and RAM keeps what the guest left there.
+        """
+        try:
+            self._load_payloads(system, self._fdt_size)
+        except KvmpyError as exc:
+            system.notice(f"system reset: {exc}")
 
 
 class _SerialConsole(SbiConsole):
