@@ -1,0 +1,91 @@
+/* Behaviour the specifications fix but QEMU 7.2 gets wrong, so this program fails on
+ * qemu-system-riscv64 7.2 (at subtest 1) and must pass on kvmpy.  Each subtest names the
+ * QEMU behaviour it rules out. */
+#include "test.h"
+
+#define MIP_SSIP (1 << 1)
+#define MIP_MSIP (1 << 3)
+#define MIP_STIP (1 << 5)
+#define MIP_MTIP (1 << 7)
+#define MIP_SEIP (1 << 9)
+
+/* Enable the interrupts in `bits` (already pending), open MIE for one instruction and
+ * fail unless the one taken has cause `cause`. */
+.macro TAKE_ONE bits, cause
+	li t0, \bits
+	csrw mie, t0
+	EXPECT_TRAP
+	csrsi mstatus, MSTATUS_MIE
+	nop
+	csrci mstatus, MSTATUS_MIE
+	CHECK_CAUSE INTR | \cause
+.endm
+
+	.text
+	.globl main
+main:
+	li s10, CLINT_MSIP
+	li s11, CLINT_MTIMECMP
+	li t0, -1
+	sd t0, 0(s11)
+
+	TEST 1          /* priority across levels: MEI > MSI > MTI > SEI > SSI > STI
+	                   (privileged spec 3.1.9); QEMU 7.2 without AIA takes the
+	                   lowest-numbered pending interrupt */
+	li t0, 1
+	sw t0, 0(s10)
+	li t0, MIP_SSIP
+	csrs mip, t0
+	TAKE_ONE MIP_MSIP | MIP_SSIP, 3
+	sw zero, 0(s10)
+	sd zero, 0(s11)
+	li t0, MIP_STIP
+	csrs mip, t0
+	TAKE_ONE MIP_MTIP | MIP_STIP, 7
+	TAKE_ONE MIP_MTIP | MIP_SSIP, 7
+	li t0, -1
+	sd t0, 0(s11)
+	li t0, MIP_SEIP
+	csrs mip, t0
+	TAKE_ONE MIP_SEIP | MIP_SSIP | MIP_STIP, 9
+	li t0, MIP_SEIP | MIP_SSIP | MIP_STIP
+	csrc mip, t0
+	csrw mie, zero
+
+	TEST 2          /* ctzw looks at the low word only (Zbb): 32 when it is zero;
+	                   QEMU 7.2 counts into the upper word */
+	li a0, 0x0000100000000000
+	ctzw a1, a0
+	CHECK a1, 32
+
+	TEST 3          /* a misaligned AMO raises a store/AMO exception (A spec 8.4):
+	                   address-misaligned or access fault, never a load cause */
+	la s0, buf
+	addi s1, s0, 2
+	EXPECT_TRAP
+	amoor.w a0, a0, (s1)
+	ld t0, trap_cause
+	li t1, CAUSE_MISALIGNED_STORE
+	beq t0, t1, 1f
+	CHECK_CAUSE CAUSE_STORE_ACCESS
+1:	CHECK_TVAL_R s1
+
+	TEST 4          /* an AMO where nothing is mapped is a store/AMO access fault */
+	li s1, 0x40000000
+	EXPECT_TRAP
+	amoadd.d a0, a0, (s1)
+	CHECK_CAUSE CAUSE_STORE_ACCESS
+
+	TEST 5          /* mepc[0] is always zero (privileged spec 3.1.14) */
+	csrr s2, mepc
+	li t0, 0x80001235
+	csrw mepc, t0
+	csrr t1, mepc
+	CHECK t1, 0x80001234
+	csrw mepc, s2
+
+	j pass
+
+	.data
+	.balign 8
+buf:	.dword 0, 0
