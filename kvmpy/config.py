@@ -65,3 +65,5 @@ class VMConfig:
     pidfile: str | None = None
     daemonize: bool = False
     icount_shift: int | None = None
+    drives: list[OptionSpec] = field(default_factory=list)
+    """``-drive`` options (``driver`` is the ``id``; ``props`` hold every key, ``id`` too)."""

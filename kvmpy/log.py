@@ -92,3 +92,33 @@ def guest_error(message: str) -> None:
 def unimp(message: str) -> None:
     """Log use of something kvmpy does not implement (``LOG_UNIMP``)."""
     logger("unimp").debug("%s", message)
+
+
+_configured: list[tuple[logging.Logger, logging.Handler]] = []
+
+
+def configure(items: list[str], path: str | None = None) -> None:
+    """``-d items -D path``: send ``items`` to ``path`` (truncated, as QEMU) or stderr.
+
+    Replaces what an earlier call set up, so the command line and the library can both call
+    it.  Raises OSError when ``path`` cannot be opened.
+    """
+    for old_log, old_handler in _configured:
+        old_log.removeHandler(old_handler)
+        old_log.setLevel(logging.NOTSET)
+        old_log.propagate = True
+        old_handler.close()
+    _configured.clear()
+    if not items:
+        return
+    if path is not None:
+        handler: logging.Handler = logging.FileHandler(path, mode="w")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for item in items:
+        log = logger(item)
+        log.setLevel(logging.DEBUG)
+        log.addHandler(handler)
+        log.propagate = False
+        _configured.append((log, handler))

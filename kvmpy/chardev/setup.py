@@ -316,29 +316,45 @@ def create_chardevs(config: VMConfig, *, on_exit: Callable[[], None] | None = No
     return VMChardevs(builder.chardevs, serials, monitors)
 
 
-def _monitor_factory() -> Callable[[System, MonitorSpec], Any] | None:
-    """``kvmpy.monitor.create_monitor(system, spec)`` when the monitor package is there."""
-    if importlib.util.find_spec("kvmpy.monitor") is None:
-        return None
-    module = importlib.import_module("kvmpy.monitor")
-    factory = getattr(module, "create_monitor", None)
-    return factory if callable(factory) else None
+def _module(name: str) -> Any:
+    try:
+        found = importlib.util.find_spec(name)
+    except ModuleNotFoundError:
+        found = None
+    return importlib.import_module(name) if found is not None else None
+
+
+def make_monitor(system: System, spec: MonitorSpec) -> Any:
+    """The monitor object for ``spec``: ``kvmpy.monitor.create_monitor(system, spec)`` when
+    that exists, else HmpMonitor/QmpMonitor on the frontend; the spec itself when the monitor
+    package is not there."""
+    package = _module("kvmpy.monitor")
+    factory = getattr(package, "create_monitor", None)
+    if callable(factory):
+        return factory(system, spec)
+    if spec.mode == "control":
+        qmp = _module("kvmpy.monitor.qmp")
+        if qmp is not None:
+            return qmp.QmpMonitor(spec.chardev, pretty=spec.pretty)
+    else:
+        hmp = _module("kvmpy.monitor.hmp")
+        if hmp is not None:
+            return hmp.HmpMonitor(spec.chardev)
+    return spec
 
 
 def open_backends(system: System) -> tuple[dict[str, Chardev], list[Chardev | None], list[Any]]:
     """The System's hook: (chardevs by id, serial frontends, monitor objects).
 
-    ``C-a x`` on a mux asks the System for a ``host-qmp-quit`` shutdown.  Monitors are made by
-    ``kvmpy.monitor.create_monitor(system, spec)``; without that module the
-    :class:`MonitorSpec` objects are returned as they are.
+    ``C-a x`` on a mux asks the System for a ``host-qmp-quit`` shutdown; monitors are made by
+    :func:`make_monitor`.
     """
     made = create_chardevs(system.config,
                            on_exit=lambda: system.request_shutdown("host-qmp-quit", False))
-    factory = _monitor_factory()
     monitors: list[Any] = []
     try:
         for spec in made.monitors:
-            monitors.append(factory(system, spec) if factory is not None else spec)
+            monitors.append(make_monitor(system, spec))
     except BaseException:
         for chardev in made.chardevs.values():
             chardev.close()
