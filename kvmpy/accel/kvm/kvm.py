@@ -177,6 +177,9 @@ class Vcpu(_Fd):
         run = self.kvm_run
         self._mmio = run.mmio
         self._mmio_data = ffi.cast("uint64_t *", ffi.addressof(run.mmio, "data"))
+        # words[0..2] = mmio.phys_addr, mmio.data, mmio.len | is_write << 32 (little-endian
+        # hosts: x86-64, riscv64); words[-3] holds exit_reason in its low half.
+        self._mmio_words = ffi.cast("uint64_t *", ffi.addressof(run.mmio))
         self._mmio_exit = MmioExit(0, 0, False, 0)
         self._intr_exit = IntrExit()
         self._halt_exit = HaltExit()
@@ -198,22 +201,32 @@ class Vcpu(_Fd):
                 self.kvm_run.immediate_exit = 0
                 return self._intr_exit
             raise KvmIoctlError("KVM_RUN", err)
-        return self.decode_exit(self.kvm_run.exit_reason)
+        words = self._mmio_words
+        if words[-3] & 0xFFFFFFFF != 6:  # exit_reason != abi.KVM_EXIT_MMIO
+            return self.decode_exit(self.kvm_run.exit_reason)
+        # The hot path, inlined: kvm_run.mmio as words (phys_addr, data, len | is_write << 32)
+        # filled into the preallocated exit object.
+        out = self._mmio_exit
+        out.gpa = words[0]
+        flags = words[2]
+        out.size = size = flags & 0xFFFFFFFF
+        if flags & 0xFF00000000:
+            out.is_write = True
+            out.value = words[1] & _DATA_MASKS[size]
+        else:
+            out.is_write = False
+            out.value = 0
+        return out
 
     def decode_exit(self, reason: int) -> VcpuExit:
         """The exit value for ``kvm_run`` as ``KVM_RUN`` left it with ``reason``."""
-        if reason == 6:  # abi.KVM_EXIT_MMIO, the hot path: no allocation
+        if reason == abi.KVM_EXIT_MMIO:
             mmio = self._mmio
             out = self._mmio_exit
-            size = mmio.len
             out.gpa = mmio.phys_addr
-            out.size = size
-            if mmio.is_write:
-                out.is_write = True
-                out.value = self._mmio_data[0] & _DATA_MASKS[size]
-            else:
-                out.is_write = False
-                out.value = 0
+            out.size = mmio.len
+            out.is_write = bool(mmio.is_write)
+            out.value = self._mmio_data[0] & _DATA_MASKS[mmio.len] if mmio.is_write else 0
             return out
         run = self.kvm_run
         if reason == abi.KVM_EXIT_RISCV_SBI:

@@ -27,9 +27,7 @@ from kvmpy import log
 from kvmpy.accel.base import IRQ_S_EXT, PRV_M, PRV_S, PRV_U, AccelCaps, Accelerator, Vcpu
 from kvmpy.accel.exits import (
     InternalErrorExit,
-    IntrExit,
     MmioExit,
-    SbiExit,
     UnsupportedExit,
     VcpuExit,
 )
@@ -54,6 +52,7 @@ _U64 = (1 << 64) - 1
 _CSR_SEED = 0x015
 _MMU_TYPES = {8: "riscv,sv39", 9: "riscv,sv48", 10: "riscv,sv57"}
 _FIRMWARE_OK = (None, "", "none", "builtin")
+_get_ident = threading.get_ident
 
 
 # -- selection --------------------------------------------------------------------------------
@@ -169,23 +168,26 @@ class KvmRiscvVcpu:
         """``KVM_RUN`` until an exit the VMM must handle. CSR exits (Zkr ``seed``) are
         completed here; KVM_RUN errors and FAIL_ENTRY/INTERNAL_ERROR become
         :class:`InternalErrorExit` with a register dump."""
-        self._thread = threading.get_ident()
+        self._thread = _get_ident()
+        try:
+            exit_ = self._fd_run()
+        except KvmIoctlError as exc:
+            return InternalErrorExit(f"{exc}\n{self.register_dump()}")
+        if exit_.__class__ is MmioExit:
+            return exit_
+        return self._other_exit(exit_)
+
+    def _other_exit(self, exit_: VcpuExit) -> VcpuExit:
         while True:
+            if isinstance(exit_, InternalErrorExit):
+                return InternalErrorExit(f"{exit_.message}\n{self.register_dump()}")
+            if not (isinstance(exit_, UnsupportedExit) and exit_.code == abi.KVM_EXIT_RISCV_CSR):
+                return exit_
+            self._complete_csr()
             try:
                 exit_ = self._fd_run()
             except KvmIoctlError as exc:
                 return InternalErrorExit(f"{exc}\n{self.register_dump()}")
-            cls = exit_.__class__
-            if cls is MmioExit or cls is IntrExit or cls is SbiExit:
-                return exit_
-            if cls is InternalErrorExit:
-                return InternalErrorExit(
-                    f"{exit_.message}\n{self.register_dump()}")  # type: ignore[union-attr]
-            if cls is UnsupportedExit and \
-                    exit_.code == abi.KVM_EXIT_RISCV_CSR:  # type: ignore[union-attr]
-                self._complete_csr()
-                continue
-            return exit_
 
     def _complete_csr(self) -> None:
         csr = self.fd.kvm_run.riscv_csr
