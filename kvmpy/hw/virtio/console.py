@@ -206,17 +206,19 @@ class VirtioSerial(VirtioDevice):
         return nr in self.state.guest_connected
 
     def _can_receive(self, nr: int) -> int:
-        if not self._guest_open(nr):
+        """Space in the receive buffers the guest has posted (looked at, not consumed)."""
+        if self.broken or not self._guest_open(nr):
             return 0
         vq = self.queues[rx_queue(nr)]
-        room, popped = 0, 0
+        start = vq.state.last_avail_idx
+        room = 0
         try:
             while room < _RX_PEEK_LIMIT and (elem := vq.pop()) is not None:
-                popped += 1
                 room += elem.in_size
-        except VirtqueueError:  # a malformed queue accepts nothing until the guest notifies
+        except VirtqueueError as exc:
+            self.virtio_error(f"port {nr} receive queue: {exc}")
             room = 0
-        vq.state.last_avail_idx = (vq.state.last_avail_idx - popped) & 0xFFFF
+        vq.state.last_avail_idx = start
         return room
 
     def _receive(self, nr: int, data: bytes) -> None:

@@ -48,6 +48,8 @@ class VirtioDevice(Device):
     def __init__(self) -> None:
         self.queues: list[Virtqueue] = []
         self.guest_features = 0
+        self.broken = False
+        """Set when the guest misused a queue; the device does nothing until reset."""
         self._notify: Callable[[int], None] = lambda index: None
         self._error: Callable[[str], None] = lambda message: None
 
@@ -100,6 +102,7 @@ class VirtioDevice(Device):
     def reset(self) -> None:
         """Device reset (status written 0, or system reset)."""
         self.guest_features = 0
+        self.broken = False
 
     def get_state(self) -> dict[str, Any]:
         return {"guest_features": self.guest_features, "device": dataclasses.asdict(self.state)}

@@ -182,6 +182,7 @@ class VirtioMmio(SysBusDevice):
         assert self.device is not None
         log.guest_error(f"{self.device.type_name}: {message}")
         self.state.broken = True
+        self.device.broken = True
         if not self.legacy:
             self.state.status |= VIRTIO_CONFIG_S_NEEDS_RESET
             self.config_changed()
@@ -431,6 +432,7 @@ class VirtioMmio(SysBusDevice):
             vq.state = qs
         if self.device is not None and device_state is not None:
             self.device.set_state(device_state)
+            self.device.broken = self.state.broken
         self._update_irq()
 
 
