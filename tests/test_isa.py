@@ -1,0 +1,106 @@
+"""ISA test programs of tests/guests/ on ``-M spike``: QEMU is the oracle, kvmpy must agree.
+
+Each program reports through HTIF: exit status 0 is a pass, any other status is the number
+of the failing subtest.  Every ELF runs on ``qemu-system-riscv64 -M spike -bios none`` when
+QEMU is installed and on ``python -m kvmpy -M spike -bios none``; both must exit 0 and print
+the same console output.  ``spec_strict`` holds what QEMU 7.2 gets wrong: it must fail on
+QEMU and pass on kvmpy.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+GUESTS = Path(__file__).parent / "guests"
+ELFS = sorted(GUESTS.glob("*.elf"))
+SOURCES = sorted(p for p in GUESTS.glob("*.S") if p.name != "crt.S")
+
+# Programs that QEMU 7.2 fails by design (see their sources for each divergence).
+QEMU_DIVERGES = {"spec_strict"}
+
+# Wall-clock limit of one run; the programs finish in well under a second on QEMU.
+TIMEOUT_S = 120.0
+
+QEMU = shutil.which("qemu-system-riscv64")
+
+
+def run_spike(argv0: list[str], elf: Path) -> tuple[int, str]:
+    """Run one ELF on a spike machine; (exit status, console output).  Fails on a hang."""
+    cmd = [*argv0, "-M", "spike", "-bios", "none", "-kernel", str(elf), "-nographic"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, timeout=TIMEOUT_S,
+                              stdin=subprocess.DEVNULL, check=False)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{' '.join(cmd)}: no exit within {TIMEOUT_S:.0f} s")
+    out = proc.stdout.decode("utf-8", "replace").replace("\r\n", "\n")
+    if proc.returncode != 0 and proc.stderr:
+        out += "\n[stderr] " + proc.stderr.decode("utf-8", "replace")
+    return proc.returncode, out
+
+
+KVMPY = [sys.executable, "-m", "kvmpy"]
+
+
+@functools.cache
+def kvmpy_spike_missing() -> str | None:
+    """Why kvmpy cannot run -M spike here, or None when it can."""
+    try:
+        proc = subprocess.run([*KVMPY, "-M", "help"], capture_output=True, timeout=60,
+                              stdin=subprocess.DEVNULL, check=False)
+    except subprocess.TimeoutExpired:
+        return "python -m kvmpy -M help did not answer within 60 s"
+    listing = proc.stdout.decode("utf-8", "replace").split()
+    if "spike" not in listing:
+        return "kvmpy has no spike machine (python -m kvmpy -M help does not list it)"
+    return None
+
+
+@functools.cache
+def qemu_result(elf: Path) -> tuple[int, str]:
+    assert QEMU is not None
+    return run_spike([QEMU], elf)
+
+
+def test_every_source_has_its_elf() -> None:
+    missing = [s.name for s in SOURCES if not s.with_suffix(".elf").exists()]
+    assert not missing, f"run tests/guests/build: no ELF for {missing}"
+    assert len(ELFS) >= len(SOURCES)
+
+
+@pytest.mark.skipif(shutil.which("riscv64-unknown-elf-gcc") is None,
+                    reason="riscv64-unknown-elf-gcc is not installed (gcc-riscv64-unknown-elf)")
+def test_committed_elfs_match_their_sources(tmp_path: Path) -> None:
+    env = {**os.environ, "OUT": str(tmp_path)}
+    subprocess.run([str(GUESTS / "build")], env=env,
+                   check=True, capture_output=True, timeout=600)
+    stale = [e.name for e in ELFS if (tmp_path / e.name).read_bytes() != e.read_bytes()]
+    assert not stale, f"committed ELFs differ from a rebuild (run tests/guests/build): {stale}"
+
+
+@pytest.mark.skipif(QEMU is None, reason="qemu-system-riscv64 is not installed")
+@pytest.mark.parametrize("elf", ELFS, ids=lambda p: p.stem)
+def test_qemu_oracle(elf: Path) -> None:
+    status, out = qemu_result(elf)
+    if elf.stem in QEMU_DIVERGES:
+        assert status != 0, f"QEMU now passes {elf.name}: move its subtests to the others"
+    else:
+        assert status == 0, f"{elf.name} fails on QEMU (a wrong test) at subtest {status}:\n{out}"
+        assert out.endswith("PASS\n")
+
+
+@pytest.mark.parametrize("elf", ELFS, ids=lambda p: p.stem)
+def test_kvmpy(elf: Path) -> None:
+    reason = kvmpy_spike_missing()
+    if reason:
+        pytest.skip(reason)
+    status, out = run_spike(KVMPY, elf)
+    assert status == 0, f"{elf.name} fails on kvmpy at subtest {status}:\n{out}"
+    if QEMU is not None and elf.stem not in QEMU_DIVERGES:
+        assert out == qemu_result(elf)[1], "console output differs from QEMU's"
