@@ -127,14 +127,16 @@ def _kick_handler(signum: int, frame: FrameType | None) -> None:
 
 def install_kick_handler() -> bool:
     """Install the no-op handler of :data:`KICK_SIGNAL` (main thread only). False when it
-    cannot be installed; kicks then rely on ``immediate_exit`` and in-kernel wakeups alone."""
+    cannot be installed (not the main thread, or the application handles that signal
+    itself); kicks then rely on ``immediate_exit`` and in-kernel wakeups alone."""
     try:
         current = signal.getsignal(KICK_SIGNAL)
         if current is _kick_handler:
             return True
-        if current not in (signal.SIG_DFL, None):
-            _log.debug("kvm: signal %d already has a handler; vCPU kicks use it", KICK_SIGNAL)
-            return current is not signal.SIG_IGN
+        if current is not signal.SIG_DFL:
+            _log.debug("kvm: signal %d is handled by the application; vCPU kicks use "
+                       "immediate_exit only", KICK_SIGNAL)
+            return False
         signal.signal(KICK_SIGNAL, _kick_handler)
     except ValueError:  # not the main thread
         return False

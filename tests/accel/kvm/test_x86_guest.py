@@ -200,3 +200,37 @@ def test_failed_ioctl_raises_oserror_naming_it() -> None:
         assert info.value.ioctl == "KVM_CREATE_VCPU"
         assert str(info.value).startswith("KVM_CREATE_VCPU failed: ")
         assert isinstance(info.value, OSError)
+
+
+def test_threaded_driver_pauses_and_quits_a_vcpu_inside_kvm_run(x86_guest: Any,
+                                                               buffer_chardev: Any) -> None:
+    """kvmpy's run path end to end: ThreadPerVcpuDriver runs the vCPU on its own thread,
+    runloop.handle_exit completes the UART writes, then the guest spins inside KVM_RUN and
+    pause()/quit() must get the thread out through kicks."""
+    from kvmpy.config import VMConfig
+    from kvmpy.runloop import ThreadPerVcpuDriver
+    from kvmpy.system import System
+
+    assert install_kick_handler()
+    system = System(VMConfig())
+    system.bus.add(UART, 8, _serial(buffer_chardev), "serial")
+    x86_guest.load(SET_DS_UART + mov_al(ord("o")) + store_al(0) + mov_al(ord("k"))
+                   + store_al(0) + bytes([0xEB, 0xFE]))
+    vcpu = KvmRiscvVcpu(x86_guest.vcpu, 0)
+    driver = ThreadPerVcpuDriver(system, [vcpu])  # type: ignore[list-item]
+    system.driver = driver
+    driver.start()
+    driver.resume()
+    deadline = time.monotonic() + 5
+    while bytes(buffer_chardev.output) != b"ok" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert bytes(buffer_chardev.output) == b"ok"
+    start = time.monotonic()
+    driver.pause()                      # returns once the thread is parked, out of KVM_RUN
+    assert time.monotonic() - start < 2
+    assert x86_guest.regs().rip == 0x1000 + len(SET_DS_UART) + 10   # the jmp $
+    driver.resume()
+    time.sleep(0.05)
+    driver.quit()
+    assert all(not t.is_alive() for t in driver._threads)
+    assert system.status != "internal-error"
