@@ -217,7 +217,7 @@ def test_threaded_driver_pauses_and_quits_a_vcpu_inside_kvm_run(x86_guest: Any,
     x86_guest.load(SET_DS_UART + mov_al(ord("o")) + store_al(0) + mov_al(ord("k"))
                    + store_al(0) + bytes([0xEB, 0xFE]))
     vcpu = KvmRiscvVcpu(x86_guest.vcpu, 0)
-    driver = ThreadPerVcpuDriver(system, [vcpu])  # type: ignore[list-item]
+    driver = ThreadPerVcpuDriver(system, [vcpu])
     system.driver = driver
     driver.start()
     driver.resume()
