@@ -526,7 +526,7 @@ class _Parser:
 
     def opt_vga(self, arg: str) -> None:
         if arg != "none":
-            raise NotBuiltError("kvmpy has no graphics card (only -vga none)")
+            raise NotBuiltError("graphics cards are not built in kvmpy (only -vga none)")
 
     # -- debug and expert -------------------------------------------------------------------
 
