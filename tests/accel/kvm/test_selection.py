@@ -135,3 +135,26 @@ def test_accel_kvm_alone_on_a_host_without_it_is_an_error() -> None:
         system._select_accelerator()
     assert str(info.value) == (f"-accel kvm: the host is {platform.machine()}, not riscv64: "
                                "its KVM cannot run RISC-V guests")
+
+
+def test_default_falls_back_to_tcg_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    import platform
+
+    from kvmpy import registry_init
+    from kvmpy.config import VMConfig
+    from kvmpy.system import System, find_accel_class
+
+    if platform.machine() == "riscv64":
+        pytest.skip("on a riscv64 host kvm may be available")
+    registry_init.load_types()
+    if find_accel_class("tcg") is None:
+        pytest.skip("the tcg accelerator is not registered in this tree")
+    system = System(VMConfig())
+    accel = system._select_accelerator()
+    try:
+        assert accel.name == "tcg"
+        assert system.notices == [f"-accel kvm: the host is {platform.machine()}, not riscv64: "
+                                  "its KVM cannot run RISC-V guests; falling back to tcg"]
+        assert capsys.readouterr().err.count("\n") == 1
+    finally:
+        accel.close()
