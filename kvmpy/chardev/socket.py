@@ -160,15 +160,15 @@ class SocketChardev(Backend):
     def _connect(self) -> socket.socket:
         family = self._family()
         sock = socket.socket(family, socket.SOCK_STREAM)
+        target: str | tuple[str, int]
+        if isinstance(self.address, str):
+            target = where = self.address
+        else:
+            assert self.address is not None
+            target = (self.address[0] or "localhost", self.address[1])
+            where = f"{target[0]}:{target[1]}"
         try:
-            if isinstance(self.address, str):
-                sock.connect(self.address)
-                where = self.address
-            else:
-                assert self.address is not None
-                host = self.address[0] or "localhost"
-                where = f"{host}:{self.address[1]}"
-                sock.connect((host, self.address[1]))
+            sock.connect(target)
         except OSError as exc:
             sock.close()
             raise ConfigError(f"Failed to connect to '{where}': {os_error_text(exc)}") from exc
