@@ -100,6 +100,9 @@ def probe(host_machine: str | None = None, device: str = KVM_DEVICE,
         try:
             version = kvm.api_version()
         except OSError as exc:
+            if exc.errno == errno.ENOSYS:  # qemu-user passes no KVM ioctl to the host
+                return (f"{device} is not a RISC-V KVM: {exc} (an emulator such as "
+                        "qemu-user, whose host KVM runs host guests only)")
             return f"{device} is not a usable KVM: {exc}"
         if version != abi.KVM_API_VERSION:
             return f"{device} has KVM API version {version}, kvmpy needs {abi.KVM_API_VERSION}"

@@ -158,3 +158,29 @@ def test_default_falls_back_to_tcg_in_one_line(capsys: pytest.CaptureFixture[str
         assert capsys.readouterr().err.count("\n") == 1
     finally:
         accel.close()
+
+
+RISCV64_PYTHON = Path(__file__).resolve().parents[3] / "ci" / "work" / "qemu-user" / "bin" / \
+    "python3"
+
+
+@pytest.mark.skipif(not RISCV64_PYTHON.exists() or not os.path.exists("/dev/kvm"),
+                    reason="needs the riscv64 userland of ci/qemu-user (ci/riscv64-userland "
+                           "builds it) and a /dev/kvm")
+def test_an_x86_kvm_seen_through_qemu_user_is_not_a_riscv_kvm() -> None:
+    """A riscv64 python3 under qemu-riscv64-static: the ABI module loads without a compiler,
+    its layouts are the riscv64 ones, and the host's /dev/kvm is refused in one line."""
+    import subprocess
+
+    src = Path(__file__).resolve().parents[3]         # the source tree, pure Python
+    script = ("import platform; from kvmpy.accel.kvm import abi, probe;"
+              "print(platform.machine(), abi.ffi.sizeof('struct kvm_run'),"
+              " abi.ffi.offsetof('struct kvm_run', 'riscv_sbi', 'ret'));"
+              "print(probe())")
+    result = subprocess.run([str(RISCV64_PYTHON), "-c", script], capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(src)})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "riscv64 2352 96"
+    assert lines[1].startswith("/dev/kvm is not a RISC-V KVM: ")
+    assert len(lines) == 2
