@@ -51,7 +51,7 @@ else:
 class Terminal:
     """A pty whose terminal side is a child's controlling terminal."""
 
-    def __init__(self, mode: str, allow_signal: str) -> None:
+    def __init__(self, mode: str, allow_signal: str, script: str = CHILD) -> None:
         self.master, self.slave = os.openpty()
         self.initial = termios.tcgetattr(self.slave)
         self.output = b""
@@ -63,7 +63,7 @@ class Terminal:
 
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.proc = subprocess.Popen(  # preexec_fn: TIOCSCTTY in the child
-            [sys.executable, "-c", CHILD, mode, allow_signal], stdin=self.slave,
+            [sys.executable, "-c", script, mode, allow_signal], stdin=self.slave,
             stdout=self.slave, stderr=self.slave, preexec_fn=make_controlling, env=env)
         self._reader.start()
 
@@ -148,5 +148,57 @@ def test_terminal_restored_on_fatal_signals(signum: int) -> None:
     term.proc.send_signal(signum)
     status = term.proc.wait(20)
     assert status == -signum  # still dies by that signal
+    assert term.attrs() == term.initial
+    term.finish()
+
+
+MUX_CHILD = r"""
+import os, select, sys
+from kvmpy.chardev import create_chardevs
+from kvmpy.config import VMConfig
+
+class Host:
+    readers = {}
+    def add_reader(self, fd, cb): self.readers[fd] = cb
+    def remove_reader(self, fd): self.readers.pop(fd, None)
+
+def done():
+    made.chardevs["serial0"].close()
+    os.write(1, b"EXITED\n")
+    sys.exit(0)
+
+made = create_chardevs(VMConfig(serial=["mon:stdio"]), on_exit=done)
+serial, monitor = made.serials[0], made.monitors[0].chardev
+serial.set_handlers(lambda d: serial.write(b"S:" + d.hex().encode() + b"\n"))
+monitor.set_handlers(lambda d: monitor.write(b"M:" + d.hex().encode() + b"\n"),
+                     None, lambda e: monitor.write(b"E:" + e.encode() + b"\n"))
+host = Host()
+made.chardevs["serial0"].attach_loop(host)
+os.write(1, b"READY\n")
+while True:
+    ready, _, _ = select.select(list(host.readers), [], [], 10)
+    for fd in ready:
+        host.readers[fd]()
+"""
+
+
+def test_mon_stdio_on_a_terminal() -> None:
+    """``-nographic``'s ``mon:stdio``: Ctrl-C reaches the guest, Ctrl-A c reaches the monitor,
+    Ctrl-A x ends, and the terminal comes back as it was."""
+    term = Terminal("", "", MUX_CHILD)
+    term.wait_for(b"READY")
+    assert not lflag(term.attrs()) & (termios.ISIG | termios.ECHO)
+    term.type(b"a\x03")
+    term.wait_for(b"S:6103")
+    term.type(b"\x01c")
+    term.wait_for(b"E:mux-in")
+    term.type(b"q")
+    term.wait_for(b"M:71")
+    term.type(b"\x01h")
+    term.wait_for(b"C-a c    switch between console and monitor")
+    term.type(b"\x01x")
+    term.wait_for(b"kvmpy: Terminated")
+    term.wait_for(b"EXITED")
+    assert term.proc.wait(20) == 0
     assert term.attrs() == term.initial
     term.finish()
