@@ -82,6 +82,19 @@ def test_level_still_high_at_complete_pends_again(plic: SiFivePlic) -> None:
     assert plic.mmio_read(claim_reg(1), 4) == 5
 
 
+def test_pending_is_latched_until_claimed(plic: SiFivePlic) -> None:
+    # QEMU 7.2 (and the PLIC gateway): a pulse is remembered, lowering does not unpend.
+    line = plic.irq_in(4)
+    plic.mmio_write(PRIO + 4 * 4, 4, 1)
+    plic.mmio_write(enable_reg(1), 4, 1 << 4)
+    line.pulse()
+    assert plic.mmio_read(PENDING, 4) == 1 << 4
+    assert plic.outputs[1].level
+    assert plic.mmio_read(claim_reg(1), 4) == 4
+    plic.mmio_write(claim_reg(1), 4, 4)
+    assert not plic.outputs[1].level  # line low at completion: nothing more
+
+
 def test_reassert_while_claimed_pends_but_waits_for_complete(plic: SiFivePlic) -> None:
     line = plic.irq_in(7)
     plic.mmio_write(PRIO + 4 * 7, 4, 1)

@@ -78,12 +78,47 @@ def test_rng_uses_urandom_by_default(make_irq: Any, ram: GuestRAM) -> None:
 
 def test_no_interrupt_flag_suppresses_irq(make_irq: Any, ram: GuestRAM) -> None:
     transport, _, drv = make(ram, make_irq, VirtioRng())
-    drv.probe()
+    drv.probe(features=1 << 28)  # no EVENT_IDX: the avail flags decide
     ram.write_int(drv.avail, 2, 1)  # VRING_AVAIL_F_NO_INTERRUPT
     addr, length = drv.add_buffer(8, writable=True)
     drv.post([(addr, length, True)])
     assert drv.used_idx() == 1
     assert transport.irq.level is False
+
+
+def test_event_idx(make_irq: Any, ram: GuestRAM) -> None:
+    transport, bus, drv = make(ram, make_irq, VirtioRng())
+    assert drv.probe() >> 29 & 1  # offered, and accepted by the driver
+    q = drv.queues[0]
+    used_event = q["avail"] + 4 + 2 * drv.num
+    avail_event = q["used"] + 4 + 8 * drv.num
+
+    def request() -> None:
+        addr, length = drv.add_buffer(8, True)
+        drv.post([(addr, length, True)])
+
+    request()
+    assert transport.irq.level  # the first completion always interrupts
+    assert ram.read_int(avail_event, 2) == 1  # "notify me after avail idx 1"
+    bus.write(BASE + 0x64, 4, 1)
+    ram.write_int(used_event, 2, 2)  # driver: interrupt me when used idx passes 2
+    request()
+    assert not transport.irq.level  # used idx 2: not past used_event yet
+    request()
+    assert transport.irq.level  # used idx 3
+    assert ram.read_int(avail_event, 2) == 3
+    assert drv.used_idx() == 3
+
+
+def test_modern_feature_word_is_qemus(make_irq: Any, ram: GuestRAM) -> None:
+    # qemu-system-riscv64 7.2, virtio-rng-device: legacy 0x39000000, modern 0x30000000 and
+    # 0x101 in the high word (VERSION_1, RING_RESET - which kvmpy does not offer).
+    _legacy, lbus, _ = make(ram, make_irq, VirtioRng())
+    assert lbus.read(BASE + 0x10, 4) == 0x39000000
+    _modern, mbus, _ = make(ram, make_irq, VirtioRng(), legacy=False)
+    assert mbus.read(BASE + 0x10, 4) == 0x30000000
+    mbus.write(BASE + 0x14, 4, 1)
+    assert mbus.read(BASE + 0x10, 4) == 0x1
 
 
 def test_indirect_descriptors(make_irq: Any, ram: GuestRAM) -> None:

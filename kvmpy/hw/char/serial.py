@@ -14,8 +14,9 @@ behaviour the Linux 8250 driver depends on, as QEMU): setting IER.THRI while THR
 THRE interrupt immediately and clearing THRI drops it; an IIR read that reports THRE clears it;
 a THR write clears it.  Input arrives through ``Chardev.set_handlers`` with ``can_receive`` =
 free receive-FIFO space, so no typed byte is lost; reading RBR calls ``chardev.accept_input()``.
-The character timeout of the FIFO is taken as elapsed as soon as the FIFO holds fewer bytes
-than the trigger level (a receive burst from the chardev is one event).
+The character timeout of the FIFO (QEMU: 4 character times after the last byte) is taken as
+elapsed at once when a receive or a read leaves the FIFO below its trigger level: a burst from
+the chardev is one event, and the guest sees its input without waiting for a timer.
 """
 
 from __future__ import annotations
@@ -151,8 +152,7 @@ class SerialMM(SysBusDevice):
                 else:
                     s.lsr |= UART_LSR_OE  # overruns do not overwrite the FIFO
             s.lsr |= UART_LSR_DR
-            if len(s.recv_fifo) < s.recv_fifo_itl:
-                s.timeout_ipending = 1
+            s.timeout_ipending = int(len(s.recv_fifo) < s.recv_fifo_itl)
         else:
             if s.lsr & UART_LSR_DR:
                 s.lsr |= UART_LSR_OE

@@ -9,12 +9,18 @@ Register map (32-bit little-endian accesses only; offsets inside the window)::
     context_base   + 0x1000*ctx + 4    claim (read) / complete (write a source id)
 
 Contexts come from ``hart-config`` (QEMU's "MS,MS" string: per hart, one context per mode
-letter, in order).  Inputs are level-sensitive: setting an input line sets its pending bit to
-the level.  A context's output is high while a source is pending, enabled, not claimed and has
-a priority above the threshold.  Claim returns the highest-priority such source (ties go to the
-lowest id), clears its pending bit and marks it claimed; complete clears the claimed bit.  As a
-PLIC gateway does (PLIC spec, "Interrupt Gateways"), a source whose line is still high when it
-is completed becomes pending again.
+letter, in order).  A context's output is high while a source is pending, enabled, not claimed
+and has a priority above the threshold.  Claim returns the highest-priority such source (ties
+go to the lowest id), clears its pending bit and marks it claimed; complete clears the claimed
+bit.
+
+Inputs are level-triggered through a gateway (PLIC spec, "Interrupt Gateways"): raising a line
+latches the source's pending bit, which stays set when the line drops and is cleared only by a
+claim (QEMU 7.2 behaves the same: ``sifive_plic_irq_request`` acts on raises only, checked
+against qemu-system-riscv64 by tests/hw/test_qemu_oracle.py).  Every raise latches again, even
+while the source is claimed, as in QEMU.  A source whose line is still high when it is
+completed becomes pending again, as the spec's gateway does; QEMU relies on the device raising
+the line again instead, which its devices (and ours) do on every register access.
 """
 
 from __future__ import annotations
@@ -115,11 +121,13 @@ class SiFivePlic(SysBusDevice):
     def _set_input(self, n: int, level: bool) -> None:
         s = self.state
         bit = 1 << n
-        s.levels = (s.levels | bit) if level else (s.levels & ~bit)
-        pending = (s.pending | bit) if level else (s.pending & ~bit)
-        if pending != s.pending:
-            s.pending = pending
-            self._update()
+        if level:
+            s.levels |= bit
+            if not s.pending & bit:
+                s.pending |= bit
+                self._update()
+        else:
+            s.levels &= ~bit  # the latched pending bit stays until claimed
 
     # -- interrupt logic ------------------------------------------------------------------------
 

@@ -137,13 +137,16 @@ class GoldfishRtc(SysBusDevice):
 
     def _set_alarm(self) -> None:
         s = self.state
-        if s.alarm_next <= self.count():
+        deadline = (s.alarm_next - s.tick_offset) & _U64
+        # QEMU arms its timer with the deadline as an int64: one past 2^63 ns (an alarm in
+        # the 2260s or later) is in the past and fires at once.
+        if s.alarm_next <= self.count() or deadline >> 63:
             self._clear_alarm()
             self._fire()
             return
         if self._cancel is not None:
             self._cancel()
-        self._cancel = self.schedule(s.alarm_next - s.tick_offset, self._fire)
+        self._cancel = self.schedule(deadline, self._fire)
         s.alarm_running = 1
 
     # -- MMIO -----------------------------------------------------------------------------------

@@ -223,17 +223,20 @@ class VirtioSerial(VirtioDevice):
 
     def _receive(self, nr: int, data: bytes) -> None:
         vq = self.queues[rx_queue(nr)]
+        used = False
         try:
             while data and (elem := vq.pop()) is not None:
                 written = vq.write_in(elem, data)
                 vq.push(elem, written)
                 data = data[written:]
+                used = True
         except VirtqueueError as exc:
             self.virtio_error(f"port {nr} receive queue: {exc}")
             return
         if data:
             log.guest_error(f"virtio-serial: port {nr} dropped {len(data)} input bytes")
-        self.notify(rx_queue(nr))
+        if used:
+            self.notify(rx_queue(nr))
 
     # -- control --------------------------------------------------------------------------------
 

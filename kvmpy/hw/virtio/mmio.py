@@ -26,6 +26,7 @@ from kvmpy.hw.virtio.device import (
     VIRTIO_F_ANY_LAYOUT,
     VIRTIO_F_NOTIFY_ON_EMPTY,
     VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX,
     VIRTIO_RING_F_INDIRECT_DESC,
     VirtioDevice,
 )
@@ -148,13 +149,24 @@ class VirtioMmio(SysBusDevice):
         self._reset_transport()
 
     def host_features(self) -> int:
+        """QEMU's offer: indirect descriptors and event indexes; NOTIFY_ON_EMPTY and
+        ANY_LAYOUT only in legacy mode, VERSION_1 only in modern mode."""
         if self.device is None:
             return 0
-        features = (1 << VIRTIO_F_NOTIFY_ON_EMPTY | 1 << VIRTIO_F_ANY_LAYOUT
-                    | 1 << VIRTIO_RING_F_INDIRECT_DESC | self.device.host_features())
-        if not self.legacy:
+        features = (1 << VIRTIO_RING_F_INDIRECT_DESC | 1 << VIRTIO_RING_F_EVENT_IDX
+                    | self.device.host_features())
+        if self.legacy:
+            features |= 1 << VIRTIO_F_NOTIFY_ON_EMPTY | 1 << VIRTIO_F_ANY_LAYOUT
+        else:
             features |= 1 << VIRTIO_F_VERSION_1
         return features
+
+    def _set_features(self, features: int) -> None:
+        assert self.device is not None
+        accepted = features & self.host_features()
+        self.device.set_features(accepted)
+        for vq in self.vqs:
+            vq.state.event_idx = bool(accepted >> VIRTIO_RING_F_EVENT_IDX & 1)
 
     # -- interrupts -----------------------------------------------------------------------------
 
@@ -359,7 +371,7 @@ class VirtioMmio(SysBusDevice):
                 log.guest_error("virtio-mmio: attempt to write guest features with "
                                 "guest_features_sel > 0 in legacy mode")
             else:
-                self.device.set_features(value & self.host_features())
+                self._set_features(value)
         elif s.guest_features_sel < 2:
             s.guest_features[s.guest_features_sel] = value
         else:
@@ -404,8 +416,7 @@ class VirtioMmio(SysBusDevice):
         assert self.device is not None
         if not self.legacy and value & VIRTIO_CONFIG_S_FEATURES_OK and \
                 not s.status & VIRTIO_CONFIG_S_FEATURES_OK:
-            requested = s.guest_features[0] | s.guest_features[1] << 32
-            self.device.set_features(requested & self.host_features())
+            self._set_features(s.guest_features[0] | s.guest_features[1] << 32)
         was_ok = s.status & VIRTIO_CONFIG_S_DRIVER_OK
         s.status = value
         if value == 0:

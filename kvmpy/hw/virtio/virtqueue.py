@@ -46,6 +46,10 @@ class QueueState:
     ready: bool = False
     last_avail_idx: int = 0
     used_idx: int = 0
+    event_idx: bool = False
+    """VIRTIO_RING_F_EVENT_IDX negotiated: used_event/avail_event steer notifications."""
+    signalled_used: int = 0
+    signalled_used_valid: bool = False
 
 
 @dataclass
@@ -122,6 +126,10 @@ class Virtqueue:
                                  f"(queue size {s.num})")
         head = self.read_u16(s.avail + 4 + 2 * (s.last_avail_idx % s.num))
         s.last_avail_idx = (s.last_avail_idx + 1) & 0xFFFF
+        if s.event_idx:
+            # avail_event: "notify me when you go past this" (spec §2.7.10); written on every
+            # pop, so a buffer added after the queue looked empty is always notified.
+            self.write_u16(s.used + 4 + 8 * s.num, s.last_avail_idx)
         if head >= s.num:
             raise VirtqueueError(f"avail ring head {head} >= queue size {s.num}")
         elem = VirtqElement(head)
@@ -195,8 +203,19 @@ class Virtqueue:
         self.write_u16(s.used + 2, s.used_idx)
 
     def should_notify(self) -> bool:
-        """Whether the driver wants an interrupt for used buffers (no EVENT_IDX offered)."""
-        return not self.read_u16(self.state.avail) & VRING_AVAIL_F_NO_INTERRUPT
+        """Whether the driver wants an interrupt for the buffers used so far (spec §2.7.7,
+        QEMU's virtio_should_notify)."""
+        s = self.state
+        if not s.event_idx:
+            return not self.read_u16(s.avail) & VRING_AVAIL_F_NO_INTERRUPT
+        valid, old = s.signalled_used_valid, s.signalled_used
+        s.signalled_used_valid, s.signalled_used = True, s.used_idx
+        if not valid:
+            return True
+        used_event = self.read_u16(s.avail + 4 + 2 * s.num)
+        new = s.used_idx
+        # vring_need_event(): did used_idx step past used_event since the last interrupt?
+        return (new - used_event - 1) & 0xFFFF < (new - old) & 0xFFFF
 
 
 def legacy_ring_addresses(pfn_addr: int, num: int, align: int) -> tuple[int, int, int]:

@@ -1,0 +1,219 @@
+"""Differential test: the same MMIO access sequence replayed on qemu-system-riscv64 -M virt
+(by tests/hw/guests/mmio_probe.elf) and on kvmpy's device models wired as the virt board
+wires them.  Every value read and the interrupt pins after every access must match."""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kvmpy.hw.char.serial import SerialMM
+from kvmpy.hw.cpu import HartPort
+from kvmpy.hw.intc.aclint import AclintMtimer, AclintSwi, CounterTime
+from kvmpy.hw.intc.plic import SiFivePlic
+from kvmpy.hw.misc.sifive_test import SifiveTest
+from kvmpy.hw.rtc.goldfish_rtc import GoldfishRtc
+from kvmpy.hw.virtio.mmio import VirtioMmio
+from kvmpy.memory import GuestRAM, MmioBus
+
+QEMU = shutil.which("qemu-system-riscv64")
+PROBE = Path(__file__).parent / "guests" / "mmio_probe.elf"
+
+PLIC, UART, RTC, TEST, CLINT, VIRTIO = 0xC000000, 0x10000000, 0x101000, 0x100000, 0x2000000, \
+    0x10001000
+MIP_MASK = (1 << 11) | (1 << 9) | (1 << 3) | (1 << 1)  # MEIP SEIP MSIP SSIP (not the timer)
+
+Access = tuple[str, int, int, int]  # ("r"|"w", gpa, size, value)
+
+
+def r(gpa: int, size: int = 4) -> Access:
+    return ("r", gpa, size, 0)
+
+
+def w(gpa: int, value: int, size: int = 4) -> Access:
+    return ("w", gpa, size, value)
+
+
+def plic_prio(n: int) -> int:
+    return PLIC + 4 * n
+
+
+def plic_enable(ctx: int) -> int:
+    return PLIC + 0x2000 + 0x80 * ctx
+
+
+def plic_claim(ctx: int) -> int:
+    return PLIC + 0x200004 + 0x1000 * ctx
+
+
+def uart(reg: int) -> int:
+    return UART + reg
+
+
+SEQUENCES: dict[str, list[Access]] = {
+    "plic_and_uart_thre": [
+        w(plic_prio(10), 0xF), r(plic_prio(10)),          # WARL: 7
+        w(plic_prio(10), 3), r(plic_prio(10)),
+        w(plic_enable(1), 1 << 10), r(plic_enable(1)),     # hart 0 S context
+        w(uart(1), 0x02, 1),                               # IER.THRI: THRE irq at once
+        r(PLIC + 0x1000), r(uart(2), 1),                   # pending; IIR read clears THRE
+        r(PLIC + 0x1000), r(plic_claim(1)), r(plic_claim(1)),
+        w(plic_claim(1), 10),                              # complete
+        w(uart(1), 0x00, 1), w(uart(1), 0x02, 1),          # THRI off/on: raised again
+        r(plic_claim(1)), w(uart(0), 0x41, 1),             # THR write: cleared, re-raised
+        r(uart(2), 1), w(plic_claim(1), 10), r(PLIC + 0x1000),
+        w(plic_enable(0), 1 << 10), w(plic_prio(10), 1),   # M context too
+        w(PLIC + 0x200000, 1), r(PLIC + 0x200000),          # M threshold 1 masks prio 1
+        w(PLIC + 0x200000, 0), r(plic_claim(0)), r(plic_claim(1)),
+        w(plic_claim(0), 10), w(uart(1), 0, 1), r(uart(2), 1), r(PLIC + 0x1000),
+    ],
+    "uart_registers": [
+        r(uart(1), 1), r(uart(2), 1), r(uart(3), 1), r(uart(4), 1), r(uart(5), 1),
+        r(uart(6), 1), r(uart(7), 1),
+        w(uart(7), 0xA5, 1), r(uart(7), 1),
+        w(uart(3), 0x83, 1), r(uart(0), 1), r(uart(1), 1),
+        w(uart(0), 0x01, 1), w(uart(1), 0x02, 1), r(uart(0), 1), r(uart(1), 1),
+        w(uart(3), 0x03, 1), r(uart(3), 1), r(uart(1), 1),
+        w(uart(2), 0xE7, 1), r(uart(2), 1), w(uart(2), 0x00, 1), r(uart(2), 1),
+        w(uart(1), 0xFF, 1), r(uart(1), 1), w(uart(1), 0, 1),
+        w(uart(4), 0xFF, 1), r(uart(4), 1), w(uart(4), 0x08, 1),
+        r(uart(4), 4), w(uart(6), 0x1234, 2), r(uart(6), 1), r(uart(7), 1),
+    ],
+    "uart_loopback_rx": [
+        w(plic_prio(10), 1), w(plic_enable(1), 1 << 10),
+        w(uart(4), 0x1B, 1), r(uart(6), 1),                # loopback: MSR mirrors MCR
+        w(uart(4), 0x10, 1), r(uart(6), 1),
+        w(uart(1), 0x05, 1),                               # RDI | RLSI
+        w(uart(0), 0x31, 1), r(uart(5), 1), r(uart(2), 1), r(uart(0), 1), r(uart(5), 1),
+        w(uart(0), 0x32, 1), w(uart(0), 0x33, 1),          # no FIFO: overrun
+        r(uart(2), 1), r(uart(5), 1), r(uart(5), 1), r(uart(0), 1), r(uart(2), 1),
+        w(uart(2), 0x41, 1),                               # FIFO, trigger at 4
+        w(uart(0), 0x61, 1), w(uart(0), 0x62, 1), w(uart(0), 0x63, 1), w(uart(0), 0x64, 1),
+        r(uart(2), 1), r(uart(5), 1), r(uart(0), 1), r(uart(0), 1), r(uart(0), 1),
+        r(uart(0), 1), r(uart(5), 1), r(uart(0), 1), r(uart(2), 1),
+        w(uart(2), 0x07, 1), r(uart(2), 1), r(uart(5), 1),
+        r(plic_claim(1)), w(plic_claim(1), 10), w(uart(1), 0, 1), w(uart(4), 0, 1),
+    ],
+    "clint": [
+        w(CLINT, 1), r(CLINT), w(CLINT, 0), r(CLINT), w(CLINT, 3), r(CLINT), w(CLINT, 2),
+        r(CLINT),
+        w(CLINT + 0x4000, 0xFFFFFFFF_FFFFFFFF, 8), r(CLINT + 0x4000, 8),
+        w(CLINT + 0x4000, 0x12345678), r(CLINT + 0x4000, 8), r(CLINT + 0x4004),
+        w(CLINT + 0x4004, 0xFFFFFFFF), r(CLINT + 0x4000, 8),
+    ],
+    "rtc_alarm": [
+        w(plic_prio(11), 2), w(plic_enable(0), 1 << 11),
+        r(RTC + 0x10), r(RTC + 0x18),
+        w(RTC + 0x0C, 0), w(RTC + 0x08, 5), r(RTC + 0x18), r(RTC + 0x08), r(RTC + 0x0C),
+        r(PLIC + 0x1000),                                  # pending but not enabled
+        w(RTC + 0x10, 1), r(RTC + 0x10), r(PLIC + 0x1000),
+        r(plic_claim(0)), w(RTC + 0x1C, 1), w(plic_claim(0), 11), r(PLIC + 0x1000),
+        w(RTC + 0x0C, 0x7FFFFFFF), w(RTC + 0x08, 0), r(RTC + 0x18), w(RTC + 0x14, 1),
+        r(RTC + 0x18), r(PLIC + 0x1000), w(RTC + 0x10, 0), r(RTC + 0x10),
+    ],
+    "empty_virtio_and_test": [
+        *(r(VIRTIO + 0x1000 * n + off) for n in (0, 7) for off in (0, 4, 8, 0xC, 0x34, 0x70)),
+        w(VIRTIO + 0x70, 0xF), r(VIRTIO + 0x70), r(VIRTIO + 0x100), r(VIRTIO + 0x100, 1),
+        r(TEST), r(TEST + 8, 2),
+    ],
+}
+
+
+KNOWN_DIFFERENCES = {
+    ("plic_and_uart_thre", 20):
+        "QEMU 7.2 does not re-evaluate the PLIC outputs when an enable register is written "
+        "(sifive_plic_write has no sifive_plic_update there), so a source that is already "
+        "pending reaches the newly enabled context only at the next PLIC event; kvmpy "
+        "raises it at once, as the PLIC spec has it.",
+}
+"""Accesses where kvmpy differs from QEMU on purpose (checked to still differ, so the list
+stays honest)."""
+
+
+class PinRecorder:
+    """A hart backend that keeps the pin levels (mip bits) set by the devices."""
+
+    def __init__(self) -> None:
+        self.mip = 0
+        self.regs: dict[str, int] = {}
+
+    def set_irq(self, irq: int, level: bool) -> None:
+        self.mip = (self.mip | 1 << irq) if level else (self.mip & ~(1 << irq))
+
+    def get_reg(self, name: str) -> int:
+        return self.regs[name]
+
+    def set_reg(self, name: str, value: int) -> None:
+        self.regs[name] = value
+
+
+def kvmpy_virt() -> tuple[MmioBus, PinRecorder]:
+    """The devices of one-hart -M virt (TCG), wired as QEMU's virt_machine_init wires them."""
+    hart = HartPort(0)
+    pins = PinRecorder()
+    hart.attach(pins)
+    bus = MmioBus()
+    plic = SiFivePlic([hart.irq_line(11), hart.irq_line(9)], hart_config="MS")
+    bus.add(PLIC, plic.region_size, plic)
+    bus.add(CLINT, 0x4000, AclintSwi([hart.irq_line(3)]))
+    bus.add(CLINT + 0x4000, 0x8000, AclintMtimer([hart], CounterTime()))
+    bus.add(TEST, 0x1000, SifiveTest())
+    bus.add(UART, 8, SerialMM(plic.irq_in(10)))
+    rtc = GoldfishRtc(plic.irq_in(11))
+    bus.add(RTC, rtc.region_size, rtc)
+    ram = GuestRAM(0x80000000, 1 << 20)
+    for n in range(8):
+        slot = VirtioMmio(plic.irq_in(1 + n), ram=ram)
+        bus.add(VIRTIO + 0x1000 * n, slot.region_size, slot)
+    return bus, pins
+
+
+def replay_on_kvmpy(accesses: list[Access]) -> list[tuple[int, int]]:
+    bus, pins = kvmpy_virt()
+    results = []
+    for op, gpa, size, value in accesses:
+        if op == "r":
+            got = bus.read(gpa, size)
+        else:
+            bus.write(gpa, size, value)
+            got = 0
+        results.append((got, pins.mip & MIP_MASK))
+    return results
+
+
+def replay_on_qemu(accesses: list[Access], tmp_path: Path) -> list[tuple[int, int]]:
+    assert QEMU is not None
+    table = b"".join(struct.pack("<QQII", gpa, value & (1 << 64) - 1, size, op == "w")
+                     for op, gpa, size, value in accesses) + struct.pack("<QQII", 0, 0, 0, 2)
+    (tmp_path / "table.bin").write_bytes(table)
+    proc = subprocess.run(
+        [QEMU, "-M", "virt", "-bios", "none", "-kernel", str(PROBE), "-display", "none",
+         "-serial", "stdio", "-monitor", "none",
+         "-device", f"loader,file={tmp_path / 'table.bin'},addr=0x80100000,force-raw=on"],
+        capture_output=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr.decode()
+    dump = proc.stdout.decode().rsplit("==\n", 1)[1]
+    words = [int(line, 16) for line in dump.split()]
+    assert len(words) == 2 * len(accesses)
+    return [(words[i], words[i + 1] & MIP_MASK) for i in range(0, len(words), 2)]
+
+
+@pytest.mark.skipif(QEMU is None, reason="qemu-system-riscv64 (the oracle) is not installed")
+@pytest.mark.parametrize("name", sorted(SEQUENCES))
+def test_same_as_qemu(name: str, tmp_path: Path) -> None:
+    accesses = SEQUENCES[name]
+    theirs = replay_on_qemu(accesses, tmp_path)
+    ours = replay_on_kvmpy(accesses)
+    mismatches = [(i, accesses[i], t, o) for i, (t, o) in enumerate(zip(theirs, ours,
+                                                                        strict=True))
+                  if t != o and (name, i) not in KNOWN_DIFFERENCES]
+    for known_name, index in KNOWN_DIFFERENCES:
+        if known_name == name:
+            assert theirs[index] != ours[index], f"#{index} now matches QEMU: update the list"
+    assert not mismatches, "\n".join(
+        f"#{i} {acc[0]} 0x{acc[1]:x}/{acc[2]} {acc[3]:#x}: qemu (0x{t[0]:x}, mip 0x{t[1]:x}) "
+        f"kvmpy (0x{o[0]:x}, mip 0x{o[1]:x})" for i, acc, t, o in mismatches)
