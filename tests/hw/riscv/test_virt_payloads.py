@@ -66,17 +66,19 @@ def _tcg_unavailable() -> str | None:
 
 @pytest.mark.parametrize("bios", ["builtin", "default"])
 @pytest.mark.parametrize("harts", [1, 4])
-def test_payload_on_kvmpy(bios: str, harts: int) -> None:
+def test_payload_on_kvmpy(bios: str, harts: int, tmp_path: Path) -> None:
     reason = _tcg_unavailable()
     if reason is not None:
         pytest.skip(f"interpreter accelerator unavailable: {reason}")
     if bios == "default" and opensbi.find_fw_dynamic() is None:
         pytest.skip("no OpenSBI fw_dynamic installed (Debian package opensbi)")
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    serial = tmp_path / "serial.txt"
     proc = subprocess.run([sys.executable, "-m", "kvmpy", "-M", "virt", "-accel", "tcg",
-                           "-smp", str(harts), "-bios", bios, "-nographic",
+                           "-smp", str(harts), "-bios", bios, "-display", "none",
+                           "-monitor", "none", "-serial", f"file:{serial}",
                            "-kernel", str(PAYLOAD)],
-                          capture_output=True, text=True, timeout=120, check=False, env=env,
-                          stdin=subprocess.DEVNULL)
-    assert smoke_lines(proc.stdout) == expected_lines(harts), proc.stdout + proc.stderr
+                          capture_output=True, text=True, timeout=120, check=False, env=env)
+    output = serial.read_text(errors="replace") if serial.exists() else ""
+    assert smoke_lines(output) == expected_lines(harts), output + proc.stderr
     assert proc.returncode == 0, proc.stderr

@@ -74,13 +74,15 @@ _start:
     li      a6, 0
     ecall
     bnez    a0, fail_timer
-    li      s2, 20000000            /* spin limit */
+    rdtime  s2                      /* 5 s limit */
+    li      t0, 50000000
+    add     s2, s2, t0
 4:  csrr    t0, sip
     andi    t0, t0, 1 << 5
     bnez    t0, 5f
     wfi
-    addi    s2, s2, -1
-    beqz    s2, fail_timer
+    rdtime  t0
+    bgeu    t0, s2, fail_timer
     j       4b
 5:  li      a0, -1                  /* next timer far away: STIP drops */
     li      a7, EID_TIME
@@ -101,12 +103,14 @@ _start:
     li      a6, 0
     ecall
     bnez    a0, fail_ipi
-    li      s2, 1000000
+    rdtime  s2
+    li      t0, 50000000
+    add     s2, s2, t0
 6:  csrr    t0, sip
     andi    t0, t0, 1 << 1
     bnez    t0, 7f
-    addi    s2, s2, -1
-    beqz    s2, fail_ipi
+    rdtime  t0
+    bgeu    t0, s2, fail_ipi
     j       6b
 7:  csrci   sip, 1 << 1
     la      a0, msg_ipi
@@ -128,11 +132,13 @@ _start:
     bnez    a0, fail_hsm
     la      t1, present
     add     t1, t1, s4
-    li      s2, 50000000
+    rdtime  s2                      /* give it 5 s (10 MHz timebase) */
+    li      t0, 50000000
+    add     s2, s2, t0
 9:  lb      t2, 0(t1)
     bnez    t2, 11f
-    addi    s2, s2, -1
-    beqz    s2, fail_hsm
+    rdtime  t0
+    bgeu    t0, s2, fail_hsm
     j       9b
 11: /* wait for it to be STOPPED again */
     mv      a0, s4
@@ -141,7 +147,11 @@ _start:
     ecall
     bnez    a0, fail_hsm
     li      t0, 1
-    bne     a1, t0, 11b
+    beq     a1, t0, 12f
+    rdtime  t0
+    bgeu    t0, s2, fail_hsm
+    j       11b
+12:
     addi    s3, s3, 1
     addi    s4, s4, 1
     j       8b
