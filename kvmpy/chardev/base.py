@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import ContextManager
 
 from kvmpy.qom import Object, Property, register_type
 
@@ -43,7 +42,7 @@ class Chardev(Object):
         self._can_receive: CanReceiveHandler | None = None
         self._event: EventHandler | None = None
         self._pending = b""
-        self.frontend_lock: ContextManager[object] = contextlib.nullcontext()
+        self.frontend_lock: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
         """Held around frontend calls; the System sets its big lock for device frontends."""
 
     def set_handlers(self, receive: ReceiveHandler | None,

@@ -13,13 +13,7 @@ import select
 from collections.abc import Callable
 from typing import IO, Any, ClassVar, Protocol
 
-from kvmpy.chardev.base import (
-    CHR_EVENT_OPENED,
-    CanReceiveHandler,
-    Chardev,
-    EventHandler,
-    ReceiveHandler,
-)
+from kvmpy.chardev.base import Chardev
 from kvmpy.errors import ConfigError
 from kvmpy.qom import Property
 
@@ -66,15 +60,6 @@ class Backend(Chardev):
         self.option = ""
         """The command-line option this backend came from, for messages (``-serial pty``)."""
 
-    def set_handlers(self, receive: ReceiveHandler | None,
-                     can_receive: CanReceiveHandler | None = None,
-                     event: EventHandler | None = None) -> None:
-        """As the base; a frontend attaching to a connected backend is told at once (OPENED),
-        as QEMU's ``qemu_chr_fe_set_handlers`` does."""
-        super().set_handlers(receive, can_receive, event)
-        if event is not None and self.connected:
-            self.notify_event(CHR_EVENT_OPENED)
-
     # -- main loop ------------------------------------------------------------------------
 
     def attach_loop(self, host: LoopHost) -> None:
@@ -91,9 +76,17 @@ class Backend(Chardev):
         if self._watched is not None:
             self._host.remove_reader(self._watched)
             self._watched = None
-        if fd is not None:
+        if fd is None:
+            return
+        try:
             self._host.add_reader(fd, self.on_readable)
-            self._watched = fd
+        except PermissionError:
+            # epoll refuses regular files and /dev/null (``kvmpy < input.txt``): they are
+            # always readable, so read them to the end now; the frontend buffers the input.
+            while self.fileno() == fd:
+                self.on_readable()
+            return
+        self._watched = fd
 
     def stop_watch(self) -> None:
         if self._watched is not None and self._host is not None:

@@ -27,7 +27,6 @@ from kvmpy.chardev.base import (
     CHR_EVENT_BREAK,
     CHR_EVENT_MUX_IN,
     CHR_EVENT_MUX_OUT,
-    CHR_EVENT_OPENED,
     CanReceiveHandler,
     Chardev,
     EventHandler,
@@ -78,15 +77,11 @@ class MuxFrontend(Chardev):
     def set_handlers(self, receive: ReceiveHandler | None,
                      can_receive: CanReceiveHandler | None = None,
                      event: EventHandler | None = None) -> None:
-        """As the base; the frontend is told at once whether it lacks the focus (MUX_OUT) and
-        whether the backend is connected (OPENED)."""
+        """As the base; a frontend without the focus is told so at once (MUX_OUT), before it
+        looks at ``connected`` to decide on a greeting."""
         super().set_handlers(receive, can_receive, event)
-        if event is None:
-            return
-        if not self.has_focus:
+        if event is not None and not self.has_focus:
             self.notify_event(CHR_EVENT_MUX_OUT)
-        if self.connected:
-            self.notify_event(CHR_EVENT_OPENED)
 
 
 @register_type("chardev-mux", "chardev", description="multiplexer: frontends share one backend")

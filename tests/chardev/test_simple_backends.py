@@ -125,3 +125,23 @@ def test_pty_announces_itself_and_carries_bytes(capsys: pytest.CaptureFixture[st
     for _ in range(2000):
         assert pty.write(b"x" * 64) == 64
     pty.close()
+
+
+def test_unpollable_input_is_read_at_once(tmp_path: Path, frontend: Any) -> None:
+    """epoll (asyncio's main loop) cannot watch a regular file or /dev/null."""
+    import asyncio
+
+    source = tmp_path / "in.txt"
+    source.write_bytes(b"from a file")
+    chardev: FileChardev = qom.object_new("chardev-file", {
+        "id": "f", "path": str(tmp_path / "out"), "input-path": str(source)})
+    chardev.open()
+    chardev.set_handlers(frontend.receive, frontend.can_receive)
+    loop = asyncio.new_event_loop()
+    try:
+        chardev.attach_loop(loop)
+        assert frontend.data == b"from a file"
+        assert chardev.fileno() is None
+    finally:
+        chardev.close()
+        loop.close()
