@@ -141,7 +141,8 @@ def test_blk_read_write_flush_getid(make_irq: Any, ram: GuestRAM, tmp_path: Path
     blk = VirtioBlk(image=RawImage(str(disk)), serial="kvmpy-disk")
     transport, bus, drv = make(ram, make_irq, blk)
     offered = drv.probe()
-    assert offered & (1 << 9) and not offered & (1 << 5)  # FLUSH, not RO
+    assert offered & 0xFFFFFFFF == 0x31006ED4  # QEMU 7.2's legacy virtio-blk feature word
+    assert not offered & (1 << 5)  # not RO
     assert bus.read(BASE + 0x100, 4) == 8  # capacity in sectors
     assert bus.read(BASE + 0x104, 4) == 0
     assert bus.read(BASE + 0x114, 4) == 512  # blk_size
@@ -174,8 +175,30 @@ def test_blk_read_write_flush_getid(make_irq: Any, ram: GuestRAM, tmp_path: Path
     assert status == 0 and ident == b"kvmpy-disk" + bytes(10)
     assert request(0, 8, None, 512)[0] == 1  # past the end: IOERR
     assert request(0, 0, None, 100)[0] == 1  # not a whole sector
-    assert request(11, 0, None, 0)[0] == 2  # DISCARD not offered: UNSUPP
+    assert request(11, 0, None, 0)[0] == 2  # DISCARD without its segment: UNSUPP
+    assert request(2, 0, None, 0)[0] == 2  # SCSI commands: UNSUPP (QEMU's scsi=off)
+    assert request(13, 0, struct.pack("<QII", 2, 2, 0), 0)[0] == 0  # WRITE_ZEROES
+    assert disk.read_bytes()[1024:2048] == bytes(1024)
+    assert request(11, 0, struct.pack("<QII", 0, 8, 0), 0)[0] == 0  # DISCARD: advisory
+    assert request(11, 0, struct.pack("<QII", 0, 1, 1), 0)[0] == 2  # UNMAP flag on discard
+    assert request(13, 0, struct.pack("<QII", 7, 2, 0), 0)[0] == 1  # past the end
     assert transport.irq.level is True
+
+
+def test_blk_write_cache_toggle(make_irq: Any, ram: GuestRAM, tmp_path: Path) -> None:
+    disk = tmp_path / "wce.img"
+    disk.write_bytes(bytes(4096))
+    blk = VirtioBlk(image=RawImage(str(disk)))
+    _, bus, drv = make(ram, make_irq, blk)
+    drv.probe()
+    assert bus.read(BASE + 0x120, 1) == 1  # writeback
+    bus.write(BASE + 0x120, 1, 0)
+    assert bus.read(BASE + 0x120, 1) == 0
+    assert blk.state.writeback == 0
+    bus.write(BASE + 0x100, 4, 0)  # capacity is read-only: ignored
+    assert bus.read(BASE + 0x100, 4) == 8
+    bus.write(BASE + 0x70, 4, 0)
+    assert bus.read(BASE + 0x120, 1) == 1  # reset restores writeback
 
 
 def test_blk_read_only(make_irq: Any, ram: GuestRAM, tmp_path: Path) -> None:

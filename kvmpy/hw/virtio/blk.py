@@ -3,6 +3,13 @@
 One request queue.  A request is a 16-byte header (type u32, reserved u32, sector u64),
 data buffers, and a 1-byte status the device writes: 0 OK, 1 IOERR, 2 UNSUPP.  Requests run
 synchronously against a raw image file (:class:`RawImage`); sectors are 512 bytes.
+
+Features and config space are QEMU 7.2's defaults (checked against qemu-system-riscv64):
+SEG_MAX, GEOMETRY (guessed from the size, as QEMU does for a disk without a partition
+table), BLK_SIZE, TOPOLOGY, FLUSH, CONFIG_WCE, DISCARD, WRITE_ZEROES, and SCSI on a legacy
+transport (SCSI commands are answered UNSUPP, as QEMU does with ``scsi=off``).  Discard is
+advisory and does nothing; write-zeroes writes zeros.  With the write cache turned off by the
+driver (CONFIG_WCE), every write is followed by a flush.
 """
 
 from __future__ import annotations
@@ -24,14 +31,28 @@ SECTOR = 512
 
 VIRTIO_BLK_F_SIZE_MAX = 1
 VIRTIO_BLK_F_SEG_MAX = 2
+VIRTIO_BLK_F_GEOMETRY = 4
 VIRTIO_BLK_F_RO = 5
 VIRTIO_BLK_F_BLK_SIZE = 6
+VIRTIO_BLK_F_SCSI = 7
 VIRTIO_BLK_F_FLUSH = 9
+VIRTIO_BLK_F_TOPOLOGY = 10
+VIRTIO_BLK_F_CONFIG_WCE = 11
+VIRTIO_BLK_F_DISCARD = 13
+VIRTIO_BLK_F_WRITE_ZEROES = 14
 
 VIRTIO_BLK_T_IN = 0
 VIRTIO_BLK_T_OUT = 1
+VIRTIO_BLK_T_SCSI_CMD = 2
 VIRTIO_BLK_T_FLUSH = 4
 VIRTIO_BLK_T_GET_ID = 8
+VIRTIO_BLK_T_DISCARD = 11
+VIRTIO_BLK_T_WRITE_ZEROES = 13
+
+VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP = 1
+MAX_DISCARD_SECTORS = 0x3FFFFF  # QEMU: (INT_MAX >> 9) rounded to the block size, one segment
+MAX_WRITE_ZEROES_SECTORS = 0x3FFFFF
+WRITEBACK_OFFSET = 32
 
 VIRTIO_BLK_S_OK = 0
 VIRTIO_BLK_S_IOERR = 1
@@ -40,6 +61,10 @@ VIRTIO_BLK_S_UNSUPP = 2
 VIRTIO_BLK_ID_BYTES = 20
 
 _HEADER = struct.Struct("<IIQ")
+_SEGMENT = struct.Struct("<QII")
+_CONFIG = struct.Struct("<QIIHBBIBBHIBBHIIIIIB3x")
+CONFIG_SIZE = 57
+"""QEMU 7.2's config size with these features: up to ``write_zeroes_may_unmap``."""
 
 
 class RawImage:
@@ -71,7 +96,14 @@ class RawImage:
 
 @dataclass
 class VirtioBlkState:
-    """No state beyond the queue: requests complete synchronously."""
+    writeback: int = 1
+    """The write cache mode the driver chose through CONFIG_WCE (1: writeback)."""
+
+
+def guess_geometry(sectors: int) -> tuple[int, int, int]:
+    """(cylinders, heads, sectors per track) as QEMU guesses them from the size alone."""
+    cylinders = min(max(sectors // (16 * 63), 2), 16383)
+    return cylinders, 16, 63
 
 
 @register_type("virtio-blk-device", "virtio-device", description="virtio block device")
@@ -79,6 +111,9 @@ class VirtioBlk(VirtioDevice):
     category = "Storage devices"
     device_id = VIRTIO_ID_BLOCK
     queue_sizes = (256,)
+    legacy_only_features = 1 << VIRTIO_BLK_F_SCSI
+    any_layout = False
+    state: VirtioBlkState
 
     drive = Property(str, "", "Node name or ID of a block device to use as a backend")
     serial = Property(str, "", "disk serial number (VIRTIO_BLK_T_GET_ID)")
@@ -109,17 +144,35 @@ class VirtioBlk(VirtioDevice):
         raise ConfigError(f"Property 'virtio-blk-device.drive' can't find value '{drive_id}'")
 
     def host_features(self) -> int:
-        features = (1 << VIRTIO_BLK_F_SEG_MAX | 1 << VIRTIO_BLK_F_BLK_SIZE
-                    | 1 << VIRTIO_BLK_F_FLUSH)
+        features = 0
+        for bit in (VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_GEOMETRY, VIRTIO_BLK_F_BLK_SIZE,
+                    VIRTIO_BLK_F_SCSI, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_TOPOLOGY,
+                    VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES):
+            features |= 1 << bit
         if self.image.read_only:
             features |= 1 << VIRTIO_BLK_F_RO
         return features
 
     def config(self) -> bytes:
-        capacity = self.image.size // SECTOR
-        seg_max = self.queue_size - 2
-        # capacity u64, size_max u32, seg_max u32, geometry (u16, u8, u8), blk_size u32
-        return struct.pack("<QIIHBBI", capacity, 0, seg_max, 0, 0, 0, SECTOR)
+        sectors = self.image.size // SECTOR
+        cylinders, heads, per_track = guess_geometry(sectors)
+        packed = _CONFIG.pack(
+            sectors, 0, self.queue_size - 2,           # capacity, size_max, seg_max
+            cylinders, heads, per_track, SECTOR,      # geometry, blk_size
+            0, 0, 0, 0,                               # topology: exp, offset, min_io, opt_io
+            self.state.writeback, 0, 1,               # writeback, unused0, num_queues
+            MAX_DISCARD_SECTORS, 1, 1,                # discard: sectors, segments, alignment
+            MAX_WRITE_ZEROES_SECTORS, 1, 0)           # write zeroes: sectors, segs, may_unmap
+        return packed[:CONFIG_SIZE]
+
+    def write_config(self, offset: int, data: bytes) -> None:
+        # Only the writeback byte is writable (CONFIG_WCE); QEMU ignores the rest.
+        if offset <= WRITEBACK_OFFSET < offset + len(data):
+            self.state.writeback = int(bool(data[WRITEBACK_OFFSET - offset]))
+
+    def reset(self) -> None:
+        super().reset()
+        self.state = VirtioBlkState()
 
     def handle_queue(self, index: int) -> None:
         vq = self.queues[index]
@@ -146,6 +199,8 @@ class VirtioBlk(VirtioDevice):
         if kind == VIRTIO_BLK_T_FLUSH:
             self.image.flush()
             return VIRTIO_BLK_S_OK, 0
+        if kind in (VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES):
+            return self._discard_or_zeroes(vq, elem, kind), 0
         if kind == VIRTIO_BLK_T_GET_ID:
             ident = self.serial.encode()[:VIRTIO_BLK_ID_BYTES]
             ident += bytes(min(data_in, VIRTIO_BLK_ID_BYTES) - len(ident))
@@ -177,8 +232,38 @@ class VirtioBlk(VirtioDevice):
             return VIRTIO_BLK_S_IOERR
         try:
             self.image.pwrite(sector * SECTOR, payload)
+            if not self.state.writeback:
+                self.image.flush()
         except OSError:
             return VIRTIO_BLK_S_IOERR
+        return VIRTIO_BLK_S_OK
+
+    def _discard_or_zeroes(self, vq: Virtqueue, elem: VirtqElement, kind: int) -> int:
+        payload = vq.read_out(elem)[_HEADER.size:]
+        if len(payload) != _SEGMENT.size:  # max_discard_seg = max_write_zeroes_seg = 1
+            log.guest_error(f"virtio-blk: {len(payload)} bytes of discard/write-zeroes "
+                            "segments (one 16-byte segment allowed)")
+            return VIRTIO_BLK_S_UNSUPP
+        sector, count, flags = _SEGMENT.unpack(payload)
+        zeroes = kind == VIRTIO_BLK_T_WRITE_ZEROES
+        allowed = VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP if zeroes else 0
+        limit = MAX_WRITE_ZEROES_SECTORS if zeroes else MAX_DISCARD_SECTORS
+        if flags & ~allowed or count > limit:
+            return VIRTIO_BLK_S_UNSUPP
+        if not self._in_range(sector, count * SECTOR):
+            return VIRTIO_BLK_S_IOERR
+        if self.image.read_only:
+            return VIRTIO_BLK_S_IOERR
+        if zeroes:
+            chunk = bytes(min(count * SECTOR, 1 << 20))
+            offset, end = sector * SECTOR, (sector + count) * SECTOR
+            try:
+                while offset < end:
+                    n = min(len(chunk), end - offset)
+                    self.image.pwrite(offset, chunk[:n])
+                    offset += n
+            except OSError:
+                return VIRTIO_BLK_S_IOERR
         return VIRTIO_BLK_S_OK
 
 

@@ -41,6 +41,10 @@ class VirtioDevice(Device):
 
     device_id: ClassVar[int] = 0
     queue_sizes: tuple[int, ...] = ()
+    any_layout: ClassVar[bool] = True
+    """Offer VIRTIO_F_ANY_LAYOUT on a legacy transport (QEMU's virtio-blk does not)."""
+    legacy_only_features: ClassVar[int] = 0
+    """Device feature bits offered only through a legacy transport (QEMU's legacy_features)."""
     """Default size of each queue (QEMU's ``virtio_add_queue`` sizes)."""
 
     state: Any

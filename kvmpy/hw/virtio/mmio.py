@@ -150,14 +150,19 @@ class VirtioMmio(SysBusDevice):
 
     def host_features(self) -> int:
         """QEMU's offer: indirect descriptors and event indexes; NOTIFY_ON_EMPTY and
-        ANY_LAYOUT only in legacy mode, VERSION_1 only in modern mode."""
+        ANY_LAYOUT only in legacy mode, VERSION_1 only in modern mode.  QEMU 7.2 also offers
+        VIRTIO_F_RING_RESET (bit 40) in modern mode; kvmpy has no per-queue reset and does
+        not."""
         if self.device is None:
             return 0
         features = (1 << VIRTIO_RING_F_INDIRECT_DESC | 1 << VIRTIO_RING_F_EVENT_IDX
                     | self.device.host_features())
         if self.legacy:
-            features |= 1 << VIRTIO_F_NOTIFY_ON_EMPTY | 1 << VIRTIO_F_ANY_LAYOUT
+            features |= 1 << VIRTIO_F_NOTIFY_ON_EMPTY
+            if self.device.any_layout:
+                features |= 1 << VIRTIO_F_ANY_LAYOUT
         else:
+            features &= ~self.device.legacy_only_features
             features |= 1 << VIRTIO_F_VERSION_1
         return features
 
