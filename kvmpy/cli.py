@@ -745,7 +745,48 @@ def _run(config: VMConfig) -> int:
         raise NotBuiltError("running a VM is not built in this version of kvmpy")
     from kvmpy import system
 
-    return system.run(config)
+    if not config.daemonize:
+        return system.run(config)
+    if config.pidfile:
+        config.pidfile = os.path.abspath(config.pidfile)
+    vm = system.System(config)
+    try:
+        vm.create()
+    except BaseException:
+        vm.close()
+        raise
+    _daemonize(config.pidfile)
+    return vm.run()
+
+
+def _daemonize(pidfile: str | None) -> None:
+    """QEMU's ``-daemonize`` (os-posix.c): the command returns once the VM is built; the VM
+    goes on in a new session with stdio on /dev/null.  Called before any thread starts."""
+    ready_r, ready_w = os.pipe()
+    if os.fork() > 0:
+        os.close(ready_w)
+        status = os.read(ready_r, 1)
+        os._exit(0 if status == b"\0" else 1)
+    os.close(ready_r)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    os.umask(0o027)
+    os.chdir("/")
+    if pidfile:
+        try:
+            with open(pidfile, "w") as f:
+                f.write(f"{os.getpid()}\n")
+        except OSError as exc:
+            os.write(ready_w, b"\1")
+            raise ConfigError(f"cannot create PID file: {exc.strerror}",
+                              option=f"-pidfile {pidfile}") from exc
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+    os.write(ready_w, b"\0")
+    os.close(ready_w)
 
 
 def _configure_logging(config: VMConfig) -> None:

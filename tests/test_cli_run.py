@@ -1,0 +1,50 @@
+"""The command line running a VM: -daemonize with -pidfile and QMP, as QEMU's users script it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kvmpy.registry_init import load_types
+from kvmpy.system import find_accel_class
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tcg_missing() -> bool:
+    load_types()
+    return find_accel_class("tcg") is None
+
+
+@pytest.mark.skipif(_tcg_missing(), reason="the tcg accelerator is not in this tree")
+def test_daemonize_returns_once_the_vm_is_built(tmp_path: Path) -> None:
+    from qemu.qmp.legacy import QEMUMonitorProtocol
+
+    pidfile, sock = tmp_path / "vm.pid", tmp_path / "qmp.sock"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, "-m", "kvmpy", "-M", "virt", "-accel", "tcg", "-display", "none",
+         "-serial", "null", "-daemonize", "-pidfile", str(pidfile),
+         "-qmp", f"unix:{sock},server=on,wait=off"],
+        capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ""
+    pid = int(pidfile.read_text())
+    assert os.getsid(pid) != os.getsid(0)  # detached into its own session
+    qmp = QEMUMonitorProtocol(str(sock))
+    qmp.connect()
+    assert qmp.cmd("query-status")["status"] == "running"
+    qmp.cmd("quit")
+    deadline = time.monotonic() + 20
+    while pidfile.exists() or sock.exists():
+        assert time.monotonic() < deadline, "the daemon did not clean up after quit"
+        time.sleep(0.05)
+    with pytest.raises(ProcessLookupError):
+        for _ in range(200):
+            os.kill(pid, 0)
+            time.sleep(0.05)
