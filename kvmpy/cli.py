@@ -593,6 +593,8 @@ class _Parser:
             value = -1
         if not 0 <= value <= _MAX_ICOUNT_SHIFT:
             raise ConfigError("icount: Invalid shift value")
+        if not icount_supported():
+            raise NotBuiltError("-icount is not built in this version of kvmpy")
         self.config.icount_shift = value
 
     # -- after the last option (vl.c's checks and default devices) ---------------------------
@@ -620,6 +622,12 @@ def _module_exists(name: str) -> bool:
         return importlib.util.find_spec(name) is not None
     except ModuleNotFoundError:
         return False
+
+
+def icount_supported() -> bool:
+    """Whether an accelerator declares ``supports_icount`` (it then honours icount_shift)."""
+    return any(getattr(info.cls, "supports_icount", False)
+               for info in qom.object_class_get_list("accel"))
 
 
 def _prop_help(info: qom.TypeInfo, prop: str) -> str:

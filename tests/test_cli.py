@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from kvmpy import qom
-from kvmpy.cli import main, parse_command_line, smp_topology
+from kvmpy.cli import icount_supported, main, parse_command_line, smp_topology
 from kvmpy.config import VMConfig
 from kvmpy.errors import ConfigError
 from kvmpy.registry_init import load_types
@@ -93,13 +93,22 @@ def test_boot_options() -> None:
 
 def test_flags() -> None:
     config = config_of("-S", "-no-reboot", "-no-shutdown", "-daemonize", "-pidfile", "p",
-                       "-name", "guest=vm1,debug-threads=on", "-icount", "shift=3",
+                       "-name", "guest=vm1,debug-threads=on",
                        "-d", "guest_errors,unimp", "-D", "log.txt", "-display", "none")
     assert config.start_paused and config.no_reboot and config.no_shutdown
     assert config.daemonize and config.pidfile == "p" and config.name == "vm1"
-    assert config.icount_shift == 3
     assert config.log_items == ["guest_errors", "unimp"] and config.log_file == "log.txt"
     assert config.display == "none"
+
+
+def test_icount(capsys: pytest.CaptureFixture[str]) -> None:
+    if icount_supported():
+        assert config_of("-icount", "shift=3").icount_shift == 3
+        assert config_of("-icount", "4,align=off").icount_shift == 4
+    else:
+        status, _, err = run_main(capsys, "-icount", "shift=3")
+        assert status == 1
+        assert err == "kvmpy: -icount shift=3: -icount is not built in this version of kvmpy\n"
 
 
 def test_double_dash_options() -> None:
