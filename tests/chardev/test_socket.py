@@ -206,3 +206,53 @@ def test_unix_server_replaces_a_stale_socket_but_not_a_file(tmp_path: Path) -> N
     with pytest.raises(ConfigError, match="Failed to bind socket"):
         server({"path": str(regular)})
     assert regular.read_text() == "keep me"
+
+
+def test_client_reconnects(tmp_path: Path, frontend: Any) -> None:
+    """``reconnect=1``: a client that starts before its server, and comes back after a drop."""
+    import asyncio
+
+    path = str(tmp_path / "later.sock")
+    loop = asyncio.new_event_loop()
+
+    class Host:
+        def __init__(self) -> None:
+            self.loop = loop
+
+        def add_reader(self, fd: int, callback: Any) -> None:
+            loop.add_reader(fd, callback)
+
+        def remove_reader(self, fd: int) -> None:
+            loop.remove_reader(fd)
+
+    def run_until(condition: Any, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, "condition not reached in time"
+            loop.run_until_complete(asyncio.sleep(0.05))
+
+    chardev: SocketChardev = qom.object_new("chardev-socket",
+                                            {"id": "c", "path": path, "reconnect": "1"})
+    chardev.open()  # no server yet: not an error with reconnect
+    assert not chardev.connected
+    chardev.set_handlers(frontend.receive, frontend.can_receive, frontend.event)
+    chardev.attach_loop(Host())
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(1)
+    listener.settimeout(10)
+    try:
+        run_until(lambda: chardev.connected)
+        peer, _ = listener.accept()
+        peer.close()
+        run_until(lambda: CHR_EVENT_CLOSED in frontend.events)
+        run_until(lambda: chardev.connected)
+        peer, _ = listener.accept()
+        peer.sendall(b"again")
+        run_until(lambda: frontend.data == b"again")
+        assert frontend.events == [CHR_EVENT_OPENED, CHR_EVENT_CLOSED, CHR_EVENT_OPENED]
+        peer.close()
+    finally:
+        chardev.close()
+        listener.close()
+        loop.close()
