@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import kvmpy
-from kvmpy.chardev.base import CHR_EVENT_OPENED, Chardev
+from kvmpy.chardev.base import CHR_EVENT_MUX_IN, CHR_EVENT_MUX_OUT, CHR_EVENT_OPENED, Chardev
 from kvmpy.errors import KvmpyError
 from kvmpy.monitor import commands
 
@@ -282,22 +282,36 @@ class HmpMonitor:
         self.state = HmpState()
         self.banner = banner
         self._line = bytearray()
+        self._hidden = False
+        self._greeted = False
 
     def start(self, system: System) -> None:
         self.system = system
         self.chardev.set_handlers(self._receive, None, self._on_event)
-        if self.chardev.connected and self.banner:
+        if self.chardev.connected and not self._hidden:
             self._greet()
 
     def close(self) -> None:
         self.chardev.set_handlers(None)
 
     def _on_event(self, event: str) -> None:
-        if event == CHR_EVENT_OPENED:
+        if event == CHR_EVENT_OPENED and not self._hidden:
             self._greet()
+        elif event == CHR_EVENT_MUX_OUT:
+            self._hidden = True
+        elif event == CHR_EVENT_MUX_IN:
+            # On a mux (mon:stdio) the banner waits until the monitor first gets the focus.
+            self._hidden = False
+            if self._greeted:
+                self._write("\n" + PROMPT)
+            else:
+                self._greet()
 
     def _greet(self) -> None:
-        self._write(f"kvmpy {kvmpy.__version__} monitor - type 'help' for more information\n")
+        self._greeted = True
+        if self.banner:
+            self._write(f"kvmpy {kvmpy.__version__} monitor - type 'help' for more "
+                        "information\n")
         self._write(PROMPT)
 
     def _write(self, text: str) -> None:
