@@ -367,3 +367,23 @@ def test_device_help_lists_virtio_devices() -> None:
     assert 'name "virtio-blk-device", bus virtio-bus' in text
     assert 'name "virtio-rng-device", bus virtio-bus' in text
     assert "riscv.sifive.plic" not in text  # not user-creatable
+
+
+def test_big_buffers_are_bounded_or_zero_copy(make_irq: Any, tmp_path: Path) -> None:
+    ram = GuestRAM(RAM_BASE, 4 << 20)
+    _, _, drv = make(ram, make_irq, VirtioRng(entropy=lambda n: b"\x01" * n))
+    drv.probe()
+    drv.post([(RAM_BASE + (1 << 20), 3 << 20, True)])  # a 3 MiB entropy request
+    assert drv.used_elem(0)[1] == 64 * 1024  # served in 64 KiB pieces
+
+    disk = tmp_path / "big.img"
+    disk.write_bytes(bytes(range(256)) * 8192)  # 2 MiB
+    ram2 = GuestRAM(RAM_BASE, 4 << 20)
+    _, _, drv2 = make(ram2, make_irq, VirtioBlk(image=RawImage(str(disk))))
+    drv2.probe()
+    hdr = drv2.add_buffer(struct.pack("<IIQ", 0, 0, 0), False)
+    status = drv2.add_buffer(1, True)
+    drv2.post([(*hdr, False), (RAM_BASE + (2 << 20), 2 << 20, True), (*status, True)])
+    assert drv2.used_elem(0)[1] == (2 << 20) + 1
+    assert ram2.read(status[0], 1) == b"\x00"
+    assert ram2.read(RAM_BASE + (2 << 20), 2 << 20) == disk.read_bytes()

@@ -85,6 +85,26 @@ class RawImage:
     def pwrite(self, offset: int, data: bytes) -> None:
         os.pwrite(self.fd, data, offset)
 
+    def readinto(self, offset: int, buffers: list[memoryview]) -> None:
+        """Fill ``buffers`` (guest RAM) from ``offset``; past the end of the file reads 0."""
+        for buf in buffers:
+            done = 0
+            while done < len(buf):
+                n = os.preadv(self.fd, [buf[done:]], offset + done)
+                if n <= 0:
+                    buf[done:] = bytes(len(buf) - done)
+                    break
+                done += n
+            offset += len(buf)
+
+    def writefrom(self, offset: int, buffers: list[memoryview]) -> None:
+        """Write ``buffers`` (guest RAM) at ``offset``."""
+        for buf in buffers:
+            done = 0
+            while done < len(buf):
+                done += os.pwritev(self.fd, [buf[done:]], offset + done)
+            offset += len(buf)
+
     def flush(self) -> None:
         os.fsync(self.fd)
 
@@ -219,19 +239,20 @@ class VirtioBlk(VirtioDevice):
         if not self._in_range(sector, length):
             return VIRTIO_BLK_S_IOERR, 0
         try:
-            data = self.image.pread(sector * SECTOR, length)
+            # Straight into guest RAM: the last writable byte is the status.
+            self.image.readinto(sector * SECTOR, vq.views(elem.in_, limit=length))
         except OSError:
             return VIRTIO_BLK_S_IOERR, 0
-        return VIRTIO_BLK_S_OK, vq.write_in(elem, data)
+        return VIRTIO_BLK_S_OK, length
 
     def _write(self, vq: Virtqueue, elem: VirtqElement, sector: int) -> int:
         if self.image.read_only:
             return VIRTIO_BLK_S_IOERR
-        payload = vq.read_out(elem)[_HEADER.size:]
-        if not self._in_range(sector, len(payload)):
+        length = elem.out_size - _HEADER.size
+        if not self._in_range(sector, length):
             return VIRTIO_BLK_S_IOERR
         try:
-            self.image.pwrite(sector * SECTOR, payload)
+            self.image.writefrom(sector * SECTOR, vq.views(elem.out, skip=_HEADER.size))
             if not self.state.writeback:
                 self.image.flush()
         except OSError:
@@ -239,11 +260,11 @@ class VirtioBlk(VirtioDevice):
         return VIRTIO_BLK_S_OK
 
     def _discard_or_zeroes(self, vq: Virtqueue, elem: VirtqElement, kind: int) -> int:
-        payload = vq.read_out(elem)[_HEADER.size:]
-        if len(payload) != _SEGMENT.size:  # max_discard_seg = max_write_zeroes_seg = 1
-            log.guest_error(f"virtio-blk: {len(payload)} bytes of discard/write-zeroes "
-                            "segments (one 16-byte segment allowed)")
+        if elem.out_size - _HEADER.size != _SEGMENT.size:  # one segment at most (config)
+            log.guest_error(f"virtio-blk: {elem.out_size - _HEADER.size} bytes of discard/"
+                            "write-zeroes segments (one 16-byte segment allowed)")
             return VIRTIO_BLK_S_UNSUPP
+        payload = vq.read_out(elem, _HEADER.size + _SEGMENT.size)[_HEADER.size:]
         sector, count, flags = _SEGMENT.unpack(payload)
         zeroes = kind == VIRTIO_BLK_T_WRITE_ZEROES
         allowed = VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP if zeroes else 0

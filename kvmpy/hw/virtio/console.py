@@ -49,6 +49,7 @@ CONTROL_TX = 3
 
 _CONTROL = struct.Struct("<IHH")
 _RX_PEEK_LIMIT = 4096
+_TX_CHUNK = 64 * 1024
 
 
 def rx_queue(nr: int) -> int:
@@ -192,9 +193,10 @@ class VirtioSerial(VirtioDevice):
         port = self._port_of_queue(index)
         used = False
         while (elem := vq.pop()) is not None:
-            data = vq.read_out(elem)
             if port is not None and port.backend is not None:
-                port.backend.write(data)
+                for view in vq.views(elem.out):
+                    for start in range(0, len(view), _TX_CHUNK):
+                        port.backend.write(bytes(view[start:start + _TX_CHUNK]))
             vq.push(elem, 0)
             used = True
         if used:

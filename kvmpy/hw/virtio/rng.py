@@ -1,7 +1,7 @@
 """virtio-rng (entropy source, device id 4; virtio spec §5.4), QEMU's ``virtio-rng-device``.
 
 One queue (``requestq``, 8 entries as QEMU); every device-writable buffer the driver posts is
-filled from the host's ``os.urandom`` and returned at once.
+filled from the host's ``os.urandom`` (up to 64 KiB per request) and returned at once.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from kvmpy.hw.virtio.device import VirtioDevice
 from kvmpy.qom import Property, register_type
 
 VIRTIO_ID_RNG = 4
+MAX_CHUNK = 64 * 1024
+"""Bytes of entropy per request at most; the driver asks again for more."""
 
 
 @dataclass
@@ -42,7 +44,8 @@ class VirtioRng(VirtioDevice):
         vq = self.queues[index]
         used = False
         while (elem := vq.pop()) is not None:
-            written = vq.write_in(elem, self.entropy(elem.in_size)) if elem.in_size else 0
+            size = min(elem.in_size, MAX_CHUNK)
+            written = vq.write_in(elem, self.entropy(size)) if size else 0
             vq.push(elem, written)
             used = True
         if used:

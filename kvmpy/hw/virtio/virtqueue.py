@@ -166,6 +166,26 @@ class Virtqueue:
                 raise VirtqueueError(f"descriptor next {nxt} >= table size {size}")
             index = nxt
 
+    def views(self, segments: list[tuple[int, int]], skip: int = 0,
+              limit: int | None = None) -> list[memoryview]:
+        """Guest RAM of ``segments`` as memoryviews (no copy), from byte ``skip``, at most
+        ``limit`` bytes: devices read and write large buffers in place."""
+        out: list[memoryview] = []
+        for addr, length in segments:
+            if skip >= length:
+                skip -= length
+                continue
+            off = self._offset(addr, length) + skip
+            length -= skip
+            skip = 0
+            if limit is not None:
+                length = min(length, limit)
+                limit -= length
+            out.append(self.ram.view[off:off + length])
+            if limit == 0:
+                break
+        return out
+
     def read_out(self, elem: VirtqElement, limit: int | None = None) -> bytes:
         """The device-readable bytes of ``elem`` (at most ``limit``)."""
         data = bytearray()
