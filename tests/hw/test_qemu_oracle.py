@@ -28,6 +28,7 @@ PROBE = Path(__file__).parent / "guests" / "mmio_probe.elf"
 
 PLIC, UART, RTC, TEST, CLINT, VIRTIO = 0xC000000, 0x10000000, 0x101000, 0x100000, 0x2000000, \
     0x10001000
+SSWI = 0x2F00000  # aclint=on
 MIP_MASK = (1 << 11) | (1 << 9) | (1 << 3) | (1 << 1)  # MEIP SEIP MSIP SSIP (not the timer)
 
 Access = tuple[str, int, int, int]  # ("r"|"w", gpa, size, value)
@@ -192,6 +193,7 @@ def kvmpy_virt(device: VirtioDevice | None = None, legacy: bool = True
     bus.add(PLIC, plic.region_size, plic)
     bus.add(CLINT, 0x4000, AclintSwi([hart.irq_line(3)]))
     bus.add(CLINT + 0x4000, 0x8000, AclintMtimer([hart], CounterTime()))
+    bus.add(SSWI, 0x4000, AclintSwi([hart.irq_line(1)], sswi=True))
     bus.add(TEST, 0x1000, SifiveTest())
     bus.add(UART, 8, SerialMM(plic.irq_in(10)))
     rtc = GoldfishRtc(plic.irq_in(11))
@@ -303,3 +305,12 @@ def test_virtio_blk_same_as_qemu(tmp_path: Path, sectors: int, legacy: bool) -> 
     ours = replay_on_kvmpy(accesses, VirtioBlk(image=RawImage(str(disk))), legacy)
     theirs = without_ring_reset(accesses, replay_on_qemu(accesses, tmp_path, qemu_args), SLOT7)
     compare("virtio_blk", accesses, theirs, ours)
+
+
+@needs_qemu
+def test_aclint_sswi_same_as_qemu(tmp_path: Path) -> None:
+    accesses = [r(SSWI), w(SSWI, 0), r(SSWI), w(SSWI, 1), r(SSWI), w(SSWI, 0), r(SSWI),
+                w(CLINT, 1), r(CLINT), w(CLINT, 0), r(CLINT)]
+    # repeated -M options merge, as in QEMU: this is -M virt,aclint=on
+    theirs = replay_on_qemu(accesses, tmp_path, ["-M", "virt,aclint=on"])
+    compare("aclint_sswi", accesses, theirs, replay_on_kvmpy(accesses))
