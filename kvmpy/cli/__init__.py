@@ -1,0 +1,112 @@
+"""The ``kvmpy`` command: ``qemu-system-riscv64``'s command line, QEMU's behaviour.
+
+``kvmpy -M virt -accel kvm -accel tcg -smp 4 -m 1G -kernel Image -append ... -nographic``
+means what it means to QEMU 7.2.  Options take the keyval grammar of :mod:`kvmpy.keyval`;
+``help`` lists choices, answered from the type registry.  Every user error is one line,
+``kvmpy: <option as typed>: <message>``, and exit status 1.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+from kvmpy import log
+from kvmpy.cli.choices import icount_supported, module_exists, smp_topology
+from kvmpy.cli.options import OPTIONS, PROG, usage
+from kvmpy.cli.parser import CommandLine, parse_args, parse_command_line
+from kvmpy.config import VMConfig
+from kvmpy.errors import ConfigError, KvmpyError, NotBuiltError
+
+__all__ = ["OPTIONS", "CommandLine", "format_error", "icount_supported", "main", "parse_args",
+           "parse_command_line", "smp_topology", "usage"]
+
+def format_error(exc: KvmpyError) -> str:
+    """``kvmpy: <option>: <message>`` on one line."""
+    message = " ".join(str(exc).split("\n")).strip() or type(exc).__name__
+    option = getattr(exc, "option", None)
+    return f"{PROG}: {option}: {message}" if option else f"{PROG}: {message}"
+
+
+def _run(config: VMConfig) -> int:
+    if not module_exists("kvmpy.system"):
+        raise NotBuiltError("running a VM is not built in this version of kvmpy")
+    from kvmpy import system
+
+    if not config.daemonize:
+        return system.run(config)
+    if config.pidfile:
+        config.pidfile = os.path.abspath(config.pidfile)
+    vm = system.System(config)
+    try:
+        vm.create()
+    except BaseException:
+        vm.close()
+        raise
+    _daemonize(config.pidfile)
+    return vm.run()
+
+
+def _daemonize(pidfile: str | None) -> None:
+    """QEMU's ``-daemonize`` (os-posix.c): the command returns once the VM is built; the VM
+    goes on in a new session with stdio on /dev/null.  Called before any thread starts."""
+    ready_r, ready_w = os.pipe()
+    if os.fork() > 0:
+        os.close(ready_w)
+        status = os.read(ready_r, 1)
+        os._exit(0 if status == b"\0" else 1)
+    os.close(ready_r)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    os.umask(0o027)
+    os.chdir("/")
+    if pidfile:
+        try:
+            with open(pidfile, "w") as f:
+                f.write(f"{os.getpid()}\n")
+        except OSError as exc:
+            os.write(ready_w, b"\1")
+            raise ConfigError(f"cannot create PID file: {exc.strerror}",
+                              option=f"-pidfile {pidfile}") from exc
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+    os.write(ready_w, b"\0")
+    os.close(ready_w)
+
+
+def _configure_logging(config: VMConfig) -> None:
+    try:
+        log.configure(config.log_items, config.log_file)
+    except OSError as exc:
+        raise ConfigError(f"could not open log file '{config.log_file}': "
+                          f"{exc.strerror or exc}", option=f"-D {config.log_file}") from exc
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``kvmpy [options]``: returns the process exit status."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        result = parse_command_line(args)
+        if result.output is not None:
+            print(result.output, flush=True)
+            return result.status
+        _configure_logging(result.config)
+        return _run(result.config)
+    except KvmpyError as exc:
+        print(format_error(exc), file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: terminating on signal 2 (SIGINT)", file=sys.stderr, flush=True)
+        return 1
+    except BrokenPipeError:
+        return 1
+    except Exception as exc:  # a bug: still one line, and no hang; details on request
+        if os.environ.get("KVMPY_DEBUG"):
+            traceback.print_exc()
+        print(f"{PROG}: internal error: {type(exc).__name__}: {exc} "
+              "(set KVMPY_DEBUG=1 for a traceback)", file=sys.stderr, flush=True)
+        return 1
