@@ -59,6 +59,8 @@ class Device(qom.Object):
     user_creatable: ClassVar[bool] = False
     bus_type: ClassVar[str] = "System"
     category: ClassVar[str] = "Misc devices"
+    desc: ClassVar[str | None] = None
+    """QEMU's ``dc->desc``: shown by ``-device help`` when set."""
 
 
 @qom.register_type("sys-bus-device", "device", abstract=True, description="system bus device")
@@ -92,16 +94,24 @@ def device_new(name: str, props: Mapping[str, str] | None = None, **kwargs: Any)
     return info.cls(**args)
 
 
+DEVICE_CATEGORIES = ("Controller/Bridge/Hub devices", "USB devices", "Storage devices",
+                     "Network devices", "Input devices", "Display devices", "Sound devices",
+                     "Misc devices", "CPU devices", "Watchdog devices", "Uncategorized devices")
+"""QEMU's DeviceCategory names, in the order ``-device help`` prints them."""
+
+
 def device_help() -> str:
-    """``-device help``: user-creatable devices grouped by category, QEMU's layout."""
+    """``-device help``: user-creatable devices by category, QEMU's layout and order."""
     groups: dict[str, list[str]] = {}
     for info in qom.object_class_get_list("device"):
         cls = info.cls
         if not issubclass(cls, Device) or not cls.user_creatable:
             continue
         line = f'name "{info.name}", bus {cls.bus_type}'
-        if info.description:
-            line += f', desc "{info.description}"'
-        groups.setdefault(cls.category, []).append(line)
-    blocks = [f"{category}:\n" + "\n".join(lines) for category, lines in sorted(groups.items())]
+        if cls.desc:
+            line += f', desc "{cls.desc}"'
+        category = cls.category if cls.category in DEVICE_CATEGORIES else "Uncategorized devices"
+        groups.setdefault(category, []).append(line)
+    blocks = [f"{category}:\n" + "\n".join(groups[category])
+              for category in DEVICE_CATEGORIES if category in groups]
     return "\n\n".join(blocks)

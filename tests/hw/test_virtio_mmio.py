@@ -387,3 +387,15 @@ def test_big_buffers_are_bounded_or_zero_copy(make_irq: Any, tmp_path: Path) -> 
     assert drv2.used_elem(0)[1] == (2 << 20) + 1
     assert ram2.read(status[0], 1) == b"\x00"
     assert ram2.read(RAM_BASE + (2 << 20), 2 << 20) == disk.read_bytes()
+
+
+def test_device_help_is_laid_out_like_qemus() -> None:
+    import kvmpy.hw.virtio  # noqa: F401
+
+    text = device_help()
+    # qemu-system-riscv64 -device help, restricted to the devices kvmpy has
+    assert text.index("Storage devices:") < text.index("Input devices:") < \
+        text.index("Misc devices:")
+    assert '\n\nInput devices:\nname "virtconsole", bus virtio-serial-bus\n' \
+        'name "virtio-serial-device", bus virtio-bus\n' \
+        'name "virtserialport", bus virtio-serial-bus\n\n' in text
