@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -355,3 +356,18 @@ def test_help_from_the_real_command() -> None:
     proc = subprocess.run([sys.executable, "-m", "kvmpy", "-M", "help"], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.startswith("Supported machines are:")
+
+
+def test_log_items_go_to_the_log_file(tmp_path: Path) -> None:
+    from kvmpy import log
+
+    path = tmp_path / "kvmpy.log"
+    path.write_text("old\n")
+    log.configure(["guest_errors"], str(path))
+    try:
+        log.guest_error("write to unassigned address 0x1234")
+        log.unimp("not enabled, not written")
+    finally:
+        log.configure([])
+    assert path.read_text() == "write to unassigned address 0x1234\n"
+    assert not log.is_enabled("guest_errors")

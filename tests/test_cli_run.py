@@ -51,3 +51,62 @@ def test_daemonize_returns_once_the_vm_is_built(tmp_path: Path) -> None:
         for _ in range(200):
             os.kill(pid, 0)
             time.sleep(0.05)
+
+
+@pytest.mark.skipif(_tcg_missing(), reason="the tcg accelerator is not in this tree")
+def test_nographic_terminal_keys_and_restore() -> None:
+    """``kvmpy -nographic`` on a terminal: Ctrl-A h, Ctrl-A c to the monitor and back,
+    Ctrl-A x to quit with status 0, and the terminal as it was."""
+    import fcntl
+    import termios
+    import threading
+
+    master, slave = os.openpty()
+    initial = termios.tcgetattr(slave)
+    output = bytearray()
+
+    def read() -> None:
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                return
+            if not chunk:
+                return
+            output.extend(chunk)
+
+    def make_controlling() -> None:
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    def wait_for(text: bytes) -> None:
+        deadline = time.monotonic() + 30
+        while text not in output:
+            assert time.monotonic() < deadline, f"{text!r} not in {bytes(output)!r}"
+            time.sleep(0.02)
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kvmpy", "-M", "virt", "-accel", "tcg", "-nographic", "-S"],
+        stdin=slave, stdout=slave, stderr=slave, env=env, preexec_fn=make_controlling)
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        deadline = time.monotonic() + 30
+        while termios.tcgetattr(slave)[3] & termios.ECHO:
+            assert time.monotonic() < deadline, bytes(output)
+            time.sleep(0.02)
+        os.write(master, b"\x01h")
+        wait_for(b"C-a x    exit emulator")
+        os.write(master, b"\x01c")
+        os.write(master, b"info status\r")
+        wait_for(b"VM status: paused (prelaunch)")
+        os.write(master, b"\x01c\x01x")
+        wait_for(b"kvmpy: Terminated")
+        assert proc.wait(30) == 0
+        assert termios.tcgetattr(slave) == initial
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(slave)
+        os.close(master)
