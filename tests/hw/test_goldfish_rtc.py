@@ -141,3 +141,24 @@ def test_unknown_offsets_are_logged(rtc: GoldfishRtc, guest_errors: Any) -> None
     rtc.mmio_write(ALARM_STATUS, 4, 1)  # read-only
     rtc.mmio_write(0x22, 4, 1)
     assert len(guest_errors) == 4
+
+
+def test_late_timer_callback_after_clear_is_ignored(make_irq: Any, clock: Clock) -> None:
+    fired: list[Any] = []
+
+    def schedule(deadline: int, callback: Any) -> Any:
+        fired.append(callback)
+        return lambda: None  # a cancel that comes too late to stop the callback
+
+    rtc = GoldfishRtc(irq=make_irq(11), schedule=schedule, clock=clock)
+    rtc.mmio_write(IRQ_ENABLED, 4, 1)
+    rtc.mmio_write(ALARM_HIGH, 4, (BASE + 10**9) >> 32)
+    rtc.mmio_write(ALARM_LOW, 4, (BASE + 10**9) & 0xFFFFFFFF)
+    rtc.mmio_write(CLEAR_ALARM, 4, 1)
+    fired[0]()
+    assert rtc.irq.level is False
+    rtc.mmio_write(ALARM_LOW, 4, (BASE + 10**9) & 0xFFFFFFFF)  # re-armed: the new one counts
+    fired[0]()
+    assert rtc.irq.level is False
+    fired[1]()
+    assert rtc.irq.level is True

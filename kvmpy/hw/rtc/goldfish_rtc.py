@@ -106,6 +106,7 @@ class GoldfishRtc(SysBusDevice):
         self.clock = clock
         self.schedule: Scheduler = schedule if schedule is not None else ManualScheduler(clock)
         self._cancel: Cancel | None = None
+        self._token = 0
         self.state = GoldfishRtcState()
         self._init_time()
 
@@ -129,7 +130,13 @@ class GoldfishRtc(SysBusDevice):
         self.state.irq_pending = 1
         self._update()
 
+    def _timer_expired(self, token: int) -> None:
+        # A timer cancelled while its callback was already on its way is ignored.
+        if token == self._token:
+            self._fire()
+
     def _clear_alarm(self) -> None:
+        self._token += 1
         if self._cancel is not None:
             self._cancel()
             self._cancel = None
@@ -144,9 +151,9 @@ class GoldfishRtc(SysBusDevice):
             self._clear_alarm()
             self._fire()
             return
-        if self._cancel is not None:
-            self._cancel()
-        self._cancel = self.schedule(deadline, self._fire)
+        self._clear_alarm()
+        token = self._token
+        self._cancel = self.schedule(deadline, lambda: self._timer_expired(token))
         s.alarm_running = 1
 
     # -- MMIO -----------------------------------------------------------------------------------
