@@ -71,6 +71,11 @@ def mmio(offset: int, size: int, is_write: bool, value: int = 0) -> MmioExit:
     return MmioExit(MMIO + offset, size, is_write, value)
 
 
+def expect(vcpu: Any, expected: Any) -> None:
+    got = vcpu.run()
+    assert got == expected, f"expected {expected}, got {got}"
+
+
 def run_in_thread(vcpu: Any, poke: Callable[[], None], timeout: float = 10) -> Any:
     """vcpu.run() on a thread while this thread calls ``poke`` until it returns."""
     result: list[Any] = []
@@ -88,6 +93,8 @@ def run_in_thread(vcpu: Any, poke: Callable[[], None], timeout: float = 10) -> A
 @with_machine()
 def test_caps_describe_the_host_kvm(m: Machine) -> None:
     caps = m.caps
+    print(f"riscv-kvm: rv64{'_'.join(caps.isa_extensions)} {caps.mmu_type} "
+          f"timebase {caps.timebase_frequency} Hz, DBCN {m.accel.dbcn_enabled}")
     assert not caps.machine_mode and caps.in_kernel_timer_ipi
     assert caps.isa_extensions[:1] == ("i",) and "h" not in caps.isa_extensions
     assert {"m", "a"} <= set(caps.isa_extensions)
@@ -99,32 +106,41 @@ def test_caps_describe_the_host_kvm(m: Machine) -> None:
 def test_boot_contract_exits_and_completions(m: Machine) -> None:
     vcpu = m.vcpus[0]
     vcpu.reset(RAM_BASE, PRV_S, 0, FDT, stopped=False)
-    assert vcpu.run() == mmio(4, 4, False)
+    expect(vcpu, mmio(4, 4, False))
     assert vcpu.get_reg("pc") == RAM_BASE + 0x1C
     assert vcpu.get_reg("t1") == 0x1234 and vcpu.get_reg("priv") == PRV_S
     assert m.ram.read_int(0x80001000, 8) == 0x1234
     vcpu.complete_mmio_read(0xFFFFFFF0)
-    assert vcpu.run() == mmio(8, 4, True, 0xFFFFFFF0)
-    assert vcpu.get_reg("t3") == U64 - 0xF                      # lw sign-extends
-    assert vcpu.run() == mmio(0, 1, True, 0)                    # a0 = hartid
-    assert vcpu.run() == mmio(16, 8, True, FDT)                 # a1 = FDT
+    expect(vcpu, mmio(8, 4, True, 0xFFFFFFF0))
+    # lw should sign-extend, but KVM completes every MMIO load with a logical shift
+    # ((ulong)data << shift >> shift in arch/riscv/kvm/vcpu_insn.c, 6.1 to 6.12 at least),
+    # i.e. zero-extended: accept both, the low 32 bits must be the completed value.
+    t3 = vcpu.get_reg("t3")
+    assert t3 in (0xFFFFFFF0, U64 - 0xF), hex(t3)
+    expect(vcpu, mmio(0, 1, True, 0))                    # a0 = hartid
+    expect(vcpu, mmio(16, 8, True, FDT))                 # a1 = FDT
+    # Legacy console_putchar reaches the VMM only when the host kernel has
+    # CONFIG_RISCV_SBI_V01; otherwise KVM answers SBI_ERR_NOT_SUPPORTED itself.
     sbi = vcpu.run()
-    assert isinstance(sbi, SbiExit) and (sbi.eid, sbi.fid) == (1, 0)
-    assert sbi.args[:2] == (ord("K"), FDT)
-    vcpu.complete_sbi(0, sbi.args[1])
-    assert vcpu.run() == mmio(12, 4, True, 0)
+    if isinstance(sbi, SbiExit):
+        assert (sbi.eid, sbi.fid) == (1, 0) and sbi.args[:2] == (ord("K"), FDT), sbi
+        vcpu.complete_sbi(0, sbi.args[1])
+        expect(vcpu, mmio(12, 4, True, 0))
+    else:
+        assert sbi == mmio(12, 4, True, 0xFFFFFFFE), sbi
+        print("riscv-kvm: note: host KVM has no SBI v0.1 (legacy console not forwarded)")
     if m.accel.dbcn_enabled:
         sbi = vcpu.run()
-        assert isinstance(sbi, SbiExit) and (sbi.eid, sbi.fid) == (0x4442434E, 2)
-        assert sbi.args[0] == ord("D")
+        assert isinstance(sbi, SbiExit) and (sbi.eid, sbi.fid) == (0x4442434E, 2), sbi
+        assert sbi.args[0] == ord("D"), sbi
         vcpu.complete_sbi(0, 0)
-        assert vcpu.run() == mmio(24, 8, True, 0)
+        expect(vcpu, mmio(24, 8, True, 0))
     else:                                                       # in-kernel: not supported
-        assert vcpu.run() == mmio(24, 8, True, U64 - 1)
-    assert vcpu.run() == SystemEventExit(SystemEvent.SHUTDOWN, 0)
+        expect(vcpu, mmio(24, 8, True, U64 - 1))
+    expect(vcpu, SystemEventExit(SystemEvent.SHUTDOWN, 0))
     # SRST stopped every hart; a reset makes the boot hart start over.
     vcpu.reset(RAM_BASE, PRV_S, 0, FDT, stopped=False)
-    assert vcpu.run() == mmio(4, 4, False)
+    expect(vcpu, mmio(4, 4, False))
 
 
 @with_machine()
@@ -151,10 +167,10 @@ def test_secondary_hart_is_started_by_sbi_hsm_in_kernel(m: Machine) -> None:
     boot.reset(RAM_BASE + 0x500, PRV_S, 0, FDT, stopped=False)
     second.reset(RAM_BASE, PRV_S, 1, FDT, stopped=True)
     assert second.stopped and not boot.stopped
-    assert boot.run() == mmio(0x30, 8, True, 0)                 # hart_start: SBI_SUCCESS
+    expect(boot, mmio(0x30, 8, True, 0))                 # hart_start: SBI_SUCCESS
     assert not second.stopped
-    assert second.run() == mmio(0x40, 8, True, 1)               # a0 = hartid
-    assert second.run() == mmio(0x48, 8, True, 0x5A5A)          # a1 = opaque
+    expect(second, mmio(0x40, 8, True, 1))               # a0 = hartid
+    expect(second, mmio(0x48, 8, True, 0x5A5A))          # a1 = opaque
 
 
 TESTS = [test_caps_describe_the_host_kvm, test_boot_contract_exits_and_completions,
