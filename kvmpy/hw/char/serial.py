@@ -107,6 +107,7 @@ class SerialMM(SysBusDevice):
         self.irq = irq if irq is not None else unconnected_irq()
         self.chardev = chardev
         self.region_size = 8 << self.regshift
+        self._shift = self.regshift  # plain int: every access uses it
         self.state = SerialState()
         if chardev is not None:
             chardev.set_handlers(self.receive, self.can_receive)
@@ -184,7 +185,7 @@ class SerialMM(SysBusDevice):
     # -- registers ------------------------------------------------------------------------------
 
     def mmio_read(self, offset: int, size: int) -> int:
-        reg = (offset >> self.regshift) & 7
+        reg = (offset >> self._shift) & 7
         s = self.state
         if reg == 0:
             if s.lcr & UART_LCR_DLAB:
@@ -237,7 +238,7 @@ class SerialMM(SysBusDevice):
         return value
 
     def mmio_write(self, offset: int, size: int, value: int) -> None:
-        reg = (offset >> self.regshift) & 7
+        reg = (offset >> self._shift) & 7
         value &= 0xFF
         s = self.state
         if reg == 0:

@@ -101,9 +101,13 @@ class SiFivePlic(SysBusDevice):
                               f"'{self.hart_config}' but {len(outputs)} output lines")
         self.outputs = list(outputs)
         self.words = (self.num_sources + 31) // 32
+        self._num_sources = self.num_sources
         self.region_size = self.aperture_size or (
             self.context_base + self.context_stride * len(self.contexts))
         self._out_levels = [False] * len(self.contexts)
+        # The layout as plain ints: register decoding is on the interrupt path.
+        self._layout = (self.priority_base, self.pending_base, self.enable_base,
+                        self.enable_stride, self.context_base, self.context_stride)
         self.state = self._fresh_state()
 
     def _fresh_state(self) -> PlicState:
@@ -165,7 +169,7 @@ class SiFivePlic(SysBusDevice):
 
     def complete(self, irq: int) -> None:
         s = self.state
-        if not 0 <= irq < self.num_sources:
+        if not 0 <= irq < self._num_sources:
             log.guest_error(f"sifive_plic: complete of invalid source {irq}")
             return
         s.claimed &= ~(1 << irq)
@@ -185,21 +189,22 @@ class SiFivePlic(SysBusDevice):
         """Map an offset to (group, index, word); None if it is no register."""
         if offset & 3:
             return None
-        if 0 <= offset - self.priority_base < self.num_sources * 4:
-            return ("priority", (offset - self.priority_base) >> 2, 0)
-        if 0 <= offset - self.pending_base < self.words * 4:
-            return ("pending", 0, (offset - self.pending_base) >> 2)
-        rel = offset - self.enable_base
-        if 0 <= rel < len(self.contexts) * self.enable_stride:
-            ctx, word = divmod(rel, self.enable_stride)
-            return ("enable", ctx, word >> 2) if word >> 2 < self.words else None
-        rel = offset - self.context_base
-        if 0 <= rel < len(self.contexts) * self.context_stride:
-            ctx, reg = divmod(rel, self.context_stride)
-            if reg == 0:
-                return ("threshold", ctx, 0)
+        prio_base, pending_base, enable_base, enable_stride, ctx_base, ctx_stride = self._layout
+        n_ctx = len(self.contexts)
+        rel = offset - ctx_base
+        if 0 <= rel < n_ctx * ctx_stride:  # threshold / claim: the interrupt path, first
+            ctx, reg = divmod(rel, ctx_stride)
             if reg == 4:
                 return ("claim", ctx, 0)
+            return ("threshold", ctx, 0) if reg == 0 else None
+        if 0 <= offset - prio_base < self._num_sources * 4:
+            return ("priority", (offset - prio_base) >> 2, 0)
+        if 0 <= offset - pending_base < self.words * 4:
+            return ("pending", 0, (offset - pending_base) >> 2)
+        rel = offset - enable_base
+        if 0 <= rel < n_ctx * enable_stride:
+            ctx, word = divmod(rel, enable_stride)
+            return ("enable", ctx, word >> 2) if word >> 2 < self.words else None
         return None
 
     def mmio_read(self, offset: int, size: int) -> int:
