@@ -145,10 +145,12 @@ def virtio_regs(base: int) -> list[Access]:
     ]
 
 
-DEVICE_SEQUENCES: dict[str, tuple[list[str], str, list[Access]]] = {
-    "virtio_rng_registers": (["-device", "virtio-rng-device"], "virtio-rng-device",
-                             virtio_regs(SLOT7)),
-    "virtio_serial_registers": (["-device", "virtio-serial-device"], "virtio-serial-device",
+DEVICE_SEQUENCES: dict[str, tuple[str, dict[str, str], list[Access]]] = {
+    "virtio_rng_registers": ("virtio-rng-device", {}, virtio_regs(SLOT7)),
+    "virtio_rng_feature_props": ("virtio-rng-device",
+                                 {"event_idx": "off", "indirect_desc": "off",
+                                  "notify_on_empty": "off"}, virtio_regs(SLOT7)),
+    "virtio_serial_registers": ("virtio-serial-device", {"max_ports": "4"},
                                 [*virtio_regs(SLOT7), r(SLOT7 + 0x104), r(SLOT7 + 0x108),
                                  r(SLOT7 + 0x10C)]),
 }
@@ -282,9 +284,10 @@ def test_same_as_qemu(name: str, tmp_path: Path) -> None:
 @needs_qemu
 @pytest.mark.parametrize("name", sorted(DEVICE_SEQUENCES))
 def test_virtio_device_same_as_qemu(name: str, tmp_path: Path) -> None:
-    qemu_args, device, accesses = DEVICE_SEQUENCES[name]
+    device, props, accesses = DEVICE_SEQUENCES[name]
+    qemu_args = ["-device", ",".join([device, *(f"{k}={v}" for k, v in props.items())])]
     compare(name, accesses, replay_on_qemu(accesses, tmp_path, qemu_args),
-            replay_on_kvmpy(accesses, device_new(device)))
+            replay_on_kvmpy(accesses, device_new(device, props)))
 
 
 @needs_qemu

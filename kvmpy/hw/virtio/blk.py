@@ -132,12 +132,16 @@ class VirtioBlk(VirtioDevice):
     device_id = VIRTIO_ID_BLOCK
     queue_sizes = (256,)
     legacy_only_features = 1 << VIRTIO_BLK_F_SCSI
-    any_layout = False
+    legacy_any_layout = False
     state: VirtioBlkState
 
     drive = Property(str, "", "Node name or ID of a block device to use as a backend")
     serial = Property(str, "", "disk serial number (VIRTIO_BLK_T_GET_ID)")
     queue_size = Property(int, 256, "virtqueue size", name="queue-size")
+    config_wce = Property(bool, True, "on/off", name="config-wce")
+    discard = Property(bool, True, "on/off")
+    write_zeroes = Property(bool, True, "on/off", name="write-zeroes")
+    bootindex = Property(int, -1, "boot order (virt boots from its firmware; accepted)")
 
     def __init__(self, image: RawImage | None = None, **props: object) -> None:
         super().__init__()
@@ -166,9 +170,14 @@ class VirtioBlk(VirtioDevice):
     def host_features(self) -> int:
         features = 0
         for bit in (VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_GEOMETRY, VIRTIO_BLK_F_BLK_SIZE,
-                    VIRTIO_BLK_F_SCSI, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_TOPOLOGY,
-                    VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES):
+                    VIRTIO_BLK_F_SCSI, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_TOPOLOGY):
             features |= 1 << bit
+        if self.config_wce:
+            features |= 1 << VIRTIO_BLK_F_CONFIG_WCE
+        if self.discard:
+            features |= 1 << VIRTIO_BLK_F_DISCARD
+        if self.write_zeroes:
+            features |= 1 << VIRTIO_BLK_F_WRITE_ZEROES
         if self.image.read_only:
             features |= 1 << VIRTIO_BLK_F_RO
         return features
@@ -187,7 +196,7 @@ class VirtioBlk(VirtioDevice):
 
     def write_config(self, offset: int, data: bytes) -> None:
         # Only the writeback byte is writable (CONFIG_WCE); QEMU ignores the rest.
-        if offset <= WRITEBACK_OFFSET < offset + len(data):
+        if self.config_wce and offset <= WRITEBACK_OFFSET < offset + len(data):
             self.state.writeback = int(bool(data[WRITEBACK_OFFSET - offset]))
 
     def reset(self) -> None:
@@ -219,7 +228,8 @@ class VirtioBlk(VirtioDevice):
         if kind == VIRTIO_BLK_T_FLUSH:
             self.image.flush()
             return VIRTIO_BLK_S_OK, 0
-        if kind in (VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES):
+        if (kind == VIRTIO_BLK_T_DISCARD and self.discard) or \
+                (kind == VIRTIO_BLK_T_WRITE_ZEROES and self.write_zeroes):
             return self._discard_or_zeroes(vq, elem, kind), 0
         if kind == VIRTIO_BLK_T_GET_ID:
             ident = self.serial.encode()[:VIRTIO_BLK_ID_BYTES]

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from kvmpy.hw.core import Device
 from kvmpy.hw.virtio.virtqueue import Virtqueue
-from kvmpy.qom import register_type
+from kvmpy.qom import Property, register_type
 
 # Device-independent feature bits (virtio spec §6).
 VIRTIO_F_NOTIFY_ON_EMPTY = 24
@@ -41,8 +41,14 @@ class VirtioDevice(Device):
 
     device_id: ClassVar[int] = 0
     queue_sizes: tuple[int, ...] = ()
-    any_layout: ClassVar[bool] = True
+    legacy_any_layout: ClassVar[bool] = True
     """Offer VIRTIO_F_ANY_LAYOUT on a legacy transport (QEMU's virtio-blk does not)."""
+
+    # QEMU's DEFINE_VIRTIO_COMMON_FEATURES: feature bits the user may switch off.
+    indirect_desc = Property(bool, True, "on/off", name="indirect_desc")
+    event_idx = Property(bool, True, "on/off", name="event_idx")
+    notify_on_empty = Property(bool, True, "on/off", name="notify_on_empty")
+    any_layout = Property(bool, True, "on/off", name="any_layout")
     legacy_only_features: ClassVar[int] = 0
     """Device feature bits offered only through a legacy transport (QEMU's legacy_features)."""
     """Default size of each queue (QEMU's ``virtio_add_queue`` sizes)."""
@@ -85,6 +91,24 @@ class VirtioDevice(Device):
     def host_features(self) -> int:
         """Device-specific feature bits offered to the driver."""
         return 0
+
+    def transport_features(self, legacy: bool) -> int:
+        """The device-independent bits offered, as QEMU's defaults and the properties say:
+        indirect descriptors and event indexes; NOTIFY_ON_EMPTY and ANY_LAYOUT only in
+        legacy mode, VERSION_1 only in modern mode."""
+        features = 0
+        if self.indirect_desc:
+            features |= 1 << VIRTIO_RING_F_INDIRECT_DESC
+        if self.event_idx:
+            features |= 1 << VIRTIO_RING_F_EVENT_IDX
+        if legacy:
+            if self.notify_on_empty:
+                features |= 1 << VIRTIO_F_NOTIFY_ON_EMPTY
+            if self.any_layout and self.legacy_any_layout:
+                features |= 1 << VIRTIO_F_ANY_LAYOUT
+        else:
+            features |= 1 << VIRTIO_F_VERSION_1
+        return features
 
     def set_features(self, features: int) -> None:
         """The features the driver accepted (already masked with what was offered)."""

@@ -23,11 +23,7 @@ from kvmpy.hw.virtio.device import (
     VIRTIO_CONFIG_S_DRIVER_OK,
     VIRTIO_CONFIG_S_FEATURES_OK,
     VIRTIO_CONFIG_S_NEEDS_RESET,
-    VIRTIO_F_ANY_LAYOUT,
-    VIRTIO_F_NOTIFY_ON_EMPTY,
-    VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
-    VIRTIO_RING_F_INDIRECT_DESC,
     VirtioDevice,
 )
 from kvmpy.hw.virtio.virtqueue import (
@@ -149,22 +145,14 @@ class VirtioMmio(SysBusDevice):
         self._reset_transport()
 
     def host_features(self) -> int:
-        """QEMU's offer: indirect descriptors and event indexes; NOTIFY_ON_EMPTY and
-        ANY_LAYOUT only in legacy mode, VERSION_1 only in modern mode.  QEMU 7.2 also offers
-        VIRTIO_F_RING_RESET (bit 40) in modern mode; kvmpy has no per-queue reset and does
-        not."""
+        """Everything offered to the driver.  QEMU 7.2 also offers VIRTIO_F_RING_RESET
+        (bit 40) in modern mode; kvmpy has no per-queue reset and does not."""
         if self.device is None:
             return 0
-        features = (1 << VIRTIO_RING_F_INDIRECT_DESC | 1 << VIRTIO_RING_F_EVENT_IDX
-                    | self.device.host_features())
-        if self.legacy:
-            features |= 1 << VIRTIO_F_NOTIFY_ON_EMPTY
-            if self.device.any_layout:
-                features |= 1 << VIRTIO_F_ANY_LAYOUT
-        else:
-            features &= ~self.device.legacy_only_features
-            features |= 1 << VIRTIO_F_VERSION_1
-        return features
+        device = self.device.host_features()
+        if not self.legacy:
+            device &= ~self.device.legacy_only_features
+        return device | self.device.transport_features(self.legacy)
 
     def _set_features(self, features: int) -> None:
         assert self.device is not None
