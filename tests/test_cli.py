@@ -160,6 +160,7 @@ def test_device_and_drive() -> None:
     assert config.drives[0].driver == "hd0" and config.drives[0].props["file"] == "disk.img"
     assert config.devices[0].driver == "virtio-blk-device"
     assert config.devices[0].props == {"drive": "hd0"}
+    assert config.devices[0].text == "-device virtio-blk-device,drive=hd0"
 
 
 # -- help, answered from the registry ---------------------------------------------------------
@@ -269,6 +270,8 @@ ERRORS = [
     (["-cpu", "nosuch"], "kvmpy: -cpu nosuch: unable to find CPU model 'nosuch'"),
     (["-device", "nosuch"], "kvmpy: -device nosuch: 'nosuch' is not a valid device model name"),
     (["-device", "id=x"], "kvmpy: -device id=x: Parameter 'driver' is missing"),
+    (["-device", "virtio-rng-device,foo=1"], "kvmpy: -device virtio-rng-device,foo=1: Property "
+                                             "'virtio-rng-device.foo' not found"),
     (["-device", "virtio-rng-device,,x"], "kvmpy: -device virtio-rng-device,,x: "
                                           "'virtio-rng-device,x' is not a valid device model "
                                           "name"),

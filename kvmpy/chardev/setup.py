@@ -95,7 +95,7 @@ def parse_chardev(text: str) -> OptionSpec:
     if "id" not in props:
         raise ConfigError("chardev: no id specified")
     check_id(props["id"])
-    return OptionSpec(backend, props, text)
+    return OptionSpec(backend, props, f"-chardev {text}")
 
 
 def parse_compat(text: str) -> tuple[str, dict[str, str], bool]:
@@ -149,6 +149,14 @@ def check_compat(text: str) -> None:
     if text == "none" or text.startswith("chardev:"):
         return
     parse_compat(text)
+
+
+def _option_text(spec: OptionSpec, option: str) -> str:
+    """The option as typed (``OptionSpec.text``), or rebuilt for a library-made spec."""
+    if spec.text:
+        return spec.text
+    props = keyval.unparse(spec.props)
+    return f"{option} {spec.driver}{',' + props if props else ''}"
 
 
 @dataclass
@@ -213,12 +221,12 @@ class ChardevBuilder:
         props = dict(spec.props)
         chardev_id = props.pop("id", "")
         if not chardev_id:
-            raise ConfigError("chardev: no id specified", option=f"-chardev {spec.text}")
+            raise ConfigError("chardev: no id specified", option=_option_text(spec, "-chardev"))
         try:
-            return self.create(spec.driver, props, chardev_id, f"-chardev {spec.text}")
+            return self.create(spec.driver, props, chardev_id, _option_text(spec, "-chardev"))
         except ConfigError as exc:
             if exc.option is None:
-                exc.option = f"-chardev {spec.text or spec.driver}"
+                exc.option = _option_text(spec, "-chardev")
             raise
 
     def add_compat(self, text: str, label: str, option: str) -> tuple[Chardev, bool]:
@@ -302,7 +310,7 @@ def create_chardevs(config: VMConfig, *, on_exit: Callable[[], None] | None = No
             chardev, _ = builder.add_compat(spec_text, label, option)
             monitors.append(MonitorSpec(builder.frontend(chardev, option), mode, pretty, label))
         for mon in config.mon:
-            option = f"-mon {mon.text or mon.driver}"
+            option = _option_text(mon, "-mon")
             chardev_opt = builder.chardevs.get(mon.driver)
             if chardev_opt is None:
                 raise ConfigError(f"chardev \"{mon.driver}\" not found", option=option)

@@ -245,7 +245,10 @@ class _Parser:
         if parsed.help_prop is not None:
             self._print(prop_help(info, parsed.help_prop))
             return
-        self.config.devices.append(OptionSpec(driver, props, arg))
+        for key in props:
+            if key != "id" and key not in info.properties:
+                raise ConfigError(f"Property '{driver}.{key}' not found")
+        self.config.devices.append(OptionSpec(driver, props, f"-device {arg}"))
 
     def opt_drive(self, arg: str) -> None:
         parsed = keyval.parse(arg, "file", qemuopts=True, known_keys=_DRIVE_KEYS)
@@ -265,7 +268,7 @@ class _Parser:
         for key in ("readonly", "snapshot"):
             if key in props:
                 qom.parse_bool(key, props[key])
-        self.config.drives.append(OptionSpec(drive_id, props, arg))
+        self.config.drives.append(OptionSpec(drive_id, props, f"-drive {arg}"))
 
     def opt_nodefaults(self) -> None:
         self.result.default_serial = False
@@ -352,7 +355,7 @@ class _Parser:
         if "pretty" in props:
             qom.parse_bool("pretty", props["pretty"])
         self.result.default_monitor = False
-        self.config.mon.append(OptionSpec(chardev_id, props, arg))
+        self.config.mon.append(OptionSpec(chardev_id, props, f"-mon {arg}"))
 
     def opt_parallel(self, arg: str) -> None:
         if arg != "none":
@@ -468,7 +471,7 @@ class _Parser:
         for mon in config.mon:
             if mon.driver not in chardev_ids:
                 raise ConfigError(f"chardev \"{mon.driver}\" not found",
-                                  option=f"-mon {mon.text}")
+                                  option=mon.text)
 
 
 def parse_command_line(argv: list[str], *, defaults: bool = True) -> CommandLine:

@@ -106,9 +106,9 @@ def test_stdio_refused_with_daemonize() -> None:
 
 def test_duplicate_chardev_id() -> None:
     builder = ChardevBuilder()
-    builder.add_chardev(OptionSpec("null", {"id": "a"}, "null,id=a"))
+    builder.add_chardev(OptionSpec("null", {"id": "a"}, "-chardev null,id=a"))
     with pytest.raises(ConfigError) as info:
-        builder.add_chardev(OptionSpec("null", {"id": "a"}, "null,id=a"))
+        builder.add_chardev(OptionSpec("null", {"id": "a"}))  # made by a library: no text
     assert str(info.value) == "Duplicate ID 'a' for chardev"
     assert info.value.option == "-chardev null,id=a"
 
