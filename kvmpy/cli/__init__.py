@@ -86,6 +86,13 @@ def _configure_logging(config: VMConfig) -> None:
                           f"{exc.strerror or exc}", option=f"-D {config.log_file}") from exc
 
 
+def _notice_no_display(config: VMConfig) -> None:
+    """QEMU would open a window here; kvmpy has none, so say where the console went."""
+    if config.display is None and "vc" in config.serial:
+        print(f"{PROG}: no graphical display: the serial console is discarded "
+              "(use -nographic, or -serial/-monitor to choose)", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``kvmpy [options]``: returns the process exit status."""
     args = sys.argv[1:] if argv is None else list(argv)
@@ -95,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             print(result.output, flush=True)
             return result.status
         _configure_logging(result.config)
+        _notice_no_display(result.config)
         return _run(result.config)
     except KvmpyError as exc:
         print(format_error(exc), file=sys.stderr, flush=True)
