@@ -399,3 +399,49 @@ def test_device_help_is_laid_out_like_qemus() -> None:
     assert '\n\nInput devices:\nname "virtconsole", bus virtio-serial-bus\n' \
         'name "virtio-serial-device", bus virtio-bus\n' \
         'name "virtserialport", bus virtio-serial-bus\n\n' in text
+
+
+def test_snapshot_keeps_the_file_untouched(tmp_path: Path) -> None:
+    disk = tmp_path / "snap.img"
+    original = bytes(range(256)) * 1024  # 256 KiB
+    disk.write_bytes(original)
+    image = RawImage(str(disk), snapshot=True)
+    image.pwrite(65536 - 10, b"X" * 20)  # straddles two 64 KiB chunks
+    image.pwrite(200000, b"hello")
+    assert image.pread(65536 - 12, 24) == original[65524:65526] + b"X" * 20 + \
+        original[65546:65548]
+    buf = bytearray(10)
+    image.readinto(199998, [memoryview(buf)])
+    assert bytes(buf) == original[199998:200000] + b"hello" + original[200005:200008]
+    image.flush()
+    image.close()
+    assert disk.read_bytes() == original
+
+
+@pytest.mark.parametrize("drive, message", [
+    ({"id": "hd0", "file": "x.img", "format": "qcow2"}, "format 'qcow2' is not supported"),
+    ({"id": "hd0"}, "'file' is required"),
+    ({"id": "hd0", "file": "x.img", "readonly": "maybe"}, "expects 'on' or 'off'"),
+    ({"id": "hd0", "file": "/nonexistent/x.img"}, "Could not open"),
+])
+def test_drive_errors(make_irq: Any, ram: GuestRAM, drive: dict[str, str],
+                      message: str) -> None:
+    class System:
+        config = VMConfig(devices=[OptionSpec("virtio-blk-device", {"drive": "hd0"})])
+
+    System.config.drives = [OptionSpec("", drive)]  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match=message):
+        plug_devices(System(), [VirtioMmio(make_irq(), ram=ram)])
+
+
+def test_global_snapshot_option(make_irq: Any, ram: GuestRAM, tmp_path: Path) -> None:
+    disk = tmp_path / "g.img"
+    disk.write_bytes(bytes(4096))
+
+    class System:
+        config = VMConfig(devices=[OptionSpec("virtio-blk-device", {"drive": "hd0"})])
+
+    System.config.drives = [OptionSpec("", {"id": "hd0", "file": str(disk)})]  # type: ignore
+    System.config.snapshot = True  # type: ignore[attr-defined]
+    (blk,) = plug_devices(System(), [VirtioMmio(make_irq(), ram=ram)])
+    assert isinstance(blk, VirtioBlk) and blk.image.overlay is not None

@@ -24,7 +24,7 @@ from kvmpy import log
 from kvmpy.errors import ConfigError
 from kvmpy.hw.virtio.device import VirtioDevice
 from kvmpy.hw.virtio.virtqueue import VirtqElement, Virtqueue
-from kvmpy.qom import Property, register_type
+from kvmpy.qom import Property, parse_bool, register_type
 
 VIRTIO_ID_BLOCK = 2
 SECTOR = 512
@@ -68,45 +68,96 @@ CONFIG_SIZE = 57
 
 
 class RawImage:
-    """A raw disk image file opened for the VM's lifetime."""
+    """A raw disk image file opened for the VM's lifetime.
 
-    def __init__(self, path: str, read_only: bool = False) -> None:
+    With ``snapshot`` (QEMU's ``-snapshot`` / ``snapshot=on``) the file is opened read-only
+    and the guest's writes stay in memory, in 64 KiB chunks copied on first write, and are
+    lost when the VM ends.
+    """
+
+    CHUNK = 64 * 1024
+
+    def __init__(self, path: str, read_only: bool = False, snapshot: bool = False) -> None:
         self.path = path
         self.read_only = read_only
+        self.overlay: dict[int, bytearray] | None = {} if snapshot else None
         try:
-            self.fd = os.open(path, os.O_RDONLY if read_only else os.O_RDWR)
+            self.fd = os.open(path, os.O_RDONLY if read_only or snapshot else os.O_RDWR)
         except OSError as exc:
             raise ConfigError(f"Could not open '{path}': {exc.strerror}") from exc
         self.size = os.fstat(self.fd).st_size
 
+    def _file_read(self, offset: int, buf: memoryview) -> None:
+        done = 0
+        while done < len(buf):
+            n = os.preadv(self.fd, [buf[done:]], offset + done)
+            if n <= 0:  # past the end of the file
+                buf[done:] = bytes(len(buf) - done)
+                return
+            done += n
+
+    def _file_write(self, offset: int, buf: memoryview) -> None:
+        done = 0
+        while done < len(buf):
+            done += os.pwritev(self.fd, [buf[done:]], offset + done)
+
+    def _pieces(self, offset: int, length: int) -> list[tuple[int, int, int, int]]:
+        """(chunk, offset in chunk, offset in buffer, length) covering the range."""
+        pieces = []
+        pos = 0
+        while pos < length:
+            chunk, inner = divmod(offset + pos, self.CHUNK)
+            n = min(self.CHUNK - inner, length - pos)
+            pieces.append((chunk, inner, pos, n))
+            pos += n
+        return pieces
+
+    def _read_at(self, offset: int, buf: memoryview) -> None:
+        if self.overlay is None:
+            self._file_read(offset, buf)
+            return
+        for chunk, inner, pos, n in self._pieces(offset, len(buf)):
+            data = self.overlay.get(chunk)
+            if data is not None:
+                buf[pos:pos + n] = data[inner:inner + n]
+            else:
+                self._file_read(chunk * self.CHUNK + inner, buf[pos:pos + n])
+
+    def _write_at(self, offset: int, buf: memoryview) -> None:
+        if self.overlay is None:
+            self._file_write(offset, buf)
+            return
+        for chunk, inner, pos, n in self._pieces(offset, len(buf)):
+            data = self.overlay.get(chunk)
+            if data is None:
+                data = bytearray(self.CHUNK)
+                self._file_read(chunk * self.CHUNK, memoryview(data))
+                self.overlay[chunk] = data
+            data[inner:inner + n] = buf[pos:pos + n]
+
     def pread(self, offset: int, length: int) -> bytes:
-        return os.pread(self.fd, length, offset)
+        data = bytearray(length)
+        self._read_at(offset, memoryview(data))
+        return bytes(data)
 
     def pwrite(self, offset: int, data: bytes) -> None:
-        os.pwrite(self.fd, data, offset)
+        self._write_at(offset, memoryview(data))
 
     def readinto(self, offset: int, buffers: list[memoryview]) -> None:
         """Fill ``buffers`` (guest RAM) from ``offset``; past the end of the file reads 0."""
         for buf in buffers:
-            done = 0
-            while done < len(buf):
-                n = os.preadv(self.fd, [buf[done:]], offset + done)
-                if n <= 0:
-                    buf[done:] = bytes(len(buf) - done)
-                    break
-                done += n
+            self._read_at(offset, buf)
             offset += len(buf)
 
     def writefrom(self, offset: int, buffers: list[memoryview]) -> None:
         """Write ``buffers`` (guest RAM) at ``offset``."""
         for buf in buffers:
-            done = 0
-            while done < len(buf):
-                done += os.pwritev(self.fd, [buf[done:]], offset + done)
+            self._write_at(offset, buf)
             offset += len(buf)
 
     def flush(self) -> None:
-        os.fsync(self.fd)
+        if self.overlay is None:
+            os.fsync(self.fd)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -164,7 +215,8 @@ class VirtioBlk(VirtioDevice):
         for spec in getattr(system.config, "drives", ()):
             drive_props = getattr(spec, "props", spec)
             if drive_props.get("id") == drive_id:
-                return {"image": _open_drive(drive_props)}
+                return {"image": _open_drive(drive_props,
+                                             bool(getattr(system.config, "snapshot", False)))}
         raise ConfigError(f"Property 'virtio-blk-device.drive' can't find value '{drive_id}'")
 
     def host_features(self) -> int:
@@ -298,8 +350,9 @@ class VirtioBlk(VirtioDevice):
         return VIRTIO_BLK_S_OK
 
 
-def _open_drive(props: Mapping[str, str]) -> RawImage:
-    """Open a ``-drive`` (raw format only) for a virtio-blk device."""
+def _open_drive(props: Mapping[str, str], snapshot: bool = False) -> RawImage:
+    """Open a ``-drive`` (raw format only) for a virtio-blk device; ``snapshot`` is the
+    global ``-snapshot``."""
     path = props.get("file")
     if not path:
         raise ConfigError(f"drive {props.get('id', '')}: 'file' is required")
@@ -307,5 +360,8 @@ def _open_drive(props: Mapping[str, str]) -> RawImage:
     if fmt != "raw":
         raise ConfigError(f"drive {props.get('id', '')}: format '{fmt}' is not supported "
                           "(only raw)")
-    read_only = props.get("readonly", "off") in ("on", "yes", "true", "y")
-    return RawImage(path, read_only)
+    def flag(name: str, default: bool = False) -> bool:
+        text = props.get(name)
+        return default if text is None else parse_bool(name, text)
+
+    return RawImage(path, flag("readonly"), flag("snapshot", snapshot))
