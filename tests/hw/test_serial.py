@@ -219,3 +219,76 @@ def test_no_chardev() -> None:
     uart = SerialMM()
     wr(uart, THR, 1)
     assert rd(uart, LSR) == 0x60
+
+
+def test_linux_8250_probe_and_startup(uart: SerialMM, chardev: Any) -> None:
+    """The register dance of Linux 6.1 drivers/tty/serial/8250/8250_port.c against the
+    model: autoconfig() must find a 16550A with a working FIFO, the UART_BUG_THRE probe
+    in serial8250_do_startup() must not flag a bug, and interrupt-driven I/O must work."""
+    # autoconfig(): IER scratch test
+    wr(uart, IER, 0)
+    assert rd(uart, IER) & 0x0F == 0
+    wr(uart, IER, 0x0F)
+    assert rd(uart, IER) & 0x0F == 0x0F
+    wr(uart, IER, 0)
+    # loopback test: MSR must follow MCR
+    wr(uart, MCR, 0x10 | 0x0A)
+    assert rd(uart, MSR) & 0xF0 == 0x90
+    wr(uart, MCR, 0x08)
+    # FIFO probe: LCR 0xBF (EFR access on later chips), then enable the FIFO
+    wr(uart, LCR, 0xBF)
+    wr(uart, IIR, 0)  # EFR = 0 on a 16650; FCR here
+    wr(uart, LCR, 0)
+    wr(uart, FCR, 0x01)
+    assert rd(uart, IIR) >> 6 == 3  # 16550A family
+    wr(uart, LCR, 0xBF)
+    assert rd(uart, IIR) != 0  # "EFR" reads non-zero: not a 16650/16850
+    wr(uart, LCR, 0x80)
+    assert rd(uart, IIR) != 0
+    wr(uart, LCR, 0)
+    # serial8250_do_startup(): clear FIFOs, read the status registers, 8N1 at 115200
+    wr(uart, FCR, 0x01)
+    wr(uart, FCR, 0x07)
+    wr(uart, FCR, 0)
+    for reg in (LSR, RBR, IIR, MSR):
+        rd(uart, reg)
+    assert rd(uart, LSR) != 0xFF  # the port exists
+    wr(uart, LCR, 0x83)
+    wr(uart, DLL, 2)
+    wr(uart, DLM, 0)
+    wr(uart, LCR, 0x03)
+    wr(uart, FCR, 0x81)  # 16550A: FIFO on, RX trigger 8
+    # UART_BUG_THRE probe
+    wr(uart, IER, 0x02)
+    iir1 = rd(uart, IIR)
+    wr(uart, IER, 0)
+    wr(uart, IER, 0x02)
+    iir = rd(uart, IIR)
+    wr(uart, IER, 0)
+    assert not (not iir1 & 0x01 and iir & 0x01), "UART_BUG_THRE would be set"
+    # Interrupt-driven operation: RX and TX through serial8250_handle_irq()
+    wr(uart, MCR, 0x0B)
+    wr(uart, IER, 0x05)  # RDI | RLSI
+    chardev.type(b"ls\r")
+    got = bytearray()
+    assert uart.irq.level
+    while not rd(uart, IIR) & 0x01:
+        while rd(uart, LSR) & 0x01:
+            got.append(rd(uart, RBR))
+    assert bytes(got) == b"ls\r"
+    assert not uart.irq.level
+    wr(uart, IER, 0x07)  # start_tx: THRI on, THRE interrupt at once
+    assert uart.irq.level
+    out = b"/ # "
+    while out:
+        iir = rd(uart, IIR)
+        if iir & 0x01:
+            break
+        if iir & 0x0E == 0x02:
+            for byte in out[:16]:
+                wr(uart, THR, byte)
+            out = out[16:]
+            if not out:
+                wr(uart, IER, 0x05)  # stop_tx
+    assert chardev.output.endswith(b"/ # ")
+    assert not uart.irq.level
