@@ -254,3 +254,18 @@ def test_plug_errors(make_irq: Any, devices: list[OptionSpec], message: str) -> 
 
     with pytest.raises(ConfigError, match=message):
         plug_devices(System(), [VirtioMmio(make_irq(), ram=GuestRAM(0x80000000, 1 << 16))])
+
+
+def test_host_connect_and_disconnect_reach_the_guest(setup: Any) -> None:
+    from kvmpy.chardev.base import CHR_EVENT_CLOSED, CHR_EVENT_OPENED
+
+    drv, serial, chardev, _ = setup
+    ctrl_bufs = handshake(drv)
+    chardev.notify_event(CHR_EVENT_CLOSED)  # before PORT_READY: nothing to tell
+    send_control(drv, 0, DEVICE_READY, 1)
+    send_control(drv, 0, PORT_READY, 1)
+    control_in(drv, ctrl_bufs)
+    chardev.notify_event(CHR_EVENT_CLOSED)
+    chardev.notify_event(CHR_EVENT_OPENED)
+    assert control_in(drv, ctrl_bufs) == [(0, PORT_OPEN, 0, 8), (0, PORT_OPEN, 1, 8)]
+    assert serial.state.ports_ready == [0]

@@ -5,8 +5,9 @@ The device offers MULTIPORT: queues are port 0 receive/transmit (0, 1), control
 receive/transmit (2, 3), then receive/transmit of port n >= 1 at 2(n+1), 2(n+1)+1.  The
 control protocol (``struct virtio_console_control``: id u32, event u16, value u16) goes:
 driver DEVICE_READY -> device PORT_ADD for each port; driver PORT_READY(n) -> device
-CONSOLE_PORT (for a virtconsole), PORT_NAME, PORT_OPEN (the chardev is connected); driver
-PORT_OPEN(n, 0/1) says whether the guest has the port open.
+CONSOLE_PORT (for a virtconsole), PORT_NAME, PORT_OPEN (when the chardev has a peer); driver
+PORT_OPEN(n, 0/1) says whether the guest has the port open, and the device sends PORT_OPEN
+0/1 when the chardev's peer goes away or connects.
 
 Each port is the frontend of a chardev: transmit buffers are written to it, and its input
 fills the port's posted receive buffers (``can_receive`` = posted buffer space, so input
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvmpy import log
-from kvmpy.chardev.base import Chardev
+from kvmpy.chardev.base import CHR_EVENT_CLOSED, CHR_EVENT_OPENED, Chardev
 from kvmpy.errors import ConfigError
 from kvmpy.hw.core import Device
 from kvmpy.hw.virtio.device import VirtioDevice
@@ -101,6 +102,8 @@ class VirtioSerialState:
     """Control messages for the driver waiting for a control receive buffer."""
     guest_connected: list[int] = field(default_factory=list)
     """Ports the guest has open (PORT_OPEN 1)."""
+    ports_ready: list[int] = field(default_factory=list)
+    """Ports the driver has set up (PORT_READY 1): host open/close events go to these."""
 
 
 @register_type("virtio-serial-device", "virtio-device", description="virtio serial bus")
@@ -148,7 +151,13 @@ class VirtioSerial(VirtioDevice):
         self.ports[nr] = port
         if port.backend is not None:
             port.backend.set_handlers(functools.partial(self._receive, nr),
-                                      functools.partial(self._can_receive, nr))
+                                      functools.partial(self._can_receive, nr),
+                                      functools.partial(self._chardev_event, nr))
+
+    def _chardev_event(self, nr: int, event: str) -> None:
+        """The host side of port ``nr`` connected or went away (socket, pty)."""
+        if nr in self.state.ports_ready and event in (CHR_EVENT_OPENED, CHR_EVENT_CLOSED):
+            self._send_control(nr, VIRTIO_CONSOLE_PORT_OPEN, int(event == CHR_EVENT_OPENED))
 
     # -- virtio ---------------------------------------------------------------------------------
 
@@ -296,7 +305,9 @@ class VirtioSerial(VirtioDevice):
             if port.name:
                 self._send_control(port_id, VIRTIO_CONSOLE_PORT_NAME, 1,
                                    port.name.encode() + b"\0")
-            if port.backend is not None:
+            if port_id not in self.state.ports_ready:
+                self.state.ports_ready.append(port_id)
+            if port.backend is not None and port.backend.connected:
                 self._send_control(port_id, VIRTIO_CONSOLE_PORT_OPEN, 1)
         elif event == VIRTIO_CONSOLE_PORT_OPEN:
             connected = self.state.guest_connected
