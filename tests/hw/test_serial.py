@@ -292,3 +292,16 @@ def test_linux_8250_probe_and_startup(uart: SerialMM, chardev: Any) -> None:
                 wr(uart, IER, 0x05)  # stop_tx
     assert chardev.output.endswith(b"/ # ")
     assert not uart.irq.level
+
+
+def test_break_from_the_host(uart: SerialMM, chardev: Any) -> None:
+    from kvmpy.chardev.base import CHR_EVENT_BREAK
+
+    wr(uart, FCR, 0x01)
+    wr(uart, IER, 0x05)  # RDI | RLSI
+    chardev.notify_event(CHR_EVENT_BREAK)
+    assert uart.irq.level
+    assert rd(uart, IIR) == 0xC6  # line status: break
+    assert rd(uart, LSR) & 0x11 == 0x11  # BI | DR (reading clears BI)
+    assert rd(uart, RBR) == 0
+    assert not rd(uart, LSR) & 0x11

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kvmpy import log
-from kvmpy.chardev.base import Chardev
+from kvmpy.chardev.base import CHR_EVENT_BREAK, Chardev
 from kvmpy.hw.core import SysBusDevice
 from kvmpy.hw.irq import IrqLine, unconnected_irq
 from kvmpy.qom import Property, register_type
@@ -110,7 +110,23 @@ class SerialMM(SysBusDevice):
         self._shift = self.regshift  # plain int: every access uses it
         self.state = SerialState()
         if chardev is not None:
-            chardev.set_handlers(self.receive, self.can_receive)
+            chardev.set_handlers(self.receive, self.can_receive, self._chardev_event)
+
+    def _chardev_event(self, event: str) -> None:
+        if event == CHR_EVENT_BREAK:
+            self.receive_break()
+
+    def receive_break(self) -> None:
+        """A line break from the host (mux ``C-a b``; Linux turns it into magic SysRq):
+        a NUL with LSR.BI, as QEMU's serial_receive_break."""
+        s = self.state
+        s.rbr = 0
+        if len(s.recv_fifo) < UART_FIFO_LENGTH:
+            s.recv_fifo.append(0)
+        else:
+            s.lsr |= UART_LSR_OE
+        s.lsr |= UART_LSR_BI | UART_LSR_DR
+        self._update_irq()
 
     # -- interrupt ------------------------------------------------------------------------------
 
