@@ -113,6 +113,7 @@ def flatten(blob: bytes, drop: tuple[str, ...] = ()) -> Flat:
     (4, 256, {"aclint": "on"}),
     (8, 1024, {"aclint": "off"}),
     (3, 2048, {"aclint": "on"}),
+    (512, 128, {}),                     # VIRT_CPUS_MAX
 ])
 def test_dtb_matches_qemu(tmp_path: Path, cpus: int, ram_mib: int,
                           props: dict[str, str]) -> None:
