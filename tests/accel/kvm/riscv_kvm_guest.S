@@ -67,6 +67,15 @@ _start:
     sd      a0, 0x30(t2)
 5:  j       5b
 
+    .org 0x580
+/* 0x580: SRST cold reboot with reason 0x42 */
+    li      a7, 0x53525354
+    li      a6, 0
+    li      a0, 1
+    li      a1, 0x42
+    ecall
+7:  j       7b
+
     .org 0x600
 irq_handler:
     csrr    t0, scause

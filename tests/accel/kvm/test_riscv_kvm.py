@@ -18,6 +18,7 @@ from typing import Any
 
 from kvmpy.accel.base import IRQ_S_EXT, PRV_S
 from kvmpy.accel.exits import IntrExit, MmioExit, SbiExit, SystemEvent, SystemEventExit
+from kvmpy.accel.kvm import onereg
 from kvmpy.accel.kvm.riscv import KvmAccel, install_kick_handler, probe
 from kvmpy.memory import GuestRAM
 
@@ -93,13 +94,17 @@ def run_in_thread(vcpu: Any, poke: Callable[[], None], timeout: float = 10) -> A
 @with_machine()
 def test_caps_describe_the_host_kvm(m: Machine) -> None:
     caps = m.caps
-    print(f"riscv-kvm: rv64{'_'.join(caps.isa_extensions)} {caps.mmu_type} "
+    letters = "".join(e for e in caps.isa_extensions if len(e) == 1)
+    multi = "".join(f"_{e}" for e in caps.isa_extensions if len(e) > 1)
+    print(f"riscv-kvm: rv64{letters}{multi} {caps.mmu_type} "
           f"timebase {caps.timebase_frequency} Hz, DBCN {m.accel.dbcn_enabled}")
     assert not caps.machine_mode and caps.in_kernel_timer_ipi
     assert caps.isa_extensions[:1] == ("i",) and "h" not in caps.isa_extensions
     assert {"m", "a"} <= set(caps.isa_extensions)
     assert caps.timebase_frequency > 0
     assert caps.mmu_type in ("riscv,sv39", "riscv,sv48", "riscv,sv57")
+    regs = m.vcpus[0].fd.get_reg_list()
+    assert {onereg.config_id("isa"), onereg.core_id("pc"), onereg.csr_id("satp")} <= set(regs)
 
 
 @with_machine()
@@ -173,7 +178,17 @@ def test_secondary_hart_is_started_by_sbi_hsm_in_kernel(m: Machine) -> None:
     expect(second, mmio(0x48, 8, True, 0x5A5A))          # a1 = opaque
 
 
+@with_machine(num_harts=2)
+def test_srst_reboot_is_a_reset_event_with_its_reason(m: Machine) -> None:
+    boot, second = m.vcpus
+    boot.reset(RAM_BASE + 0x580, PRV_S, 0, FDT, stopped=False)
+    second.reset(RAM_BASE, PRV_S, 1, FDT, stopped=True)
+    expect(boot, SystemEventExit(SystemEvent.RESET, 0x42))
+    assert boot.stopped and second.stopped                      # KVM stops every hart
+
+
 TESTS = [test_caps_describe_the_host_kvm, test_boot_contract_exits_and_completions,
+         test_srst_reboot_is_a_reset_event_with_its_reason,
          test_kick_interrupts_a_spinning_guest, test_external_interrupt_through_kvm_interrupt,
          test_secondary_hart_is_started_by_sbi_hsm_in_kernel]
 
