@@ -68,10 +68,12 @@ def test_last_memory_size_wins() -> None:
 
 @pytest.mark.parametrize(("values", "cpus", "sockets", "cores", "threads", "maxcpus"), [
     ({}, 1, 1, 1, 1, 1),
-    ({"cpus": 4}, 4, 4, 1, 1, 4),
+    ({"cpus": 4}, 4, 1, 4, 1, 4),
+    ({"cpus": 4, "sockets": 2}, 4, 2, 2, 1, 4),
+    ({"cpus": 8, "sockets": 2, "cores": 2}, 8, 2, 2, 2, 8),
     ({"cpus": 4, "cores": 2}, 4, 2, 2, 1, 4),
     ({"sockets": 2, "cores": 2, "threads": 2}, 8, 2, 2, 2, 8),
-    ({"cpus": 2, "maxcpus": 8}, 2, 8, 1, 1, 8),
+    ({"cpus": 2, "maxcpus": 8}, 2, 1, 8, 1, 8),
 ])
 def test_smp_topology(values: dict[str, int], cpus: int, sockets: int, cores: int,
                       threads: int, maxcpus: int) -> None:
@@ -263,7 +265,7 @@ ERRORS = [
                                    "expects integer"),
     (["-smp", "4,sockets=3,cores=2"], "kvmpy: -smp 4,sockets=3,cores=2: Invalid CPU topology: "
                                       "product of the hierarchy must match maxcpus: sockets "
-                                      "(3) * cores (2) * threads (1) != maxcpus (4)"),
+                                      "(3) * cores (2) * threads (0) != maxcpus (4)"),
     (["-accel", "nosuch"], "kvmpy: -accel nosuch: invalid accelerator nosuch"),
     (["-accel", "kvm,foo=1"], "kvmpy: -accel kvm,foo=1: Property 'kvm-accel.foo' not found"),
     (["-accel", "thread=single"], "kvmpy: -accel thread=single: Parameter 'accel' is missing"),

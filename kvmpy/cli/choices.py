@@ -78,14 +78,15 @@ def smp_topology(values: dict[str, int]) -> SmpConfig:
         sockets, cores, threads = sockets or 1, cores or 1, threads or 1
     else:
         maxcpus = maxcpus or cpus
-        if sockets == 0:
-            cores, threads = cores or 1, threads or 1
-            sockets = max(maxcpus // (dies * clusters * cores * threads), 1)
-        elif cores == 0:
+        # Since QEMU 6.2 the omitted level is cores first, then sockets, threads last.
+        if cores == 0:
+            sockets, threads = sockets or 1, threads or 1
+            cores = maxcpus // (sockets * dies * clusters * threads)
+        elif sockets == 0:
             threads = threads or 1
-            cores = max(maxcpus // (sockets * dies * clusters * threads), 1)
-        elif threads == 0:
-            threads = max(maxcpus // (sockets * dies * clusters * cores), 1)
+            sockets = maxcpus // (dies * clusters * cores * threads)
+        if threads == 0:
+            threads = maxcpus // (sockets * dies * clusters * cores)
     total = sockets * dies * clusters * cores * threads
     maxcpus = maxcpus or total
     cpus = cpus or maxcpus
