@@ -153,16 +153,15 @@ class KvmRiscvVcpu:
     """Hart ``index`` as a KVM vCPU; implements :class:`kvmpy.accel.base.Vcpu`.
 
     ``fd`` is the thin wrapper (:class:`kvmpy.accel.kvm.kvm.Vcpu`); everything this class does
-    goes through it.  ``double_fp``/``single_fp`` say which FP register file the hart has.
+    goes through it.  ``double_fp`` says that FP registers are the 64-bit FP_D file (the
+    hart has D), else the 32-bit FP_F one.
     """
 
-    def __init__(self, fd: VcpuFd, index: int, double_fp: bool = True,
-                 single_fp: bool = True) -> None:
+    def __init__(self, fd: VcpuFd, index: int, double_fp: bool = True) -> None:
         self.fd = fd
         self.index = index
         self._fd_run = fd.run
         self._double_fp = double_fp
-        self._single_fp = single_fp
         self._thread: int | None = None
         self._kick_signal = True
         self._mtimecmp = _U64
@@ -442,8 +441,7 @@ class KvmAccel(Accelerator):
                 self.dbcn_enabled = True
             except OSError as exc:  # before Linux 6.8: legacy console only
                 _log.debug("kvm: hart %d: DBCN not enabled: %s", index, exc)
-            vcpu = KvmRiscvVcpu(fd, index, double_fp="d" in caps.isa_extensions,
-                                single_fp="f" in caps.isa_extensions)
+            vcpu = KvmRiscvVcpu(fd, index, double_fp="d" in caps.isa_extensions)
             vcpu._kick_signal = kick_signal
             self.vcpus.append(vcpu)
 
