@@ -234,3 +234,16 @@ def test_threaded_driver_pauses_and_quits_a_vcpu_inside_kvm_run(x86_guest: Any,
     driver.quit()
     assert all(not t.is_alive() for t in driver._threads)
     assert system.status != "internal-error"
+
+
+def test_internal_error_exit_is_reported_with_what_registers_can_be_read(
+        x86_guest: Any) -> None:
+    """Executing from an address with no memory makes KVM give up (x86 emulation failure,
+    KVM_EXIT_INTERNAL_ERROR): the wrapper decodes it, the glue appends the register dump,
+    which on this non-RISC-V vCPU says why it is unavailable."""
+    x86_guest.load(bytes([0xEA, 0x00, 0x00, 0x00, 0x10]))      # jmp far 0x1000:0000 (MMIO)
+    exit_ = KvmRiscvVcpu(x86_guest.vcpu, 0).run()
+    assert type(exit_).__name__ == "InternalErrorExit"
+    first, second = exit_.message.splitlines()  # type: ignore[union-attr]
+    assert first.startswith("KVM_EXIT_INTERNAL_ERROR: suberror 1")   # emulation failure
+    assert second.startswith("(hart 0 registers unavailable: KVM_GET_ONE_REG failed: ")
