@@ -163,9 +163,10 @@ class VirtMachine(MachineState):
         self.ram = system.create_ram(dram.base, self.ram_size, "riscv_virt_board.ram")
         self._create_mrom(system)
         self._create_devices(system, kvm_irqchip)
-        self.sbi = Sbi(num_harts=self.smp.cpus, console=_SerialConsole(system),
+        self.sbi = Sbi(num_harts=self.smp.cpus, console=_UartConsole(self.devices["uart0"]),
                        ram=self.ram, harts=lambda: _vcpus(system),
-                       shutdown=system.request_shutdown, reset=system.request_reset)
+                       shutdown=system.request_shutdown, reset=system.request_reset,
+                       hypervisor="h" in caps.isa_extensions)
         system.sbi = self.sbi
 
         if self.dtb:
@@ -356,19 +357,28 @@ class VirtMachine(MachineState):
             system.notice(f"system reset: {exc}")
 
 
-class _SerialConsole(SbiConsole):
-    """SBI console calls go to serial port 0's chardev (the ns16550a keeps its input)."""
+class _UartConsole(SbiConsole):
+    """SBI console calls drive the ns16550a's registers, as OpenSBI's uart8250 driver does on
+    QEMU: output goes through THR (so the UART's state stays what the guest expects), input
+    comes from RBR when LSR.DR is set."""
 
-    def __init__(self, system: System) -> None:
-        self._system = system
+    RBR_THR = 0
+    LSR = 5
+    LSR_DR = 0x01
+    LSR_THRE = 0x20
+
+    def __init__(self, uart: MmioDevice) -> None:
+        self._uart = uart
 
     def write(self, data: bytes) -> None:
-        chardev = self._system.serial_chardev(0)
-        if chardev is not None:
-            chardev.write(data)
+        for byte in data:
+            self._uart.mmio_write(self.RBR_THR, 1, byte)
 
     def read(self, max_bytes: int) -> bytes:
-        return b""
+        out = bytearray()
+        while len(out) < max_bytes and self._uart.mmio_read(self.LSR, 1) & self.LSR_DR:
+            out.append(self._uart.mmio_read(self.RBR_THR, 1) & 0xFF)
+        return bytes(out)
 
 
 def _vcpus(system: System) -> list[Any]:

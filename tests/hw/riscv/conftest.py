@@ -12,6 +12,7 @@ import pytest
 
 import kvmpy.hw.riscv.virt  # noqa: F401  (registers virt-machine)
 from kvmpy.accel.base import AccelCaps
+from kvmpy.chardev.base import Chardev
 from kvmpy.config import SmpConfig, VMConfig
 from kvmpy.hw.cpu import HartPort
 from kvmpy.hw.riscv.virt import VirtMachine
@@ -30,9 +31,26 @@ KVM_LIKE = AccelCaps(machine_mode=False, in_kernel_timer_ipi=True, isa_extension
 BoardFactory = Callable[..., tuple[System, VirtMachine]]
 
 
+class CaptureChardev(Chardev):
+    """Serial 0 of the test boards: output collected in ``output``, input typed with ``type``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.output = bytearray()
+
+    def write(self, data: bytes) -> int:
+        self.output += data
+        return len(data)
+
+    def type(self, data: bytes) -> None:
+        self.deliver(data)
+
+
 def build_board(caps: AccelCaps = TCG_LIKE, cpus: int = 1, **config: object
                 ) -> tuple[System, VirtMachine]:
-    """Phases 2-4 of a ``-M virt`` VM with the given options (VMConfig field names)."""
+    """Phases 2-4 of a ``-M virt`` VM with the given options (VMConfig field names).
+
+    Serial 0 is a :class:`CaptureChardev` (``system.serials[0]``)."""
     cfg = VMConfig(machine="virt", smp=SmpConfig(cpus=cpus))
     for key, value in config.items():
         setattr(cfg, key, value)
@@ -42,6 +60,7 @@ def build_board(caps: AccelCaps = TCG_LIKE, cpus: int = 1, **config: object
     system.machine = machine
     system.caps = caps
     system.harts = [HartPort(i) for i in range(cpus)]
+    system.serials = [CaptureChardev()]
     machine.init(system)
     return system, machine
 

@@ -191,3 +191,28 @@ def test_reset_survives_a_vanished_kernel(board: Any, tmp_path: Path, capsys: An
     kernel.unlink()
     machine.reset(system)
     assert "system reset: could not load kernel" in capsys.readouterr().err
+
+
+def test_sbi_console_goes_through_the_uart(board: Any) -> None:
+    """Built-in SBI console calls use the ns16550a like OpenSBI's driver: THR out, RBR in."""
+    from kvmpy.accel.exits import SbiExit
+
+    system, machine = board(bios="builtin")
+
+    class Caller:
+        index = 0
+
+        def get_reg(self, name: str) -> int:
+            return 0
+
+    serial = system.serials[0]
+    for ch in b"ok\n":
+        assert machine.sbi.handle(Caller(), SbiExit(0x01, 0, (ch, 0, 0, 0, 0, 0))) == (0, 0)
+    system.ram.write(0x80001000, b"dbcn")
+    assert machine.sbi.handle(Caller(), SbiExit(0x4442434E, 0, (4, 0x80001000, 0, 0, 0, 0))) \
+        == (0, 4)
+    assert bytes(serial.output) == b"ok\ndbcn"
+    assert machine.sbi.handle(Caller(), SbiExit(0x02, 0, (0,) * 6))[0] == -1
+    serial.type(b"x")
+    assert machine.sbi.handle(Caller(), SbiExit(0x02, 0, (0,) * 6))[0] == ord("x")
+    assert machine.sbi.hypervisor          # QEMU's rv64 list has "h": hfence calls served
