@@ -46,7 +46,7 @@ def check_kvm_abi() -> None:
 
 
 def boot_l2(timeout: float) -> None:
-    argv = ["kvmpy", "-accel", "kvm", "-M", "virt", "-nographic", "-m", "256M"]
+    argv = ["kvmpy", "-accel", "kvm", "-M", "virt", "-nographic"]
     say("running " + " ".join(argv))
     t0 = time.monotonic()
     with Console(argv, echo_prefix="L2| ") as c:

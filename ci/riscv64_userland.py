@@ -638,6 +638,8 @@ def cross_build_tcg(root: Path, build_dir: Path) -> tuple[str, Path] | None:
     r = subprocess.run(["nice", "-n", "10", *cmd], capture_output=True, text=True)
     if r.returncode != 0:
         raise UserlandError(f"{cc} failed: {r.stderr.strip()[-800:]}")
+    if r.stderr.strip():
+        log(f"{cc} warnings:\n{r.stderr.rstrip()}")
     return module_name, so
 
 
