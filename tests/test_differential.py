@@ -340,9 +340,11 @@ def compare(blocks: list[Block], qemu_out: str, kvmpy_out: str) -> None:
             if i < len(q) and i < len(k):
                 diffs = [f"  {n}: qemu {a} kvmpy {b}"
                          for n, a, b in zip(NAMES, q[i], k[i], strict=False) if a != b]
-            raise AssertionError(
-                f"block {i} differs from QEMU\ncode:\n{block.listing()}\n"
-                + ("\n".join(diffs) or f"qemu:\n{qemu_out[-2000:]}\nkvmpy:\n{kvmpy_out[-2000:]}"))
+            detail = "\n".join(diffs) or f"qemu:\n{qemu_out[-2000:]}\nkvmpy:\n{kvmpy_out[-2000:]}"
+            initial = "\n".join(f"  {n} = {v:016x}" for n, v in
+                                 zip(NAMES, [*block.xregs, *block.fregs, block.fcsr], strict=True))
+            raise AssertionError(f"block {i} differs from QEMU:\n{detail}\n"
+                                 f"code:\n{block.listing()}\ninitial state:\n{initial}")
     raise AssertionError(f"output differs:\nqemu:\n{qemu_out[-2000:]}\nkvmpy:\n{kvmpy_out[-2000:]}")
 
 
