@@ -99,9 +99,13 @@ class Insn:
     rm: int    # index into ROUNDING
 
     def text(self) -> str:
+        def x(r: int) -> str:
+            return f"x{r}"
+
+        def f(r: int) -> str:
+            return f"f{r}"
+
         name, kind = OPS[self.op % len(OPS)]
-        x = lambda r: f"x{r}"  # noqa: E731
-        f = lambda r: f"f{r}"  # noqa: E731
         rm = ROUNDING[self.rm % len(ROUNDING)]
         imm12 = (self.imm & 0xFFF) - 4096 if self.imm & 0x800 else self.imm & 0xFFF
         match kind:
