@@ -62,6 +62,16 @@ class Device(qom.Object):
     desc: ClassVar[str | None] = None
     """QEMU's ``dc->desc``: shown by ``-device help`` when set."""
 
+    def set_properties(self, props: Mapping[str, object]) -> None:
+        """Apply property values given to ``__init__`` by attribute name (``num_sources``);
+        a name that is no property of this type is a programming error (TypeError)."""
+        known = {value.attr for klass in type(self).__mro__ for value in vars(klass).values()
+                 if isinstance(value, qom.Property)}
+        for attr, value in props.items():
+            if attr not in known:
+                raise TypeError(f"{type(self).__name__}: no property '{attr}'")
+            setattr(self, attr, value)
+
 
 @qom.register_type("sys-bus-device", "device", abstract=True, description="system bus device")
 class SysBusDevice(MmioDevice, Device):

@@ -236,3 +236,8 @@ def test_created_through_registry_with_qemu_property_names(make_irq: Any) -> Non
     assert plic.num_sources == 33 and plic.words == 2
     with pytest.raises(ConfigError, match=r"Property 'riscv\.sifive\.plic\.nope' not found"):
         device_new("riscv.sifive.plic", {"nope": "1"}, outputs=[make_irq()])
+
+
+def test_unknown_constructor_property_is_a_programming_error(make_irq: Any) -> None:
+    with pytest.raises(TypeError, match="no property 'hart_confg'"):
+        SiFivePlic(outputs=[make_irq()], hart_confg="S")

@@ -102,8 +102,7 @@ class SerialMM(SysBusDevice):
 
     def __init__(self, irq: IrqLine | None = None, chardev: Chardev | None = None,
                  **props: object) -> None:
-        for key, value in props.items():
-            setattr(self, key, value)
+        self.set_properties(props)
         self.irq = irq if irq is not None else unconnected_irq()
         self.chardev = chardev
         self.region_size = 8 << self.regshift

@@ -55,8 +55,7 @@ class AclintSwi(SysBusDevice):
     sswi = Property(bool, False, "supervisor software interrupts (SETSSIP) instead of MSIP")
 
     def __init__(self, outputs: Sequence[IrqLine] = (), **props: object) -> None:
-        for key, value in props.items():
-            setattr(self, key, value)
+        self.set_properties(props)
         if not props.get("num_harts"):
             self.num_harts = len(outputs)
         self.outputs = list(outputs)
@@ -134,8 +133,7 @@ class AclintMtimer(SysBusDevice):
 
     def __init__(self, harts: Sequence[TimerCompare] = (), time: TimeSource | None = None,
                  **props: object) -> None:
-        for key, value in props.items():
-            setattr(self, key, value)
+        self.set_properties(props)
         if not props.get("num_harts"):
             self.num_harts = len(harts)
         self.harts = list(harts)

@@ -91,8 +91,7 @@ class SiFivePlic(SysBusDevice):
     aperture_size = Property(int, 0, "size of the MMIO window (0: just enough)")
 
     def __init__(self, outputs: Sequence[IrqLine] = (), **props: object) -> None:
-        for key, value in props.items():
-            setattr(self, key, value)
+        self.set_properties(props)
         self.contexts = parse_hart_config(self.hart_config, self.hartid_base)
         if self.num_sources < 1 or self.num_sources > 1024:
             raise ConfigError("plic: invalid number of interrupt sources")

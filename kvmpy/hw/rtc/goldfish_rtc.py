@@ -100,8 +100,7 @@ class GoldfishRtc(SysBusDevice):
 
     def __init__(self, irq: IrqLine | None = None, schedule: Scheduler | None = None,
                  clock: Callable[[], int] = time.time_ns, **props: object) -> None:
-        for key, value in props.items():
-            setattr(self, key, value)
+        self.set_properties(props)
         self.irq = irq if irq is not None else unconnected_irq()
         self.clock = clock
         self.schedule: Scheduler = schedule if schedule is not None else ManualScheduler(clock)

@@ -196,8 +196,7 @@ class VirtioBlk(VirtioDevice):
 
     def __init__(self, image: RawImage | None = None, **props: object) -> None:
         super().__init__()
-        for key, value in props.items():
-            setattr(self, key, value)
+        self.set_properties(props)
         if image is None:
             raise ConfigError("drive property not set")
         if not 2 <= self.queue_size <= 1024 or self.queue_size & (self.queue_size - 1):

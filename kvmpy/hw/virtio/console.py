@@ -71,8 +71,7 @@ class VirtSerialPort(Device):
     name = Property(str, "", "port name shown to the guest")
 
     def __init__(self, backend: Chardev | None = None, **props: object) -> None:
-        for key, value in props.items():
-            setattr(self, key, value)
+        self.set_properties(props)
         self.backend = backend
         self.serial: VirtioSerial | None = None
 
@@ -117,8 +116,7 @@ class VirtioSerial(VirtioDevice):
 
     def __init__(self, **props: object) -> None:
         super().__init__()
-        for key, value in props.items():
-            setattr(self, key, value)
+        self.set_properties(props)
         if not 1 <= self.max_ports <= 511:
             raise ConfigError(f"maximum ports supported: 511, got {self.max_ports}")
         self.queue_sizes = (128, 128, 32, 32) + (128, 128) * (self.max_ports - 1)

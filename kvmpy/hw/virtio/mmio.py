@@ -117,8 +117,7 @@ class VirtioMmio(SysBusDevice):
 
     def __init__(self, irq: IrqLine | None = None, ram: GuestRAM | None = None,
                  device: VirtioDevice | None = None, **props: object) -> None:
-        for key, value in props.items():
-            setattr(self, key, value)
+        self.set_properties(props)
         self.irq = irq if irq is not None else unconnected_irq()
         self.ram = ram
         self.device: VirtioDevice | None = None

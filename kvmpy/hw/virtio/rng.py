@@ -35,8 +35,7 @@ class VirtioRng(VirtioDevice):
 
     def __init__(self, entropy: Callable[[int], bytes] = os.urandom, **props: object) -> None:
         super().__init__()
-        for key, value in props.items():
-            setattr(self, key, value)
+        self.set_properties(props)
         self.entropy = entropy
         self.state = VirtioRngState()
 
