@@ -1,0 +1,67 @@
+"""cffi build script of the interpreter core (API mode, out of line).
+
+``pip install .`` builds it through ``cffi_modules`` in setup.py; for development run
+``python kvmpy/accel/tcg/_build.py`` from anywhere, which puts ``_engine.*.so`` next to this
+file.  The cdef is the part of engine.h between the CDEF markers.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+from cffi import FFI
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
+MODULE = "kvmpy.accel.tcg._engine"
+
+CFLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-frounding-math", "-fno-strict-aliasing"]
+
+
+def _cdef() -> str:
+    with open(os.path.join(HERE, "engine.h"), encoding="utf-8") as f:
+        text = f.read()
+    match = re.search(r"/\* CDEF-BEGIN \*/(.*)/\* CDEF-END \*/", text, re.S)
+    if match is None:
+        raise RuntimeError("engine.h: CDEF markers not found")
+    return match.group(1)
+
+
+def make_builder(absolute_paths: bool) -> FFI:
+    """The FFI builder; setuptools wants source paths relative to the project root."""
+    source = os.path.join(HERE, "engine.c")
+    builder = FFI()
+    builder.cdef(_cdef())
+    builder.set_source(
+        MODULE,
+        '#include "engine.h"',
+        sources=[source if absolute_paths else os.path.relpath(source, ROOT)],
+        include_dirs=[HERE],
+        extra_compile_args=CFLAGS,
+        libraries=["m"],
+    )
+    return builder
+
+
+ffibuilder = make_builder(absolute_paths=False)
+
+
+def main() -> int:
+    """Build in-tree: intermediates under build/tcg, the module next to this file."""
+    import glob
+    import shutil
+
+    os.chdir(ROOT)
+    tmpdir = os.path.join(ROOT, "build", "tcg")
+    built = make_builder(absolute_paths=True).compile(tmpdir=tmpdir,
+                               verbose=bool(os.environ.get("KVMPY_BUILD_VERBOSE")))
+    for old in glob.glob(os.path.join(HERE, "_engine.*.so")):
+        os.remove(old)
+    shutil.copy2(built, os.path.join(HERE, os.path.basename(built)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+/*
+ * kvmpy tcg: the RV64GC interpreter core, its public interface and shared structs.
+ *
+ * One engine (struct tcg_engine, opaque here) holds every hart of a VM, the guest RAM mapping,
+ * the machine timer and the MMIO holes; nothing is global, so several VMs can live in one
+ * process.  tcg_run() runs one hart for a slice and returns an exit record shaped like KVM's
+ * kvm_run: an MMIO access outside RAM (stopped before it retires), an SBI call (built-in
+ * firmware mode), a halt (WFI with nothing pending), a kick or the end of the slice.
+ *
+ * This header is also the cffi cdef (kvmpy/accel/tcg/_build.py reads the part between the
+ * CDEF markers), so that part uses plain declarations only.
+ */
+#ifndef KVMPY_TCG_ENGINE_H
+#define KVMPY_TCG_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* CDEF-BEGIN */
+typedef struct tcg_engine tcg_engine;
+
+/* tcg_exit.kind */
+#define TCG_EXIT_NONE 0       /* the slice ended (or a kick): IntrExit */
+#define TCG_EXIT_MMIO 1       /* gpa, size, is_write, value */
+#define TCG_EXIT_SBI 2        /* args[0..5] = a0..a5, args[6] = a6 (fid), args[7] = a7 (eid) */
+#define TCG_EXIT_HALT 3       /* deadline_ns (-1: none) */
+#define TCG_EXIT_STOPPED 4    /* the hart is powered off (SBI HSM) */
+#define TCG_EXIT_TRACE 5      /* the trace buffer is full: drain it and run again */
+#define TCG_EXIT_ERROR 6      /* message */
+
+typedef struct tcg_exit {
+    uint32_t kind;
+    uint32_t size;
+    uint32_t is_write;
+    uint32_t pad;
+    uint64_t gpa;
+    uint64_t value;
+    uint64_t args[8];
+    int64_t deadline_ns;
+    char message[96];
+} tcg_exit;
+
+/* Trace record kinds (tcg_set_trace flags are 1 << kind). */
+#define TCG_TRACE_INT 0       /* pc, a = cause (bit 63: interrupt), b = tval, c = from/to priv */
+#define TCG_TRACE_IN_ASM 1    /* pc, a = instruction bits, c = length: one per decoded insn */
+#define TCG_TRACE_EXEC 2      /* pc: one per executed block */
+
+typedef struct tcg_trace_rec {
+    uint32_t kind;
+    uint32_t hart;
+    uint64_t pc;
+    uint64_t a;
+    uint64_t b;
+    uint64_t c;
+} tcg_trace_rec;
+
+/* Register ids for tcg_get_reg / tcg_set_reg (CSRs: TCG_REG_CSR + number). */
+#define TCG_REG_X0 0
+#define TCG_REG_F0 32
+#define TCG_REG_PC 64
+#define TCG_REG_PRIV 65
+#define TCG_REG_MTIMECMP 66
+#define TCG_REG_SBI_TIMECMP 67
+#define TCG_REG_STOPPED 68
+#define TCG_REG_INSTRET 69
+#define TCG_REG_CSR 4096
+
+tcg_engine *tcg_engine_new(uint8_t *ram, uint64_t ram_base, uint64_t ram_size, int num_harts);
+void tcg_engine_free(tcg_engine *e);
+int tcg_add_memory(tcg_engine *e, uint64_t gpa, uint8_t *host, uint64_t size, int writable);
+int tcg_add_mmio_hole(tcg_engine *e, uint64_t gpa, uint64_t size);
+void tcg_set_builtin_firmware(tcg_engine *e, int on);
+void tcg_set_icount(tcg_engine *e, int shift);
+void tcg_set_trace(tcg_engine *e, uint32_t flags);
+size_t tcg_trace_drain(tcg_engine *e, tcg_trace_rec *out, size_t max);
+
+int tcg_run(tcg_engine *e, int hart, uint64_t max_insns, tcg_exit *out);
+void tcg_complete_mmio_read(tcg_engine *e, int hart, uint64_t value);
+void tcg_complete_sbi(tcg_engine *e, int hart, int64_t error, int64_t value);
+void tcg_kick(tcg_engine *e, int hart);
+void tcg_set_irq(tcg_engine *e, int hart, int irq, int level);
+int tcg_get_reg(tcg_engine *e, int hart, int reg, uint64_t *value);
+int tcg_set_reg(tcg_engine *e, int hart, int reg, uint64_t value);
+void tcg_reset_hart(tcg_engine *e, int hart, uint64_t pc, int priv, uint64_t a0, uint64_t a1,
+                    int stopped);
+void tcg_flush_tlb(tcg_engine *e, int hart);
+uint64_t tcg_read_mtime(tcg_engine *e);
+void tcg_write_mtime(tcg_engine *e, uint64_t value);
+int64_t tcg_mtime_to_ns(tcg_engine *e, uint64_t mtime);
+
+const char *tcg_isa_extension(int index);
+uint64_t tcg_misa(void);
+int tcg_csr_number(const char *name);
+/* CDEF-END */
+
+#endif

@@ -1,0 +1,6 @@
+"""Builds the interpreter core (kvmpy/accel/tcg/engine.c) through cffi; metadata is in
+pyproject.toml."""
+
+from setuptools import setup
+
+setup(cffi_modules=["kvmpy/accel/tcg/_build.py:ffibuilder"])
