@@ -315,3 +315,30 @@ def test_hosts_kvm_when_the_hart_has_the_hypervisor_extension(boot: type[Console
     vm.run("test -c /dev/kvm && echo kvm=present", "kvm=present")
     vm.send("poweroff\n")
     assert vm.wait_exit(30) == 0
+
+
+@needs_qemu
+def test_drives_virtio_mmio_blk_net_rng_console_on_eight_harts(boot: type[Console],
+                                                              tmp_path: Path) -> None:
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"kvmpy-disk-marker" + bytes(1024 * 1024 - 17))
+    vm = boot(guest_args(
+        "-smp", "8", "-append", "console=ttyS0",
+        "-drive", f"if=none,format=raw,file={disk},id=d0", "-device", "virtio-blk-device,drive=d0",
+        # restrict=on: the guest's interface exists but reaches nothing outside QEMU.
+        "-netdev", "user,id=n0,restrict=on", "-device", "virtio-net-device,netdev=n0",
+        "-device", "virtio-rng-device",
+        "-chardev", "null,id=vc0", "-device", "virtio-serial-device",
+        "-device", "virtconsole,chardev=vc0",
+    ))
+    vm.expect(re.escape(guests.PROMPT), 60)
+    vm.run("echo harts=$(grep -c ^processor /proc/cpuinfo)", "harts=8")
+    # virtio device IDs: 1 net, 2 block, 3 console, 4 entropy.
+    vm.run("echo ids=$(cat /sys/bus/virtio/devices/*/device | sort | tr '\\n' ,)",
+           "ids=0x0001,0x0002,0x0003,0x0004,")
+    vm.run("head -c 17 /dev/vda; echo", "kvmpy-disk-marker")
+    vm.run("ip link show eth0 | grep -o 'link/ether [0-9a-f:]*'", "link/ether 52:54:00")
+    vm.run("cat /sys/class/misc/hw_random/rng_current", "virtio_rng")
+    vm.run("test -c /dev/hvc0 && echo hvc=present", "hvc=present")
+    vm.send("poweroff\n")
+    assert vm.wait_exit(30) == 0

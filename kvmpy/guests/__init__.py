@@ -100,8 +100,14 @@ def cache_dir() -> Path:
     if explicit:
         return Path(explicit)
     xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
-    return base / "kvmpy"
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "kvmpy"
+    try:
+        return Path.home() / ".cache" / "kvmpy"
+    except RuntimeError as exc:
+        raise LoaderError(
+            "bundled guest: no home directory for a cache (set KVMPY_CACHE_DIR)"
+        ) from exc
 
 
 def kernel_path() -> Path:
