@@ -434,6 +434,10 @@ class KvmAccel(Accelerator):
                                  f"+0x{region.size:x})") from exc
         caps = self.caps
         kick_signal = install_kick_handler()
+        if not kick_signal:
+            _log.warning("kvm: no handler for the vCPU kick signal (accelerator set up off the "
+                         "main thread, or the application handles signal %d): pausing a hart "
+                         "that waits in the kernel may not take effect", KICK_SIGNAL)
         for index in range(num_harts):
             fd = self._vcpu_fd(index)
             try:
