@@ -107,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     except KvmpyError as exc:
         print(format_error(exc), file=sys.stderr, flush=True)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # before the main loop owns SIGINT (e.g. waiting for a client)
         print(f"{PROG}: terminating on signal 2 (SIGINT)", file=sys.stderr, flush=True)
-        return 1
+        return 0
     except BrokenPipeError:
         return 1
     except Exception as exc:  # a bug: still one line, and no hang; details on request
