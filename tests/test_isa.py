@@ -4,13 +4,15 @@ Each program reports through HTIF: exit status 0 is a pass, any other status is 
 of the failing subtest.  Every ELF runs on ``qemu-system-riscv64 -M spike -bios none`` when
 QEMU is installed and on ``python -m kvmpy -M spike -bios none``; both must exit 0 and print
 the same console output.  ``spec_strict`` holds what QEMU 7.2 gets wrong: it must fail on
-QEMU and pass on kvmpy.
+QEMU and pass on kvmpy.  A program that needs more options says so in its source
+(``RUN-ARGS: -smp 2``).
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -31,9 +33,20 @@ TIMEOUT_S = 120.0
 QEMU = shutil.which("qemu-system-riscv64")
 
 
+def run_args(elf: Path) -> list[str]:
+    """Extra options a program asks for with a ``RUN-ARGS: ...`` note in its source."""
+    source = elf.with_suffix(".S")
+    if source.exists():
+        m = re.search(r"RUN-ARGS: ([^)*\n]+)", source.read_text())
+        if m:
+            return m.group(1).split()
+    return []
+
+
 def run_spike(argv0: list[str], elf: Path) -> tuple[int, str]:
     """Run one ELF on a spike machine; (exit status, console output).  Fails on a hang."""
-    cmd = [*argv0, "-M", "spike", "-bios", "none", "-kernel", str(elf), "-nographic"]
+    cmd = [*argv0, "-M", "spike", "-bios", "none", "-kernel", str(elf), "-nographic",
+           *run_args(elf)]
     try:
         proc = subprocess.run(cmd, capture_output=True, timeout=TIMEOUT_S,
                               stdin=subprocess.DEVNULL, check=False)

@@ -7,10 +7,21 @@
 	.section .text.init
 	.globl _start
 _start:
-	/* A hart other than 0 parks (the programs are single-hart). */
-	csrr t0, mhartid
-1:	bnez t0, 1b
-	la t0, trap_entry
+	/* Harts other than 0 wait until hart 0 stores an entry point in secondary_entry,
+	   then call it with a0 = mhartid on a stack of their own (4 KiB below hart 0's). */
+	csrr a0, mhartid
+	beqz a0, 2f
+	la t1, secondary_entry
+1:	ld t2, 0(t1)
+	beqz t2, 1b
+	la sp, stack_top
+	slli t3, a0, 12
+	sub sp, sp, t3
+	li t0, (1 << 13)
+	csrs mstatus, t0
+	jalr ra, 0(t2)
+3:	j 3b
+2:	la t0, trap_entry
 	csrw mtvec, t0
 	la t0, trap_save
 	csrw mscratch, t0
@@ -246,9 +257,11 @@ trap_resume:   .dword 0     /* +48 */
 trap_save:     .dword 0, 0, 0, 0
 	.globl m_resume
 m_resume:      .dword 0
+	.globl secondary_entry
+secondary_entry: .dword 0
 
 	.bss
 	.balign 16
-	.space 8192
+	.space 16384
 	.globl stack_top
 stack_top:

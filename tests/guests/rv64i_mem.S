@@ -49,13 +49,14 @@ main:
 	lw a1, -4(s1)
 	CHECK a1, -1
 
-	TEST 4          /* loads into x0 have no effect; fence forms */
+	TEST 4          /* loads into x0 have no effect; fence forms; Zihintpause */
 	lw zero, 0(s0)
 	CHECK zero, 0
 	fence
 	fence rw, rw
 	fence r, r
 	fence.tso
+	.word 0x0100000f            /* pause (fence w, 0) */
 
 	TEST 5          /* self-modifying code: patch an addi immediate, fence.i, run it */
 	la s1, patch_site
