@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from kvmpy.chardev.base import Chardev
 from kvmpy.hw.char.serial import SerialMM
 from kvmpy.hw.core import device_new
 from kvmpy.hw.cpu import HartPort
@@ -19,7 +20,14 @@ from kvmpy.hw.intc.aclint import AclintMtimer, AclintSwi, CounterTime
 from kvmpy.hw.intc.plic import SiFivePlic
 from kvmpy.hw.misc.sifive_test import SifiveTest
 from kvmpy.hw.rtc.goldfish_rtc import GoldfishRtc
-from kvmpy.hw.virtio import RawImage, VirtioBlk, VirtioDevice
+from kvmpy.hw.virtio import (
+    RawImage,
+    VirtConsole,
+    VirtioBlk,
+    VirtioDevice,
+    VirtioRng,
+    VirtioSerial,
+)
 from kvmpy.hw.virtio.mmio import VirtioMmio
 from kvmpy.memory import GuestRAM, MmioBus
 
@@ -31,7 +39,8 @@ PLIC, UART, RTC, TEST, CLINT, VIRTIO = 0xC000000, 0x10000000, 0x101000, 0x100000
 SSWI = 0x2F00000  # aclint=on
 MIP_MASK = (1 << 11) | (1 << 9) | (1 << 3) | (1 << 1)  # MEIP SEIP MSIP SSIP (not the timer)
 
-Access = tuple[str, int, int, int]  # ("r"|"w", gpa, size, value)
+Access = tuple[str, int, int, int]
+"""(op, gpa, size, value): op "r" read, "w" write, "p" poll until value, "n" notify."""
 
 
 def r(gpa: int, size: int = 4) -> Access:
@@ -40,6 +49,16 @@ def r(gpa: int, size: int = 4) -> Access:
 
 def w(gpa: int, value: int, size: int = 4) -> Access:
     return ("w", gpa, size, value)
+
+
+def poll(gpa: int, value: int, size: int = 4) -> Access:
+    return ("p", gpa, size, value)
+
+
+def notify(slot: int, queue: int) -> Access:
+    """QueueNotify: QEMU completes the request asynchronously, so the interrupt pins right
+    after it are not compared (the test polls for the completion instead)."""
+    return ("n", slot + 0x50, 4, queue)
 
 
 def plic_prio(n: int) -> int:
@@ -167,6 +186,11 @@ KNOWN_DIFFERENCES = {
 stays honest)."""
 
 
+class NullChardev(Chardev):
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+
 class PinRecorder:
     """A hart backend that keeps the pin levels (mip bits) set by the devices."""
 
@@ -185,7 +209,7 @@ class PinRecorder:
 
 
 def kvmpy_virt(device: VirtioDevice | None = None, legacy: bool = True
-               ) -> tuple[MmioBus, PinRecorder]:
+               ) -> tuple[MmioBus, PinRecorder, GuestRAM]:
     """The devices of one-hart -M virt (TCG), wired as QEMU's virt_machine_init wires them."""
     hart = HartPort(0)
     pins = PinRecorder()
@@ -207,18 +231,22 @@ def kvmpy_virt(device: VirtioDevice | None = None, legacy: bool = True
         if n == 7 and device is not None:
             slot.plug(device)
         bus.add(VIRTIO + 0x1000 * n, slot.region_size, slot)
-    return bus, pins
+    return bus, pins, ram
 
 
 def replay_on_kvmpy(accesses: list[Access], device: VirtioDevice | None = None,
                     legacy: bool = True) -> list[tuple[int, int]]:
-    bus, pins = kvmpy_virt(device, legacy)
+    bus, pins, ram = kvmpy_virt(device, legacy)
     results = []
     for op, gpa, size, value in accesses:
-        if op == "r":
-            got = bus.read(gpa, size)
-        else:
-            bus.write(gpa, size, value)
+        in_ram = ram.contains(gpa, size)
+        if op in "rp":  # kvmpy's devices complete synchronously: a poll is one read
+            got = ram.read_int(gpa, size) if in_ram else bus.read(gpa, size)
+        else:  # "w", "n"
+            if in_ram:
+                ram.write_int(gpa, size, value)
+            else:
+                bus.write(gpa, size, value)
             got = 0
         results.append((got, pins.mip & MIP_MASK))
     return results
@@ -227,7 +255,7 @@ def replay_on_kvmpy(accesses: list[Access], device: VirtioDevice | None = None,
 def replay_on_qemu(accesses: list[Access], tmp_path: Path, extra: Sequence[str] = ()
                    ) -> list[tuple[int, int]]:
     assert QEMU is not None
-    table = b"".join(struct.pack("<QQII", gpa, value & (1 << 64) - 1, size, op == "w")
+    table = b"".join(struct.pack("<QQII", gpa, value & (1 << 64) - 1, size, "rwxpn".index(op))
                      for op, gpa, size, value in accesses) + struct.pack("<QQII", 0, 0, 0, 2)
     (tmp_path / "table.bin").write_bytes(table)
     proc = subprocess.run(
@@ -259,6 +287,8 @@ def without_ring_reset(accesses: list[Access], theirs: list[tuple[int, int]], ba
 
 def compare(name: str, accesses: list[Access], theirs: list[tuple[int, int]],
             ours: list[tuple[int, int]]) -> None:
+    theirs = [(t[0], 0) if a[0] == "n" else t for a, t in zip(accesses, theirs, strict=True)]
+    ours = [(o[0], 0) if a[0] == "n" else o for a, o in zip(accesses, ours, strict=True)]
     mismatches = [(i, accesses[i], t, o) for i, (t, o) in enumerate(zip(theirs, ours,
                                                                         strict=True))
                   if t != o and (name, i) not in KNOWN_DIFFERENCES]
@@ -317,3 +347,148 @@ def test_aclint_sswi_same_as_qemu(tmp_path: Path) -> None:
     # repeated -M options merge, as in QEMU: this is -M virt,aclint=on
     theirs = replay_on_qemu(accesses, tmp_path, ["-M", "virt,aclint=on"])
     compare("aclint_sswi", accesses, theirs, replay_on_kvmpy(accesses))
+
+
+# -- virtqueues driven through guest RAM -------------------------------------------------------
+
+QUEUE = 0x80080000  # legacy layout, 8 entries: desc +0, avail +0x80, used +0x1000
+NUM = 8
+AVAIL, USED = QUEUE + 16 * NUM, QUEUE + 0x1000
+BUFS = 0x80090000
+
+
+def legacy_setup(base: int, features: int, queue: int = 0, pfn: int = QUEUE >> 12,
+                 driver_ok: bool = True) -> list[Access]:
+    steps = [w(base + 0x70, 0), w(base + 0x70, 1), w(base + 0x70, 3),
+             w(base + 0x24, 0), w(base + 0x20, features), w(base + 0x28, 4096),
+             w(base + 0x30, queue), w(base + 0x38, NUM), w(base + 0x3C, 4096),
+             w(base + 0x40, pfn)]
+    if driver_ok:
+        steps.append(w(base + 0x70, 7))
+    return steps
+
+
+def descriptor(index: int, addr: int, length: int, flags: int, nxt: int,
+               table: int = QUEUE) -> list[Access]:
+    at = table + 16 * index
+    return [w(at, addr, 8), w(at + 8, length), w(at + 12, flags, 2), w(at + 14, nxt, 2)]
+
+
+def post(slot: int, head: int, avail_idx: int, avail: int = AVAIL, queue: int = 0
+         ) -> list[Access]:
+    return [w(avail + 4 + 2 * ((avail_idx - 1) % NUM), head, 2), w(avail + 2, avail_idx, 2),
+            notify(slot, queue)]
+
+
+def blk_request(slot: int, n: int, kind: int, sector: int, data_len: int, writable: bool,
+                payload: bytes = b"") -> list[Access]:
+    """Request number n (1-based) as a 3-descriptor chain; waits for it and reads back."""
+    hdr, data, status = BUFS + 0x1000 * n, BUFS + 0x1000 * n + 0x100, BUFS + 0x1000 * n + 0xF00
+    head = (3 * (n - 1)) % NUM
+    d1, d2 = (head + 1) % NUM, (head + 2) % NUM
+    steps = [w(hdr, kind), w(hdr + 4, 0), w(hdr + 8, sector, 8), w(status, 0xEE, 1)]
+    steps += [w(data + i, int.from_bytes(payload[i:i + 8], "little"), 8)
+              for i in range(0, len(payload), 8)]
+    steps += descriptor(head, hdr, 16, 1, d1)
+    steps += descriptor(d1, data, data_len, 1 | (2 if writable else 0), d2)
+    steps += descriptor(d2, status, 1, 2, 0)
+    steps += post(slot, head, n)
+    steps += [poll(USED + 2, n, 2), poll(slot + 0x60, 1), r(status, 1),
+              r(USED + 4 + 8 * ((n - 1) % NUM)), r(USED + 8 + 8 * ((n - 1) % NUM)),
+              *(r(data + off, 8) for off in (0, 8, 0x1F8)), w(slot + 0x64, 1), r(slot + 0x60)]
+    return steps
+
+
+def test_blk_requests_same_as_qemu(tmp_path: Path) -> None:
+    if QEMU is None:
+        pytest.skip("qemu-system-riscv64 (the oracle) is not installed")
+    pattern = bytes(range(256)) * 32  # 8 KiB = 16 sectors
+    accesses = [w(plic_prio(8), 1), w(plic_enable(1), 1 << 8),
+                *legacy_setup(SLOT7, features=0)]
+    accesses += blk_request(SLOT7, 1, 0, 1, 512, True)                   # read sector 1
+    accesses += blk_request(SLOT7, 2, 1, 3, 512, False, b"kvmpy!!!" * 64)  # write sector 3
+    accesses += blk_request(SLOT7, 3, 0, 3, 1024, True)                  # read it back
+    accesses += blk_request(SLOT7, 4, 8, 0, 20, True)                    # GET_ID
+    accesses += blk_request(SLOT7, 5, 0, 15, 1024, True)                 # past the end
+    accesses += [r(plic_claim(1)), w(plic_claim(1), 8)]
+    qemu_disk, our_disk = tmp_path / "qemu.img", tmp_path / "ours.img"
+    qemu_disk.write_bytes(pattern)
+    our_disk.write_bytes(pattern)
+    theirs = replay_on_qemu(accesses, tmp_path, [
+        "-drive", f"file={qemu_disk},if=none,id=hd0,format=raw",
+        "-device", "virtio-blk-device,drive=hd0,serial=kvmpy-0001"])
+    ours = replay_on_kvmpy(accesses, VirtioBlk(image=RawImage(str(our_disk)),
+                                               serial="kvmpy-0001"))
+    compare("blk_requests", accesses, theirs, ours)
+    assert qemu_disk.read_bytes() == our_disk.read_bytes()
+
+
+def ring(base: int) -> tuple[int, int, int]:
+    """(desc, avail, used) of a legacy 8-entry queue at ``base``."""
+    return base, base + 16 * NUM, base + 0x1000
+
+
+def test_virtio_serial_handshake_same_as_qemu(tmp_path: Path) -> None:
+    if QEMU is None:
+        pytest.skip("qemu-system-riscv64 (the oracle) is not installed")
+    ctrl_rx, ctrl_tx = ring(0x80080000), ring(0x80082000)
+    s = SLOT7
+    acc = [w(s + 0x70, 0), w(s + 0x70, 1), w(s + 0x70, 3), r(s + 0x10),
+           w(s + 0x24, 0), w(s + 0x20, 1 << 1), w(s + 0x28, 4096)]  # MULTIPORT only
+    for queue, (desc, _, _) in ((2, ctrl_rx), (3, ctrl_tx)):
+        acc += [w(s + 0x30, queue), w(s + 0x38, NUM), w(s + 0x3C, 4096), w(s + 0x40, desc >> 12)]
+    acc += [w(s + 0x70, 7)]
+    rx_bufs = [BUFS + 0x100 * i for i in range(6)]
+    for i, buf in enumerate(rx_bufs):  # control receive buffers
+        acc += [w(buf, 0xFFFFFFFF), *descriptor(i, buf, 64, 2, 0, table=ctrl_rx[0]),
+                w(ctrl_rx[1] + 4 + 2 * i, i, 2)]
+    acc += [w(ctrl_rx[1] + 2, len(rx_bufs), 2), notify(s, 2)]
+
+    def send(n: int, port: int, event: int, value: int) -> list[Access]:
+        msg = BUFS + 0x2000 + 0x10 * n
+        return [w(msg, port), w(msg + 4, event, 2), w(msg + 6, value, 2),
+                *descriptor(n - 1, msg, 8, 0, 0, table=ctrl_tx[0]),
+                w(ctrl_tx[1] + 4 + 2 * (n - 1), n - 1, 2), w(ctrl_tx[1] + 2, n, 2),
+                notify(s, 3), poll(ctrl_tx[2] + 2, n, 2)]
+
+    def received(count: int) -> list[Access]:
+        out = [poll(ctrl_rx[2] + 2, count, 2)]
+        for i in range(count):
+            out += [r(ctrl_rx[2] + 4 + 8 * i), r(ctrl_rx[2] + 8 + 8 * i)]
+        for buf in rx_bufs[:count]:
+            out += [r(buf), r(buf + 4)]
+        return out
+
+    acc += send(1, 0, 0, 1)  # DEVICE_READY
+    acc += received(1)       # PORT_ADD 0
+    acc += send(2, 0, 3, 1)  # PORT_READY 0
+    acc += received(3)       # CONSOLE_PORT 0, PORT_OPEN 0
+    acc += send(3, 0, 6, 1)  # guest opens the port
+    acc += [r(s + 0x60), w(s + 0x64, 3), r(s + 0x60)]
+    theirs = replay_on_qemu(acc, tmp_path, [
+        "-chardev", "null,id=c0", "-device", "virtio-serial-device,max_ports=2",
+        "-device", "virtconsole,chardev=c0"])
+    serial = VirtioSerial(max_ports=2)
+    serial.add_port(VirtConsole(backend=NullChardev()))
+    compare("virtio_serial_handshake", acc, theirs, replay_on_kvmpy(acc, serial))
+
+
+def test_rng_request_and_event_idx_same_as_qemu(tmp_path: Path) -> None:
+    if QEMU is None:
+        pytest.skip("qemu-system-riscv64 (the oracle) is not installed")
+    s = SLOT7
+    event_idx = 1 << 29
+    acc = [*legacy_setup(s, features=event_idx)]
+    for n in (1, 2, 3):
+        buf = BUFS + 0x100 * n
+        acc += [*descriptor(n - 1, buf, 16 * n, 2, 0), *post(s, n - 1, n),
+                poll(USED + 2, n, 2), r(USED + 4 + 8 * (n - 1)), r(USED + 8 + 8 * (n - 1)),
+                r(USED + 4 + 8 * NUM, 2)]               # avail_event written by the device
+        if n == 1:  # the first completion interrupts; then used_event holds them back
+            acc += [poll(s + 0x60, 1), w(s + 0x64, 1), w(AVAIL + 4 + 2 * NUM, 3, 2)]
+        else:
+            acc += [r(s + 0x60)]
+    acc += [*descriptor(3, BUFS + 0x800, 8, 2, 0), *post(s, 3, 4), poll(USED + 2, 4, 2),
+            poll(s + 0x60, 1)]                          # used idx 4 passed used_event 3
+    theirs = replay_on_qemu(acc, tmp_path, ["-device", "virtio-rng-device"])
+    compare("rng_event_idx", acc, theirs, replay_on_kvmpy(acc, VirtioRng()))

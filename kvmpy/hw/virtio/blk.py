@@ -258,9 +258,11 @@ class VirtioBlk(VirtioDevice):
         vq = self.queues[index]
         done = False
         while (elem := vq.pop()) is not None:
-            status, written = self._request(vq, elem)
+            status, _ = self._request(vq, elem)
             vq.write_in(elem, bytes((status,)), skip=elem.in_size - 1)
-            vq.push(elem, written + 1)
+            # The used length is the whole writable size, whatever the status (QEMU's
+            # virtio_blk_req_complete reports req->in_len).
+            vq.push(elem, elem.in_size)
             done = True
         if done:
             self.notify(index)

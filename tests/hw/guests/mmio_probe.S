@@ -3,7 +3,9 @@
  *
  * Run with -bios none; the table is loaded at 0x80100000 (e.g. QEMU's
  * -device loader,file=table.bin,addr=0x80100000,force-raw=on).  Each 24-byte entry is
- * {u64 gpa, u64 value, u32 size, u32 op} with op 0 = read, 1 = write, 2 = end.  For every
+ * {u64 gpa, u64 value, u32 size, u32 op} with op 0 = read, 1 = write, 2 = end, 3 = poll
+ * (read until the value equals "value", for devices that complete asynchronously, at most
+ * 2^26 tries; the last value read is recorded).  For every
  * entry two u64 are recorded at 0x80200000: the value read (0 for writes) and mip after the
  * access.  A faulting access records 0xdead0000 | mcause as its value.  The results are then printed on the
  * UART after a "==" line, one 16-digit hex number per line, and the sifive_test finisher
@@ -32,6 +34,8 @@ next:
     beq     t3, t4, dump
     li      t5, 0
     li      t6, 0
+    li      t4, 3
+    beq     t3, t4, do_poll
     bnez    t3, do_write
     li      t4, 1
     beq     t2, t4, r1
@@ -46,6 +50,23 @@ r1: lbu     t5, 0(t0)
 r2: lhu     t5, 0(t0)
     j       record
 r4: lwu     t5, 0(t0)
+    j       record
+do_poll:
+    li      a1, 1 << 26
+poll_again:
+    li      t4, 1
+    beq     t2, t4, p1
+    li      t4, 2
+    beq     t2, t4, p2
+    lwu     t5, 0(t0)
+    j       poll_check
+p1: lbu     t5, 0(t0)
+    j       poll_check
+p2: lhu     t5, 0(t0)
+poll_check:
+    beq     t5, t1, record
+    addi    a1, a1, -1
+    bnez    a1, poll_again
     j       record
 do_write:
     li      t4, 1
