@@ -492,3 +492,27 @@ def test_rng_request_and_event_idx_same_as_qemu(tmp_path: Path) -> None:
             poll(s + 0x60, 1)]                          # used idx 4 passed used_event 3
     theirs = replay_on_qemu(acc, tmp_path, ["-device", "virtio-rng-device"])
     compare("rng_event_idx", acc, theirs, replay_on_kvmpy(acc, VirtioRng()))
+
+
+def test_modern_transport_request_same_as_qemu(tmp_path: Path) -> None:
+    if QEMU is None:
+        pytest.skip("qemu-system-riscv64 (the oracle) is not installed")
+    s = SLOT7
+    desc, avail, used = 0x80080000, 0x80081000, 0x80082000
+    acc = [r(s + 0x4), w(s + 0x70, 0), w(s + 0x70, 1), w(s + 0x70, 3),
+           w(s + 0x14, 0), r(s + 0x10), w(s + 0x14, 1), r(s + 0x10),
+           w(s + 0x24, 0), w(s + 0x20, 0), w(s + 0x24, 1), w(s + 0x20, 1),  # VERSION_1 only
+           w(s + 0x70, 0xB), r(s + 0x70),
+           w(s + 0x30, 0), r(s + 0x34), r(s + 0x44), w(s + 0x38, NUM),
+           w(s + 0x80, desc), w(s + 0x84, 0), w(s + 0x90, avail), w(s + 0x94, 0),
+           w(s + 0xA0, used), w(s + 0xA4, 0), w(s + 0x44, 1), r(s + 0x44),
+           w(s + 0x30, 1), r(s + 0x34), r(s + 0x44),                       # no queue 1
+           w(s + 0x70, 0xF), r(s + 0x70), r(s + 0xFC),
+           *descriptor(0, BUFS, 32, 2, 0, table=desc), *post(s, 0, 1, avail=avail),
+           poll(used + 2, 1, 2), r(used + 4), r(used + 8), poll(s + 0x60, 1),
+           w(s + 0x64, 1), r(s + 0x60),
+           w(s + 0x70, 0), r(s + 0x70), w(s + 0x30, 0), r(s + 0x44)]         # reset
+    theirs = replay_on_qemu(acc, tmp_path, ["-device", "virtio-rng-device",
+                                            "-global", "virtio-mmio.force-legacy=false"])
+    theirs = without_ring_reset(acc, theirs, s)
+    compare("modern_rng", acc, theirs, replay_on_kvmpy(acc, VirtioRng(), legacy=False))
