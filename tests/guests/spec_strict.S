@@ -84,6 +84,28 @@ main:
 	CHECK t1, 0x80001234
 	csrw mepc, s2
 
+	TEST 6          /* minstret counts retired instructions exactly (QEMU 7.2 without
+	                   -icount counts host ticks): 10 nops + the first csrr = 11 */
+	csrr s0, minstret
+	nop
+	nop
+	nop
+	nop
+	nop
+	nop
+	nop
+	nop
+	nop
+	nop
+	csrr s1, minstret
+	sub t0, s1, s0
+	CHECK t0, 11
+	rdinstret s0                /* the unprivileged alias too */
+	addi zero, zero, 0
+	rdinstret s1
+	sub t0, s1, s0
+	CHECK t0, 2
+
 	j pass
 
 	.data
