@@ -719,8 +719,14 @@ class Userland:
     has_tcg_core: bool
 
 
-def ensure_userland(*, refresh_index: bool = False, quiet: bool = False) -> Userland:
-    """Assemble (or reuse) ci/work/rootfs with kvmpy installed; returns where it is."""
+def ensure_userland(
+    *, refresh_index: bool = False, quiet: bool = False, keep_kvmpy: bool = False
+) -> Userland:
+    """Assemble (or reuse) ci/work/rootfs with kvmpy installed; returns where it is.
+
+    keep_kvmpy: leave an installed kvmpy as it is even if the tree changed (for experiments
+    on the installed copy).
+    """
     t0 = time.monotonic()
     stamp_file = WORK / "rootfs.stamp"
     dev_stamp_file = WORK / "devroot.stamp"
@@ -767,7 +773,7 @@ def ensure_userland(*, refresh_index: bool = False, quiet: bool = False) -> User
     kwant = _tree_hash(sources) + "\n"
     wheel_dir = WORK / "dist"
     wheels = list(wheel_dir.glob("kvmpy-*.whl"))
-    if _stamp(kstamp_file) != kwant or not wheels:
+    if not wheels or (_stamp(kstamp_file) != kwant and not keep_kvmpy):
         whl = build_kvmpy_wheel(ROOTFS, wheel_dir)
         install_wheel(whl, ROOTFS)
         compile_site(ROOTFS)
