@@ -238,6 +238,48 @@ main:
 	slli t0, t0, 63
 	csrc menvcfg, t0
 9:
+	TEST 12         /* a timer interrupt arrives in the middle of a busy loop */
+	li t0, CLINT_MTIME
+	ld a0, 0(t0)
+	addi a0, a0, 2000           /* 200 us */
+	sd a0, 0(s11)
+	li t0, MIP_MTIP
+	csrw mie, t0
+	li s2, 0
+	li s3, 200000000
+	EXPECT_TRAP
+	csrsi mstatus, MSTATUS_MIE
+	li t1, -1
+1:	addi s2, s2, 1
+	ld t0, trap_cause           /* -1 until the trap */
+	beq t0, t1, 2f
+	j 3f
+2:	bne s2, s3, 1b
+	j fail                      /* never came */
+3:	csrci mstatus, MSTATUS_MIE
+	CHECK_CAUSE INTR | 7
+	li t0, -1
+	sd t0, 0(s11)
+
+	TEST 13         /* mret that sets MIE with an interrupt pending: taken at the target */
+	li t0, 1
+	sw t0, 0(s10)
+	li t0, MIP_MSIP
+	csrw mie, t0
+	li t0, MSTATUS_MPP
+	csrs mstatus, t0            /* MPP = M */
+	li t0, MSTATUS_MPIE
+	csrs mstatus, t0
+	la t0, 4f
+	csrw mepc, t0
+	EXPECT_TRAP
+	mret
+4:	nop
+	csrci mstatus, MSTATUS_MIE
+	CHECK_CAUSE INTR | 3
+	CHECK_EPC 4b
+	sw zero, 0(s10)
+
 	j pass
 
 /* Vector table for TEST 7: entry 0 (exceptions) and entry 3 (MSI) mark t5. */
