@@ -338,11 +338,18 @@ def test_plug_devices_from_the_command_line(make_irq: Any, ram: GuestRAM,
      "Property 'virtio-rng-device.bogus' not found"),
     (OptionSpec("virtio-blk-device", {"drive": "nope"}), "can't find value 'nope'"),
     (OptionSpec("virtio-blk-device"), "drive property not set"),
+    (OptionSpec("virtio-blk-device", {"drive": "hd0", "queue-size": "3"}), "must be a power"),
+    (OptionSpec("virtio-blk-device", {"drive": "hd0", "queue-size": "2"}), "must be > 2"),
 ])
 def test_plug_devices_errors(make_irq: Any, ram: GuestRAM, spec: OptionSpec,
-                             message: str) -> None:
+                             message: str, tmp_path: Path) -> None:
+    disk = tmp_path / "e.img"
+    disk.write_bytes(bytes(4096))
+
     class System:
         config = VMConfig(devices=[spec])
+
+    System.config.drives = [OptionSpec("", {"id": "hd0", "file": str(disk)})]  # type: ignore
 
     with pytest.raises(ConfigError, match=message) as info:
         plug_devices(System(), [VirtioMmio(make_irq(), ram=ram)])
@@ -429,9 +436,10 @@ def test_drive_errors(make_irq: Any, ram: GuestRAM, drive: dict[str, str],
     class System:
         config = VMConfig(devices=[OptionSpec("virtio-blk-device", {"drive": "hd0"})])
 
-    System.config.drives = [OptionSpec("", drive)]  # type: ignore[attr-defined]
-    with pytest.raises(ConfigError, match=message):
+    System.config.drives = [OptionSpec("", drive, "-drive X")]  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match=message) as info:
         plug_devices(System(), [VirtioMmio(make_irq(), ram=ram)])
+    assert info.value.option == "-drive X"  # QEMU blames the -drive option
 
 
 def test_global_snapshot_option(make_irq: Any, ram: GuestRAM, tmp_path: Path) -> None:

@@ -199,9 +199,12 @@ class VirtioBlk(VirtioDevice):
         self.set_properties(props)
         if image is None:
             raise ConfigError("drive property not set")
-        if not 2 <= self.queue_size <= 1024 or self.queue_size & (self.queue_size - 1):
-            raise ConfigError(f"invalid queue-size property ({self.queue_size}), must be a "
-                              "power of 2 between 2 and 1024")
+        size = self.queue_size
+        if size <= 2:
+            raise ConfigError(f"invalid queue-size property ({size}), must be > 2")
+        if size > 1024 or size & (size - 1):
+            raise ConfigError(f"invalid queue-size property ({size}), must be a power of 2 "
+                              "(max 1024)")
         self.queue_sizes = (self.queue_size,)
         self.image = image
         self.state = VirtioBlkState()
@@ -214,8 +217,12 @@ class VirtioBlk(VirtioDevice):
         for spec in getattr(system.config, "drives", ()):
             drive_props = getattr(spec, "props", spec)
             if drive_props.get("id") == drive_id:
-                return {"image": _open_drive(drive_props,
-                                             bool(getattr(system.config, "snapshot", False)))}
+                snapshot = bool(getattr(system.config, "snapshot", False))
+                try:
+                    return {"image": _open_drive(drive_props, snapshot)}
+                except ConfigError as exc:  # reported against the -drive option, as QEMU
+                    exc.option = exc.option or getattr(spec, "text", None) or None
+                    raise
         raise ConfigError(f"Property 'virtio-blk-device.drive' can't find value '{drive_id}'")
 
     def host_features(self) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import struct
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +51,8 @@ CONTROL_TX = 3
 
 _CONTROL = struct.Struct("<IHH")
 _RX_PEEK_LIMIT = 4096
+_PORT_CHARDEVS: weakref.WeakSet[Chardev] = weakref.WeakSet()
+"""Chardevs already fronted by a port (a chardev has one frontend)."""
 _TX_CHUNK = 64 * 1024
 
 
@@ -84,6 +87,10 @@ class VirtSerialPort(Device):
         if chardev is None:
             raise ConfigError(f"Property '{cls.type_name}.chardev' can't find value "
                               f"'{chardev_id}'")
+        if chardev in _PORT_CHARDEVS:
+            raise ConfigError(f"Property '{cls.type_name}.chardev' can't take value "
+                              f"'{chardev_id}': Device '{chardev_id}' is in use")
+        _PORT_CHARDEVS.add(chardev)
         lock = getattr(system, "lock", None)
         if lock is not None:
             chardev.frontend_lock = lock  # input reaches the device under the big lock
@@ -117,8 +124,10 @@ class VirtioSerial(VirtioDevice):
     def __init__(self, **props: object) -> None:
         super().__init__()
         self.set_properties(props)
-        if not 1 <= self.max_ports <= 511:
-            raise ConfigError(f"maximum ports supported: 511, got {self.max_ports}")
+        if self.max_ports < 1:
+            raise ConfigError("Maximum number of serial ports not specified")
+        if self.max_ports > 511:
+            raise ConfigError("maximum ports supported: 511")
         self.queue_sizes = (128, 128, 32, 32) + (128, 128) * (self.max_ports - 1)
         self.ports: dict[int, VirtSerialPort] = {}
         self.state = VirtioSerialState()
@@ -131,18 +140,15 @@ class VirtioSerial(VirtioDevice):
         if nr < 0:
             if port.is_console and 0 not in self.ports:
                 nr = 0
-            else:
-                nr = next((n for n in range(1, self.max_ports) if n not in self.ports), -1)
-                if nr < 0:
-                    raise ConfigError("virtio-serial-bus: Out of slots on the virtio-serial "
-                                      "bus (max ports reached)")
+            else:  # the first free id; when full, one past the last (reported below)
+                nr = next(n for n in range(1, self.max_ports + 1) if n not in self.ports)
         elif nr == 0 and not port.is_console:
-            raise ConfigError("virtio-serial-bus: Port number 0 on virtio-serial devices "
-                              "reserved for virtconsole devices for backward compatibility")
+            raise ConfigError("Port number 0 on virtio-serial devices reserved for "
+                              "virtconsole devices for backward compatibility.")
         if nr in self.ports:
             raise ConfigError(f"virtio-serial-bus: A port already exists at id {nr}")
         if nr >= self.max_ports:
-            raise ConfigError(f"virtio-serial-bus: Out of range port id specified, max. "
+            raise ConfigError(f"virtio-serial-bus: Out-of-range port id specified, max. "
                               f"allowed: {self.max_ports - 1}")
         port.nr = nr
         port.serial = self
