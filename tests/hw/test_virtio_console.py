@@ -119,7 +119,7 @@ def test_guest_close_stops_input(setup: Any) -> None:
 def test_named_serial_port(make_irq: Any) -> None:
     ram = GuestRAM(0x80000000, 1 << 20)
     serial = VirtioSerial(max_ports=4)
-    port = VirtSerialPort(backend=BufferChardev(), name="org.kvmpy.agent")
+    port = VirtSerialPort(backend=BufferChardev(), name="org.kvmpy.port1")
     serial.add_port(port)
     assert port.nr == 1  # port 0 is kept for a virtconsole
     transport = VirtioMmio(make_irq(), ram=ram, device=serial, force_legacy=False)
@@ -131,8 +131,8 @@ def test_named_serial_port(make_irq: Any) -> None:
     send_control(drv, 1, PORT_READY, 1)
     msgs = control_in(drv, ctrl_bufs)
     assert msgs[0] == (1, PORT_ADD, 1, 8)
-    assert msgs[1] == (1, PORT_NAME, 1, 8 + len(b"org.kvmpy.agent\0"))
-    assert drv.ram.read(ctrl_bufs[1][0] + 8, 16) == b"org.kvmpy.agent\0"
+    assert msgs[1] == (1, PORT_NAME, 1, 8 + len(b"org.kvmpy.port1\0"))
+    assert drv.ram.read(ctrl_bufs[1][0] + 8, 16) == b"org.kvmpy.port1\0"
     assert msgs[2] == (1, PORT_OPEN, 1, 8)
     # port 1 transmits on queue 2*(1+1)+1 = 5
     send_control(drv, 1, PORT_OPEN, 1)
