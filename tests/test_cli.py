@@ -287,6 +287,7 @@ ERRORS = [
     (["-chardev", "null,id=1a"], "kvmpy: -chardev null,id=1a: Parameter 'id' expects an "
                                  "identifier"),
     (["-serial", "nosuch"], "kvmpy: -serial nosuch: 'nosuch' is not a valid char driver"),
+    (["-serial", "file:"], "kvmpy: -serial file:: Could not open '': No such file or directory"),
     (["-serial", "null,foo=1"], "kvmpy: -serial null,foo=1: 'null,foo=1' is not a valid char "
                                 "driver"),
     (["-serial", "unix:/tmp/x.sock,bogus=1"], "kvmpy: -serial unix:/tmp/x.sock,bogus=1: "

@@ -114,6 +114,8 @@ def parse_compat(text: str) -> tuple[str, dict[str, str], bool]:
     elif spec.startswith("vc:"):
         backend = "vc"
     elif spec.startswith("file:"):
+        if not spec[5:]:
+            raise ConfigError("Could not open '': No such file or directory")
         backend, props = "file", {"path": spec[5:]}
     elif spec.startswith("unix:"):
         path, _, rest = spec[5:].partition(",")
