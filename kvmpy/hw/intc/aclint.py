@@ -37,7 +37,8 @@ RISCV_ACLINT_DEFAULT_TIMEBASE_FREQ = 10_000_000
 @dataclass
 class SwiState:
     msip: list[bool] = field(default_factory=list)
-    """Per hart: the level this device drives on its soft-interrupt pin."""
+    """Per hart: the MSIP level this device drives (an SSWI keeps nothing: SSIP belongs to
+    the hart once set)."""
 
 
 @register_type("riscv.aclint.swi", "sys-bus-device", description="RISC-V ACLINT MSWI/SSWI")
@@ -77,12 +78,13 @@ class AclintSwi(SysBusDevice):
         hart = self._hart(offset, "write")
         if hart is None:
             return
-        if value & 1:
-            self.state.msip[hart] = True
-            self.outputs[hart].raise_()
-        elif not self.sswi:
-            self.state.msip[hart] = False
-            self.outputs[hart].lower()
+        if self.sswi:
+            # SETSSIP: an edge that sets mip.SSIP, which the hart's software then owns.
+            if value & 1:
+                self.outputs[hart].raise_()
+            return
+        self.state.msip[hart] = bool(value & 1)
+        self.outputs[hart].set(value & 1)
 
     def reset(self) -> None:
         # ACLINT spec: MSWI reset clears every MSIP; SSWI has nothing to reset.
@@ -93,8 +95,8 @@ class AclintSwi(SysBusDevice):
 
     def set_state(self, state: dict[str, object]) -> None:
         super().set_state(state)
-        for line, level in zip(self.outputs, self.state.msip, strict=False):
-            if level or not self.sswi:
+        if not self.sswi:
+            for line, level in zip(self.outputs, self.state.msip, strict=False):
                 line.set(level)
 
 
