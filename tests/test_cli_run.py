@@ -39,7 +39,8 @@ def test_daemonize_returns_once_the_vm_is_built(tmp_path: Path) -> None:
     assert os.getsid(pid) != os.getsid(0)  # detached into its own session
     qmp = QEMUMonitorProtocol(str(sock))
     qmp.connect()
-    assert qmp.cmd("query-status")["status"] == "running"
+    status = qmp.cmd("query-status")
+    assert isinstance(status, dict) and status["status"] == "running"
     qmp.cmd("quit")
     with contextlib.suppress(EOFError):  # the server hangs up after quit, as QEMU's does
         qmp.close()
