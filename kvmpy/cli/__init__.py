@@ -117,4 +117,20 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"{PROG}: internal error: {type(exc).__name__}: {exc} "
               "(set KVMPY_DEBUG=1 for a traceback)", file=sys.stderr, flush=True)
+        if argv is None:
+            _exit_without_waiting(1)
         return 1
+
+
+def _exit_without_waiting(status: int) -> None:
+    """As the process entry point after a bug: do not wait for threads left running."""
+    import threading
+
+    from kvmpy.chardev.stdio import restore_terminals
+
+    others = [t for t in threading.enumerate()
+              if t is not threading.current_thread() and not t.daemon and t.is_alive()]
+    if others:
+        restore_terminals()
+        sys.stdout.flush()
+        os._exit(status)
