@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kvmpy import qom
 from kvmpy.cli import icount_supported, main, parse_command_line, smp_topology
@@ -377,3 +379,17 @@ def test_log_items_go_to_the_log_file(tmp_path: Path) -> None:
         log.configure([])
     assert path.read_text() == "write to unassigned address 0x1234\n"
     assert not log.is_enabled("guest_errors")
+
+
+@settings(max_examples=150, deadline=None)
+@given(argv=st.lists(st.sampled_from(
+    ["-M", "virt", "help", "-m", "1G", "12X", "-smp", "x", "-accel", "tcg", "-chardev",
+     "null", "null,id=a", "-serial", "-device", "virtio-rng-device", "-d", "int", "-foo",
+     ",", ",,", "=", "-S", "-nographic", "-daemonize", "-mon", "a", "-icount", "-version"]),
+    max_size=6))
+def test_random_command_lines_never_trace_back(argv: list[str]) -> None:
+    """Whatever the words, parsing ends in a configuration, text to print or a ConfigError."""
+    try:
+        parse_command_line(argv)
+    except ConfigError as exc:
+        assert "\n" not in str(exc)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kvmpy.errors import ConfigError
 from kvmpy.keyval import parse, unparse
@@ -90,4 +92,23 @@ def test_empty_text() -> None:
 
 def test_unparse_round_trip() -> None:
     props = {"path": "a,b", "server": "on"}
+    assert parse(unparse(props)).props == props
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(alphabet=",=.?abhelp0 -_:", max_size=30), qemuopts=st.booleans())
+def test_any_text_parses_or_fails_with_a_config_error(text: str, qemuopts: bool) -> None:
+    try:
+        parsed = parse(text, "type", qemuopts=qemuopts)
+    except ConfigError as exc:
+        assert "\n" not in str(exc)
+        return
+    for key, value in parsed.props.items():
+        assert isinstance(key, str) and isinstance(value, str)
+
+
+@settings(max_examples=200, deadline=None)
+@given(props=st.dictionaries(st.from_regex(r"[a-z][a-z0-9-]{0,8}", fullmatch=True),
+                             st.text(alphabet="ab,=: ", max_size=8), max_size=4))
+def test_unparse_then_parse_is_identity(props: dict[str, str]) -> None:
     assert parse(unparse(props)).props == props
