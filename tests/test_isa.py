@@ -69,6 +69,9 @@ def kvmpy_spike_missing() -> str | None:
                               stdin=subprocess.DEVNULL, check=False)
     except subprocess.TimeoutExpired:
         return "python -m kvmpy -M help did not answer within 60 s"
+    if proc.returncode != 0:
+        err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        return "python -m kvmpy -M help failed" + (f": {err[-1]}" if err else "")
     listing = proc.stdout.decode("utf-8", "replace").split()
     if "spike" not in listing:
         return "kvmpy has no spike machine (python -m kvmpy -M help does not list it)"
