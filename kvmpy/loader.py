@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import itertools
 import os
+import stat
 import struct
 import zlib
 from collections.abc import Callable
@@ -41,20 +42,28 @@ __all__ = [
 ]
 
 
+def _read_bounded(path: str, what: str) -> bytes:
+    """The file's bytes; refuses directories and files beyond MAX_FILE_SIZE before reading."""
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError(21, "Is a directory")
+            if st.st_size > MAX_FILE_SIZE:
+                raise LoaderError(f"could not load {what} '{path}': file too large")
+            return f.read()
+    except IsADirectoryError as exc:
+        raise LoaderError(f"could not load {what} '{path}': {exc.strerror}") from None
+    except OSError as exc:
+        raise LoaderError(f"could not load {what} '{path}': {exc.strerror or exc}") from None
+
+
 def read_file(path: str, what: str) -> bytes:
     """The whole file, or a LoaderError such as ``could not load kernel 'X': Is a directory``.
 
     gzip-compressed files are decompressed (distribution kernels are often shipped that way).
     """
-    try:
-        if os.path.isdir(path):
-            raise IsADirectoryError(21, "Is a directory")
-        with open(path, "rb") as f:
-            data = f.read(MAX_FILE_SIZE + 1)
-    except OSError as exc:
-        raise LoaderError(f"could not load {what} '{path}': {exc.strerror or exc}") from None
-    if len(data) > MAX_FILE_SIZE:
-        raise LoaderError(f"could not load {what} '{path}': file too large")
+    data = _read_bounded(path, what)
     if not data:
         raise LoaderError(f"could not load {what} '{path}': file is empty")
     if data[:2] == b"\x1f\x8b":
@@ -198,14 +207,7 @@ def load_raw(path: str, ram: GuestRAM, addr: int, what: str = "kernel",
 
 def load_initrd(path: str, ram: GuestRAM, addr: int) -> LoadedBlob:
     """Load an initial ramdisk at ``addr`` (compressed initramfs images are loaded as they are)."""
-    try:
-        if os.path.isdir(path):
-            raise IsADirectoryError(21, "Is a directory")
-        with open(path, "rb") as f:
-            data = f.read(MAX_FILE_SIZE + 1)
-    except OSError as exc:
-        raise LoaderError(f"could not load initial ram disk '{path}': "
-                          f"{exc.strerror or exc}") from None
+    data = _read_bounded(path, "initial ram disk")
     if not data:
         raise LoaderError(f"could not load initial ram disk '{path}': file is empty")
     return load_raw(path, ram, addr, what="initial ram disk", data=data)
