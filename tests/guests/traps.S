@@ -173,6 +173,36 @@ main:
 	csrr t1, mtval
 	CHECKR t1, t0
 
+	TEST 12         /* reserved encodings are illegal, tval = the bits */
+	.macro ILLEGAL32 bits
+	EXPECT_TRAP
+	.word \bits
+	CHECK_CAUSE CAUSE_ILLEGAL
+	CHECK_TVAL \bits
+	.endm
+	.macro ILLEGAL16 bits
+	EXPECT_TRAP
+	.2byte \bits
+	CHECK_CAUSE CAUSE_ILLEGAL
+	CHECK_TVAL \bits
+	.endm
+	ILLEGAL32 0x0205151b        /* slliw with shamt[5] = 1 */
+	ILLEGAL32 0x4205551b        /* sraiw with shamt[5] = 1 */
+	ILLEGAL32 0x00a54023        /* store with funct3 = 4 */
+	ILLEGAL32 0x00057503        /* load with funct3 = 7 */
+	ILLEGAL32 0x06000053        /* fadd.q: no Q */
+	ILLEGAL32 0x0005202f | (0x1f << 27)   /* AMO funct5 = 0x1f */
+	ILLEGAL32 0x0000002f        /* AMO width 0 */
+	ILLEGAL32 0x00052063        /* branch funct3 = 2 */
+	ILLEGAL32 0x00001067        /* jalr funct3 = 1 */
+	ILLEGAL32 0x02a5553b | (1 << 30)      /* divuw with a stray funct7 bit */
+	.balign 2
+	ILLEGAL16 0x8002            /* c.jr x0 */
+	ILLEGAL16 0x4002            /* c.lwsp x0 */
+	ILLEGAL16 0x6002            /* c.ldsp x0 */
+	ILLEGAL16 0x6101            /* c.addi16sp 0 */
+	.balign 4
+
 	j pass
 
 	.data
