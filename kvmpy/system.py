@@ -175,8 +175,7 @@ class System:
         for hart, vcpu in zip(self.harts, self.accel.vcpus, strict=True):
             hart.attach(_WakingBackend(vcpu, self))
         self._apply_boot_state()
-        driver_cls = ThreadPerVcpuDriver if self.accel.thread == "multi" and \
-            getattr(self.accel, "threaded_vcpus", False) else RoundRobinDriver
+        driver_cls = ThreadPerVcpuDriver if self.accel.threaded_vcpus else RoundRobinDriver
         self.driver = driver_cls(self, list(self.accel.vcpus))
         return self
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from kvmpy.accel.exits import VcpuExit
-from kvmpy.qom import Object, Property, register_type
+from kvmpy.qom import Object, register_type
 
 if TYPE_CHECKING:
     from kvmpy.memory import GuestRAM
@@ -94,7 +94,8 @@ class Accelerator(Object):
     caps: AccelCaps
     vcpus: list[Vcpu]
 
-    thread = Property(str, "multi", "vCPU threading", choices=("single", "multi"))
+    threaded_vcpus: ClassVar[bool] = False
+    """True: one thread per vCPU blocked in run() (KVM); False: all harts on one thread."""
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
