@@ -78,7 +78,7 @@ def test_payload_on_kvmpy(bios: str, harts: int, tmp_path: Path) -> None:
                            "-smp", str(harts), "-bios", bios, "-display", "none",
                            "-monitor", "none", "-serial", f"file:{serial}",
                            "-kernel", str(PAYLOAD)],
-                          capture_output=True, text=True, timeout=120, check=False, env=env)
+                          capture_output=True, text=True, timeout=60, check=False, env=env)
     output = serial.read_text(errors="replace") if serial.exists() else ""
     assert smoke_lines(output) == expected_lines(harts), output + proc.stderr
     assert proc.returncode == 0, proc.stderr
