@@ -1,8 +1,10 @@
 """Differential tests: generated straight-line code on kvmpy and on QEMU, same final state.
 
-A block is: load x1-x31, f0-f31 and fcsr with chosen values, run a straight-line sequence
-of RV64IM / Zba / Zbb / Zbs / F / D instructions, store every register and fcsr and print
-them in hex over the HTIF console.  Blocks are assembled into a bare-metal ELF for
+A block is: load x1-x31, f0-f31, fcsr and a 64-byte scratch area with chosen values, run a
+straight-line sequence of RV64IM / A (AMOs) / Zba / Zbb / Zbs / F / D instructions, loads and
+stores (misaligned ones included) on the scratch area, store every register, fcsr and the
+scratch area and print them in hex over the HTIF console.  The assembler picks compressed
+encodings where they exist, so C forms run too.  Blocks are assembled into a bare-metal ELF for
 ``-M spike -bios none``, run on ``qemu-system-riscv64`` (the oracle) and on kvmpy, and the
 dumps compared.  hypothesis generates (and shrinks) short sequences; a seeded batch runs
 many longer blocks in one program.  Both are deterministic, so CI is reproducible.
@@ -62,6 +64,14 @@ FP_TO_X = "fclass.s fclass.d fmv.x.w fmv.x.d"
 FP_TO_X_RM = "fcvt.w.s fcvt.wu.s fcvt.l.s fcvt.lu.s fcvt.w.d fcvt.wu.d fcvt.l.d fcvt.lu.d"
 X_TO_FP = "fmv.w.x fmv.d.x fcvt.d.w fcvt.d.wu"
 X_TO_FP_RM = "fcvt.s.w fcvt.s.wu fcvt.s.l fcvt.s.lu fcvt.d.l fcvt.d.lu"
+# Memory: a base register is pointed at the block's 64-byte scratch area first.  Offsets may
+# be misaligned for plain loads/stores (both must perform them); AMOs stay aligned.
+LOADS = "lb lbu lh lhu lw lwu ld"
+STORES = "sb sh sw sd"
+FP_LOADS = "flw fld"
+FP_STORES = "fsw fsd"
+AMOS = "amoswap.w amoadd.w amoand.w amoor.w amoxor.w amomin.w amomax.w amominu.w amomaxu.w " \
+       "amoswap.d amoadd.d amoand.d amoor.d amoxor.d amomin.d amomax.d amominu.d amomaxu.d"
 
 OPS: list[tuple[str, str]] = [
     *((n, "r") for n in INT_R.split()),
@@ -82,6 +92,11 @@ OPS: list[tuple[str, str]] = [
     *((n, "f2xrm") for n in FP_TO_X_RM.split()),
     *((n, "x2f") for n in X_TO_FP.split()),
     *((n, "x2frm") for n in X_TO_FP_RM.split()),
+    *((n, "load") for n in LOADS.split()),
+    *((n, "store") for n in STORES.split()),
+    *((n, "fload") for n in FP_LOADS.split()),
+    *((n, "fstore") for n in FP_STORES.split()),
+    *((n, "amo") for n in AMOS.split()),
 ]
 ROUNDING = ["rne", "rtz", "rdn", "rup", "rmm", "dyn"]
 
@@ -107,6 +122,9 @@ class Insn:
 
         name, kind = OPS[self.op % len(OPS)]
         rm = ROUNDING[self.rm % len(ROUNDING)]
+        base = 1 + self.rs3 % 31                       # never x0
+        offset = self.imm % 57                         # an 8-byte access stays inside
+        point = f"la x{base}, diff_scratch\n"
         imm12 = (self.imm & 0xFFF) - 4096 if self.imm & 0x800 else self.imm & 0xFFF
         match kind:
             case "r":
@@ -145,6 +163,18 @@ class Insn:
                 return f"{name} {f(self.rd)}, {x(self.rs1)}"
             case "x2frm":
                 return f"{name} {f(self.rd)}, {x(self.rs1)}, {rm}"
+            case "load":
+                return f"{point}{name} {x(self.rd)}, {offset}({x(base)})"
+            case "store":
+                return f"{point}{name} {x(self.rs2)}, {offset}({x(base)})"
+            case "fload":
+                return f"{point}{name} {f(self.rd)}, {offset}({x(base)})"
+            case "fstore":
+                return f"{point}{name} {f(self.rs2)}, {offset}({x(base)})"
+            case "amo":
+                aligned = offset & ~(7 if name.endswith(".d") else 3)
+                return (f"la x{base}, diff_scratch + {aligned}\n"
+                        f"{name} {x(self.rd)}, {x(self.rs2)}, ({x(base)})")
         raise AssertionError(kind)
 
 
@@ -154,6 +184,7 @@ class Block:
     fregs: tuple[int, ...]   # f0..f31, raw 64-bit patterns
     fcsr: int                # frm in 0..4, any flags
     code: tuple[Insn, ...]
+    memory: tuple[int, ...] = (0,) * 8   # the 64-byte scratch area, as 8 dwords
 
     def listing(self) -> str:
         return "\n".join(i.text() for i in self.code)
@@ -209,7 +240,8 @@ def random_block(rng: random.Random, length: int) -> Block:
     return Block(tuple(random_int(rng) for _ in range(31)),
                  tuple(random_fp(rng) for _ in range(32)),
                  (rng.randrange(5) << 5) | rng.getrandbits(5),
-                 tuple(random_insn(rng) for _ in range(length)))
+                 tuple(random_insn(rng) for _ in range(length)),
+                 tuple(random_int(rng) for _ in range(8)))
 
 
 # ---- harness ----------------------------------------------------------------------------
@@ -243,14 +275,14 @@ diff_trap:                      /* no block should trap: report it and stop */
 \tli gp, 2
 \tj fail
 
-/* Print the 64 dwords at save_area + 8 (x1..x31, f0..f31, fcsr) one per line. */
+/* Print the 72 dwords at save_area + 8 (x1..x31, f0..f31, fcsr, scratch) one per line. */
 dump:
 \taddi sp, sp, -32
 \tsd ra, 0(sp)
 \tsd s0, 8(sp)
 \tsd s1, 16(sp)
 \tla s0, save_area + 8
-\tli s1, 64
+\tli s1, 72
 1:\tld a0, 0(s0)
 \tcall puthex
 \tli a0, '\\n'
@@ -275,7 +307,9 @@ blocks:
 def block_asm(index: int, block: Block) -> tuple[str, str]:
     """(code, data) assembly of one block."""
     label = f"init_{index}"
-    code = [f"\t/* block {index} */", f"\tla x31, {label}"]
+    code = [f"\t/* block {index} */", f"\tla x31, {label}", "\tla x30, diff_scratch"]
+    for i in range(8):
+        code += [f"\tld x29, {520 + 8 * i}(x31)", f"\tsd x29, {8 * i}(x30)"]
     code += [f"\tfld f{i}, {256 + 8 * i}(x31)" for i in range(32)]
     code += ["\tld x30, 512(x31)", "\tfscsr x30"]
     code += [f"\tld x{i}, {8 * i}(x31)" for i in range(1, 32)]
@@ -284,8 +318,11 @@ def block_asm(index: int, block: Block) -> tuple[str, str]:
     code += [f"\tsd x{i}, {8 * i}(x31)" for i in range(1, 31)]
     code += ["\tcsrr x30, mscratch", "\tsd x30, 248(x31)"]
     code += [f"\tfsd f{i}, {256 + 8 * i}(x31)" for i in range(32)]
-    code += ["\tfrcsr x30", "\tsd x30, 512(x31)", "\tla sp, stack_top", "\tcall dump"]
-    values = [0, *block.xregs, *block.fregs, block.fcsr]
+    code += ["\tfrcsr x30", "\tsd x30, 512(x31)", "\tla x30, diff_scratch"]
+    for i in range(8):
+        code += [f"\tld x29, {8 * i}(x30)", f"\tsd x29, {520 + 8 * i}(x31)"]
+    code += ["\tla sp, stack_top", "\tcall dump"]
+    values = [0, *block.xregs, *block.fregs, block.fcsr, *block.memory]
     data = [f"{label}:"] + [f"\t.dword 0x{v:016x}" for v in values]
     return "\n".join(code), "\n".join(data)
 
@@ -294,7 +331,7 @@ def program(blocks: list[Block]) -> str:
     parts = [block_asm(i, b) for i, b in enumerate(blocks)]
     return (PRELUDE + "\n".join(c for c, _ in parts) + "\n\tj pass\n\n"
             + "\t.section .rodata\ntrap_msg: .asciz \"TRAP mcause/mepc \"\n"
-            + "\t.data\n\t.balign 8\nsave_area: .space 8 * 65\n"
+            + "\t.data\n\t.balign 8\nsave_area: .space 8 * 73\ndiff_scratch: .space 64\n"
             + "\n".join(d for _, d in parts) + "\n")
 
 
@@ -327,11 +364,12 @@ def run(argv0: list[str], elf: Path) -> str:
 
 
 def dumps(out: str) -> list[list[str]]:
-    """The register dumps of a run, one list of 64 hex strings per block."""
+    """The register dumps of a run, one list of 72 hex strings per block."""
     return [chunk.split() for chunk in out.split("-\n")[:-1]]
 
 
-NAMES = [f"x{i}" for i in range(1, 32)] + [f"f{i}" for i in range(32)] + ["fcsr"]
+NAMES = ([f"x{i}" for i in range(1, 32)] + [f"f{i}" for i in range(32)] + ["fcsr"]
+         + [f"mem+{8 * i}" for i in range(8)])
 
 
 def compare(blocks: list[Block], qemu_out: str, kvmpy_out: str) -> None:
@@ -346,7 +384,8 @@ def compare(blocks: list[Block], qemu_out: str, kvmpy_out: str) -> None:
                          for n, a, b in zip(NAMES, q[i], k[i], strict=False) if a != b]
             detail = "\n".join(diffs) or f"qemu:\n{qemu_out[-2000:]}\nkvmpy:\n{kvmpy_out[-2000:]}"
             initial = "\n".join(f"  {n} = {v:016x}" for n, v in
-                                 zip(NAMES, [*block.xregs, *block.fregs, block.fcsr], strict=True))
+                                 zip(NAMES, [*block.xregs, *block.fregs, block.fcsr,
+                                             *block.memory], strict=True))
             raise AssertionError(f"block {i} differs from QEMU:\n{detail}\n"
                                  f"code:\n{block.listing()}\ninitial state:\n{initial}")
     raise AssertionError(f"output differs:\nqemu:\n{qemu_out[-2000:]}\nkvmpy:\n{kvmpy_out[-2000:]}")
@@ -389,12 +428,12 @@ def test_harness_runs_on_qemu(tmp_path: Path) -> None:
     out = run([QEMU], build(program(blocks), tmp_path))
     assert out.endswith("PASS\n[exit status 0]\n"), out[-500:]
     got = dumps(out)
-    assert len(got) == 4 and all(len(d) == 64 for d in got)
+    assert len(got) == 4 and all(len(d) == 72 for d in got)
     # the dump reflects the loaded state: a block of no-ops would print its inputs back
-    empty = Block(blocks[0].xregs, blocks[0].fregs, blocks[0].fcsr, ())
+    empty = Block(blocks[0].xregs, blocks[0].fregs, blocks[0].fcsr, (), blocks[0].memory)
     out = run([QEMU], build(program([empty]), tmp_path))
     values = [int(v, 16) for v in dumps(out)[0]]
-    assert values == [*empty.xregs, *empty.fregs, empty.fcsr]
+    assert values == [*empty.xregs, *empty.fregs, empty.fcsr, *empty.memory]
 
 
 @needs_tools
@@ -431,6 +470,7 @@ blocks_strategy = st.builds(
     st.tuples(*[fp_values()] * 32),
     st.builds(lambda rm, flags: (rm << 5) | flags, st.integers(0, 4), st.integers(0, 31)),
     st.lists(insns(), min_size=1, max_size=24).map(tuple),
+    st.tuples(*[int_values()] * 8),
 )
 
 
