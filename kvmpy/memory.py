@@ -10,13 +10,13 @@ import bisect
 import ctypes
 import mmap
 import struct
-from dataclasses import dataclass
 
 from kvmpy import log
 from kvmpy.errors import ConfigError, KvmpyError
 from kvmpy.hw.core import MmioDevice
 
 _FORMATS = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}
+_MASKS = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFF_FFFF, 8: 0xFFFF_FFFF_FFFF_FFFF}
 
 
 class GuestMemoryError(KvmpyError):
@@ -86,16 +86,21 @@ class GuestRAM:
         self._mmap.close()
 
 
-@dataclass(frozen=True, slots=True)
 class MmioRegion:
-    base: int
-    size: int
-    device: MmioDevice
-    name: str
+    """A device window ``[base, end)`` on the bus; ``sizes`` are its valid access widths."""
 
-    @property
-    def end(self) -> int:
-        return self.base + self.size
+    __slots__ = ("base", "device", "end", "name", "size", "sizes")
+
+    def __init__(self, base: int, size: int, device: MmioDevice, name: str) -> None:
+        self.base = base
+        self.size = size
+        self.end = base + size
+        self.device = device
+        self.name = name
+        self.sizes = frozenset(device.access_sizes)
+
+    def __repr__(self) -> str:
+        return f"MmioRegion({self.name!r}, 0x{self.base:x}+0x{self.size:x})"
 
 
 class MmioBus:
@@ -108,6 +113,8 @@ class MmioBus:
     def __init__(self) -> None:
         self._bases: list[int] = []
         self._regions: list[MmioRegion] = []
+        self._last: MmioRegion | None = None
+        """The region of the previous access: guests hit the same device in bursts."""
 
     @property
     def regions(self) -> tuple[MmioRegion, ...]:
@@ -136,26 +143,29 @@ class MmioBus:
                 return region
         return None
 
-    def _check(self, gpa: int, size: int, what: str) -> MmioRegion | None:
-        region = self.find(gpa)
-        if region is None:
-            log.guest_error(f"Invalid {what} at addr 0x{gpa:x}, size {size}, region '(null)', "
-                            "reason: rejected")
-            return None
-        if size not in region.device.access_sizes or gpa + size > region.end:
+    def _lookup(self, gpa: int, size: int, what: str) -> MmioRegion | None:
+        """The region taking this access, or None after logging why it is refused."""
+        region = self._last
+        if region is None or not region.base <= gpa < region.end:
+            region = self.find(gpa)
+            if region is None:
+                log.guest_error(f"Invalid {what} at addr 0x{gpa:x}, size {size}, "
+                                "region '(null)', reason: rejected")
+                return None
+            self._last = region
+        if size not in region.sizes or gpa + size > region.end:
             log.guest_error(f"Invalid {what} at addr 0x{gpa - region.base:x}, size {size}, "
                             f"region '{region.name}', reason: invalid size")
             return None
         return region
 
     def read(self, gpa: int, size: int) -> int:
-        region = self._check(gpa, size, "read")
+        region = self._lookup(gpa, size, "read")
         if region is None:
             return 0
-        value = region.device.mmio_read(gpa - region.base, size)
-        return value & ((1 << (8 * size)) - 1)
+        return region.device.mmio_read(gpa - region.base, size) & _MASKS[size]
 
     def write(self, gpa: int, size: int, value: int) -> None:
-        region = self._check(gpa, size, "write")
+        region = self._lookup(gpa, size, "write")
         if region is not None:
-            region.device.mmio_write(gpa - region.base, size, value & ((1 << (8 * size)) - 1))
+            region.device.mmio_write(gpa - region.base, size, value & _MASKS[size])

@@ -39,7 +39,7 @@ MAX_IDLE_SLEEP_S = 0.5
 
 def handle_exit(system: System, vcpu: Vcpu, exit_: VcpuExit) -> bool:
     """Complete one exit. Returns False when this vCPU must stop running (fatal error)."""
-    if isinstance(exit_, MmioExit):
+    if type(exit_) is MmioExit:
         with system.lock:
             if exit_.is_write:
                 system.bus.write(exit_.gpa, exit_.size, exit_.value)
@@ -137,8 +137,8 @@ class Driver:
 
     def quit(self) -> None:
         with self._cond:
-            self._quit = True
             self._running = False
+            self._quit = True
             self._cond.notify_all()
         for vcpu in self.vcpus:
             vcpu.kick()
@@ -150,6 +150,8 @@ class Driver:
 
     def _wait_until_running(self) -> bool:
         """Park while paused; returns False when the driver quits."""
+        if self._running:  # the common case, checked without the lock (pause() kicks anyway)
+            return True
         with self._cond:
             if self._running:
                 return not self._quit
