@@ -195,6 +195,7 @@ class TcgAccel(Accelerator):
         self._exec_log = log.logger("exec")
         self._asm_last_pc: int | None = None
         self._holes: list[tuple[int, int]] = []
+        self._windows: list[tuple[int, int]] = []
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -219,6 +220,7 @@ class TcgAccel(Accelerator):
                 raise AccelError(f"tcg: too many memory regions ({rom.name})")
         for gpa, size in self._holes:
             self._apply_hole(gpa, size)
+        self._apply_windows()
         self.vcpus = [TcgVcpu(self, i) for i in range(num_harts)]
         self.configure_tracing()
 
@@ -241,6 +243,19 @@ class TcgAccel(Accelerator):
         self._holes.append((gpa, size))
         if self.engine is not None:
             self._apply_hole(gpa, size)
+
+    def set_mmio_windows(self, windows: Sequence[tuple[int, int]]) -> None:
+        """Declare where devices are (``(gpa, size)`` pairs, e.g. the bus regions): a load
+        or store elsewhere outside memory is then an access fault, as on QEMU, instead of
+        an MMIO exit.  May be called in board init, before the engine exists."""
+        self._windows = list(windows)
+        if self.engine is not None:
+            self._apply_windows()
+
+    def _apply_windows(self) -> None:
+        for gpa, size in self._windows:
+            if core.lib.tcg_add_mmio_window(self.engine, gpa, size) != 0:
+                raise AccelError("tcg: out of memory for MMIO windows")
 
     def _apply_hole(self, gpa: int, size: int) -> None:
         if core.lib.tcg_add_mmio_hole(self.engine, gpa, size) != 0:

@@ -281,6 +281,7 @@ typedef struct hart {
     int resv_valid;
     uint64_t resv_pa;
     int resv_watch;
+    int single_step; /* run() asked for fewer instructions than a block may hold */
 
     tcg_exit *exit;
 
@@ -305,6 +306,8 @@ struct tcg_engine {
     region regions[MAX_REGIONS];
     int nregions;
     uint64_t hole_base[MAX_HOLES], hole_size[MAX_HOLES];
+    uint64_t *win_base, *win_size; /* MMIO windows; none declared: all of it exits */
+    int nwins;
     int nholes;
     uint8_t *hole_pages; /* per RAM page: contains an MMIO hole */
     int builtin_fw;
@@ -449,6 +452,17 @@ static int in_hole(tcg_engine *e, uint64_t pa, unsigned size)
         if (pa < e->hole_base[i] + e->hole_size[i] && e->hole_base[i] < pa + size)
             return 1;
     return 0;
+}
+
+/* Is there a device at pa?  Without declared windows every non-memory address exits. */
+static int mmio_present(tcg_engine *e, uint64_t pa, unsigned size)
+{
+    if (!e->nwins)
+        return 1;
+    for (int i = 0; i < e->nwins; i++)
+        if (pa >= e->win_base[i] && pa + size <= e->win_base[i] + e->win_size[i])
+            return 1;
+    return in_hole(e, pa, size);
 }
 
 static int page_has_hole(tcg_engine *e, uint64_t ppage)
@@ -770,7 +784,7 @@ static int csr_read(hart *h, unsigned csr, uint64_t *v, int check)
         *v = csr == 0xC01 ? mtime_now(e, h) : read_counter(h, (int)(csr & 3));
         return 0;
     case 0x100: {
-        uint64_t s = h->mstatus | MSTATUS_UXL;
+        uint64_t s = h->mstatus | (2ull << 32);
         if ((s & MSTATUS_FS) == MSTATUS_FS)
             s |= MSTATUS_SD;
         *v = s & SSTATUS_MASK;
@@ -799,7 +813,7 @@ static int csr_read(hart *h, unsigned csr, uint64_t *v, int check)
     case 0xF11: case 0xF12: case 0xF13: case 0xF15: *v = 0; return 0;
     case 0xF14: *v = (uint64_t)h->id; return 0;
     case 0x300: {
-        uint64_t s = h->mstatus | MSTATUS_UXL | MSTATUS_SXL;
+        uint64_t s = h->mstatus | (2ull << 32) | (2ull << 34); /* UXL = SXL = 64 */
         if ((s & MSTATUS_FS) == MSTATUS_FS)
             s |= MSTATUS_SD;
         *v = s;
@@ -1250,8 +1264,13 @@ static int mem_slow(hart *h, uint64_t va, unsigned size, int acc, uint64_t *val,
     uint64_t avail;
     int writable;
     uint8_t *p = phys_host(e, pa, &avail, &writable);
-    if (!p)
+    if (!p) {
+        if (!mmio_present(e, pa, size)) { /* nothing there: access fault */
+            take_trap(h, (uint64_t)fault_cause(acc, 0), va);
+            return ST_TRAP;
+        }
         return mmio_exit(h, pa, size, acc == ACC_W, *val, o, sign, fp);
+    }
     if (acc == ACC_W && !writable) /* a store to ROM: an MMIO exit, like a KVM RO slot */
         return mmio_exit(h, pa, size, 1, *val, o, 0, fp);
     if (acc == ACC_W) {
@@ -1857,7 +1876,7 @@ static int decode32(uint32_t insn, op *o)
     unsigned opc = insn & 0x7f, rd = (insn >> 7) & 31, f3 = (insn >> 12) & 7;
     unsigned rs1 = (insn >> 15) & 31, rs2 = (insn >> 20) & 31, f7 = insn >> 25;
     int64_t immI = (int32_t)insn >> 20;
-    int64_t immS = ((int32_t)insn >> 25 << 5) | rd;
+    int64_t immS = (int64_t)((int32_t)insn >> 25) * 32 + rd;
     int64_t immB = (((int64_t)(int32_t)insn >> 31) << 12) | ((insn >> 7) & 1) << 11 |
                    ((insn >> 25) & 0x3f) << 5 | ((insn >> 8) & 0xf) << 1;
     int64_t immU = (int32_t)(insn & 0xfffff000u);
@@ -2359,7 +2378,7 @@ static block *lookup_block(hart *h)
         if (avail > page_room)
             avail = page_room;
     }
-    int cacheable = uniform && (ppc - e->ram_base) < e->ram_size;
+    int cacheable = uniform && (ppc - e->ram_base) < e->ram_size && !h->single_step;
     if (cacheable) {
         unsigned idx = bhash_index(ppc, pc);
         for (block *b = e->bhash[idx]; b; b = b->hnext) {
@@ -2408,7 +2427,7 @@ static block *lookup_block(hart *h)
             emit_in_asm(h, b);
         return b;
     }
-    if (!cacheable) {
+    if (!cacheable) { /* one instruction at a time, decoded again each time */
         block *b = &h->scratch.b;
         uint32_t nb;
         b->n = (uint32_t)decode_into(b->ops, 1, pc, host, (uint32_t)avail, &nb);
@@ -3085,6 +3104,8 @@ void tcg_engine_free(tcg_engine *e)
     free(e->bhash);
     free(e->page_blocks);
     free(e->hole_pages);
+    free(e->win_base);
+    free(e->win_size);
     free(e);
 }
 
@@ -3115,6 +3136,22 @@ int tcg_add_mmio_hole(tcg_engine *e, uint64_t gpa, uint64_t size)
     for (int k = 0; k < e->num_harts; k++)
         tlb_flush_all(e->harts[k]);
     code_flush_all(e);
+    return 0;
+}
+
+int tcg_add_mmio_window(tcg_engine *e, uint64_t gpa, uint64_t size)
+{
+    uint64_t *b = realloc(e->win_base, (size_t)(e->nwins + 1) * sizeof(uint64_t));
+    if (!b)
+        return -1;
+    e->win_base = b;
+    uint64_t *z = realloc(e->win_size, (size_t)(e->nwins + 1) * sizeof(uint64_t));
+    if (!z)
+        return -1;
+    e->win_size = z;
+    e->win_base[e->nwins] = gpa;
+    e->win_size[e->nwins] = size;
+    e->nwins++;
     return 0;
 }
 
@@ -3174,6 +3211,9 @@ int tcg_run(tcg_engine *e, int hartid, uint64_t max_insns, tcg_exit *out)
 
     h->run_start = h->insns;
     h->run_end = h->insns + (max_insns ? max_insns : 1);
+    h->single_step = max_insns < BLOCK_MAX;
+    if (h->single_step)
+        jc_flush(h);
     if (h->halted) {
         h->mip_sw |= ATOMIC_XCHG(&h->mip_edge, 0);
         update_timer_bits(h);

@@ -69,6 +69,7 @@ tcg_engine *tcg_engine_new(uint8_t *ram, uint64_t ram_base, uint64_t ram_size, i
 void tcg_engine_free(tcg_engine *e);
 int tcg_add_memory(tcg_engine *e, uint64_t gpa, uint8_t *host, uint64_t size, int writable);
 int tcg_add_mmio_hole(tcg_engine *e, uint64_t gpa, uint64_t size);
+int tcg_add_mmio_window(tcg_engine *e, uint64_t gpa, uint64_t size);
 void tcg_set_builtin_firmware(tcg_engine *e, int on);
 void tcg_set_icount(tcg_engine *e, int shift);
 void tcg_set_trace(tcg_engine *e, uint32_t flags);

@@ -84,6 +84,10 @@ class SpikeMachine(MachineState):
 
         system.boot.harts[:] = [HartBoot(pc=mrom.base, priv=PRV_M)
                                 for _ in range(len(system.harts))]
+        # Accesses where there is no device fault, as on QEMU (not an MMIO exit).
+        set_windows = getattr(system.accel, "set_mmio_windows", None)
+        if set_windows is not None:
+            set_windows([(r.base, r.size) for r in system.bus.regions])
 
     def _create_clint(self, system: System) -> None:
         from kvmpy.hw.intc.aclint import AclintMtimer, AclintSwi
