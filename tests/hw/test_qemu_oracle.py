@@ -516,3 +516,23 @@ def test_modern_transport_request_same_as_qemu(tmp_path: Path) -> None:
                                             "-global", "virtio-mmio.force-legacy=false"])
     theirs = without_ring_reset(acc, theirs, s)
     compare("modern_rng", acc, theirs, replay_on_kvmpy(acc, VirtioRng(), legacy=False))
+
+
+def test_linux_probe_order_same_as_qemu(tmp_path: Path) -> None:
+    """Linux's virtio_mmio_probe writes GuestPageSize once, then the virtio core resets the
+    device (Status 0) before setting up queues: the page size must survive that reset."""
+    if QEMU is None:
+        pytest.skip("qemu-system-riscv64 (the oracle) is not installed")
+    s = SLOT7
+    acc = [r(s), r(s + 4), r(s + 8), r(s + 0xC), w(s + 0x28, 4096),    # probe
+           w(s + 0x70, 0), w(s + 0x70, 1), w(s + 0x70, 3),               # core: reset, ACK
+           w(s + 0x14, 0), r(s + 0x10), w(s + 0x24, 0), w(s + 0x20, 1 << 28),
+           w(s + 0x24, 1), w(s + 0x20, 0),                               # legacy: guest error
+           w(s + 0x30, 0), r(s + 0x40), r(s + 0x34), w(s + 0x38, NUM), w(s + 0x3C, 4096),
+           w(s + 0x40, QUEUE >> 12), r(s + 0x40), w(s + 0x70, 7),
+           *descriptor(0, BUFS, 16, 2, 0), *post(s, 0, 1), poll(USED + 2, 1, 2),
+           r(USED + 8), poll(s + 0x60, 1), w(s + 0x64, 1),
+           w(s + 0x70, 0), r(s + 0x40), r(s + 0x30 + 0x4),                # reset again
+           w(s + 0x30, 0), w(s + 0x38, NUM), w(s + 0x40, QUEUE >> 12), r(s + 0x40)]
+    theirs = replay_on_qemu(acc, tmp_path, ["-device", "virtio-rng-device"])
+    compare("linux_probe_order", acc, theirs, replay_on_kvmpy(acc, VirtioRng()))

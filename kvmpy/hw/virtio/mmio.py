@@ -193,16 +193,28 @@ class VirtioMmio(SysBusDevice):
 
     # -- reset ----------------------------------------------------------------------------------
 
-    def _reset_transport(self) -> None:
-        """virtio_reset + the proxy's own registers."""
+    def _reset_device(self) -> None:
+        """QEMU's virtio_reset (the driver wrote Status 0, or legacy QueuePFN 0): device
+        status, interrupt status, queue selector and every queue go back to power-on; the
+        transport's own registers (GuestPageSize, the feature selectors) stay, as the driver
+        set them at probe time before resetting the device."""
+        s = self.state
         sizes = self.device.queue_sizes if self.device is not None else ()
         queues = [QueueState(num=size, num_default=size) for size in sizes]
-        for vq, qs in zip(self.vqs, queues, strict=True):
+        for vq, qs, old in zip(self.vqs, queues, s.queues, strict=False):
+            qs.align = old.align  # QEMU keeps the legacy ring alignment
             vq.state = qs
-        self.state = VirtioMmioState(queues=queues)
+        s.queues = queues
+        s.status = s.isr = s.queue_sel = 0
+        s.broken = False
         if self.device is not None:
             self.device.reset()
         self._update_irq()
+
+    def _reset_transport(self) -> None:
+        """System reset (QEMU's virtio_mmio_reset): the device and the transport registers."""
+        self.state = VirtioMmioState(queues=list(self.state.queues))
+        self._reset_device()
 
     def reset(self) -> None:
         self._reset_transport()
@@ -333,7 +345,7 @@ class VirtioMmio(SysBusDevice):
                     log.guest_error(f"virtio-mmio: QueueAlign 0x{value:x} is not a power of 2")
         elif offset == REG_QUEUE_PFN:
             if value == 0:
-                self._reset_transport()
+                self._reset_device()
             elif qs is not None:
                 qs.desc = value << s.guest_page_shift
                 self._legacy_update_rings(qs)
@@ -412,7 +424,7 @@ class VirtioMmio(SysBusDevice):
         was_ok = s.status & VIRTIO_CONFIG_S_DRIVER_OK
         s.status = value
         if value == 0:
-            self._reset_transport()
+            self._reset_device()
         elif value & VIRTIO_CONFIG_S_DRIVER_OK and not was_ok:
             try:
                 self.device.driver_ok()
