@@ -1,7 +1,8 @@
 /* CPU workload for benchmarks/cpu: integer hashing (CRC-32, FNV-1a, Adler-32), sorting
  * (quicksort and heapsort), and double-precision floating point (matrix multiply,
  * Mandelbrot).  Freestanding; prints its checksums and the instructions it retired
- * (minstret) through the HTIF console of -M spike. */
+ * (minstret) and the 10 MHz CLINT ticks it took (mtime) through the HTIF console of
+ * -M spike. */
 #include <stddef.h>
 #include <stdint.h>
 
@@ -50,6 +51,12 @@ static void report(const char *name, uint64_t value)
     puts_(": ");
     puthex(value);
     putch('\n');
+}
+
+/* CLINT mtime of -M spike: 10 MHz, real time on both QEMU (without -icount) and kvmpy. */
+static inline uint64_t rdmtime(void)
+{
+    return *(volatile uint64_t *)0x200bff8;
 }
 
 static inline uint64_t rdinstret(void)
@@ -285,6 +292,7 @@ static uint64_t newton_sqrt_sum(int n)
 
 int main(void)
 {
+    uint64_t start_time = rdmtime();
     uint64_t start = rdinstret();
 
     for (size_t i = 0; i < BUF_BYTES; i += 8) {
@@ -329,8 +337,12 @@ int main(void)
     report("sqrt", newton_sqrt_sum(1000000));
 
     uint64_t end = rdinstret();
+    uint64_t end_time = rdmtime();
     puts_("instret: ");
     putdec(end - start);
+    putch('\n');
+    puts_("mtime: ");
+    putdec(end_time - start_time);
     putch('\n');
     return (qs && hs) ? 0 : 1;
 }
