@@ -280,6 +280,56 @@ main:
 	CHECK_EPC 4b
 	sw zero, 0(s10)
 
+	TEST 14         /* CLINT registers in 32-bit halves */
+	li t0, -1
+	sd t0, 0(s11)
+	li t1, 0x12345678
+	sw t1, 0(s11)               /* mtimecmp low */
+	ld t2, 0(s11)
+	CHECK t2, 0xffffffff12345678
+	li t1, 0x9abcdef0
+	sw t1, 4(s11)               /* mtimecmp high */
+	ld t2, 0(s11)
+	CHECK t2, 0x9abcdef012345678
+	lwu t2, 4(s11)
+	CHECK t2, 0x9abcdef0
+	lw t2, 0(s11)
+	CHECK t2, 0x12345678
+	li t0, CLINT_MTIME
+	ld a0, 0(t0)
+	lwu a1, 4(t0)               /* high half of mtime: same or one more */
+	srli a2, a0, 32
+	bltu a1, a2, fail
+	addi a2, a2, 1
+	bltu a2, a1, fail
+	li t0, -1
+	sd t0, 0(s11)
+	lw t1, 0(s10)               /* msip reads 0 in bits 31:1 */
+	CHECK t1, 0
+	li t1, 0xfffffffe           /* only bit 0 is writable */
+	sw t1, 0(s10)
+	lw t1, 0(s10)
+	CHECK t1, 0
+
+	TEST 15         /* wfi in S-mode (TW = 0) is woken by an M timer interrupt, taken to M */
+	li t0, CLINT_MTIME
+	ld a0, 0(t0)
+	addi a0, a0, 1000
+	sd a0, 0(s11)
+	li t0, MIP_MTIP
+	csrw mie, t0
+	ENTER_MODE 1
+	EXPECT_TRAP
+1:	wfi
+	ld t0, trap_cause
+	li t1, -1
+	beq t0, t1, 1b
+	ENTER_M
+	CHECK_CAUSE INTR | 7
+	CHECK_FROM 1
+	li t0, -1
+	sd t0, 0(s11)
+
 	j pass
 
 /* Vector table for TEST 7: entry 0 (exceptions) and entry 3 (MSI) mark t5. */

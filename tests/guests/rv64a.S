@@ -159,6 +159,16 @@ main:
 	j 3f
 2:	sd zero, trap_expected, t0
 3:
+	TEST 10         /* SC to an address outside the reservation fails */
+	la s1, far
+	sd zero, 0(s1)
+	lr.d a1, (s0)
+	li a2, 5
+	sc.d a3, a2, (s1)
+	beqz a3, fail
+	ld a1, 0(s1)
+	CHECK a1, 0
+
 	TEST 9          /* LR/SC loop increment (the usual retry pattern) */
 	sd zero, 0(s0)
 	li s2, 1000
@@ -176,3 +186,5 @@ main:
 	.data
 	.balign 16
 word:	.dword 0, 0
+	.balign 256
+far:	.dword 0
