@@ -133,6 +133,23 @@ def read_virtual(system: System, cpu: int, vaddr: int, size: int) -> bytes:
     return bytes(out)
 
 
+def read_physical_debug(system: System, gpa: int, size: int) -> bytes:
+    """``pmemsave``'s view: RAM and ROM bytes, zeros where neither is (device windows are not
+    read, so a dump has no side effect on a device)."""
+    out = bytearray(size)
+    for region in (system.ram, *system.roms):
+        if region is None:
+            continue
+        start = max(gpa, region.base)
+        end = min(gpa + size, region.base + region.size)
+        if start < end:
+            out[start - gpa:end - gpa] = region.read(start, end - start)
+    return bytes(out)
+
+
+SAVE_CHUNK = 1 << 20
+
+
 def _save(path: str, data: bytes) -> dict[str, Any]:
     with open(path, "wb") as f:
         f.write(data)
@@ -140,10 +157,17 @@ def _save(path: str, data: bytes) -> dict[str, Any]:
 
 
 def pmemsave(system: System, val: int, size: int, filename: str) -> dict[str, Any]:
-    return _save(filename, read_physical(system, val, size))
+    """Write ``size`` bytes of guest-physical memory at ``val`` to ``filename`` (in chunks,
+    so a large size costs no more memory than a small one)."""
+    with open(filename, "wb") as f:
+        for offset in range(0, size, SAVE_CHUNK):
+            f.write(read_physical_debug(system, val + offset, min(SAVE_CHUNK, size - offset)))
+    return {}
 
 
 def memsave(system: System, val: int, size: int, filename: str, cpu: int) -> dict[str, Any]:
+    if system.accel is None or not 0 <= cpu < len(system.accel.vcpus):
+        raise KvmpyError("Parameter 'cpu-index' expects a CPU number")
     return _save(filename, read_virtual(system, cpu, val, size))
 
 

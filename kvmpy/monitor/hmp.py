@@ -25,7 +25,17 @@ FP_NAMES = ["ft0", "ft1", "ft2", "ft3", "ft4", "ft5", "ft6", "ft7", "fs0", "fs1"
 CSRS = ["mhartid", "mstatus", "mip", "mie", "mideleg", "medeleg", "mtvec", "stvec", "mepc",
         "sepc", "mcause", "scause", "mtval", "stval", "mscratch", "sscratch", "satp"]
 UNIT_SIZES = {"b": 1, "h": 2, "w": 4, "g": 8}
-_FMT_RE = re.compile(r"^/(\d*)([xduotacis]?)([bhwg]?)$")
+
+
+class UnknownCommand(KvmpyError):
+    """The command line names no HMP command."""
+
+
+class UsageError(KvmpyError):
+    """A command line that does not parse: QEMU adds a pointer to the command's help."""
+
+    def __init__(self, message: str, command: str) -> None:
+        super().__init__(f"{message}\nTry \"help {command}\" for more information")
 
 
 class HmpState:
@@ -113,35 +123,51 @@ def info_name(system: System, state: HmpState, args: list[str]) -> str:
     return system.config.name or ""
 
 
-INFO: dict[str, tuple[Callable[[System, HmpState, list[str]], str], str]] = {
-    "status": (info_status, "show the current VM status (running|paused)"),
-    "registers": (info_registers, "show the cpu registers (-a: all CPUs)"),
-    "mtree": (info_mtree, "show memory tree"),
-    "qtree": (info_qtree, "show device tree"),
-    "cpus": (info_cpus, "show infos for each CPU"),
-    "version": (info_version, "show the version of QEMU"),
-    "name": (info_name, "show the current VM name"),
+INFO: dict[str, tuple[Callable[[System, HmpState, list[str]], str], str, str]] = {
+    "status": (info_status, "show the current VM status (running|paused)", ""),
+    "registers": (info_registers, "show the cpu registers (-a: show register info for all "
+                  "cpus; vcpu: specific vCPU to query; show the current CPU's registers if no "
+                  "argument is specified)", "[-a|vcpu]"),
+    "mtree": (info_mtree, "show memory tree", ""),
+    "qtree": (info_qtree, "show device tree", ""),
+    "cpus": (info_cpus, "show infos for each CPU", ""),
+    "version": (info_version, "show the version of QEMU", ""),
+    "name": (info_name, "show the current VM name", ""),
 }
 
 
+def _parse_format(state: HmpState, name: str, text: str) -> tuple[int, str, int]:
+    """``/[count][format][size]`` as QEMU's monitor parses it -> (count, format, size)."""
+    pos, count = 1, 1
+    digits = re.match(r"\d+", text[pos:])
+    if digits:
+        count = int(digits.group())
+        pos += digits.end()
+    fmt, size = "", 0
+    while pos < len(text):
+        char = text[pos]
+        if char in "oduxic":
+            fmt = char
+        elif char in UNIT_SIZES:
+            size = UNIT_SIZES[char]
+        else:
+            raise UsageError(f"invalid char in format: '{char}'", name)
+        pos += 1
+    fmt = fmt or state.fmt[0]
+    if fmt != "i":
+        size = size or state.fmt[1]
+    state.fmt = (fmt, size or state.fmt[1])
+    return count, fmt, size
+
+
 def _memory_dump(system: System, state: HmpState, args: list[str], physical: bool) -> str:
-    fmt, unit = state.fmt
-    count = 1
+    """QEMU's ``memory_dump``: 16 bytes a line (8 for bytes), each value padded as QEMU pads."""
+    name = "xp" if physical else "x"
+    count, fmt, unit = 1, *state.fmt
     if args and args[0].startswith("/"):
-        match = _FMT_RE.match(args.pop(0))
-        if match is None:
-            raise KvmpyError("invalid char in format")
-        if match.group(1):
-            count = int(match.group(1))
-        if match.group(2):
-            fmt = match.group(2)
-        if match.group(3):
-            unit = UNIT_SIZES[match.group(3)]
-        elif fmt == "c":
-            unit = 1
-        state.fmt = (fmt, unit)
+        count, fmt, unit = _parse_format(state, name, args.pop(0))
     if not args:
-        raise KvmpyError("missing address")
+        raise UsageError("unexpected end of expression", name)
     addr = _parse_int(args[0])
 
     def read(address: int, size: int) -> bytes:
@@ -151,31 +177,41 @@ def _memory_dump(system: System, state: HmpState, args: list[str], physical: boo
 
     if fmt == "i":
         return _disassemble(read(addr, count * 4), addr, count)
-    per_line = {1: 8, 2: 8, 4: 4, 8: 2}[unit]
-    data = read(addr, count * unit)
+    length = count * unit
+    line_size = 8 if unit == 1 else 16
+    if fmt == "c":
+        unit = 1  # after the length and line size, as QEMU
     lines = []
-    for i in range(0, count, per_line):
-        words = [int.from_bytes(data[(i + j) * unit:(i + j + 1) * unit], "little")
-                 for j in range(min(per_line, count - i))]
-        lines.append(f"{addr + i * unit:016x}: " + " ".join(_format(w, fmt, unit) for w in words))
+    for start in range(0, length, line_size):
+        n = min(line_size, length - start)
+        line = f"{addr + start:016x}:"
+        try:
+            data = read(addr + start, n)
+        except KvmpyError:
+            lines.append(line + " Cannot access memory")  # QEMU stops at the first hole
+            break
+        values = [int.from_bytes(data[i:i + unit], "little") for i in range(0, n, unit)]
+        lines.append(line + "".join(" " + _format(v, fmt, unit) for v in values))
     return "\n".join(lines)
 
 
 def _format(value: int, fmt: str, unit: int) -> str:
     bits = unit * 8
-    if fmt == "x":
-        return f"0x{value:0{unit * 2}x}"
-    if fmt == "d":
-        return str(value - (1 << bits) if value >> (bits - 1) else value)
-    if fmt == "u":
-        return str(value)
     if fmt == "o":
-        return f"0{value:o}"
-    if fmt == "t":
-        return f"{value:0{bits}b}"
+        return f"{'0' + format(value, 'o') if value else '0':>{-(-bits // 3)}}"
+    if fmt == "u":
+        return f"{value:>{-(-bits * 10 // 33)}}"
+    if fmt == "d":
+        if unit == 8 and value >> 63:  # only a 64-bit load is signed in QEMU's memory_dump
+            value -= 1 << 64
+        return f"{value:>{-(-bits * 10 // 33)}}"
     if fmt == "c":
-        return repr(chr(value & 0xFF)) if 32 <= value & 0xFF < 127 else f"'\\x{value & 0xFF:02x}'"
-    return f"0x{value:x}"
+        char = chr(value)
+        escaped = {"'": "\\'", "\\": "\\\\", "\n": "\\n", "\r": "\\r"}.get(char)
+        if escaped is None:
+            escaped = char if 32 <= value <= 126 else f"\\x{value:02x}"
+        return f"'{escaped}'"
+    return f"0x{value:0{unit * 2}x}"
 
 
 def _disassemble(code: bytes, addr: int, count: int) -> str:
@@ -217,6 +253,8 @@ def run_command(system: System, line: str, cpu_index: int | None = None,
         name, args = match.group(1), [match.group(2), *args]
     try:
         output = _dispatch(system, state, name, args)
+    except (UnknownCommand, UsageError) as exc:  # parse errors: no "Error:", as QEMU
+        return f"{exc}\n"
     except KvmpyError as exc:
         return f"Error: {exc}\n"
     return output + "\n" if output else ""
@@ -225,7 +263,7 @@ def run_command(system: System, line: str, cpu_index: int | None = None,
 def _dispatch(system: System, state: HmpState, name: str, args: list[str]) -> str:
     if name == "info":
         if not args or args[0] not in INFO:
-            return "\n".join(f"info {k} -- {v[1]}" for k, v in sorted(INFO.items()))
+            return "\n".join(f"info {k} {v[2]} -- {v[1]}" for k, v in sorted(INFO.items()))
         return INFO[args[0]][0](system, state, args[1:])
     if name in ("stop", "s"):
         commands.stop(system)
@@ -244,9 +282,10 @@ def _dispatch(system: System, state: HmpState, name: str, args: list[str]) -> st
         return ""
     if name == "cpu":
         if not args:
-            raise KvmpyError("missing CPU index")
+            raise UsageError("missing argument", "cpu")
         index = _parse_int(args[0])
-        commands.vcpu(system, index)
+        if not 0 <= index < len(system.harts):
+            raise UnknownCommand("invalid CPU index")
         state.cpu = index
         return ""
     if name == "x":
@@ -254,22 +293,24 @@ def _dispatch(system: System, state: HmpState, name: str, args: list[str]) -> st
     if name == "xp":
         return _memory_dump(system, state, args, physical=True)
     if name in ("help", "?"):
-        return "\n".join(f"{cmd:<28}-- {desc}" for cmd, desc in HELP
-                         if not args or cmd.split()[0] == args[0])
-    raise KvmpyError(f"unknown command: '{name}'")
+        if args and args[0] == "info":
+            return "\n".join(f"info {k} {v[2]} -- {v[1]}" for k, v in sorted(INFO.items()))
+        return "\n".join(f"{cmd} {params} -- {desc}" for cmd, params, desc in HELP
+                         if not args or args[0] in cmd.split("|"))
+    raise UnknownCommand(f"unknown command: '{name}'")
 
 
-HELP = [
-    ("c|cont", "resume emulation"),
-    ("cpu index", "set the default CPU"),
-    ("help|? [cmd]", "show the help"),
-    ("info [subcommand]", "show various information about the system state"),
-    ("q|quit", "quit the emulator"),
-    ("stop|s", "stop emulation"),
-    ("system_powerdown", "send system power down event"),
-    ("system_reset", "reset the system"),
-    ("x /fmt addr", "virtual memory dump starting at 'addr'"),
-    ("xp /fmt addr", "physical memory dump starting at 'addr'"),
+HELP = [  # name, parameters, description: as QEMU's hmp-commands.hx
+    ("c|cont", "", "resume emulation"),
+    ("cpu", "index", "set the default CPU"),
+    ("help|?", "[cmd]", "show the help"),
+    ("info", "[subcommand]", "show various information about the system state"),
+    ("q|quit", "", "quit the emulator"),
+    ("stop|s", "", "stop emulation"),
+    ("system_powerdown", "", "send system power down event"),
+    ("system_reset", "", "reset the system"),
+    ("x", "/fmt addr", "virtual memory dump starting at 'addr'"),
+    ("xp", "/fmt addr", "physical memory dump starting at 'addr'"),
 ]
 
 

@@ -9,6 +9,7 @@ client only ever gets an error reply or its connection reset, the guest never no
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -18,12 +19,15 @@ from typing import TYPE_CHECKING, Any
 from kvmpy.chardev.base import CHR_EVENT_CLOSED, CHR_EVENT_OPENED, Chardev
 from kvmpy.errors import KvmpyError, StateError
 from kvmpy.monitor import commands
+from kvmpy.monitor.hmp import HmpState
 
 if TYPE_CHECKING:
     from kvmpy.system import System
 
-MAX_MESSAGE_BYTES = 1 << 20
-"""Input without a complete JSON object beyond this is discarded with an error."""
+MAX_MESSAGE_BYTES = 64 << 20
+"""QEMU's MAX_TOKEN_SIZE: a message (all its tokens) beyond this is refused and dropped."""
+MAX_NESTING = 1 << 10
+"""QEMU's MAX_NESTING: deeper objects and arrays are refused."""
 
 
 class QmpError(Exception):
@@ -56,9 +60,10 @@ class QmpMonitor:
         self.chardev = chardev
         self.pretty = pretty
         self.system: System | None = None
-        self._buffer = b""
+        self._framer = Framer()
         self._negotiated = False
-        self._discarding = False
+        self._oob = False
+        self.hmp_state = HmpState()  # x/xp remember the last format, as in QEMU
         self._loop_thread: int | None = None
 
     # -- wiring ----------------------------------------------------------------------------
@@ -80,12 +85,14 @@ class QmpMonitor:
         if event == CHR_EVENT_OPENED:
             self._greet()
         elif event == CHR_EVENT_CLOSED:
-            self._buffer = b""
+            self._framer = Framer()
             self._negotiated = False
+            self._oob = False
 
     def _greet(self) -> None:
-        self._buffer = b""
+        self._framer = Framer()
         self._negotiated = False
+        self._oob = False
         self._send({"QMP": {"version": commands.version_info(), "capabilities": ["oob"]}})
 
     def _send(self, obj: dict[str, Any]) -> None:
@@ -109,44 +116,22 @@ class QmpMonitor:
     # -- framing ---------------------------------------------------------------------------
 
     def _receive(self, data: bytes) -> None:
-        if self._discarding:
-            newline = data.find(b"\n")
-            if newline < 0:
-                return
-            self._discarding = False
-            data = data[newline + 1:]
-        self._buffer += data
-        while True:
-            self._buffer = self._buffer.lstrip()
-            if not self._buffer:
-                return
-            end = _message_end(self._buffer)
-            if end is None:
-                if len(self._buffer) > MAX_MESSAGE_BYTES:
-                    self._discarding = b"\n" not in self._buffer
-                    self._error_and_resync("JSON parse error, message too long")
-                return
-            raw, self._buffer = self._buffer[:end], self._buffer[end:]
-            try:
-                obj = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                self._reply_error(None, QmpError("JSON parse error, invalid UTF-8 sequence"))
+        for item in self._framer.feed(data):
+            if isinstance(item, QmpError):
+                self._reply_error(None, item)
                 continue
-            except json.JSONDecodeError as exc:
-                self._reply_error(None, QmpError(f"JSON parse error, {exc.msg.lower()}"))
+            try:
+                obj = _parse(item)
+            except QmpError as error:
+                self._reply_error(None, error)
                 continue
             self._dispatch(obj)
 
-    def _error_and_resync(self, desc: str) -> None:
-        """Reply once and drop input up to the next newline (QEMU's lexer resets there)."""
-        newline = self._buffer.find(b"\n")
-        self._buffer = b"" if newline < 0 else self._buffer[newline + 1:]
-        self._reply_error(None, QmpError(desc))
-
     def _reply_error(self, msg_id: Any, error: QmpError) -> None:
-        reply: dict[str, Any] = {"error": {"class": error.error_class, "desc": error.desc}}
+        reply: dict[str, Any] = {}
         if msg_id is not None:
-            reply["id"] = msg_id
+            reply["id"] = msg_id  # QEMU puts the id first in error replies
+        reply["error"] = {"class": error.error_class, "desc": error.desc}
         self._send(reply)
 
     # -- dispatch --------------------------------------------------------------------------
@@ -164,22 +149,31 @@ class QmpMonitor:
         self._send(reply)
 
     def execute_message(self, obj: Any) -> Any:
+        """Check a request as QEMU's ``qmp_dispatch_check_obj`` does, then run it."""
         if not isinstance(obj, dict):
             raise QmpError("QMP input must be a JSON object")
+        for key, value in obj.items():
+            if key == "execute" or (key == "exec-oob" and self._oob):
+                if not isinstance(value, str):
+                    raise QmpError(f"QMP input member '{key}' must be a string")
+            elif key == "arguments":
+                if not isinstance(value, dict):
+                    raise QmpError("QMP input member 'arguments' must be an object")
+            elif key != "id":
+                raise QmpError(f"QMP input member '{key}' is unexpected")
+        if "execute" in obj and "exec-oob" in obj:
+            raise QmpError("QMP input must not contain both 'execute' and 'exec-oob'")
         name = obj.get("execute", obj.get("exec-oob"))
         if name is None:
             raise QmpError("QMP input lacks member 'execute'")
-        if not isinstance(name, str):
-            raise QmpError("QMP input member 'execute' must be a string")
-        for key in obj:
-            if key not in ("execute", "exec-oob", "arguments", "id", "control"):
-                raise QmpError(f"QMP input member '{key}' is unexpected")
         args = obj.get("arguments", {})
-        if not isinstance(args, dict):
-            raise QmpError("QMP input member 'arguments' must be an object")
         if not self._negotiated and name != "qmp_capabilities":
             raise QmpError("Expecting capabilities negotiation with 'qmp_capabilities'",
                            "CommandNotFound")
+        if "exec-oob" in obj:
+            if name not in COMMANDS:
+                raise QmpError(f"The command {name} has not been found", "CommandNotFound")
+            raise QmpError(f"The command {name} does not support OOB")
         return self.execute(name, args)
 
     def execute(self, name: str, args: dict[str, Any]) -> Any:
@@ -213,36 +207,187 @@ class QmpMonitor:
         return self.system
 
 
-def _message_end(buffer: bytes) -> int | None:
-    """Length of the first complete JSON value in ``buffer`` (which starts non-blank).
+_TOP_TOKEN_END = re.compile(rb'[ \t\r\n{}\[\]":,]')
+_NOT_BLANK = re.compile(rb"[^ \t\r\n]")
+_IN_VALUE = re.compile(rb'[\x22{}\[\]]')
+_IN_STRING = re.compile(rb'[\x22\\]')
 
-    Objects and arrays end at their closing bracket (strings and escapes respected); anything
-    else ends at the next newline.  None means more input is needed.
+
+class Framer:
+    """Splits QMP input into JSON texts as QEMU's json-streamer does.
+
+    An object or array ends at its matching bracket (brackets inside strings ignored); a
+    top-level string at its closing quote; any other top-level token at the next blank or
+    structural character.  Scanning resumes where the previous chunk stopped, so a message
+    arriving a byte at a time costs no more than one arriving whole.  A message beyond
+    :data:`MAX_MESSAGE_BYTES` or nested deeper than :data:`MAX_NESTING` yields a
+    :class:`QmpError` and the input is dropped up to the next newline.
     """
-    if buffer[:1] not in (b"{", b"["):
-        newline = buffer.find(b"\n")
-        return None if newline < 0 else newline + 1
-    depth = 0
-    in_string = False
-    escaped = False
-    for i, byte in enumerate(buffer):
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x7B, 0x5B):
-            depth += 1
-        elif byte in (0x7D, 0x5D):
-            depth -= 1
-            if depth == 0:
-                return i + 1
-    return None
 
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._pos = 0          # where scanning resumes
+        self._depth = 0        # open brackets of the current message
+        self._in_string = False
+        self._discarding = False
+
+    def feed(self, data: bytes) -> list[bytes | QmpError]:
+        """Add ``data``; returns the complete messages (and errors) it finished, in order."""
+        out: list[bytes | QmpError] = []
+        if self._discarding:
+            newline = data.find(b"\n")
+            if newline < 0:
+                return out
+            self._discarding = False
+            data = data[newline + 1:]
+        self._buf += data
+        while True:
+            end = self._scan()
+            if end is None:
+                break
+            if end < 0:
+                out.append(QmpError("JSON nesting depth limit exceeded"
+                                    if end == -1 else "JSON token size limit exceeded"))
+                self._resync()
+                if self._discarding:
+                    break
+                continue
+            out.append(bytes(self._buf[:end]))
+            del self._buf[:end]
+            self._pos = 0
+        if len(self._buf) > MAX_MESSAGE_BYTES:
+            out.append(QmpError("JSON token size limit exceeded"))
+            self._resync()
+        return out
+
+    def _resync(self) -> None:
+        newline = self._buf.find(b"\n", self._pos)
+        if newline < 0:
+            self._buf.clear()
+            self._discarding = True
+        else:
+            del self._buf[:newline + 1]
+        self._pos = self._depth = 0
+        self._in_string = False
+
+    def _scan(self) -> int | None:
+        """End of the first complete message in the buffer; None: more input needed;
+        -1: nested too deep."""
+        buf = self._buf
+        if self._depth == 0 and not self._in_string:
+            first = _NOT_BLANK.search(buf)
+            if first is None:
+                buf.clear()
+                return None
+            del buf[:first.start()]
+            head = buf[0]
+            if head in b"{[":
+                self._depth, self._pos = 1, 1
+            elif head == 0x22:
+                self._in_string, self._pos = True, 1
+            elif head in b"}]:,":
+                return 1
+            else:
+                stop = _TOP_TOKEN_END.search(buf, 1)
+                return None if stop is None else stop.start()
+        while True:
+            if self._in_string:
+                hit = _IN_STRING.search(buf, self._pos)
+                if hit is None:
+                    self._pos = len(buf)
+                    return None
+                if hit.group() == b"\\":
+                    if hit.end() >= len(buf):
+                        self._pos = hit.start()  # the escaped byte has not arrived yet
+                        return None
+                    self._pos = hit.end() + 1
+                    continue
+                self._in_string = False
+                self._pos = hit.end()
+                if self._depth == 0:
+                    return self._pos
+                continue
+            hit = _IN_VALUE.search(buf, self._pos)
+            if hit is None:
+                self._pos = len(buf)
+                return None
+            self._pos = hit.end()
+            char = hit.group()
+            if char == b'"':
+                self._in_string = True
+            elif char in b"{[":
+                self._depth += 1
+                if self._depth > MAX_NESTING:
+                    return -1
+            else:
+                self._depth -= 1
+                if self._depth == 0:
+                    return self._pos
+
+
+_LEX_TOKEN = re.compile(rb'(?P<string>"(?:[^"\\]|\\.)*"?)|(?P<number>-?[0-9][0-9.eE+-]*)'
+                        rb"|(?P<keyword>[a-z]+)|(?P<blank>[ \t\r\n{}\[\]:,]+)|(?P<stray>.)",
+                        re.S)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(name)
+
+
+def _parse(raw: bytes) -> Any:
+    """One JSON text -> its value, or QmpError worded as QEMU's json-parser words it."""
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise QmpError(_parse_error_text(raw, exc)) from None
+
+
+def _parse_error_text(raw: bytes, exc: Exception) -> str:
+    """QEMU's message for the first error in ``raw``: a stray character, an invalid keyword,
+    or the grammar error the parser meets first."""
+    if isinstance(exc, RecursionError):
+        return "JSON nesting depth limit exceeded"
+    error_pos = exc.pos if isinstance(exc, json.JSONDecodeError) else len(raw)
+    if isinstance(exc, json.JSONDecodeError):
+        error_pos = len(exc.doc[:exc.pos].encode())
+    keyword_error = None
+    for token in _LEX_TOKEN.finditer(raw):
+        text = token.group()
+        if token.lastgroup == "stray":
+            char = text.decode("ascii", errors="replace")
+            return f"JSON parse error, stray '{char}'"  # the lexer stops at once
+        if (token.lastgroup == "keyword" and keyword_error is None
+                and token.start() <= error_pos and text not in (b"true", b"false", b"null")):
+            keyword_error = f"JSON parse error, invalid keyword '{text.decode()}'"
+    if keyword_error is not None:
+        return keyword_error
+    if not isinstance(exc, json.JSONDecodeError):
+        return "JSON parse error, expecting value"
+    msg = exc.msg
+    context = _context(raw[:error_pos])
+    if msg.startswith("Expecting ',' delimiter"):
+        return ("JSON parse error, expected separator in dict" if context == b"{"
+                else "JSON parse error, expected separator in list")
+    if msg.startswith("Expecting ':' delimiter"):
+        return "JSON parse error, missing : in object pair"
+    if msg.startswith("Expecting property name"):
+        rest = raw[error_pos:].lstrip()
+        if rest[:1] in (b"}", b""):
+            return "JSON parse error, expecting value"
+        return "JSON parse error, key is not a string in dict"
+    return "JSON parse error, expecting value"
+
+
+def _context(prefix: bytes) -> bytes:
+    """The innermost bracket open at the end of ``prefix`` (strings skipped)."""
+    stack: list[bytes] = []
+    for token in re.finditer(rb'"(?:[^"\\]|\\.)*"|[{}\[\]]', prefix, re.S):
+        text = token.group()
+        if text in (b"{", b"["):
+            stack.append(text)
+        elif text in (b"}", b"]") and stack:
+            stack.pop()
+    return stack[-1] if stack else b""
 
 def _is_type(value: Any, expected: type) -> bool:
     if expected is int:
@@ -261,6 +406,7 @@ def _qmp_capabilities(mon: QmpMonitor, args: dict[str, Any]) -> Any:
         if cap != "oob":
             raise QmpError(f"Parameter 'enable' does not accept value '{cap}'")
     mon._negotiated = True
+    mon._oob = "oob" in enable
     return {}
 
 
@@ -272,7 +418,8 @@ def _quit(mon: QmpMonitor, args: dict[str, Any]) -> Any:
 def _human_monitor_command(mon: QmpMonitor, args: dict[str, Any]) -> Any:
     from kvmpy.monitor.hmp import run_command
 
-    output = run_command(mon.sys, args["command-line"], args.get("cpu-index"))
+    output = run_command(mon.sys, args["command-line"], args.get("cpu-index"),
+                         state=mon.hmp_state)
     return output.replace("\n", "\r\n")
 
 

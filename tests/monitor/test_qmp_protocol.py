@@ -134,8 +134,8 @@ def test_bad_input_gets_an_error_and_the_session_goes_on(
         running: tuple[System, Pipe, QmpMonitor], data: bytes, desc: str) -> None:
     system, pipe, _ = running
     negotiate(system, pipe)
-    (reply,) = talk(system, pipe, data)
-    assert desc in reply["error"]["desc"]
+    replies = talk(system, pipe, data)  # garbage may hold several bad tokens, as for QEMU
+    assert replies and all(desc in reply["error"]["desc"] for reply in replies)
     assert talk(system, pipe, b'{"execute": "query-status"}\n')[0]["return"]["running"]
 
 
@@ -143,7 +143,7 @@ def test_oversized_input_is_dropped(running: tuple[System, Pipe, QmpMonitor]) ->
     system, pipe, _ = running
     negotiate(system, pipe)
     replies = talk(system, pipe, b'{"execute": "' + b"x" * (MAX_MESSAGE_BYTES + 10))
-    assert replies and "too long" in replies[-1]["error"]["desc"]
+    assert replies[-1]["error"]["desc"] == "JSON token size limit exceeded"
     assert talk(system, pipe, b'\n{"execute": "query-status"}\n')[-1]["return"]["running"]
 
 
@@ -194,8 +194,9 @@ def test_queries(running: tuple[System, Pipe, QmpMonitor], tmp_path: Any) -> Non
                "arguments": {"val": 0x8000_0000, "size": 6, "filename": str(target)}}
     assert talk(system, pipe, json.dumps(request).encode())[0] == {"return": {}}
     assert target.read_bytes() == b"kvmpy!"
-    request["arguments"]["val"] = 0x1000
-    assert "Invalid addr" in talk(system, pipe, json.dumps(request).encode())[0]["error"]["desc"]
+    request["arguments"]["val"] = 0x7FFF_FFFE  # QEMU: unassigned memory reads as zeros
+    assert talk(system, pipe, json.dumps(request).encode())[0] == {"return": {}}
+    assert target.read_bytes() == b"\0\0kvmpy"
     hmp = {"execute": "human-monitor-command", "arguments": {"command-line": "info status"}}
     assert talk(system, pipe, json.dumps(hmp).encode())[0]["return"] == \
         "VM status: running\r\n"
