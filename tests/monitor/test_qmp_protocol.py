@@ -196,7 +196,7 @@ def test_queries(running: tuple[System, Pipe, QmpMonitor], tmp_path: Any) -> Non
     assert target.read_bytes() == b"kvmpy!"
     request["arguments"]["val"] = 0x7FFF_FFFE  # QEMU: unassigned memory reads as zeros
     assert talk(system, pipe, json.dumps(request).encode())[0] == {"return": {}}
-    assert target.read_bytes() == b"\0\0kvmpy"
+    assert target.read_bytes() == b"\0\0kvmp"
     hmp = {"execute": "human-monitor-command", "arguments": {"command-line": "info status"}}
     assert talk(system, pipe, json.dumps(hmp).encode())[0]["return"] == \
         "VM status: running\r\n"
