@@ -360,7 +360,10 @@ def run(argv0: list[str], elf: Path) -> str:
     except subprocess.TimeoutExpired:
         pytest.fail(f"{' '.join(cmd)}: no exit within {TIMEOUT_S:.0f} s")
     out = proc.stdout.decode("utf-8", "replace").replace("\r\n", "\n")
-    return out + f"[exit status {proc.returncode}]\n"
+    out += f"[exit status {proc.returncode}]\n"
+    if proc.returncode != 0:
+        out += "[stderr] " + proc.stderr.decode("utf-8", "replace")[-2000:]
+    return out
 
 
 def dumps(out: str) -> list[list[str]]:
