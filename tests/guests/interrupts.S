@@ -234,6 +234,30 @@ main:
 	csrr t0, mip
 	andi t0, t0, MIP_STIP
 	CHECK t0, 0
+	csrwi mcounteren, 2         /* TM: S may read time and write stimecmp */
+	li t0, MIP_STIP             /* STI delegated, S programs its own deadline */
+	csrw mideleg, t0
+	csrw mie, t0
+	sd zero, s_count, t0
+	li t0, MSTATUS_SPIE         /* (SIE stays 0 in M; set in S below) */
+	csrc mstatus, t0
+	ENTER_MODE 1
+	rdtime t0
+	addi t0, t0, 1000           /* 100 us */
+	csrw stimecmp, t0
+	csrsi sstatus, MSTATUS_SIE
+1:	wfi
+	ld t0, s_count
+	beqz t0, 1b
+	csrci sstatus, MSTATUS_SIE
+	ENTER_M
+	ld t0, s_cause
+	CHECK t0, INTR | 5
+	csrw mideleg, zero
+	csrw mie, zero
+	csrw mcounteren, zero
+	li t0, -1
+	csrw stimecmp, t0
 8:	li t0, 1
 	slli t0, t0, 63
 	csrc menvcfg, t0
@@ -373,7 +397,12 @@ s_handler:
 	addi t6, t6, 1
 	sd t6, 8(t0)
 	csrci sip, MIP_SSIP
-	csrr t0, sscratch
+	csrr t6, scause
+	li t0, INTR | 5
+	bne t6, t0, 2f              /* STI: push the deadline away (Sstc) */
+	li t0, -1
+	csrw stimecmp, t0
+2:	csrr t0, sscratch
 	sret
 
 	.data
