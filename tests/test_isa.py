@@ -120,3 +120,29 @@ def test_kvmpy(elf: Path) -> None:
     assert status == 0, f"{elf.name} fails on kvmpy at subtest {status}:\n{out}"
     if QEMU is not None and elf.stem not in QEMU_DIVERGES:
         assert out == qemu_result(elf)[1], "console output differs from QEMU's"
+
+
+def test_kvmpy_icount_is_deterministic(tmp_path: Path) -> None:
+    """With -icount, time follows retired instructions: two runs of a program that waits
+    for timer interrupts take every interrupt at the same place (same -d int log)."""
+    reason = kvmpy_spike_missing()
+    if reason:
+        pytest.skip(reason)
+    elf = GUESTS / "interrupts.elf"
+    logs = []
+    for i in range(2):
+        log = tmp_path / f"int{i}.log"
+        cmd = [*KVMPY, "-M", "spike", "-bios", "none", "-kernel", str(elf), "-nographic",
+               "-icount", "shift=0", "-d", "int", "-D", str(log)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, timeout=TIMEOUT_S,
+                                  stdin=subprocess.DEVNULL, check=False)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{' '.join(cmd)}: no exit within {TIMEOUT_S:.0f} s")
+        err = proc.stderr.decode("utf-8", "replace")
+        if proc.returncode != 0 and "-icount" in err and "not" in err:
+            pytest.skip(err.strip().splitlines()[-1])
+        assert proc.returncode == 0, err
+        logs.append(log.read_text())
+    assert logs[0].strip(), "empty -d int log"
+    assert logs[0] == logs[1], "the interrupt trace differs between two -icount runs"
