@@ -13,9 +13,11 @@ from __future__ import annotations
 import functools
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -146,3 +148,20 @@ def test_kvmpy_icount_is_deterministic(tmp_path: Path) -> None:
         logs.append(log.read_text())
     assert logs[0].strip(), "empty -d int log"
     assert logs[0] == logs[1], "the interrupt trace differs between two -icount runs"
+
+
+def test_kvmpy_sleeps_in_wfi() -> None:
+    """An idle guest (wfi_idle: two seconds in WFI waiting for the timer) costs kvmpy little
+    host CPU: WFI with nothing pending returns to the VMM, which sleeps until the deadline."""
+    reason = kvmpy_spike_missing()
+    if reason:
+        pytest.skip(reason)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.monotonic()
+    status, out = run_spike(KVMPY, GUESTS / "wfi_idle.elf")
+    wall = time.monotonic() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert status == 0, out
+    assert wall >= 2.0, f"the two-second wait took {wall:.2f} s"
+    assert cpu < 1.2, f"{cpu:.2f} s of host CPU for {wall:.2f} s mostly idle: WFI spins"
