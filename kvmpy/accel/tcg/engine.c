@@ -766,6 +766,8 @@ static int counter_allowed(hart *h, unsigned idx)
 }
 
 static int fs_off(hart *h) { return (h->mstatus & MSTATUS_FS) == 0; }
+static void fp_sync_flags(hart *h);
+static uint32_t host_flags_take(void);
 
 /* Read CSR `csr`; `check` applies the access rules of the current privilege.
  * Returns 0, or -1 for an illegal access. */
@@ -775,9 +777,14 @@ static int csr_read(hart *h, unsigned csr, uint64_t *v, int check)
     if (check && ((csr >> 8) & 3) > (unsigned)h->priv)
         return -1;
     switch (csr) {
-    case 0x001: if (check && fs_off(h)) return -1; *v = h->fflags; return 0;
+    case 0x001: if (check && fs_off(h)) return -1; fp_sync_flags(h); *v = h->fflags; return 0;
     case 0x002: if (check && fs_off(h)) return -1; *v = h->frm; return 0;
-    case 0x003: if (check && fs_off(h)) return -1; *v = (h->frm << 5) | h->fflags; return 0;
+    case 0x003:
+        if (check && fs_off(h))
+            return -1;
+        fp_sync_flags(h);
+        *v = (h->frm << 5) | h->fflags;
+        return 0;
     case 0xC00: case 0xC01: case 0xC02:
         if (check && !counter_allowed(h, csr & 31))
             return -1;
@@ -887,11 +894,18 @@ static int csr_write(hart *h, unsigned csr, uint64_t v)
 {
     tcg_engine *e = h->e;
     switch (csr) {
-    case 0x001: if (fs_off(h)) return -1; h->fflags = v & 31; h->mstatus |= MSTATUS_FS; return 0;
+    case 0x001:
+        if (fs_off(h))
+            return -1;
+        (void)host_flags_take();
+        h->fflags = v & 31;
+        h->mstatus |= MSTATUS_FS;
+        return 0;
     case 0x002: if (fs_off(h)) return -1; h->frm = v & 7; h->mstatus |= MSTATUS_FS; return 0;
     case 0x003:
         if (fs_off(h))
             return -1;
+        (void)host_flags_take();
         h->fflags = v & 31;
         h->frm = (v >> 5) & 7;
         h->mstatus |= MSTATUS_FS;
@@ -1444,19 +1458,50 @@ static inline int is_snan64(uint64_t u)
     return (u & 0x7ff8000000000000ull) == 0x7ff0000000000000ull && (u & 0x7ffffffffffffull);
 }
 
-static int host_round(unsigned rm)
+/*
+ * Host exception flags accrue lazily: with round-to-nearest-even (the common case) an FP
+ * instruction costs no status-register access at all; the host flags are folded into the
+ * hart's fflags when the guest reads fflags/fcsr and when run() returns, and cleared when
+ * run() starts.  Other rounding modes save, set and restore the host mode around the op.
+ * On x86-64 this is the SSE control/status register itself; elsewhere <fenv.h>.
+ */
+#if defined(__x86_64__) && defined(__GNUC__)
+#define MXCSR_FLAGS 0x3fu
+static inline uint32_t mxcsr_get(void)
 {
-    switch (rm) {
-    case 1: return FE_TOWARDZERO;
-    case 2: return FE_DOWNWARD;
-    case 3: return FE_UPWARD;
-    default: return FE_TONEAREST;
-    }
+    uint32_t v;
+    __asm__ volatile("stmxcsr %0" : "=m"(v));
+    return v;
+}
+static inline void mxcsr_set(uint32_t v) { __asm__ volatile("ldmxcsr %0" : : "m"(v)); }
+
+static uint32_t host_flags_take(void)
+{
+    uint32_t m = mxcsr_get();
+    if (!(m & MXCSR_FLAGS))
+        return 0;
+    mxcsr_set(m & ~MXCSR_FLAGS);
+    uint32_t f = 0;
+    if (m & 0x01) f |= FFLAG_NV;
+    if (m & 0x04) f |= FFLAG_DZ;
+    if (m & 0x08) f |= FFLAG_OF;
+    if (m & 0x10) f |= FFLAG_UF;
+    if (m & 0x20) f |= FFLAG_NX;
+    return f;
 }
 
-static uint32_t host_flags(void)
+static void host_round_set(unsigned rm)
+{
+    static const uint32_t rc[5] = {0, 3u << 13, 1u << 13, 2u << 13, 0};
+    mxcsr_set((mxcsr_get() & ~(3u << 13)) | rc[rm < 5 ? rm : 0]);
+}
+#else
+static uint32_t host_flags_take(void)
 {
     int x = fetestexcept(FE_ALL_EXCEPT);
+    if (!x)
+        return 0;
+    feclearexcept(FE_ALL_EXCEPT);
     uint32_t f = 0;
     if (x & FE_INEXACT) f |= FFLAG_NX;
     if (x & FE_UNDERFLOW) f |= FFLAG_UF;
@@ -1466,18 +1511,34 @@ static uint32_t host_flags(void)
     return f;
 }
 
-static void fp_begin(unsigned rm)
+static void host_round_set(unsigned rm)
 {
-    feclearexcept(FE_ALL_EXCEPT);
-    if (rm != 0 && rm != 4)
-        fesetround(host_round(rm));
+    static const int mode[5] = {FE_TONEAREST, FE_TOWARDZERO, FE_DOWNWARD, FE_UPWARD,
+                                FE_TONEAREST};
+    fesetround(mode[rm < 5 ? rm : 0]);
+}
+#endif
+
+/* The hart's accrued flags, with what the host has raised since the last look. */
+static void fp_sync_flags(hart *h) { h->fflags |= host_flags_take(); }
+
+/* Eager flags for one op (rounding modes other than RNE, and RMM's tie detection). */
+static void fp_begin_h(hart *h, unsigned rm)
+{
+    if (rm == 0)
+        return;
+    fp_sync_flags(h);
+    if (rm != 4)
+        host_round_set(rm);
 }
 
-static uint32_t fp_end(unsigned rm)
+static uint32_t fp_end_h(unsigned rm)
 {
-    uint32_t f = host_flags();
-    if (rm != 0 && rm != 4)
-        fesetround(FE_TONEAREST);
+    if (rm == 0)
+        return 0;
+    uint32_t f = host_flags_take();
+    if (rm != 4)
+        host_round_set(0);
     return f;
 }
 
@@ -1501,9 +1562,9 @@ DEF_RMM(float, s, nextafterf, INFINITY)
 DEF_RMM(double, d, nextafter, INFINITY)
 
 #define DEF_ARITH(T, SUF, FMA, SQRT)                                                          \
-    static T arith_##SUF(unsigned op, T a, T b, unsigned rm, uint32_t *flags)                 \
+    static T arith_##SUF(hart *h, unsigned op, T a, T b, unsigned rm, uint32_t *flags)                 \
     {                                                                                         \
-        fp_begin(rm);                                                                         \
+        fp_begin_h(h, rm);                                                                    \
         T r;                                                                                  \
         switch (op) {                                                                         \
         case 0: r = a + b; break;                                                             \
@@ -1513,7 +1574,7 @@ DEF_RMM(double, d, nextafter, INFINITY)
         default: r = SQRT(a); break;                                                          \
         }                                                                                     \
         FP_BARRIER(r);                                                                        \
-        *flags |= fp_end(rm);                                                                 \
+        *flags |= fp_end_h(rm);                                                               \
         if (rm == 4 && isfinite(r) && (*flags & FFLAG_NX)) {                                  \
             T err = 0;                                                                        \
             int tie = 0;                                                                      \
@@ -1533,7 +1594,7 @@ DEF_RMM(double, d, nextafter, INFINITY)
                     tie = isfinite(nx) && 2 * fabs((double)rem) == fabs((double)((nx - r) * b)); \
                 }                                                                             \
             }                                                                                 \
-            feclearexcept(FE_ALL_EXCEPT);                                                     \
+            (void)host_flags_take();                                                          \
             r = rmm_fix_##SUF(r, err, tie);                                                   \
         }                                                                                     \
         return r;                                                                             \
@@ -1579,7 +1640,8 @@ static uint64_t cvt_to_int(double x, unsigned rm, unsigned kind, uint32_t *flags
 }
 
 /* Integer (kind 0 w, 1 wu, 2 l, 3 lu) to float (single != 0) or double, rounded per rm. */
-static uint64_t cvt_from_int(uint64_t v, unsigned kind, int single, unsigned rm, uint32_t *flags)
+static uint64_t cvt_from_int(hart *h, uint64_t v, unsigned kind, int single, unsigned rm,
+                             uint32_t *flags)
 {
     int128_t exact;
     switch (kind) {
@@ -1589,7 +1651,7 @@ static uint64_t cvt_from_int(uint64_t v, unsigned kind, int single, unsigned rm,
     default: exact = (uint64_t)v; break;
     }
     unsigned mode = rm == 4 ? 2 : rm;
-    fp_begin(mode);
+    fp_begin_h(h, mode);
     double d = 0;
     float s = 0;
     if (single) {
@@ -1599,7 +1661,7 @@ static uint64_t cvt_from_int(uint64_t v, unsigned kind, int single, unsigned rm,
         d = kind == 3 ? (double)(uint64_t)v : kind == 1 ? (double)(uint32_t)v : (double)(int64_t)exact;
         FP_BARRIER(d);
     }
-    uint32_t f = fp_end(mode);
+    uint32_t f = fp_end_h(mode);
     if (rm == 4 && (f & FFLAG_NX)) {
         /* down-rounded value lo, up neighbour hi: pick the nearer, ties away from zero */
         if (single) {
@@ -1664,7 +1726,7 @@ static int fp_exec(hart *h, uint32_t insn)
             return -1;
         single = fmt == 0;
         int neg_prod = opc == 0x4b || opc == 0x4f, neg_add = opc == 0x47 || opc == 0x4f;
-        fp_begin(rm);
+        fp_begin_h(h, rm);
         if (single) {
             float a = get_s(h, rs1), b = get_s(h, rs2), c = get_s(h, rs3);
             if ((isinf(a) && b == 0) || (a == 0 && isinf(b)))
@@ -1673,7 +1735,7 @@ static int fp_exec(hart *h, uint32_t insn)
             if (neg_add) c = -c;
             float r = fmaf(a, b, c);
             FP_BARRIER(r);
-            flags |= fp_end(rm);
+            flags |= fp_end_h(rm);
             set_s(h, rd, r);
         } else {
             double a = get_d(h, rs1), b = get_d(h, rs2), c = get_d(h, rs3);
@@ -1683,7 +1745,7 @@ static int fp_exec(hart *h, uint32_t insn)
             if (neg_add) c = -c;
             double r = fma(a, b, c);
             FP_BARRIER(r);
-            flags |= fp_end(rm);
+            flags |= fp_end_h(rm);
             set_d(h, rd, r);
         }
         h->fflags |= flags;
@@ -1701,9 +1763,9 @@ static int fp_exec(hart *h, uint32_t insn)
         if (rm > 4 || (op == 4 && rs2 != 0))
             return -1;
         if (single)
-            set_s(h, rd, arith_s(op, get_s(h, rs1), get_s(h, rs2), rm, &flags));
+            set_s(h, rd, arith_s(h, op, get_s(h, rs1), get_s(h, rs2), rm, &flags));
         else
-            set_d(h, rd, arith_d(op, get_d(h, rs1), get_d(h, rs2), rm, &flags));
+            set_d(h, rd, arith_d(h, op, get_d(h, rs1), get_d(h, rs2), rm, &flags));
         break;
     }
     case 0x04: { /* fsgnj */
@@ -1769,10 +1831,13 @@ static int fp_exec(hart *h, uint32_t insn)
             if (is_snan64(u))
                 flags |= FFLAG_NV;
             unsigned mode = rm == 4 ? 0 : rm;
-            fp_begin(mode);
+            if (rm == 4)
+                fp_begin_h(h, 4); /* eager: RMM needs this op's inexact flag */
+            else
+                fp_begin_h(h, mode);
             float r = (float)x;
             FP_BARRIER(r);
-            flags |= fp_end(mode);
+            flags |= rm == 4 ? host_flags_take() : fp_end_h(mode);
             if (rm == 4 && (flags & FFLAG_NX) && isfinite(r)) {
                 double err = x - (double)r;
                 r = rmm_fix_s(r, (float)(err > 0 ? 1 : -1),
@@ -1823,7 +1888,7 @@ static int fp_exec(hart *h, uint32_t insn)
     case 0x1a: { /* fcvt to float from w[u]/l[u] */
         if (rm > 4 || rs2 > 3)
             return -1;
-        h->f[rd] = cvt_from_int(h->x[rs1], rs2, single, rm, &flags);
+        h->f[rd] = cvt_from_int(h, h->x[rs1], rs2, single, rm, &flags);
         break;
     }
     case 0x1c: { /* fmv.x / fclass */
@@ -3236,7 +3301,9 @@ int tcg_run(tcg_engine *e, int hartid, uint64_t max_insns, tcg_exit *out)
     h->next_timer_check = h->insns;
     h->limit = h->insns;
     ATOMIC_STORE(&h->attention, 1u);
+    (void)host_flags_take(); /* what the host raised before this run is not the guest's */
     run_loop(h);
+    fp_sync_flags(h);
     e->icount_acc += h->insns - h->run_start;
     h->run_start = h->insns;
     h->exit = NULL;
