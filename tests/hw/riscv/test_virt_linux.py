@@ -83,6 +83,14 @@ def run(vm: Any, command: str) -> str:
     return match.group(1).replace("\r", "")
 
 
+def wait_exit(vm: Any) -> int:
+    """The VM's exit status once the guest ended it; the console tail if it does not end."""
+    try:
+        return int(vm.wait(CMD_TIMEOUT))
+    except TimeoutError:
+        pytest.fail(f"the VM did not end; console:\n{vm.console.log[-3000:]}")
+
+
 @pytest.mark.parametrize("bios", ["builtin", "default"])
 @pytest.mark.parametrize("smp", [1, 4])
 def test_boot_to_shell(boot: Any, bios: str, smp: int) -> None:
@@ -92,7 +100,7 @@ def test_boot_to_shell(boot: Any, bios: str, smp: int) -> None:
     guest_time = int(run(vm, "date +%s").strip().splitlines()[-1])
     assert abs(guest_time - time.time()) < 60
     vm.console.send("poweroff\n")
-    assert vm.wait(CMD_TIMEOUT) == 0
+    assert wait_exit(vm) == 0
 
 
 def test_reboot_restarts_the_guest(boot: Any) -> None:
@@ -109,4 +117,4 @@ def test_reboot_restarts_the_guest(boot: Any) -> None:
 def test_reboot_with_no_reboot_exits(boot: Any) -> None:
     vm = boot(bios="builtin", no_reboot=True)
     vm.console.send("reboot\n")
-    assert vm.wait(CMD_TIMEOUT) == 0
+    assert wait_exit(vm) == 0
