@@ -82,3 +82,30 @@ def test_payload_on_kvmpy(bios: str, harts: int, tmp_path: Path) -> None:
     output = serial.read_text(errors="replace") if serial.exists() else ""
     assert smoke_lines(output) == expected_lines(harts), output + proc.stderr
     assert proc.returncode == 0, proc.stderr
+
+
+BAD_ACCESS = Path(__file__).parent / "guests" / "bad_access.elf"
+
+
+def test_bad_accesses_are_logged_and_the_guest_goes_on(tmp_path: Path) -> None:
+    """Unassigned addresses, refused widths, a store to the boot ROM: logged, not fatal."""
+    reason = _tcg_unavailable()
+    if reason is not None:
+        pytest.skip(f"interpreter accelerator unavailable: {reason}")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    serial = tmp_path / "serial.txt"
+    proc = subprocess.run([sys.executable, "-m", "kvmpy", "-M", "virt", "-accel", "tcg",
+                           "-bios", "builtin", "-display", "none", "-monitor", "none",
+                           "-serial", f"file:{serial}", "-d", "guest_errors",
+                           "-kernel", str(BAD_ACCESS)],
+                          capture_output=True, text=True, timeout=60, check=False, env=env)
+    assert "bad-access: alive" in serial.read_text()
+    assert proc.returncode == 0
+    log = proc.stderr
+    for expected in ("Invalid read at addr 0x200000, size 4",
+                     "Invalid write at addr 0x200008, size 4",
+                     "size 1, region 'riscv.sifive.plic'",
+                     "size 2, region 'riscv.sifive.plic'",
+                     "size 1, region 'goldfish_rtc'",
+                     "Invalid write at addr 0x7ff00000, size 8"):
+        assert expected in log, log
