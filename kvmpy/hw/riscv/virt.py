@@ -150,6 +150,7 @@ class VirtMachine(MachineState):
     # -- phase 4 ----------------------------------------------------------------------------
 
     def init(self, system: System) -> None:
+        self._default_payload(system)
         self._check_options(system)
         caps = system.caps
         kvm_irqchip = caps.in_kernel_timer_ipi
@@ -180,16 +181,25 @@ class VirtMachine(MachineState):
         if self.dumpdtb:
             self._dump_dtb()
 
+    def _default_payload(self, system: System) -> None:
+        """No -kernel and no firmware of the user's own: boot the bundled Linux guest."""
+        if self.kernel or self.dumpdtb or self.firmware not in ("", "default", "builtin"):
+            return
+        from kvmpy import guests
+
+        self.kernel = str(guests.kernel_path())
+        if not self.initrd:
+            self.initrd = str(guests.initrd_path())
+        system.notice(f"no -kernel given: booting the bundled guest, {guests.description()}")
+
     def _check_options(self, system: System) -> None:
         if self.aia != "none":
-            raise NotBuiltError(f"-machine aia={self.aia}: the AIA (APLIC/IMSIC) is not "
-                                "built into kvmpy; use aia=none", option="-machine")
+            raise NotBuiltError(f"aia={self.aia}: the AIA (APLIC/IMSIC) is not built into "
+                                "kvmpy; use aia=none", option="-machine")
         if not 0 <= self.aia_guests <= 7:
             raise ConfigError("Invalid number of AIA IMSIC guests", option="-machine")
-        sockets = self.smp.sockets or 1
-        if sockets > 1:
-            raise NotBuiltError("-smp sockets>1: kvmpy's virt board has one socket",
-                                option="-smp")
+        # -smp sockets=N does not split the board: QEMU's virt has one socket per NUMA node
+        # (riscv_socket_count), and kvmpy has no -numa.
         if self.initrd and not self.kernel:
             raise ConfigError("-initrd only allowed with -kernel option")
         if self.append and not self.kernel:

@@ -216,3 +216,13 @@ def test_sbi_console_goes_through_the_uart(board: Any) -> None:
     serial.type(b"x")
     assert machine.sbi.handle(Caller(), SbiExit(0x02, 0, (0,) * 6))[0] == ord("x")
     assert machine.sbi.hypervisor          # QEMU's rv64 list has "h": hfence calls served
+
+
+def test_smp_sockets_do_not_split_the_board(board: Any) -> None:
+    """QEMU: without -numa, virt has one socket whatever -smp sockets= says (one cluster0)."""
+    from kvmpy.config import SmpConfig
+
+    system, machine = board(cpus=4, bios="none", smp=SmpConfig(cpus=4, sockets=2, cores=2))
+    tree = fdt.parse_dtb(machine.fdt_blob)
+    assert [n.name for n in tree.get_node("/cpus/cpu-map").nodes] == ["cluster0"]
+    assert len(system.boot.harts) == 4
