@@ -109,3 +109,31 @@ def test_bad_accesses_are_logged_and_the_guest_goes_on(tmp_path: Path) -> None:
                      "size 1, region 'goldfish_rtc'",
                      "Invalid write at addr 0x7ff00000, size 8"):
         assert expected in log, log
+
+
+MROM_CONTRACT = Path(__file__).parent / "guests" / "mrom_contract.elf"
+
+
+@pytest.mark.parametrize("harts", [1, 4])
+def test_bios_none_register_contract_on_qemu_and_kvmpy(oracle: Any, tmp_path: Path,
+                                                       harts: int) -> None:
+    """-bios none: every hart leaves the boot ROM for DRAM base in M-mode with a0 = hartid,
+    a1 = FDT, a2 = &fw_dynamic_info; the payload exits through sifive_test PASS (status 0)."""
+    qemu = subprocess.run(["qemu-system-riscv64", "-M", "virt", "-accel", "tcg,thread=single",
+                           "-smp", str(harts), "-bios", "none", "-nographic",
+                           "-kernel", str(MROM_CONTRACT)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert "mrom-contract: ok" in qemu.stdout
+    assert qemu.returncode == 0
+    reason = _tcg_unavailable()
+    if reason is not None:
+        pytest.skip(f"interpreter accelerator unavailable: {reason}")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    serial = tmp_path / "serial.txt"
+    proc = subprocess.run([sys.executable, "-m", "kvmpy", "-M", "virt", "-accel", "tcg",
+                           "-smp", str(harts), "-bios", "none", "-display", "none",
+                           "-monitor", "none", "-serial", f"file:{serial}",
+                           "-kernel", str(MROM_CONTRACT)],
+                          capture_output=True, text=True, timeout=60, check=False, env=env)
+    assert serial.read_text() == "mrom-contract: ok\n", proc.stderr
+    assert proc.returncode == 0
