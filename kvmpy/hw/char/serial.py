@@ -182,6 +182,15 @@ class SerialMM(SysBusDevice):
 
     def _transmit(self, byte: int) -> None:
         s = self.state
+        if not (s.ier & UART_IER_THRI or s.mcr & UART_MCR_LOOP):
+            # Polled output (THRE interrupt off, no loopback): the interrupt line cannot
+            # change, so skip the two IIR updates; the end state is the same as below.
+            s.thr = byte
+            s.thr_ipending = 1
+            s.lsr |= UART_LSR_THRE | UART_LSR_TEMT
+            if self.chardev is not None:
+                self.chardev.write(bytes((byte,)))
+            return
         s.thr = byte
         s.thr_ipending = 0
         s.lsr &= ~(UART_LSR_THRE | UART_LSR_TEMT)
