@@ -370,6 +370,30 @@ main:
 	FCHECK_D f4, 0x7ff8000000000000
 	FLAGS NV
 
+	TEST 10         /* an out-of-range conversion raises NV alone, never NX with it
+	                   (negative non-integers to unsigned, fractions past the maximum) */
+	FLI_S f1, 0xc56f71e7       /* -3831.12 */
+	fcvt.wu.s a0, f1, rtz
+	CHECK a0, 0
+	FLAGS NV
+	fcvt.lu.s a0, f1, rne
+	CHECK a0, 0
+	FLAGS NV
+	FLI_D f1, 0xc0add0e3d70a3d71   /* -3816.445 */
+	fcvt.wu.d a0, f1, rtz
+	CHECK a0, 0
+	FLAGS NV
+	fcvt.lu.d a0, f1, rdn
+	CHECK a0, 0
+	FLAGS NV
+	FLI_D f1, 0x41f0000000800000   /* 2^32 + 0.5 */
+	fcvt.wu.d a0, f1, rtz
+	CHECK a0, -1
+	FLAGS NV
+	fcvt.w.d a0, f1, rtz
+	CHECK a0, 0x7fffffff
+	FLAGS NV
+
 	j pass
 
 	.data
