@@ -150,8 +150,8 @@ class VirtMachine(MachineState):
     # -- phase 4 ----------------------------------------------------------------------------
 
     def init(self, system: System) -> None:
-        self._default_payload(system)
         self._check_options(system)
+        self._default_payload(system)
         caps = system.caps
         kvm_irqchip = caps.in_kernel_timer_ipi
         plan = boot.select_firmware(self.firmware, caps)

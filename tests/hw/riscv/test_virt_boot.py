@@ -70,8 +70,8 @@ def test_kernel_and_initrd_addresses() -> None:
 
 @needs_opensbi
 @pytest.mark.parametrize("extra", [
-    [],
-    ["-m", "512M", "-smp", "2"],
+    ["-bios", "none"],                  # no -kernel: kvmpy would boot its bundled guest
+    ["-m", "512M", "-smp", "2", "-kernel", "k.bin"],
     ["-kernel", "k.bin", "-initrd", "i.bin", "-append", "console=ttyS0"],
     ["-bios", "none", "-kernel", "k.bin", "-initrd", "i.bin"],
 ])
@@ -125,8 +125,8 @@ def test_load_addresses_match_qemu_info_roms(board: Any, oracle: Any, payloads: 
 # -- firmware choices and hart start state -----------------------------------------------------
 
 @needs_opensbi
-def test_default_bios_is_opensbi_in_m_mode(board: Any) -> None:
-    system, _ = board(cpus=4)
+def test_default_bios_is_opensbi_in_m_mode(board: Any, payloads: Path) -> None:
+    system, _ = board(cpus=4, kernel=str(payloads / "k.bin"))
     assert system.firmware_mode == "opensbi"
     assert [(h.pc, h.priv, h.stopped) for h in system.boot.harts] == [(0x1000, PRV_M, False)] * 4
 
@@ -134,7 +134,7 @@ def test_default_bios_is_opensbi_in_m_mode(board: Any) -> None:
 def test_default_bios_without_opensbi_falls_back_to_builtin(board: Any, monkeypatch: Any,
                                                             capsys: Any) -> None:
     monkeypatch.setenv(opensbi.ENV_OVERRIDE, "")
-    system, _ = board()
+    system, _ = board(kernel=str(Path(__file__).parent / "guests" / "sbi_smoke.elf"))
     assert system.firmware_mode == "builtin"
     assert "OpenSBI not found, using the built-in SBI" in capsys.readouterr().err
 
