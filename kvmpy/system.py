@@ -355,11 +355,23 @@ class System:
         self._call_on_loop(lambda: self.reset(reason, guest))
 
     def exit_with_status(self, code: int) -> None:
-        """sifive_test PASS/FAIL: end the process with ``code`` (QEMU 7.2 calls exit())."""
+        """sifive_test PASS/FAIL, HTIF exit: end the process with ``code``.
+
+        QEMU 7.2 calls exit() here without an event; kvmpy first sends SHUTDOWN as later QEMUs
+        do (``guest-shutdown``, or ``guest-panic`` for a failure code), so that QMP clients
+        and :meth:`kvmpy.VM.event_wait` see a guest poweroff whichever way it was done.
+        """
         self.exit_code = code
         if self.driver is not None:
             self.driver.stop_soon()
-        self._call_on_loop(self.quit)
+
+        def end() -> None:
+            self.emit("SHUTDOWN", {"guest": True,
+                                   "reason": "guest-shutdown" if code == 0 else "guest-panic"})
+            self._set_status("shutdown")
+            self.quit()
+
+        self._call_on_loop(end)
 
     def report_internal_error(self, message: str) -> None:
         print(f"kvmpy: {message}", file=sys.stderr, flush=True)

@@ -19,7 +19,7 @@ SATP_MODES = {8: 3, 9: 4, 10: 5}
 
 def version_info() -> dict[str, Any]:
     major, minor, micro = (int(x) for x in kvmpy.__version__.split(".")[:3])
-    return {"qemu": {"major": major, "minor": minor, "micro": micro},
+    return {"qemu": {"micro": micro, "minor": minor, "major": major},  # QEMU's order
             "package": f"kvmpy {kvmpy.__version__}"}
 
 
@@ -166,9 +166,19 @@ def pmemsave(system: System, val: int, size: int, filename: str) -> dict[str, An
 
 
 def memsave(system: System, val: int, size: int, filename: str, cpu: int) -> dict[str, Any]:
+    """Write ``size`` bytes at virtual address ``val`` of hart ``cpu`` to ``filename``."""
     if system.accel is None or not 0 <= cpu < len(system.accel.vcpus):
         raise KvmpyError("Parameter 'cpu-index' expects a CPU number")
-    return _save(filename, read_virtual(system, cpu, val, size))
+    with open(filename, "wb") as f:  # QEMU opens the file first
+        for offset in range(0, size, SAVE_CHUNK):
+            chunk = min(SAVE_CHUNK, size - offset)
+            try:
+                data = read_virtual(system, cpu, val + offset, chunk)
+            except KvmpyError:
+                raise KvmpyError(f"Invalid addr 0x{val + offset:016x}/size {chunk} "
+                                 "specified") from None
+            f.write(data)
+    return {}
 
 
 def query_registers(system: System, cpu: int) -> dict[str, int]:

@@ -96,7 +96,7 @@ class QmpMonitor:
         self._send({"QMP": {"version": commands.version_info(), "capabilities": ["oob"]}})
 
     def _send(self, obj: dict[str, Any]) -> None:
-        text = json.dumps(obj, indent=4) if self.pretty else json.dumps(obj)
+        text = _pretty(obj).replace("\n", "\r\n") if self.pretty else json.dumps(obj)
         self.chardev.write(text.encode() + b"\r\n")
 
     def _on_event(self, name: str, data: dict[str, Any]) -> None:
@@ -388,6 +388,19 @@ def _context(prefix: bytes) -> bytes:
         elif text in (b"}", b"]") and stack:
             stack.pop()
     return stack[-1] if stack else b""
+
+def _pretty(value: Any, level: int = 0) -> str:
+    """QEMU's pretty JSON: four spaces a level, and empty containers on two lines too."""
+    inner, outer = " " * 4 * (level + 1), " " * 4 * level
+    if isinstance(value, dict):
+        items = [f"{inner}{json.dumps(str(k))}: {_pretty(v, level + 1)}"
+                 for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + ("\n" if items else "") + outer + "}"
+    if isinstance(value, (list, tuple)):
+        items = [inner + _pretty(v, level + 1) for v in value]
+        return "[\n" + ",\n".join(items) + ("\n" if items else "") + outer + "]"
+    return json.dumps(value)
+
 
 def _is_type(value: Any, expected: type) -> bool:
     if expected is int:
