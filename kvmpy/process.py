@@ -26,6 +26,10 @@ from kvmpy.qmp_client import QMPClient, QMPError
 from kvmpy.vm import DEFAULT_TIMEOUT, _build_args, _matches
 
 
+LAUNCH_EXIT_GRACE = 5.0
+"""A child that failed to launch often is exiting with a message: wait this long for it."""
+
+
 class VMLaunchFailure(KvmpyError):
     """The child did not come up; carries its command line, exit status and output."""
 
@@ -164,7 +168,7 @@ class ProcessVM:
             if "-serial" not in self.args and "-nographic" not in self.args:
                 self._console = SocketConsole(console_path, timeout)
         except BaseException as exc:
-            exitcode = self._kill_process()
+            exitcode = self._kill_process(grace=LAUNCH_EXIT_GRACE)
             output = self.get_log()
             self._post_shutdown()
             if isinstance(exc, (OSError, TimeoutError, QMPError, ValueError)):
@@ -186,10 +190,14 @@ class ProcessVM:
                     raise TimeoutError("no QMP socket") from None
                 time.sleep(0.02)
 
-    def _kill_process(self) -> int | None:
+    def _kill_process(self, grace: float = 0.0) -> int | None:
+        """Kill the child (after ``grace`` s to end by itself); returns its exit status."""
         proc = self._proc
         if proc is None:
             return None
+        if grace > 0:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(grace)
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
