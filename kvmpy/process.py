@@ -25,7 +25,6 @@ from kvmpy.errors import KvmpyError, StateError
 from kvmpy.qmp_client import QMPClient, QMPError
 from kvmpy.vm import DEFAULT_TIMEOUT, _build_args, _matches
 
-
 LAUNCH_EXIT_GRACE = 5.0
 """A child that failed to launch often is exiting with a message: wait this long for it."""
 

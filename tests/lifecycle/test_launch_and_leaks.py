@@ -32,7 +32,7 @@ def kvmpy_temp_dirs() -> set[str]:
 def test_process_vm_bad_option_raises_with_command_status_and_output() -> None:
     before = kvmpy_temp_dirs()
     ran: list[str] = []
-    vm = ProcessVM(TINY + ["-m", "12X"])
+    vm = ProcessVM([*TINY, "-m", "12X"])
     vm.add_cleanup(lambda: ran.append("cleanup"))
     with pytest.raises(VMLaunchFailure) as info:
         vm.launch()
@@ -49,7 +49,7 @@ def test_process_vm_bad_option_raises_with_command_status_and_output() -> None:
 
 def test_process_vm_missing_kernel(tmp_path: Path) -> None:
     ran: list[int] = []
-    vm = ProcessVM(TINY + ["-kernel", str(tmp_path / "nonexistent")])
+    vm = ProcessVM([*TINY, "-kernel", str(tmp_path / "nonexistent")])
     vm.add_cleanup(lambda: ran.append(1))
     with pytest.raises(VMLaunchFailure) as info:
         vm.launch()
@@ -62,14 +62,14 @@ def test_process_vm_missing_kernel(tmp_path: Path) -> None:
 def test_vm_bad_option_raises_config_error_and_leaks_nothing() -> None:
     threads = threading.active_count()
     with pytest.raises(ConfigError):
-        VM(TINY + ["-smp", "0x"]).launch()
+        VM([*TINY, "-smp", "0x"]).launch()
     with pytest.raises(KvmpyError):
-        VM(TINY + ["-kernel", "/nonexistent/Image"]).launch()
+        VM([*TINY, "-kernel", "/nonexistent/Image"]).launch()
     assert threading.active_count() == threads
 
 
 def test_state_guards() -> None:
-    vm = VM(TINY + ["-S"])
+    vm = VM([*TINY, "-S"])
     with pytest.raises(StateError):
         vm.pause()
     vm.launch()
@@ -89,13 +89,13 @@ def test_state_guards() -> None:
 
 def test_process_vm_leaves_no_process_socket_or_temp_file(tmp_path: Path) -> None:
     before = kvmpy_temp_dirs()
-    with ProcessVM(TINY + ["-kernel", write_payload(tmp_path, "c", COUNTER)]) as vm:
+    with ProcessVM([*TINY, "-kernel", write_payload(tmp_path, "c", COUNTER)]) as vm:
         pid = vm.get_pid()
         temp_dir = vm.temp_dir
         assert os.path.exists(os.path.join(temp_dir, "qmp.sock"))
         assert vm.memory.read_u64(COUNTER_GPA) > 0
         assert "VM status: running" in vm.hmp("info status")
-    assert pid is not None and not psutil.pid_exists(pid) or \
+    assert (pid is not None and not psutil.pid_exists(pid)) or \
         psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert not os.path.exists(temp_dir)
     assert kvmpy_temp_dirs() <= before
@@ -103,7 +103,7 @@ def test_process_vm_leaves_no_process_socket_or_temp_file(tmp_path: Path) -> Non
 
 
 def test_process_vm_kill(tmp_path: Path) -> None:
-    vm = ProcessVM(TINY + ["-kernel", write_payload(tmp_path, "c", COUNTER)]).launch()
+    vm = ProcessVM([*TINY, "-kernel", write_payload(tmp_path, "c", COUNTER)]).launch()
     temp_dir = vm.temp_dir
     vm.kill()
     assert not vm.is_running()
@@ -120,12 +120,12 @@ def test_100_launch_shutdown_cycles_are_stable(tmp_path: Path) -> None:
     """fds, threads and RSS after 100 cycles of a tiny VM stay where the first 10 left them."""
     payload = write_payload(tmp_path, "c", COUNTER)
     for _ in range(10):  # warm-up: imports, caches, the interpreter's first allocations
-        with VM(TINY + ["-kernel", payload]) as vm:
+        with VM([*TINY, "-kernel", payload]) as vm:
             pass
     fds, threads, rss = _snapshot()
     started = time.monotonic()
     for i in range(100):
-        with VM(TINY + ["-m", "64M", "-kernel", payload]) as vm:
+        with VM([*TINY, "-m", "64M", "-kernel", payload]) as vm:
             if i % 10 == 0:
                 vm.pause()
                 pc = vm.get_reg("pc")
@@ -146,7 +146,7 @@ def test_10_process_vm_cycles_leave_nothing(tmp_path: Path) -> None:
     fds = psutil.Process().num_fds()
     before = kvmpy_temp_dirs()
     for _ in range(10):
-        with ProcessVM(TINY + ["-kernel", payload]) as vm:
+        with ProcessVM([*TINY, "-kernel", payload]) as vm:
             vm.pause()
             vm.resume()
     assert psutil.Process().num_fds() <= fds
@@ -156,7 +156,7 @@ def test_10_process_vm_cycles_leave_nothing(tmp_path: Path) -> None:
 
 def test_two_vms_in_one_process(tmp_path: Path) -> None:
     payload = write_payload(tmp_path, "c", COUNTER)
-    with VM(TINY + ["-kernel", payload]) as first, VM(TINY + ["-kernel", payload]) as second:
+    with VM([*TINY, "-kernel", payload]) as first, VM([*TINY, "-kernel", payload]) as second:
         first.pause()
         frozen = first.memory.read_u64(COUNTER_GPA)
         a = second.memory.read_u64(COUNTER_GPA)
