@@ -393,6 +393,14 @@ main:
 	fcvt.w.d a0, f1, rtz
 	CHECK a0, 0x7fffffff
 	FLAGS NV
+	FLI_D f1, 0x42f61c8f9aa3ff7f   /* 2.4e14 with a fraction, rounding up */
+	fcvt.w.d a0, f1, rup
+	CHECK a0, 0x7fffffff
+	FLAGS NV
+	FLI_S f1, 0xcf000001       /* -2^31 - 256 */
+	fcvt.w.s a0, f1, rne
+	CHECK a0, 0xffffffff80000000
+	FLAGS NV
 
 	j pass
 
