@@ -156,7 +156,11 @@ class VM:
         config.nographic = False
         system = System(config, console=self.console)
         system.add_event_listener(self._on_event)
-        system.create()
+        try:
+            system.create()
+        except BaseException:
+            system.close()  # a failed launch leaves no thread, fd or mapping behind
+            raise
         self._system = system
         started = threading.Event()
 

@@ -1,0 +1,43 @@
+"""A VM lifecycle test written with kvmpy's pytest fixtures (``pip install kvmpy`` registers them).
+
+Run it with ``python -m pytest examples/test_lifecycle.py``.  ``vm_factory(**options)`` takes
+the options of ``kvmpy.VM`` (``process=True`` for ``kvmpy.ProcessVM``); every VM it made is shut
+down after the test, and a failing test's report carries each VM's console log.
+"""
+
+import re
+
+import pytest
+
+from kvmpy import guests
+
+PROMPT = re.escape(guests.PROMPT)
+
+
+@pytest.fixture
+def linux():
+    return {"machine": "virt", "bios": "builtin", "append": "console=ttyS0",
+            "kernel": str(guests.kernel_path()), "initrd": str(guests.initrd_path())}
+
+
+@pytest.mark.parametrize("process", [False, True], ids=["in-process", "child-process"])
+def test_boot_pause_reset_poweroff(vm_factory, linux, process):
+    vm = vm_factory(process=process, **linux)
+    vm.console.expect(PROMPT, timeout=180)
+
+    vm.pause()                                   # QMP stop
+    registers = vm.registers()
+    assert vm.registers() == registers           # nothing moves while paused
+    vm.resume()                                  # QMP cont
+
+    vm.console.send("echo $((6 * 7))\n")
+    vm.console.expect(r"\b42\b")
+
+    vm.reset()                                   # QMP system_reset
+    assert vm.event_wait("RESET")["data"]["reason"] == "host-qmp-system-reset"
+    vm.console.expect(PROMPT, timeout=180)       # boots again
+
+    vm.console.send("poweroff\n")
+    event = vm.event_wait("SHUTDOWN", timeout=60)
+    assert event["data"] == {"guest": True, "reason": "guest-shutdown"}
+    assert vm.wait() == 0
