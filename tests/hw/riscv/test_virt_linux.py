@@ -55,12 +55,12 @@ def boot() -> Iterator[Any]:
     vms: list[Any] = []
 
     def start(bios: str = "builtin", smp: int = 1, append: str = "console=ttyS0",
-              **options: Any) -> Any:
+              kernel_override: str | None = None, **options: Any) -> Any:
         if bios == "default" and opensbi.find_fw_dynamic() is None:
             pytest.skip("no OpenSBI fw_dynamic installed (Debian package opensbi)")
         vm = VM(machine="virt", accel="tcg", bios=bios, smp=smp,
-                kernel=str(guests.kernel_path()), initrd=str(guests.initrd_path()),
-                append=append, **options)
+                kernel=kernel_override or str(guests.kernel_path()),
+                initrd=str(guests.initrd_path()), append=append, **options)
         vms.append(vm)
         vm.launch()
         vm.console.expect(re.escape(guests.PROMPT), timeout=BOOT_TIMEOUT)
@@ -117,4 +117,41 @@ def test_reboot_restarts_the_guest(boot: Any) -> None:
 def test_reboot_with_no_reboot_exits(boot: Any) -> None:
     vm = boot(bios="builtin", no_reboot=True)
     vm.console.send("reboot\n")
+    assert wait_exit(vm) == 0
+
+
+def _distro_kernel(tmp_path: Any) -> str:
+    """An unmodified distribution kernel: $KVMPY_DISTRO_KERNEL, else Debian's linux-image .deb
+    that ci/ caches (extracted here)."""
+    import glob
+    import os
+    import shutil
+    import subprocess
+
+    explicit = os.environ.get("KVMPY_DISTRO_KERNEL")
+    if explicit:
+        return explicit
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))))
+    debs = sorted(glob.glob(os.path.join(repo, "ci", "cache", "debs",
+                                         "linux-image-*-riscv64_*_riscv64.deb")))
+    if not debs or shutil.which("dpkg-deb") is None:
+        pytest.skip("no distribution kernel: set KVMPY_DISTRO_KERNEL or let ci/ cache "
+                    "Debian's linux-image-*-riscv64 .deb")
+    subprocess.run(["dpkg-deb", "-x", debs[-1], str(tmp_path)], check=True, timeout=120)
+    images = glob.glob(str(tmp_path / "boot" / "vmlinu*"))
+    if not images:
+        pytest.skip(f"{debs[-1]} holds no /boot/vmlinu* image")
+    return images[0]
+
+
+@pytest.mark.parametrize("bios", ["builtin", "default"])
+def test_distribution_kernel_boots(boot: Any, tmp_path: Any, bios: str) -> None:
+    """Debian's generic riscv64 kernel (an EFI-stub Image, ~30 MB, modular) with the bundled
+    initramfs: to the shell on 2 harts, then poweroff."""
+    kernel = _distro_kernel(tmp_path)
+    vm = boot(bios=bios, smp=2, kernel_override=kernel, memory="1G")
+    assert run(vm, "grep -c ^processor /proc/cpuinfo").strip() == "2"
+    assert "riscv64" in run(vm, "uname -m")
+    vm.console.send("poweroff\n")
     assert wait_exit(vm) == 0
