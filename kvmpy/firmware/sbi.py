@@ -72,6 +72,10 @@ DBCN_MAX_BYTES = 1 << 16
 XLEN_MASK = (1 << 64) - 1
 
 
+def _nothing() -> None:
+    pass
+
+
 def _impl_version(version: str) -> int:
     parts = [int(p) for p in version.split(".")[:3] if p.isdigit()] + [0, 0, 0]
     return (parts[0] << 16) | (parts[1] << 8) | parts[2]
@@ -105,12 +109,14 @@ class Sbi:
 
     ``harts()`` gives the :class:`FirmwareHart` of every hart, indexed by hartid (the vCPUs
     exist only after the accelerator is set up, so they are looked up at call time).
-    ``shutdown``/``reset`` are ``System.request_shutdown``/``request_reset``.
+    ``shutdown``/``reset`` are ``System.request_shutdown``/``request_reset``; ``wake`` tells
+    the vCPU driver that an idle hart has something to do (an IPI, a hart_start).
     """
 
     def __init__(self, num_harts: int, console: SbiConsole, ram: GuestRAM,
                  harts: Callable[[], Sequence[Any]], shutdown: ShutdownRequest,
-                 reset: ShutdownRequest, hypervisor: bool = False) -> None:
+                 reset: ShutdownRequest, hypervisor: bool = False,
+                 wake: Callable[[], None] | None = None) -> None:
         self.num_harts = num_harts
         self.console = console
         self.ram = ram
@@ -118,6 +124,7 @@ class Sbi:
         self._shutdown = shutdown
         self._reset = reset
         self.hypervisor = hypervisor
+        self._wake = wake if wake is not None else _nothing
         self._handlers: dict[int, Callable[[SbiVcpu, int, tuple[int, ...]], Result]] = {
             EXT_BASE: self._base,
             EXT_TIME: self._time,
@@ -214,6 +221,7 @@ class Sbi:
             return SBI_ERR_INVALID_PARAM, 0
         for hartid in targets:
             self._hart(hartid).set_irq(IRQ_S_SOFT, True)
+        self._wake()
         return SBI_SUCCESS, 0
 
     # -- RFENCE (§8) ---------------------------------------------------------------------------
@@ -255,6 +263,7 @@ class Sbi:
         if not self.ram.contains(start_addr, 4):
             return SBI_ERR_INVALID_ADDRESS, 0
         hart.hart_start(start_addr, opaque)
+        self._wake()
         return SBI_SUCCESS, 0
 
     def _hart_suspend(self, vcpu: SbiVcpu, suspend_type: int, resume_addr: int,
@@ -342,6 +351,7 @@ class Sbi:
             return SBI_ERR_INVALID_PARAM
         for hartid in targets:
             self._hart(hartid).set_irq(IRQ_S_SOFT, True)
+        self._wake()
         return 0
 
     def _legacy_fence(self, vcpu: SbiVcpu, args: tuple[int, ...]) -> int:

@@ -167,7 +167,7 @@ class VirtMachine(MachineState):
         self.sbi = Sbi(num_harts=self.smp.cpus, console=_UartConsole(self.devices["uart0"]),
                        ram=self.ram, harts=lambda: _vcpus(system),
                        shutdown=system.request_shutdown, reset=system.request_reset,
-                       hypervisor="h" in caps.isa_extensions)
+                       hypervisor="h" in caps.isa_extensions, wake=lambda: _wake(system))
         system.sbi = self.sbi
 
         if self.dtb:
@@ -389,6 +389,12 @@ class _UartConsole(SbiConsole):
         while len(out) < max_bytes and self._uart.mmio_read(self.LSR, 1) & self.LSR_DR:
             out.append(self._uart.mmio_read(self.RBR_THR, 1) & 0xFF)
         return bytes(out)
+
+
+def _wake(system: System) -> None:
+    driver = system.driver
+    if driver is not None:
+        driver.wake()
 
 
 def _vcpus(system: System) -> list[Any]:

@@ -67,9 +67,14 @@ class Env:
         self.console = Console()
         self.ram = GuestRAM(RAM_BASE, 1 << 20)
         self.requests: list[tuple[str, str, bool]] = []
+        self.wakes = 0
         self.sbi = S.Sbi(harts, self.console, self.ram, lambda: self.harts,
                          shutdown=lambda r, g: self.requests.append(("shutdown", r, g)),
-                         reset=lambda r, g: self.requests.append(("reset", r, g)))
+                         reset=lambda r, g: self.requests.append(("reset", r, g)),
+                         wake=self._wake)
+
+    def _wake(self) -> None:
+        self.wakes += 1
 
     def call(self, eid: int, fid: int, *args: int, hart: int = 0) -> tuple[int, int]:
         padded = (tuple(a & ALL for a in args) + (0,) * 6)[:6]
@@ -105,6 +110,7 @@ def test_time_sets_the_callers_timer(env: Env) -> None:
 def test_ipi_masks(env: Env) -> None:
     assert env.call(S.EXT_IPI, 0, 0b101, 0) == (0, 0)
     assert [bool(h.irqs) for h in env.harts] == [True, False, True, False]
+    assert env.wakes == 1                                        # idle targets get to run
     assert env.harts[0].irqs == [(IRQ_S_SOFT, True)]
     assert env.call(S.EXT_IPI, 0, 0b1, 3) == (0, 0)
     assert env.harts[3].irqs == [(IRQ_S_SOFT, True)]
@@ -130,6 +136,7 @@ def test_hsm_start_status_stop(env: Env) -> None:
     assert env.call(status, 2, 4) == (S.SBI_ERR_INVALID_PARAM, 0)
     assert env.call(status, 0, 1, RAM_BASE + 0x100, 0xABC) == (0, 0)
     assert env.harts[1].started == [(RAM_BASE + 0x100, 0xABC)]
+    assert env.wakes == 1
     assert env.call(status, 2, 1) == (0, S.HSM_STARTED)
     assert env.call(status, 0, 1, RAM_BASE, 0) == (S.SBI_ERR_ALREADY_AVAILABLE, 0)
     assert env.call(status, 0, 2, 0x1000, 0) == (S.SBI_ERR_INVALID_ADDRESS, 0)
