@@ -188,7 +188,10 @@ enum { PEND_NONE = 0, PEND_LOAD, PEND_STORE, PEND_SBI };
     X(max) X(maxu) X(min) X(minu) X(sextb) X(sexth) X(zexth) \
     X(rol) X(rolw) X(ror) X(rori) X(roriw) X(rorw) X(orcb) X(rev8) \
     X(bclr) X(bclri) X(bext) X(bexti) X(binv) X(binvi) X(bset) X(bseti) \
-    X(system)
+    X(system) \
+    X(fadd_d) X(fsub_d) X(fmul_d) X(fdiv_d) X(fadd_s) X(fsub_s) X(fmul_s) X(fdiv_s) \
+    X(fmadd_d) X(fmsub_d) X(fnmsub_d) X(fnmadd_d) X(fmadd_s) X(fmsub_s) X(fnmsub_s) \
+    X(fnmadd_s) X(fmv_d) X(fle_d) X(flt_d) X(feq_d) X(fcvt_d_w)
 
 #define OP_ENUM(n) OP_##n,
 enum { OP_LIST(OP_ENUM) OP_COUNT };
@@ -201,6 +204,7 @@ typedef struct op {
     const void *handler; /* label address (computed goto), filled when the block is linked */
     int64_t imm;         /* immediate; raw instruction for fp; csr number for csr ops */
     uint64_t pc;         /* this instruction's pc (for end: the fall-through pc) */
+    struct block *chain; /* taken/fall-through successor in the same page, once known */
     uint8_t rd, rs1, rs2, rs3;
     uint8_t len;
     uint8_t rm;
@@ -325,6 +329,7 @@ struct tcg_engine {
     block **page_blocks; /* per RAM page */
     uint32_t code_epoch;
     uint64_t gen_counter;
+    uint64_t flush_gen; /* bumped when every block is forgotten (ops may be reused) */
 };
 
 /* ---------------------------------------------------------------- small helpers --------- */
@@ -1079,6 +1084,7 @@ static void code_flush_all(tcg_engine *e)
     memset(e->bhash, 0, BHASH_SIZE * sizeof(block *));
     memset(e->page_blocks, 0, (e->ram_size >> 12) * sizeof(block *));
     e->arena_used = 0;
+    e->flush_gen++;
     invalidate_jump_caches(e);
 }
 
@@ -1881,8 +1887,11 @@ static int fp_exec(hart *h, uint32_t insn)
     case 0x18: { /* fcvt.w[u]/l[u] from float */
         if (rm > 4 || rs2 > 3)
             return -1;
+        /* the flags are computed here: what the host raises on the way is dropped */
+        fp_sync_flags(h);
         double x = single ? (double)get_s(h, rs1) : get_d(h, rs1);
         h->x[rd ? rd : 32] = cvt_to_int(x, rm, rs2, &flags);
+        (void)host_flags_take();
         break;
     }
     case 0x1a: { /* fcvt to float from w[u]/l[u] */
@@ -2160,9 +2169,54 @@ static int decode32(uint32_t insn, op *o)
         o->rs3 = f3 == 2 ? 4 : 8;
         return 0;
     }
-    case 0x43: case 0x47: case 0x4b: case 0x4f: case 0x53:
+    case 0x43: case 0x47: case 0x4b: case 0x4f: {
+        /* fused multiply-add: a fast op for static RNE or dynamic rounding */
+        static const uint16_t kd[4] = {OP_fmadd_d, OP_fmsub_d, OP_fnmsub_d, OP_fnmadd_d};
+        static const uint16_t ks[4] = {OP_fmadd_s, OP_fmsub_s, OP_fnmsub_s, OP_fnmadd_s};
+        unsigned fmt = f7 & 3;
         set_op(o, OP_fp, 0, 0, 0, insn);
+        if ((f3 == 0 || f3 == 7) && fmt <= 1) {
+            o->kind = fmt ? kd[(opc >> 2) & 3] : ks[(opc >> 2) & 3];
+            o->rd = (uint8_t)rd;
+            o->rs1 = (uint8_t)rs1;
+            o->rs2 = (uint8_t)rs2;
+            o->rs3 = (uint8_t)(insn >> 27);
+            o->rm = (uint8_t)f3;
+        }
         return 0;
+    }
+    case 0x53: {
+        unsigned k = OP_fp;
+        if (f3 == 0 || f3 == 7) {
+            switch (f7) {
+            case 0x01: k = OP_fadd_d; break;
+            case 0x05: k = OP_fsub_d; break;
+            case 0x09: k = OP_fmul_d; break;
+            case 0x0d: k = OP_fdiv_d; break;
+            case 0x00: k = OP_fadd_s; break;
+            case 0x04: k = OP_fsub_s; break;
+            case 0x08: k = OP_fmul_s; break;
+            case 0x0c: k = OP_fdiv_s; break;
+            case 0x69: k = rs2 == 0 ? OP_fcvt_d_w : OP_fp; break;
+            default: break;
+            }
+        }
+        if (f7 == 0x11 && f3 == 0 && rs1 == rs2)
+            k = OP_fmv_d;
+        if (f7 == 0x51)
+            k = f3 == 0 ? OP_fle_d : f3 == 1 ? OP_flt_d : f3 == 2 ? OP_feq_d : OP_fp;
+        set_op(o, OP_fp, 0, 0, 0, insn);
+        if (k != OP_fp) {
+            o->kind = (uint16_t)k;
+            o->rd = (uint8_t)rd;
+            o->rs1 = (uint8_t)rs1;
+            o->rs2 = (uint8_t)rs2;
+            o->rm = (uint8_t)f3;
+            if (k == OP_fle_d || k == OP_flt_d || k == OP_feq_d)
+                o->rd = (uint8_t)(rd ? rd : 32);
+        }
+        return 0;
+    }
     default:
         return D_END;
     }
@@ -2389,6 +2443,7 @@ static int decode_into(op *ops, int max, uint64_t vpc, const uint8_t *host, uint
             o->len = 2;
         }
         o->pc = vpc + off;
+        o->chain = NULL;
         off += o->len;
         n++;
         if (flags & D_END)
@@ -2397,6 +2452,7 @@ static int decode_into(op *ops, int max, uint64_t vpc, const uint8_t *host, uint
     ops[n].kind = OP_end;
     ops[n].pc = vpc + off;
     ops[n].len = 0;
+    ops[n].chain = NULL;
     *nbytes = off;
     return n;
 }
@@ -2744,8 +2800,26 @@ static int service(hart *h)
 #define NEXT() do { o++; DISPATCH(); } while (0)
 #define SYNC_PC() (h->pc = o->pc)
 #define TAKEN(target) do { h->insns += (uint64_t)(o - b->ops) + 1; h->pc = (target); goto next_block; } while (0)
+/* A static successor: follow the op's chain link when it is set and nothing needs
+ * attention, else look the block up (and link it when it is in the same page). */
+#define CHAIN(target, count)                                                                 \
+    do {                                                                                      \
+        h->insns += (count);                                                                  \
+        h->pc = (target);                                                                     \
+        block *nb_ = o->chain;                                                                \
+        if (likely(nb_ != NULL) && likely(nb_->valid) && h->insns < h->limit &&               \
+            !ATOMIC_LOAD(&h->attention)) {                                                    \
+            b = nb_;                                                                          \
+            o = b->ops;                                                                       \
+            DISPATCH();                                                                       \
+        }                                                                                     \
+        link_from = o;                                                                        \
+        link_target = (target);                                                               \
+        link_gen = h->e->flush_gen;                                                           \
+        goto next_block;                                                                      \
+    } while (0)
 #define ALU(name, expr) CASE(name) { RD = (expr); NEXT(); }
-#define BRANCH(name, cond) CASE(name) { if (cond) TAKEN(o->pc + (uint64_t)o->imm); NEXT(); }
+#define BRANCH(name, cond) CASE(name) { if (cond) CHAIN(o->pc + (uint64_t)o->imm, (uint64_t)(o - b->ops) + 1); NEXT(); }
 
 #define LOAD(name, T, size, sign, conv)                                                      \
     CASE(name) {                                                                              \
@@ -2837,7 +2911,9 @@ static int run_loop(hart *h)
 #endif
     uint64_t *const X = h->x;
     block *b;
-    const op *o;
+    op *o;
+    op *link_from = NULL; /* the op whose successor is being looked up, to chain it */
+    uint64_t link_target = 0, link_gen = 0;
     int st;
 
 next_block:
@@ -2851,6 +2927,8 @@ next_block:
         jc_entry *j = &h->jc[(pc >> 1) & (JC_SIZE - 1)];
         if (likely(j->key == key && j->gen == h->jc_gen)) {
             b = j->b;
+            if (link_from && link_target == pc && ((link_from->pc ^ pc) & PAGE_MASK) == 0)
+                link_from->chain = b;
         } else {
             b = lookup_block(h);
             if (!b)
@@ -2866,12 +2944,16 @@ next_block:
                 j->key = key;
                 j->b = b;
                 j->gen = h->jc_gen;
+                if (link_from && link_target == pc && link_gen == h->e->flush_gen &&
+                    ((link_from->pc ^ pc) & PAGE_MASK) == 0 && !h->single_step)
+                    link_from->chain = b;
             } else if (h->e->trace_flags & (1u << TCG_TRACE_EXEC)) {
                 trace_emit(h->e, TCG_TRACE_EXEC, h->id, pc, (uint64_t)h->priv, 0, 0);
                 set_attention(h);
             }
         }
     }
+    link_from = NULL;
     o = b->ops;
 #if !USE_COMPUTED_GOTO
 dispatch:
@@ -2879,9 +2961,7 @@ dispatch:
     DISPATCH();
     switch (o->kind) {
     CASE(end) {
-        h->insns += b->n;
-        h->pc = o->pc;
-        goto next_block;
+        CHAIN(o->pc, b->n);
     }
     CASE(illegal) {
         SYNC_PC();
@@ -2896,7 +2976,7 @@ dispatch:
     CASE(jal) {
         uint64_t link = o->pc + o->len;
         RD = link;
-        TAKEN(o->pc + (uint64_t)o->imm);
+        CHAIN(o->pc + (uint64_t)o->imm, (uint64_t)(o - b->ops) + 1);
     }
     CASE(jalr) {
         uint64_t target = (R1 + (uint64_t)o->imm) & ~(uint64_t)1;
@@ -3042,7 +3122,71 @@ dispatch:
             goto op_fail;
         NEXT();
     }
+    /* Fast FP ops: round-to-nearest-even (static, or dynamic with frm = RNE); anything
+     * else (FS off, another rounding mode) takes the generic path below. */
+#define FP_GUARD() if (unlikely(fs_off(h) || (o->rm == 7 && h->frm != 0))) goto fp_generic
+#define F64(r) f64_from(h->f[r])
+#define F32(r) f32_from(unbox32(h->f[r]))
+#define FP_D(name, expr) CASE(name) { FP_GUARD(); double r_ = (expr); FP_BARRIER(r_); set_d(h, o->rd, r_); h->mstatus |= MSTATUS_FS; NEXT(); }
+#define FP_S(name, expr) CASE(name) { FP_GUARD(); float r_ = (expr); FP_BARRIER(r_); set_s(h, o->rd, r_); h->mstatus |= MSTATUS_FS; NEXT(); }
+    FP_D(fadd_d, F64(o->rs1) + F64(o->rs2))
+    FP_D(fsub_d, F64(o->rs1) - F64(o->rs2))
+    FP_D(fmul_d, F64(o->rs1) * F64(o->rs2))
+    FP_D(fdiv_d, F64(o->rs1) / F64(o->rs2))
+    FP_S(fadd_s, F32(o->rs1) + F32(o->rs2))
+    FP_S(fsub_s, F32(o->rs1) - F32(o->rs2))
+    FP_S(fmul_s, F32(o->rs1) * F32(o->rs2))
+    FP_S(fdiv_s, F32(o->rs1) / F32(o->rs2))
+    FP_D(fcvt_d_w, (double)(int32_t)X[o->rs1])
+    CASE(fmadd_d) CASE(fmsub_d) CASE(fnmsub_d) CASE(fnmadd_d) {
+        FP_GUARD();
+        double a = F64(o->rs1), bb = F64(o->rs2), c = F64(o->rs3);
+        if (unlikely((isinf(a) && bb == 0) || (a == 0 && isinf(bb))))
+            goto fp_generic;
+        if (o->kind == OP_fnmsub_d || o->kind == OP_fnmadd_d)
+            a = -a;
+        if (o->kind == OP_fmsub_d || o->kind == OP_fnmadd_d)
+            c = -c;
+        double r_ = fma(a, bb, c);
+        FP_BARRIER(r_);
+        set_d(h, o->rd, r_);
+        h->mstatus |= MSTATUS_FS;
+        NEXT();
+    }
+    CASE(fmadd_s) CASE(fmsub_s) CASE(fnmsub_s) CASE(fnmadd_s) {
+        FP_GUARD();
+        float a = F32(o->rs1), bb = F32(o->rs2), c = F32(o->rs3);
+        if (unlikely((isinf(a) && bb == 0) || (a == 0 && isinf(bb))))
+            goto fp_generic;
+        if (o->kind == OP_fnmsub_s || o->kind == OP_fnmadd_s)
+            a = -a;
+        if (o->kind == OP_fmsub_s || o->kind == OP_fnmadd_s)
+            c = -c;
+        float r_ = fmaf(a, bb, c);
+        FP_BARRIER(r_);
+        set_s(h, o->rd, r_);
+        h->mstatus |= MSTATUS_FS;
+        NEXT();
+    }
+    CASE(fmv_d) {
+        if (unlikely(fs_off(h)))
+            goto fp_generic;
+        h->f[o->rd] = h->f[o->rs1];
+        h->mstatus |= MSTATUS_FS;
+        NEXT();
+    }
+    CASE(fle_d) CASE(flt_d) CASE(feq_d) {
+        if (unlikely(fs_off(h)))
+            goto fp_generic;
+        double a = F64(o->rs1), bb = F64(o->rs2);
+        if (unlikely(isnan(a) || isnan(bb)))
+            goto fp_generic;
+        RD = o->kind == OP_fle_d ? a <= bb : o->kind == OP_flt_d ? a < bb : a == bb;
+        h->mstatus |= MSTATUS_FS;
+        NEXT();
+    }
     CASE(fp) {
+    fp_generic:
         if (unlikely(fp_exec(h, (uint32_t)o->imm))) {
             SYNC_PC();
             h->insns += (uint64_t)(o - b->ops);
