@@ -150,8 +150,11 @@ class VirtMachine(MachineState):
     # -- phase 4 ----------------------------------------------------------------------------
 
     def init(self, system: System) -> None:
-        self._check_options(system)
+        # The bundled guest first: with it, -append and -initrd apply to the bundled kernel
+        # (QEMU, which has no default kernel, refuses them without -kernel; so does kvmpy
+        # when there is no bundled guest to boot, e.g. with -bios none).
         self._default_payload(system)
+        self._check_options(system)
         caps = system.caps
         kvm_irqchip = caps.in_kernel_timer_ipi
         plan = boot.select_firmware(self.firmware, caps)

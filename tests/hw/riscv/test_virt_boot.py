@@ -168,7 +168,9 @@ def test_bios_file_errors(board: Any, tmp_path: Path) -> None:
     with pytest.raises(LoaderError, match="could not load kernel"):
         board(bios="none", kernel=str(tmp_path / "missing"))
     with pytest.raises(ConfigError, match="-initrd only allowed with -kernel option"):
-        board(initrd=str(tmp_path / "x"))
+        board(bios="none", initrd=str(tmp_path / "x"))
+    with pytest.raises(ConfigError, match="-append only allowed with -kernel option"):
+        board(bios="none", append="quiet")
 
 
 def test_elf_firmware_end_places_kernel(board: Any, tmp_path: Path) -> None:
