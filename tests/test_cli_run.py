@@ -14,6 +14,8 @@ import pytest
 from kvmpy.registry_init import load_types
 from kvmpy.system import find_accel_class
 
+from .support import kvmpy_env
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -27,7 +29,7 @@ def test_daemonize_returns_once_the_vm_is_built(tmp_path: Path) -> None:
     from qemu.qmp.legacy import QEMUMonitorProtocol
 
     pidfile, sock = tmp_path / "vm.pid", tmp_path / "qmp.sock"
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = kvmpy_env()
     proc = subprocess.run(
         [sys.executable, "-m", "kvmpy", "-M", "virt", "-accel", "tcg", "-display", "none",
          "-serial", "null", "-daemonize", "-pidfile", str(pidfile),
@@ -86,7 +88,7 @@ def test_nographic_terminal_keys_and_restore() -> None:
             assert time.monotonic() < deadline, f"{text!r} not in {bytes(output)!r}"
             time.sleep(0.02)
 
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = kvmpy_env()
     proc = subprocess.Popen(
         [sys.executable, "-m", "kvmpy", "-M", "virt", "-accel", "tcg", "-nographic", "-S"],
         stdin=slave, stdout=slave, stderr=slave, env=env, preexec_fn=make_controlling)

@@ -21,6 +21,8 @@ import pytest
 from kvmpy import guests
 from kvmpy.errors import LoaderError
 
+from .support import kvmpy_env
+
 QEMU = shutil.which("qemu-system-riscv64")
 needs_qemu = pytest.mark.skipif(QEMU is None, reason="qemu-system-riscv64 is not installed")
 
@@ -138,7 +140,7 @@ def test_truncated_cache_entry_is_replaced(empty_cache: Path) -> None:
 
 def test_concurrent_first_use_from_several_processes(empty_cache: Path) -> None:
     code = "from kvmpy import guests; print(guests.kernel_path())"
-    env = dict(os.environ, PYTHONPATH=str(Path(guests.__file__).parents[2]))
+    env = kvmpy_env()
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(4)]
     results = [p.communicate(timeout=60) for p in procs]

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from ..support import kvmpy_env
+
 ROOT = Path(__file__).resolve().parents[2]
 
 CHILD = r"""
@@ -61,7 +63,7 @@ class Terminal:
             os.setsid()
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env = kvmpy_env()
         self.proc = subprocess.Popen(  # preexec_fn: TIOCSCTTY in the child
             [sys.executable, "-c", script, mode, allow_signal], stdin=self.slave,
             stdout=self.slave, stderr=self.slave, preexec_fn=make_controlling, env=env)

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,8 @@ import pytest
 from kvmpy import qom
 from kvmpy.firmware import opensbi
 from kvmpy.registry_init import load_types
+
+from ...support import kvmpy_env
 
 PAYLOAD = Path(__file__).parent / "guests" / "sbi_smoke.elf"
 REPO = Path(__file__).resolve().parents[3]
@@ -72,7 +73,7 @@ def test_payload_on_kvmpy(bios: str, harts: int, tmp_path: Path) -> None:
         pytest.skip(f"interpreter accelerator unavailable: {reason}")
     if bios == "default" and opensbi.find_fw_dynamic() is None:
         pytest.skip("no OpenSBI fw_dynamic installed (Debian package opensbi)")
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = kvmpy_env()
     serial = tmp_path / "serial.txt"
     proc = subprocess.run([sys.executable, "-m", "kvmpy", "-M", "virt", "-accel", "tcg",
                            "-smp", str(harts), "-bios", bios, "-display", "none",
@@ -92,7 +93,7 @@ def test_bad_accesses_are_logged_and_the_guest_goes_on(tmp_path: Path) -> None:
     reason = _tcg_unavailable()
     if reason is not None:
         pytest.skip(f"interpreter accelerator unavailable: {reason}")
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = kvmpy_env()
     serial = tmp_path / "serial.txt"
     proc = subprocess.run([sys.executable, "-m", "kvmpy", "-M", "virt", "-accel", "tcg",
                            "-bios", "builtin", "-display", "none", "-monitor", "none",
@@ -128,7 +129,7 @@ def test_bios_none_register_contract_on_qemu_and_kvmpy(oracle: Any, tmp_path: Pa
     reason = _tcg_unavailable()
     if reason is not None:
         pytest.skip(f"interpreter accelerator unavailable: {reason}")
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = kvmpy_env()
     serial = tmp_path / "serial.txt"
     proc = subprocess.run([sys.executable, "-m", "kvmpy", "-M", "virt", "-accel", "tcg",
                            "-smp", str(harts), "-bios", "none", "-display", "none",
