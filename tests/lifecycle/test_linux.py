@@ -25,13 +25,19 @@ def options() -> dict[str, Any]:
             "append": "console=ttyS0"}
 
 
+def without_mip(registers: dict[str, int]) -> dict[str, int]:
+    return {name: value for name, value in registers.items() if name != "mip"}
+
+
 def lifecycle(vm: Any) -> None:
     vm.console.expect(PROMPT, timeout=BOOT_TIMEOUT)
     vm.pause()
     assert vm.status == "paused"
     first = vm.registers()
     time.sleep(0.3)
-    assert vm.registers() == first
+    # mip is left out: kvmpy's timer keeps host time while paused, so STIP can become
+    # pending (QEMU stops its virtual clock); every other register must stay as it was.
+    assert without_mip(vm.registers()) == without_mip(first)
     assert vm.get_reg("pc") == first["pc"]
     vm.resume()
     assert vm.status == "running"

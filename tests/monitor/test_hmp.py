@@ -17,8 +17,8 @@ from ..lifecycle.helpers import COUNTER, kvmpy_command, kvmpy_env, wait_for_path
 BASE = ["-M", "virt", "-bios", "none", "-display", "none"]
 
 
-def read_until(read: object, marker: bytes, timeout: float = 20.0) -> bytes:
-    data = b""
+def read_until(read: object, marker: bytes, timeout: float = 20.0, seen: bytes = b"") -> bytes:
+    data = seen
     deadline = time.monotonic() + timeout
     while marker not in data:
         if time.monotonic() > deadline:
@@ -106,18 +106,29 @@ def test_ctrl_a_c_on_mon_stdio(tmp_path: Path) -> None:
         return os.read(master, 65536) if ready else b""
 
     try:
-        time.sleep(1)
+        # Ready once Ctrl-A h answers with the key list (the terminal is in raw mode then).
+        seen = b""
+        deadline = time.monotonic() + 60
+        while b"C-a c" not in seen:
+            assert time.monotonic() < deadline, f"Ctrl-A h never answered: {seen!r}"
+            os.write(master, b"\x01h")
+            seen += read() + read()
+        os.write(master, b"\x01c")
+        read_until(read, b"(qemu) ", timeout=60, seen=seen)
+
+        def hmp(line: bytes) -> bytes:
+            os.write(master, line + b"\r")
+            return read_until(read, b"(qemu) ")
+
+        assert b"VM status: running" in hmp(b"info status")
+        hmp(b"stop")
+        assert b"VM status: paused" in hmp(b"info status")
+        hmp(b"c")
+        assert b"VM status: running" in hmp(b"info status")
+        os.write(master, b"\x01c")  # back to the console, and to the monitor again
         os.write(master, b"\x01c")
         read_until(read, b"(qemu) ")
-        os.write(master, b"info status\r")
-        assert b"VM status: running" in read_until(read, b"running")
-        read_until(read, b"(qemu) ")
-        os.write(master, b"stop\r")
-        read_until(read, b"(qemu) ")
-        os.write(master, b"info status\r")
-        assert b"VM status: paused" in read_until(read, b"paused")
-        os.write(master, b"c\r")
-        read_until(read, b"(qemu) ")
+        assert b"VM status: running" in hmp(b"info status")
         os.write(master, b"q\r")
         assert proc.wait(30) == 0
     finally:

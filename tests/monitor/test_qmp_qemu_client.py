@@ -514,7 +514,7 @@ def test_server_survives_client_vanishing_with_unread_events(launch: Launcher,
     raw = Raw(path)
     raw.messages(1)
     raw.send(b'{"execute": "qmp_capabilities"}\n')
-    for _ in range(200):
+    for _ in range(100):
         raw.send(b'{"execute": "stop"}\n{"execute": "cont"}\n')
     raw.close()  # hundreds of replies and events never read
     legacy = QEMUMonitorProtocol(path)
