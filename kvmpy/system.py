@@ -166,12 +166,18 @@ class System:
         self.machine = instantiate_machine(cls, config)         # phase 3
         self.accel = self._select_accelerator()
         self.caps = self.accel.caps
+        if config.icount_shift is not None:
+            if not self.accel.supports_icount:
+                raise ConfigError(f"-icount is not supported with accelerator "
+                                  f"'{self.accel.name}'", option="-icount")
         self._open_chardevs()
         self.harts = [HartPort(i) for i in range(self.machine.smp.cpus)]
         self.machine.init(self)                                 # phase 4
         if self.ram is None:
             raise ConfigError(f"machine '{cls.name}' created no RAM")
         self.accel.init_machine(self.ram, len(self.harts), self.roms)  # phase 5
+        if config.icount_shift is not None:
+            self.accel.set_icount(config.icount_shift)
         for hart, vcpu in zip(self.harts, self.accel.vcpus, strict=True):
             hart.attach(_WakingBackend(vcpu, self))
         self._apply_boot_state()

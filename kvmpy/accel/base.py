@@ -94,6 +94,8 @@ class Accelerator(Object):
     caps: AccelCaps
     vcpus: list[Vcpu]
 
+    supports_icount: ClassVar[bool] = False
+    """``-icount shift=N`` is honoured (``set_icount``): time counts retired instructions."""
     threaded_vcpus: ClassVar[bool] = False
     """True: one thread per vCPU blocked in run() (KVM); False: all harts on one thread."""
 
@@ -109,6 +111,10 @@ class Accelerator(Object):
         ``roms`` are read-only regions the guest executes and loads from (the virt board's
         MROM); a store to one is an MMIO exit, as with a KVM read-only memory slot.
         """
+        raise NotImplementedError
+
+    def set_icount(self, shift: int | None) -> None:
+        """``-icount shift=N``: mtime advances 2**N ns per retired instruction (None: host)."""
         raise NotImplementedError
 
     def close(self) -> None:
