@@ -35,10 +35,12 @@ def test_boot_pause_reset_poweroff(vm_factory, linux, process):
 
     vm.console.send("echo $((6 * 7))\n")
     vm.console.expect(r"\b42\b")
+    vm.console.expect(PROMPT)                    # expect() consumes output as it matches
 
     vm.reset()                                   # QMP system_reset
     assert vm.event_wait("RESET")["data"]["reason"] == "host-qmp-system-reset"
-    vm.console.expect(PROMPT, timeout=180)       # boots again
+    vm.console.expect(re.escape(guests.BANNER), timeout=180)   # boots again
+    vm.console.expect(PROMPT, timeout=60)
 
     vm.console.send("poweroff\n")
     event = vm.event_wait("SHUTDOWN", timeout=60)

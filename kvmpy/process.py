@@ -155,17 +155,27 @@ class ProcessVM:
         self._log_path = os.path.join(self.temp_dir, "output.log")
         self.command = [*self.binary, *self.args, "-display", "none",
                         "-qmp", f"unix:{qmp_path},server=on,wait=off"]
-        if "-serial" not in self.args and "-nographic" not in self.args:
-            self.command += ["-serial", f"unix:{console_path},server=on,wait=off"]
+        with_console = "-serial" not in self.args and "-nographic" not in self.args
+        if with_console:
+            # wait=on: kvmpy waits for this client before it starts, so the console log
+            # holds the guest's output from its first byte.
+            self.command += ["-serial", f"unix:{console_path},server=on"]
         try:
             with open(self._log_path, "wb") as log:
                 self._proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL,
                                               stdout=log, stderr=subprocess.STDOUT,
                                               start_new_session=True)
+            if with_console:
+                self._connect(lambda: self._open_console(console_path, timeout), timeout)
             self._qmp = QMPClient(qmp_path)
-            self._connect(lambda: self._qmp.connect(timeout) if self._qmp else None, timeout)
-            if "-serial" not in self.args and "-nographic" not in self.args:
-                self._console = SocketConsole(console_path, timeout)
+            try:
+                self._connect(lambda: self._qmp.connect(timeout) if self._qmp else None,
+                              timeout)
+            except (OSError, QMPError):
+                if not self._finished_cleanly():
+                    raise
+                self._qmp.close()  # the guest ran to its end (poweroff) before we asked
+                self._qmp = None
         except BaseException as exc:
             exitcode = self._kill_process(grace=LAUNCH_EXIT_GRACE)
             output = self.get_log()
@@ -175,6 +185,18 @@ class ProcessVM:
                                       output) from None
             raise
         return self
+
+    def _open_console(self, path: str, timeout: float) -> None:
+        self._console = SocketConsole(path, timeout)
+
+    def _finished_cleanly(self) -> bool:
+        """Whether the child has ended, or ends within the grace time, with status 0."""
+        if self._proc is None:
+            return False
+        try:
+            return self._proc.wait(LAUNCH_EXIT_GRACE) == 0
+        except subprocess.TimeoutExpired:
+            return False
 
     def _connect(self, connect: Callable[[], Any], timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -315,9 +337,19 @@ class ProcessVM:
                             cpu_index=cpu))
 
     def get_reg(self, name: str, cpu: int = 0) -> int:
-        return int(self.qmp("x-query-registers", cpu_index=cpu)[name])
+        """A register of hart ``cpu`` by any name ``kvmpy.VM.get_reg`` takes; VM paused."""
+        self._require_paused()
+        return int(self.qmp("x-query-registers", cpu_index=cpu, names=[name])[name])
+
+    def _require_paused(self) -> None:
+        status = self.status
+        if status == "running":
+            raise StateError(f"the VM is {status}, this needs it paused", status,
+                             ("paused", "prelaunch", "shutdown", "internal-error",
+                              "guest-panicked"))
 
     def registers(self, cpu: int = 0) -> dict[str, int]:
+        self._require_paused()
         regs: dict[str, int] = self.qmp("x-query-registers", cpu_index=cpu)
         return regs
 

@@ -181,13 +181,23 @@ def memsave(system: System, val: int, size: int, filename: str, cpu: int) -> dic
     return {}
 
 
-def query_registers(system: System, cpu: int) -> dict[str, int]:
-    """pc, x1..x31 and the main CSRs of one hart (kvmpy extension ``x-query-registers``)."""
+def query_registers(system: System, cpu: int,
+                    names: list[str] | None = None) -> dict[str, int]:
+    """Registers of one hart (kvmpy extension ``x-query-registers``): ``names`` (any name the
+    vCPU knows: ``pc``, ``a0``, ``x5``, CSRs), by default pc, x1..x31 and the main CSRs."""
     from kvmpy.monitor.hmp import CSRS
 
+    require_paused(system, "reading registers")
     hart = vcpu(system, cpu)
-    names = ["pc", *(f"x{i}" for i in range(1, 32)), *CSRS]
-    return {name: hart.get_reg(name) for name in names}
+    if names is None:
+        names = ["pc", *(f"x{i}" for i in range(1, 32)), *CSRS]
+    out = {}
+    for name in names:
+        try:
+            out[name] = hart.get_reg(name)
+        except (KeyError, ValueError):
+            raise KvmpyError(f"Register '{name}' not found") from None
+    return out
 
 
 def pmemwrite(system: System, val: int, data: str) -> dict[str, Any]:

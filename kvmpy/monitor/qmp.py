@@ -468,7 +468,8 @@ COMMANDS: dict[str, Command] = {
                        required=("val", "size", "filename"), optional=("cpu-index",),
                        types={"val": int, "size": int, "filename": str, "cpu-index": int}),
     "x-query-registers": Command(lambda mon, args: commands.query_registers(
-        mon.sys, args.get("cpu-index", 0)), optional=("cpu-index",), types={"cpu-index": int}),
+        mon.sys, args.get("cpu-index", 0), args.get("names")),
+        optional=("cpu-index", "names"), types={"cpu-index": int, "names": list}),
     "x-pmemwrite": Command(lambda mon, args: commands.pmemwrite(mon.sys, args["val"],
                                                                 args["data"]),
                            required=("val", "data"), types={"val": int, "data": str}),
