@@ -48,6 +48,19 @@ REBOOT = [
 ]
 
 
+HELLO = [
+    0x100002B7,  # lui t0, 0x10000      the virt board's UART at 0x10000000
+    0x06F00313,  # li t1, 'o'
+    0x00628023,  # sb t1, 0(t0)
+    0x06B00313,  # li t1, 'k'
+    0x00628023,  # sb t1, 0(t0)
+    0x02100313,  # li t1, '!'
+    0x00628023,  # sb t1, 0(t0)
+    0x0000006F,  # j .
+]
+"""Prints ``ok!`` on the serial console, then spins."""
+
+
 def write_payload(directory: Path, name: str, words: Sequence[int]) -> str:
     path = directory / f"{name}.bin"
     path.write_bytes(b"".join(struct.pack("<I", word) for word in words))
