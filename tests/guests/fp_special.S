@@ -402,6 +402,42 @@ main:
 	CHECK a0, 0xffffffff80000000
 	FLAGS NV
 
+	TEST 11         /* fused multiply-add honours every rounding mode on an exact tie:
+	                   -(1 * 1) - 2^24 = -(2^24 + 1), halfway between two singles */
+	FLI_S f1, 0xbf800000       /* -1 */
+	FLI_S f2, 0x4b800000       /* 2^24 */
+	fnmadd.s f3, f1, f1, f2, rmm   /* ties away: -(2^24 + 2) */
+	FCHECK_S f3, 0xcb800001
+	fnmadd.s f3, f1, f1, f2, rne   /* ties to even: -2^24 */
+	FCHECK_S f3, 0xcb800000
+	fnmadd.s f3, f1, f1, f2, rdn
+	FCHECK_S f3, 0xcb800001
+	fnmadd.s f3, f1, f1, f2, rup
+	FCHECK_S f3, 0xcb800000
+	fnmadd.s f3, f1, f1, f2, rtz
+	FCHECK_S f3, 0xcb800000
+	FLI_S f1, 0x3f800000
+	fmadd.s f3, f1, f1, f2, rmm    /* 1 + 2^24 -> 2^24 + 2 */
+	FCHECK_S f3, 0x4b800001
+	FLAGS NX
+	FLI_D f1, 0x3ff0000000000000
+	FLI_D f2, 0x4340000000000000   /* 2^53 */
+	fmadd.d f3, f1, f1, f2, rmm    /* 2^53 + 1 -> 2^53 + 2 */
+	FCHECK_D f3, 0x4340000000000001
+	fmadd.d f3, f1, f1, f2, rne
+	FCHECK_D f3, 0x4340000000000000
+	fmsub.d f3, f1, f1, f2, rmm    /* 1 - 2^53: exact */
+	FCHECK_D f3, 0xc33fffffffffffff
+	fnmsub.d f3, f1, f1, f2, rmm   /* -1 + 2^53: exact */
+	FCHECK_D f3, 0x433fffffffffffff
+	FLAGS NX
+	FLI_S f1, 0x3f800000       /* fmul/fdiv/fsqrt in rmm on ties too */
+	FLI_S f2, 0x4b800001       /* 2^24 + 2 */
+	FLI_S f4, 0x3f000000       /* 0.5: (2^24+2)*0.5 = 2^23+1 exact */
+	fmul.s f3, f2, f4, rmm
+	FCHECK_S f3, 0x4b000001
+	FLAGS 0
+
 	j pass
 
 	.data
