@@ -46,3 +46,9 @@ def test_boot_pause_reset_poweroff(vm_factory, linux, process):
     event = vm.event_wait("SHUTDOWN", timeout=60)
     assert event["data"] == {"guest": True, "reason": "guest-shutdown"}
     assert vm.wait() == 0
+
+
+def test_the_vm_fixture_boots_the_bundled_guest(vm):
+    vm.console.expect(PROMPT, timeout=180)       # `kvmpy -M virt` with no -kernel
+    vm.console.send("cat /proc/cmdline; uname -m\n")
+    vm.console.expect("riscv64")

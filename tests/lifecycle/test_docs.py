@@ -52,4 +52,4 @@ def test_example_runs_with_the_plugin_fixtures() -> None:
     result = subprocess.run(command, cwd=example.parent, env=kvmpy_env(),
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "2 passed" in result.stdout
+    assert "3 passed" in result.stdout
