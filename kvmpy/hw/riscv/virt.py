@@ -186,13 +186,13 @@ class VirtMachine(MachineState):
 
     def _default_payload(self, system: System) -> None:
         """No -kernel and no firmware of the user's own: boot the bundled Linux guest."""
-        if (self.kernel or self.initrd or self.dumpdtb
-                or self.firmware not in ("", "default", "builtin")):
-            return  # -initrd without -kernel stays QEMU's error
+        if self.kernel or self.dumpdtb or self.firmware not in ("", "default", "builtin"):
+            return
         from kvmpy import guests
 
         self.kernel = str(guests.kernel_path())
-        self.initrd = str(guests.initrd_path())
+        if not self.initrd:  # a user's own initramfs runs on the bundled kernel
+            self.initrd = str(guests.initrd_path())
         system.notice(f"no -kernel given: booting the bundled guest, {guests.description()}")
 
     def _check_options(self, system: System) -> None:
