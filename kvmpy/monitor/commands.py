@@ -73,16 +73,23 @@ def query_cpus_fast(system: System) -> list[dict[str, Any]]:
              "cpu-index": i, "target": "riscv64"} for i in range(len(system.harts))]
 
 
+QEMU_RAM_IDS = {"virt": "riscv_virt_board.ram", "spike": "riscv.spike.ram"}
+"""``default-ram-id`` of QEMU 7.2's riscv64 boards (their MachineClass names the RAM)."""
+
+
 def query_machines() -> list[dict[str, Any]]:
+    """QEMU's entries and key order for each machine type kvmpy has."""
     result = []
     for cls in machine_types():
         entry: dict[str, Any] = {"hotpluggable-cpus": False, "name": cls.name,
-                                 "numa-mem-supported": False,
-                                 "default-cpu-type": f"{cls.default_cpu_type}-riscv-cpu",
-                                 "cpu-max": cls.max_cpus, "deprecated": False,
-                                 "default-ram-id": f"{cls.name}.ram"}
+                                 "numa-mem-supported": bool(getattr(cls, "numa_mem_supported",
+                                                                    True)),
+                                 "default-cpu-type": f"{cls.default_cpu_type}-riscv-cpu"}
         if cls.is_default:
             entry["is-default"] = True
+        entry.update({"cpu-max": cls.max_cpus, "deprecated": False,
+                      "default-ram-id": getattr(cls, "default_ram_id",
+                                                QEMU_RAM_IDS.get(cls.name, f"{cls.name}.ram"))})
         result.append(entry)
     return result
 

@@ -162,7 +162,7 @@ class QmpMonitor:
             elif key != "id":
                 raise QmpError(f"QMP input member '{key}' is unexpected")
         if "execute" in obj and "exec-oob" in obj:
-            raise QmpError("QMP input must not contain both 'execute' and 'exec-oob'")
+            raise QmpError("QMP input member 'execute' clashes with 'exec-oob'")
         name = obj.get("execute", obj.get("exec-oob"))
         if name is None:
             raise QmpError("QMP input lacks member 'execute'")
@@ -417,7 +417,8 @@ def _qmp_capabilities(mon: QmpMonitor, args: dict[str, Any]) -> Any:
     enable = args.get("enable", [])
     for cap in enable:
         if cap != "oob":
-            raise QmpError(f"Parameter 'enable' does not accept value '{cap}'")
+            # sic: QEMU 7.2 names the list element 'null' in this message
+            raise QmpError(f"Parameter 'null' does not accept value '{cap}'")
     mon._negotiated = True
     mon._oob = "oob" in enable
     return {}
@@ -431,6 +432,9 @@ def _quit(mon: QmpMonitor, args: dict[str, Any]) -> Any:
 def _human_monitor_command(mon: QmpMonitor, args: dict[str, Any]) -> Any:
     from kvmpy.monitor.hmp import run_command
 
+    cpu = args.get("cpu-index")
+    if cpu is not None and not 0 <= cpu < len(mon.sys.harts):
+        raise QmpError("Parameter 'cpu-index' expects a CPU number")
     output = run_command(mon.sys, args["command-line"], args.get("cpu-index"),
                          state=mon.hmp_state)
     return output.replace("\n", "\r\n")

@@ -358,8 +358,13 @@ def _normalise(obj: Any) -> Any:
 
 EXCHANGE = [
     b'{"execute": "query-status"}',
+    b'{"execute": "qmp_capabilities", "arguments": {"enable": ["foo"]}}',
+    b'{"execute": "qmp_capabilities", "arguments": {"enable": "oob"}}',
     b'{"execute": "qmp_capabilities"}',
     b'{"execute": "qmp_capabilities"}',
+    b'{"exec-oob": "query-status"}',
+    b'{"exec-oob": "query-status", "execute": "query-status"}',
+    b'{"execute": "query-status", "control": {}}',
     b'garbage\n',
     b'@\n',
     b'{bad}\n',
@@ -379,6 +384,11 @@ EXCHANGE = [
     b'{"execute": "human-monitor-command", "arguments": {"command-line": "xp /3dw 0x1000"}}',
     b'{"execute": "human-monitor-command", "arguments": {"command-line": "xp /4zw 0"}}',
     b'{"execute": "human-monitor-command", "arguments": {"command-line": "info status"}}',
+    b'{"execute": "human-monitor-command", "arguments": {"command-line": "info status", '
+    b'"cpu-index": 5}}',
+    b'{"execute": "human-monitor-command", "arguments": {"command-line": "xp /2dg 0x1000"}}',
+    b'{"execute": "human-monitor-command", "arguments": {"command-line": "xp /4c 0x1000"}}',
+    b'{"execute": "human-monitor-command", "arguments": {"command-line": "cpu 3"}}',
     b'{"execute": "cont", "id": "c"}',
     b'{"execute": "system_reset"}',
 ]
