@@ -209,7 +209,8 @@ def test_guest_poweroff_and_reset_events_as_qemu(launch: Launcher, tmp_path: Pat
         with contextlib.suppress(ExecInterruptedError):  # QEMU 7.2 may exit before replying
             await client.execute("cont")
         try:
-            event: dict[str, Any] | None = await next_event(client, "SHUTDOWN")
+            event: dict[str, Any] | None = await next_event(
+                client, "SHUTDOWN", timeout=20.0 if vmm == "kvmpy" else 3.0)
         except (TimeoutError, EOFError):
             event = None  # QEMU 7.2's sifive_test calls exit() without an event
         with contextlib.suppress(EOFError):  # the server goes away: the VMM has ended
