@@ -13,13 +13,12 @@ then no M-mode firmware that could take the ecall).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from kvmpy import log
 from kvmpy.accel import exits
-from kvmpy.accel.base import PRV_M, PRV_S, Accelerator, AccelCaps
+from kvmpy.accel.base import PRV_M, PRV_S, AccelCaps, Accelerator
 from kvmpy.accel.tcg import core
 from kvmpy.accel.tcg.disas import disassemble_one
 from kvmpy.errors import AccelError

@@ -100,7 +100,7 @@ def reg_id(name: str) -> int:
         if n < 32:
             return n if name[0] == "x" else 32 + n
     if lib is not None:
-        csr = lib.tcg_csr_number(name.encode())
+        csr = int(lib.tcg_csr_number(name.encode()))
         if csr >= 0:
             return REG_CSR + csr
     raise KeyError(name)

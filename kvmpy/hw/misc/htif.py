@@ -50,6 +50,8 @@ class Htif(SysBusDevice):
     access_sizes = (4, 8)
     name = "riscv.htif.uart"
 
+    state: HtifState
+
     def __init__(self, tohost_offset: int = 0, fromhost_offset: int | None = None,
                  region_size: int = 16, on_exit: Callable[[int], None] = _nothing,
                  putchar: Callable[[bytes], None] = _nothing) -> None:
@@ -64,7 +66,7 @@ class Htif(SysBusDevice):
         s = self.state
         for base, value in ((self.tohost_offset, s.tohost), (self.fromhost_offset, s.fromhost)):
             if base is not None and base <= offset < base + 8:
-                return (value >> (8 * (offset - base))) & ((1 << (8 * size)) - 1)
+                return int(value >> (8 * (offset - base))) & ((1 << (8 * size)) - 1)
         return 0
 
     def mmio_write(self, offset: int, size: int, value: int) -> None:
