@@ -552,3 +552,15 @@ def test_pids_in_query_cpus_fast_are_threads_of_the_vmm(launch: Launcher) -> Non
     qmp.cmd("quit")
     with contextlib.suppress(EOFError):
         qmp.close()
+
+
+def test_mon_pretty_on(launch: Launcher, tmp_path: Path) -> None:
+    path = str(tmp_path / "pretty.sock")
+    proc, _ = launch("-S", "-chardev", f"socket,id=qmp0,path={path},server=on,wait=off",
+                     "-mon", "chardev=qmp0,mode=control,pretty=on", qmp="")
+    wait_for_path(path, proc)
+    raw = Raw(path)
+    assert raw.read_text().startswith(b'{\r\n    "QMP": {\r\n        "version": {\r\n')
+    raw.send(b'{"execute": "qmp_capabilities"}')
+    assert raw.read_text() == b'{\r\n    "return": {\r\n    }\r\n}\r\n'
+    raw.close()
