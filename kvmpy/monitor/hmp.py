@@ -56,23 +56,14 @@ def _get(system: System, cpu: int, name: str) -> int:
 def info_registers(system: System, state: HmpState, args: list[str]) -> str:
     lines = []
     cpus = range(len(system.harts)) if "-a" in args else [state.cpu]
-    for cpu in cpus:
-        lines.append(f"CPU#{cpu}")
-        lines.append(f" {'V':<8} = {0:3d}")
-        lines.append(f" {'pc':<8} {_get(system, cpu, 'pc'):016x}")
-        for csr in CSRS:
-            lines.append(f" {csr:<8} {_get(system, cpu, csr):016x}")
-        row = []
-        for i, abi in enumerate(ABI_NAMES):
-            row.append(f" x{i}/{abi:<5}{'':<{4 - len(str(i))}}{_get(system, cpu, f'x{i}'):016x}")
-            if len(row) == 4:
-                lines.append("".join(row))
-                row = []
-        for i, abi in enumerate(FP_NAMES):
-            row.append(f" f{i}/{abi:<5}{'':<{4 - len(str(i))}}{_get(system, cpu, f'f{i}'):016x}")
-            if len(row) == 4:
-                lines.append("".join(row))
-                row = []
+    for cpu in cpus:  # the layout of QEMU 7.2's riscv_cpu_dump_state
+        lines += ["", f"CPU#{cpu}", f" {'V':<6} = {0:3d}",
+                  f" {'pc':<8} {_get(system, cpu, 'pc'):016x}"]
+        lines += [f" {csr:<8} {_get(system, cpu, csr):016x}" for csr in CSRS]
+        for prefix, names in (("x", ABI_NAMES), ("f", FP_NAMES)):
+            cells = [f" {f'{prefix}{i}/{abi}':<8} {_get(system, cpu, f'{prefix}{i}'):016x}"
+                     for i, abi in enumerate(names)]
+            lines += ["".join(cells[i:i + 4]) for i in range(0, len(cells), 4)]
     return "\n".join(lines)
 
 

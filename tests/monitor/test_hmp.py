@@ -58,7 +58,7 @@ def test_monitor_on_a_socket(tmp_path: Path) -> None:
         assert hmp("info status") == "VM status: running\n"
         assert hmp("stop") == ""
         regs = hmp("info registers")
-        assert regs.startswith("CPU#0\n")
+        assert regs.startswith("\nCPU#0\n V      =   0\n pc       ")
         pc = int(re.search(r" pc +([0-9a-f]{16})", regs).group(1), 16)  # type: ignore[union-attr]
         assert pc == 0x1000 or pc >= 0x8000_0000
         assert re.search(r"x10/a0 +[0-9a-f]{16}", regs)
