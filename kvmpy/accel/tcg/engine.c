@@ -197,7 +197,7 @@ enum { PEND_NONE = 0, PEND_LOAD, PEND_STORE, PEND_SBI };
 enum { OP_LIST(OP_ENUM) OP_COUNT };
 
 /* System-class ops (OP_system), in op.rm */
-enum { SYS_ECALL, SYS_EBREAK, SYS_MRET, SYS_SRET, SYS_WFI, SYS_SFENCE, SYS_FENCEI,
+enum { SYS_ECALL, SYS_EBREAK, SYS_MRET, SYS_SRET, SYS_WFI, SYS_SFENCE, SYS_FENCEI, SYS_PAUSE,
        SYS_CSRRW, SYS_CSRRS, SYS_CSRRC, SYS_CSRRWI, SYS_CSRRSI, SYS_CSRRCI };
 
 typedef struct op {
@@ -2122,6 +2122,11 @@ static int decode32(uint32_t insn, op *o)
         return 0;
     }
     case 0x0f:
+        if (insn == 0x0100000f) { /* pause (Zihintpause): a spinning hart yields */
+            set_op(o, OP_system, 0, 0, 0, 0);
+            o->rm = SYS_PAUSE;
+            return D_END;
+        }
         if (f3 == 0) {
             set_op(o, OP_nop, 0, 0, 0, 0);
             return 0;
@@ -2723,10 +2728,26 @@ static int exec_system(hart *h, const op *o)
         h->pc += o->len;
         h->insns++;
         h->mip_sw |= ATOMIC_XCHG(&h->mip_edge, 0);
-        update_timer_bits(h);
-        if (read_mip(h) & h->mie)
-            return ST_OK;
-        return do_halt(h);
+        if (!(read_mip(h) & h->mie)) {
+            update_timer_bits(h);
+            if (!(read_mip(h) & h->mie))
+                return do_halt(h);
+        }
+        /* Something is pending but masked: WFI is a no-op.  With other harts to run, this
+         * hart is waiting for them (a polling loop): give up the rest of the slice. */
+        if (e->num_harts > 1) {
+            h->exit->kind = TCG_EXIT_NONE;
+            return ST_EXIT;
+        }
+        return ST_OK;
+    case SYS_PAUSE:
+        h->pc += o->len;
+        h->insns++;
+        if (e->num_harts > 1) {
+            h->exit->kind = TCG_EXIT_NONE;
+            return ST_EXIT;
+        }
+        return ST_OK;
     case SYS_SFENCE:
         if (h->priv == PRV_U || (h->priv == PRV_S && (h->mstatus & MSTATUS_TVM)))
             break;
