@@ -438,6 +438,30 @@ main:
 	FCHECK_S f3, 0x4b000001
 	FLAGS 0
 
+	TEST 12         /* rmm on a tie between zero and the smallest subnormal rounds away */
+	li t0, 1
+	fmv.d.x f1, t0                 /* 2^-1074 */
+	FLI_D f2, 0x3fe0000000000000   /* 0.5 */
+	fmul.d f3, f1, f2, rmm
+	FCHECK_D f3, 0x0000000000000001
+	FLAGS UF | NX
+	fmul.d f3, f1, f2, rne
+	FCHECK_D f3, 0
+	FLAGS UF | NX
+	fneg.d f1, f1
+	fmul.d f3, f1, f2, rmm
+	FCHECK_D f3, 0x8000000000000001
+	FLAGS UF | NX
+	FLI_D f4, 0x4000000000000000
+	fdiv.d f3, f1, f4, rmm
+	FCHECK_D f3, 0x8000000000000001
+	FLAGS UF | NX
+	FLI_S f1, 0x00000001           /* 2^-149 */
+	FLI_S f2, 0x3f000000
+	fmul.s f3, f1, f2, rmm
+	FCHECK_S f3, 0x00000001
+	FLAGS UF | NX
+
 	j pass
 
 	.data
