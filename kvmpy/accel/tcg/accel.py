@@ -22,7 +22,7 @@ from kvmpy.accel.base import PRV_M, PRV_S, AccelCaps, Accelerator
 from kvmpy.accel.tcg import core
 from kvmpy.accel.tcg.disas import disassemble_one
 from kvmpy.errors import AccelError
-from kvmpy.qom import register_type
+from kvmpy.qom import Property, register_type
 
 if TYPE_CHECKING:
     from kvmpy.memory import GuestRAM
@@ -180,6 +180,10 @@ class TcgAccel(Accelerator):
 
     name: ClassVar[str] = "tcg"
     threaded_vcpus: ClassVar[bool] = False
+    supports_icount: ClassVar[bool] = True
+
+    thread = Property(str, "single", "vCPU threading (the interpreter runs every hart on one "
+                      "thread, round-robin)", choices=("single", "multi"))
 
     def __init__(self) -> None:
         self.vcpus: list[TcgVcpu] = []  # type: ignore[assignment]
@@ -231,7 +235,8 @@ class TcgAccel(Accelerator):
         core.lib.tcg_set_builtin_firmware(self.engine, 1 if on else 0)
 
     def set_icount(self, shift: int | None) -> None:
-        """``-icount shift=N``: mtime = instructions retired << N (None: host time)."""
+        """``-icount shift=N``: each retired instruction is 2**N ns of guest time (QEMU's
+        icount), so mtime = (instructions << N) / 100 at 10 MHz; None: host time."""
         self._require_engine()
         core.lib.tcg_set_icount(self.engine, -1 if shift is None else shift)
 
@@ -261,7 +266,7 @@ class TcgAccel(Accelerator):
             raise AccelError("tcg: too many MMIO holes")
 
     def read_mtime(self) -> int:
-        """mtime (10 MHz ticks; instructions << shift with -icount)."""
+        """mtime (10 MHz ticks; from retired instructions with -icount)."""
         self._require_engine()
         return int(core.lib.tcg_read_mtime(self.engine))
 

@@ -349,7 +349,7 @@ static uint64_t mtime_now(tcg_engine *e, const hart *running)
         uint64_t n = e->icount_acc;
         if (running)
             n += running->insns - running->run_start;
-        return (n << e->icount_shift) + (uint64_t)e->mtime_offset;
+        return ((n << e->icount_shift) / NS_PER_TICK) + (uint64_t)e->mtime_offset;
     }
     return (uint64_t)(host_ns() / NS_PER_TICK) + (uint64_t)e->mtime_offset;
 }
@@ -722,8 +722,12 @@ static void schedule_timer_check(hart *h)
         if (e->builtin_fw && h->sbi_timecmp < d)
             d = h->sbi_timecmp;
         if (d > now) {
-            uint64_t ticks = d - now;
-            uint64_t n = (ticks + (1ull << e->icount_shift) - 1) >> e->icount_shift;
+            /* instructions until (icount << shift) ns reach the compare */
+            uint64_t icount = e->icount_acc + (h->insns - h->run_start);
+            uint64_t target_ns = (d - (uint64_t)e->mtime_offset) * NS_PER_TICK;
+            uint64_t now_ns = icount << e->icount_shift;
+            uint64_t n = target_ns > now_ns
+                ? (target_ns - now_ns + (1ull << e->icount_shift) - 1) >> e->icount_shift : 1;
             if (n < TIMER_CHECK_INTERVAL)
                 next = h->insns + n;
         }
@@ -1742,6 +1746,17 @@ static int fp_exec(hart *h, uint32_t insn)
             float r = fmaf(a, b, c);
             FP_BARRIER(r);
             flags |= fp_end_h(rm);
+            if (rm == 4 && (flags & FFLAG_NX) && isfinite(r)) {
+                /* RMM: a*b is exact in double; a*b + c = s + e1 exactly (TwoSum) */
+                double p = (double)a * (double)b, cd = c;
+                double sum = p + cd, bp = sum - p;
+                double e1 = (p - (sum - bp)) + (cd - bp);
+                double res = (sum - (double)r) + e1;
+                float nx = nextafterf(r, res > 0 ? INFINITY : -INFINITY);
+                int tie = res != 0 && isfinite(nx) && fabs((double)nx - (double)r) == 2 * fabs(res);
+                r = rmm_fix_s(r, (float)(res > 0 ? 1 : -1), tie);
+                (void)host_flags_take();
+            }
             set_s(h, rd, r);
         } else {
             double a = get_d(h, rs1), b = get_d(h, rs2), c = get_d(h, rs3);
@@ -1752,6 +1767,17 @@ static int fp_exec(hart *h, uint32_t insn)
             double r = fma(a, b, c);
             FP_BARRIER(r);
             flags |= fp_end_h(rm);
+            if (rm == 4 && (flags & FFLAG_NX) && isfinite(r)) {
+                /* RMM: a*b = ph + pl and ph + c = s + e1 exactly; residual = exact - r */
+                double ph = a * b, pl = fma(a, b, -ph);
+                double sum = ph + c, bp = sum - ph;
+                double e1 = (ph - (sum - bp)) + (c - bp);
+                double res = (sum - r) + (e1 + pl);
+                double nx = nextafter(r, res > 0 ? INFINITY : -INFINITY);
+                int tie = res != 0 && isfinite(nx) && fabs(nx - r) == 2 * fabs(res);
+                r = rmm_fix_d(r, res > 0 ? 1 : -1, tie);
+                (void)host_flags_take();
+            }
             set_d(h, rd, r);
         }
         h->fflags |= flags;
@@ -2660,7 +2686,10 @@ static int exec_csr(hart *h, const op *o)
             return -1;
     }
     if (do_write) {
-        uint64_t v = is_rw ? src : (kind == SYS_CSRRS || kind == SYS_CSRRSI) ? old | src : old & ~src;
+        /* mip/sip: the read-modify-write sees only the software-writable bits, not the
+         * external SEIP level nor the timer bits (privileged spec 3.1.9) */
+        uint64_t base = (csr == 0x344 || csr == 0x144) ? (h->mip_sw & (csr == 0x144 ? h->mideleg : ~0ull)) : old;
+        uint64_t v = is_rw ? src : (kind == SYS_CSRRS || kind == SYS_CSRRSI) ? base | src : base & ~src;
         if (csr_write(h, csr, v))
             return -1;
     }
@@ -3628,7 +3657,7 @@ uint64_t tcg_read_mtime(tcg_engine *e) { return mtime_now(e, NULL); }
 
 void tcg_write_mtime(tcg_engine *e, uint64_t value)
 {
-    uint64_t base = e->icount_shift >= 0 ? e->icount_acc << e->icount_shift
+    uint64_t base = e->icount_shift >= 0 ? (e->icount_acc << e->icount_shift) / NS_PER_TICK
                                          : (uint64_t)(host_ns() / NS_PER_TICK);
     e->mtime_offset = (int64_t)(value - base);
     for (int k = 0; k < e->num_harts; k++)
