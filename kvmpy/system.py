@@ -208,21 +208,20 @@ class System:
             if reason is None:
                 accel: Accelerator = qom.object_new(cls.type_name, props)
                 if reasons and not explicit:
-                    self._notice(f"{reasons[-1]}; falling back to {name}")
+                    self.notice(f"{reasons[-1]}; falling back to {name}")
                 elif reasons:
-                    self._notice(reasons[-1])
+                    self.notice(reasons[-1])
                 return accel
             reasons.append(f"{text}: {reason}")
         if len(choices) == 1 or explicit:
             raise AccelError(reasons[0] if len(reasons) == 1 else "; ".join(reasons))
         raise AccelError("no accelerator found: " + "; ".join(reasons))
 
-    def _notice(self, message: str) -> None:
+    def notice(self, message: str) -> None:
         """A one-line notice on stderr (fallbacks, firmware choice, bundled guest)."""
         self.notices.append(message)
         print(f"kvmpy: {message}", file=sys.stderr, flush=True)
 
-    notice = _notice
 
     def _open_chardevs(self) -> None:
         from kvmpy import chardev as chardev_pkg
