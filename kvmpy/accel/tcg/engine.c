@@ -1480,10 +1480,10 @@ static inline int is_snan64(uint64_t u)
 static inline uint32_t mxcsr_get(void)
 {
     uint32_t v;
-    __asm__ volatile("stmxcsr %0" : "=m"(v));
+    __asm__ volatile("stmxcsr %0" : "=m"(v) : : "memory");
     return v;
 }
-static inline void mxcsr_set(uint32_t v) { __asm__ volatile("ldmxcsr %0" : : "m"(v)); }
+static inline void mxcsr_set(uint32_t v) { __asm__ volatile("ldmxcsr %0" : : "m"(v) : "memory"); }
 
 static uint32_t host_flags_take(void)
 {
@@ -1571,10 +1571,14 @@ static uint32_t fp_end_h(unsigned rm)
 DEF_RMM(float, s, nextafterf, INFINITY)
 DEF_RMM(double, d, nextafter, INFINITY)
 
+#define TINY_d 2.2250738585072014e-308 /* DBL_MIN */
+#define TINY_s 1.17549435e-38f         /* FLT_MIN */
 #define DEF_ARITH(T, SUF, FMA, SQRT)                                                          \
     static T arith_##SUF(hart *h, unsigned op, T a, T b, unsigned rm, uint32_t *flags)                 \
     {                                                                                         \
         fp_begin_h(h, rm);                                                                    \
+        FP_BARRIER(a); /* the operation happens after the rounding mode is set */             \
+        FP_BARRIER(b);                                                                        \
         T r;                                                                                  \
         switch (op) {                                                                         \
         case 0: r = a + b; break;                                                             \
@@ -1605,10 +1609,68 @@ DEF_RMM(double, d, nextafter, INFINITY)
                 }                                                                             \
             }                                                                                 \
             (void)host_flags_take();                                                          \
-            r = rmm_fix_##SUF(r, err, tie);                                                   \
+            if ((op == 2 || op == 3) && (r == 0 || fabs((double)r) < 4 * (double)TINY_##SUF))  \
+                r = rmm_tiny_##SUF(op, a, b, r);                                              \
+            else                                                                              \
+                r = rmm_fix_##SUF(r, err, tie);                                               \
         }                                                                                     \
         return r;                                                                             \
     }
+
+/* RMM for a product or quotient (op 2, 3) that lands among the subnormals, where the
+ * error-free transforms above lose bits: bracket the exact value with the directed
+ * roundings, and test it against their midpoint after scaling into the normal range. */
+static double rmm_tiny_d(unsigned op, double a, double b, double r)
+{
+    double a1 = a, a2 = a; /* separate copies: the compiler must not reuse one product */
+    host_round_set(2);
+    FP_BARRIER(a1);
+    double lo = op == 2 ? a1 * b : a1 / b;
+    FP_BARRIER(lo);
+    host_round_set(3);
+    FP_BARRIER(a2);
+    double hi = op == 2 ? a2 * b : a2 / b;
+    FP_BARRIER(hi);
+    host_round_set(0);
+    if (lo == hi)
+        return r;
+    const int k = 600;
+    double los = ldexp(lo, k), his = ldexp(hi, k);
+    double mid = los + (his - los) * 0.5;
+    int tie;
+    if (op == 2) {
+        double x = fabs(a) < fabs(b) ? a : b, y = fabs(a) < fabs(b) ? b : a;
+        tie = fma(ldexp(x, k), y, -mid) == 0;
+    } else {
+        tie = fma(-mid, b, ldexp(a, k)) == 0;
+    }
+    (void)host_flags_take();
+    if (!tie)
+        return r;
+    return fabs(lo) > fabs(hi) ? lo : hi;
+}
+
+static float rmm_tiny_s(unsigned op, float a, float b, float r)
+{
+    float a1 = a, a2 = a; /* separate copies: the compiler must not reuse one product */
+    host_round_set(2);
+    FP_BARRIER(a1);
+    float lo = op == 2 ? a1 * b : a1 / b;
+    FP_BARRIER(lo);
+    host_round_set(3);
+    FP_BARRIER(a2);
+    float hi = op == 2 ? a2 * b : a2 / b;
+    FP_BARRIER(hi);
+    host_round_set(0);
+    if (lo == hi)
+        return r;
+    double mid = (double)lo + ((double)hi - (double)lo) * 0.5; /* exact in double */
+    int tie = op == 2 ? (double)a * (double)b == mid : fma(mid, (double)b, -(double)a) == 0;
+    (void)host_flags_take();
+    if (!tie)
+        return r;
+    return fabsf(lo) > fabsf(hi) ? lo : hi;
+}
 
 static inline float s_next(float r, float to) { return nextafterf(r, to); }
 static inline double d_next(double r, double to) { return nextafter(r, to); }
@@ -1662,6 +1724,8 @@ static uint64_t cvt_from_int(hart *h, uint64_t v, unsigned kind, int single, uns
     }
     unsigned mode = rm == 4 ? 2 : rm;
     fp_begin_h(h, mode);
+    FP_BARRIER(v);
+    FP_BARRIER(exact);
     double d = 0;
     float s = 0;
     if (single) {
@@ -1743,6 +1807,9 @@ static int fp_exec(hart *h, uint32_t insn)
                 flags |= FFLAG_NV;
             if (neg_prod) a = -a;
             if (neg_add) c = -c;
+            FP_BARRIER(a);
+            FP_BARRIER(b);
+            FP_BARRIER(c);
             float r = fmaf(a, b, c);
             FP_BARRIER(r);
             flags |= fp_end_h(rm);
@@ -1764,6 +1831,9 @@ static int fp_exec(hart *h, uint32_t insn)
                 flags |= FFLAG_NV;
             if (neg_prod) a = -a;
             if (neg_add) c = -c;
+            FP_BARRIER(a);
+            FP_BARRIER(b);
+            FP_BARRIER(c);
             double r = fma(a, b, c);
             FP_BARRIER(r);
             flags |= fp_end_h(rm);
@@ -1867,6 +1937,7 @@ static int fp_exec(hart *h, uint32_t insn)
                 fp_begin_h(h, 4); /* eager: RMM needs this op's inexact flag */
             else
                 fp_begin_h(h, mode);
+            FP_BARRIER(x);
             float r = (float)x;
             FP_BARRIER(r);
             flags |= rm == 4 ? host_flags_take() : fp_end_h(mode);
