@@ -17,7 +17,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
 MODULE = "kvmpy.accel.tcg._engine"
 
-CFLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-frounding-math", "-fno-strict-aliasing"]
+CFLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-frounding-math", "-fno-strict-aliasing", "-fno-gcse"]
 
 
 def _cdef() -> str:
