@@ -118,3 +118,21 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.
             continue
         # That probe was the monitor's first client; it has gone and the next one is served.
         return
+
+
+def wait_for_socket(path: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """Wait until a unix socket server listens at ``path`` (the file exists between bind()
+    and listen(), when a connection is still refused)."""
+    wait_for_path(path, proc, timeout)
+    deadline = time.monotonic() + timeout
+    while True:
+        probe = socket.socket(socket.AF_UNIX)
+        try:
+            probe.connect(path)
+            return  # that probe was the server's first client; it leaves at once
+        except ConnectionRefusedError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+        finally:
+            probe.close()

@@ -12,7 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from ..lifecycle.helpers import COUNTER, kvmpy_command, kvmpy_env, wait_for_path, write_payload
+from ..lifecycle.helpers import COUNTER, kvmpy_command, kvmpy_env, wait_for_socket, write_payload
 
 BASE = ["-M", "virt", "-bios", "none", "-display", "none"]
 
@@ -37,7 +37,7 @@ def test_monitor_on_a_socket(tmp_path: Path) -> None:
                             env=kvmpy_env(), stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for_path(path, proc)
+        wait_for_socket(path, proc)
         sock = socket.socket(socket.AF_UNIX)
         sock.connect(path)
         sock.settimeout(20)

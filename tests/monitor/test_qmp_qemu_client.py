@@ -32,8 +32,8 @@ from ..lifecycle.helpers import (
     kvmpy_command,
     kvmpy_env,
     qemu_binary,
-    wait_for_path,
     wait_for_port,
+    wait_for_socket,
     write_payload,
 )
 
@@ -67,7 +67,7 @@ def launch(tmp_path: Path) -> Iterator[Launcher]:
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         procs.append(proc)
         if qmp:
-            wait_for_path(path, proc)
+            wait_for_socket(path, proc)
         return proc, path
 
     yield start
@@ -301,7 +301,7 @@ def test_mon_mode_control(launch: Launcher, tmp_path: Path) -> None:
     path = str(tmp_path / "mon.sock")
     proc, _ = launch("-S", "-chardev", f"socket,id=qmp0,path={path},server=on,wait=off",
                      "-mon", "chardev=qmp0,mode=control", qmp="")
-    wait_for_path(path, proc)
+    wait_for_socket(path, proc)
     legacy_session(path)
     assert proc.wait(30) == 0
 
@@ -401,13 +401,39 @@ EXCHANGE = [
 ]
 
 
+def _read_through(raw: Raw, tag: str) -> bytes:
+    """Bytes received up to the reply carrying id ``tag`` (that reply left out)."""
+    decoder = json.JSONDecoder()
+    data = b""
+    while True:
+        chunk = raw.sock.recv(1 << 16)
+        if not chunk:
+            raise ConnectionError(f"closed before {tag}: {data!r}")
+        data += chunk
+        text, offset = data.decode(), 0
+        while True:
+            start = len(text) - len(text[offset:].lstrip())
+            try:
+                obj, end = decoder.raw_decode(text, start)
+            except json.JSONDecodeError:
+                break
+            if isinstance(obj, dict) and obj.get("id") == tag:
+                return text[:start].encode()
+            offset = end
+
+
 def exchange(launch: Launcher, vmm: str, pretty: bool = False) -> list[Any]:
+    """Each message of :data:`EXCHANGE` and the bytes it got back.  A ``query-name`` tagged
+    ``sync-N`` follows each message, so the replies are cut apart whatever the load."""
     proc, path = launch("-S", vmm=vmm, qmp="-qmp-pretty" if pretty else "-qmp")
     raw = Raw(path)
-    out: list[Any] = [raw.read_text()]
-    for message in EXCHANGE:
-        raw.send(message)
-        out.append(raw.read_text())
+    greeting = b""
+    while not greeting.endswith(b"}\r\n") or greeting.count(b"{") != greeting.count(b"}"):
+        greeting += raw.sock.recv(1 << 16)
+    out: list[Any] = [greeting]
+    for n, message in enumerate(EXCHANGE):
+        raw.send(message + b'{"execute": "query-name", "id": "sync-%d"}' % n)
+        out.append(_read_through(raw, f"sync-{n}"))
     raw.close()
     proc.kill()
     return out
@@ -469,13 +495,13 @@ def test_framing_abuse_leaves_the_guest_running(launch: Launcher, tmp_path: Path
         time.sleep(0.002)
     assert raw.messages(1)[0]["id"] == "slow"
 
-    raw.send(b"\x00\xff garbage }}}\n")
-    replies = raw.read_text(0.5)
-    assert replies and all("error" in m for m in _messages(replies))
+    raw.send(b'\x00\xff garbage }}}\n{"execute": "query-name", "id": "g"}')
+    replies = _messages(_read_through(raw, "g"))
+    assert replies and all("error" in m for m in replies)
 
-    raw.send(b"[" * 2000 + b"]" * 2000 + b"\n")
+    raw.send(b"[" * 2000 + b"]" * 2000 + b'\n{"execute": "query-name", "id": "n"}')
     assert {"class": "GenericError", "desc": "JSON nesting depth limit exceeded"} in \
-        [m.get("error") for m in _messages(raw.read_text(0.5))]
+        [m.get("error") for m in _messages(_read_through(raw, "n"))]
 
     started = time.monotonic()
     chunk = b"x" * (1 << 20)
@@ -558,7 +584,7 @@ def test_mon_pretty_on(launch: Launcher, tmp_path: Path) -> None:
     path = str(tmp_path / "pretty.sock")
     proc, _ = launch("-S", "-chardev", f"socket,id=qmp0,path={path},server=on,wait=off",
                      "-mon", "chardev=qmp0,mode=control,pretty=on", qmp="")
-    wait_for_path(path, proc)
+    wait_for_socket(path, proc)
     raw = Raw(path)
     assert raw.read_text().startswith(b'{\r\n    "QMP": {\r\n        "version": {\r\n')
     raw.send(b'{"execute": "qmp_capabilities"}')
