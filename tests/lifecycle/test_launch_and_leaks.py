@@ -165,10 +165,12 @@ def test_two_vms_in_one_process(tmp_path: Path) -> None:
         assert first.memory.read_u64(COUNTER_GPA) == frozen
         second.memory.write(COUNTER_GPA + 8, b"second")
         assert first.memory.read(COUNTER_GPA + 8, 6) == bytes(6)
-        first.set_reg("a0", 1000)
+        first.set_reg("a0", frozen + 10**12)  # registers of one VM, set while paused
         first.resume()
-        time.sleep(0.1)
-        assert first.memory.read_u64(COUNTER_GPA) > 1000 > frozen or frozen > 1000
+        deadline = time.monotonic() + 10
+        while first.memory.read_u64(COUNTER_GPA) <= frozen + 10**12:
+            assert time.monotonic() < deadline, "the first VM did not count on from a0"
+        assert second.memory.read_u64(COUNTER_GPA) < 10**12
         second.reset()
         assert second.event_wait("RESET", timeout=10)["data"]["reason"] == \
             "host-qmp-system-reset"
