@@ -2945,7 +2945,7 @@ static int service(hart *h)
 #define LOAD(name, T, size, sign, conv)                                                      \
     CASE(name) {                                                                              \
         uint64_t va = R1 + (uint64_t)o->imm;                                                  \
-        const tlb_entry *t = &h->tlb_r_cur[(va >> 12) & TLB_MASK];                            \
+        const tlb_entry *t = &tlb_r[(va >> 12) & TLB_MASK];                            \
         if (likely(t->tag == (va & (PAGE_MASK | (size - 1))))) {                              \
             T v;                                                                              \
             memcpy(&v, (const void *)(uintptr_t)(va + t->addend), size);                      \
@@ -2964,7 +2964,7 @@ static int service(hart *h)
 #define STORE(name, T, size, value)                                                          \
     CASE(name) {                                                                              \
         uint64_t va = R1 + (uint64_t)o->imm;                                                  \
-        const tlb_entry *t = &h->tlb_w_cur[(va >> 12) & TLB_MASK];                            \
+        const tlb_entry *t = &tlb_w[(va >> 12) & TLB_MASK];                            \
         if (likely(t->tag == (va & (PAGE_MASK | (size - 1))))) {                              \
             T v = (T)(value);                                                                 \
             memcpy((void *)(uintptr_t)(va + t->addend), &v, size);                            \
@@ -3036,8 +3036,13 @@ static int run_loop(hart *h)
     op *link_from = NULL; /* the op whose successor is being looked up, to chain it */
     uint64_t link_target = 0, link_gen = 0;
     int st;
+    /* The data TLB flavour changes only through traps, xRET and CSR writes, all of which
+     * come back through next_block. */
+    const tlb_entry *tlb_r = h->tlb_r_cur, *tlb_w = h->tlb_w_cur;
 
 next_block:
+    tlb_r = h->tlb_r_cur;
+    tlb_w = h->tlb_w_cur;
     if (unlikely(h->insns >= h->limit || ATOMIC_LOAD(&h->attention))) {
         if (service(h))
             return 0;
@@ -3127,7 +3132,7 @@ dispatch:
         unsigned size = o->kind == OP_flw ? 4 : 8;
         uint64_t va = R1 + (uint64_t)o->imm, v = 0;
         SYNC_PC();
-        const tlb_entry *t = &h->tlb_r_cur[(va >> 12) & TLB_MASK];
+        const tlb_entry *t = &tlb_r[(va >> 12) & TLB_MASK];
         if (likely(t->tag == (va & (PAGE_MASK | (size - 1))))) {
             memcpy(&v, (const void *)(uintptr_t)(va + t->addend), size);
         } else {
@@ -3144,7 +3149,7 @@ dispatch:
             goto op_illegal;
         unsigned size = o->kind == OP_fsw ? 4 : 8;
         uint64_t va = R1 + (uint64_t)o->imm, v = h->f[o->rs2];
-        const tlb_entry *t = &h->tlb_w_cur[(va >> 12) & TLB_MASK];
+        const tlb_entry *t = &tlb_w[(va >> 12) & TLB_MASK];
         if (likely(t->tag == (va & (PAGE_MASK | (size - 1))))) {
             memcpy((void *)(uintptr_t)(va + t->addend), &v, size);
             NEXT();
