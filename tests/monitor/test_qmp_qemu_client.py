@@ -387,6 +387,7 @@ EXCHANGE = [
     b'{"execute": "stop"}',
     b'{"execute": "pmemsave", "arguments": {"val": 1, "size": 4, "filename": "/dev/null"}}',
     b'{"execute": "human-monitor-command", "arguments": {"command-line": "nosuch"}}',
+    b'{"execute": "human-monitor-command", "arguments": {"command-line": "xp /4xw 0x1000"}}',
     b'{"execute": "human-monitor-command", "arguments": {"command-line": "xp /4xw 0x1"}}',
     b'{"execute": "human-monitor-command", "arguments": {"command-line": "xp /3dw 0x1000"}}',
     b'{"execute": "human-monitor-command", "arguments": {"command-line": "xp /4zw 0"}}',
