@@ -57,9 +57,13 @@ def main() -> int:
     tmpdir = os.path.join(ROOT, "build", "tcg")
     built = make_builder(absolute_paths=True).compile(tmpdir=tmpdir,
                                verbose=bool(os.environ.get("KVMPY_BUILD_VERBOSE")))
+    target = os.path.join(HERE, os.path.basename(built))
     for old in glob.glob(os.path.join(HERE, "_engine.*.so")):
-        os.remove(old)
-    shutil.copy2(built, os.path.join(HERE, os.path.basename(built)))
+        if old != target:
+            os.remove(old)
+    # a new file replaces the old one, so running processes keep their mapping intact
+    shutil.copy2(built, target + ".tmp")
+    os.replace(target + ".tmp", target)
     return 0
 
 

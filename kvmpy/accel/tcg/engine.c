@@ -2928,7 +2928,8 @@ static int service(hart *h)
         h->insns += (count);                                                                  \
         h->pc = (target);                                                                     \
         block *nb_ = o->chain;                                                                \
-        if (likely(nb_ != NULL) && likely(nb_->valid) && h->insns < h->limit &&               \
+        if (likely(nb_ != NULL) && likely(nb_->valid) && nb_->epoch == epoch &&              \
+            h->insns < h->limit &&                                                            \
             !ATOMIC_LOAD(&h->attention)) {                                                    \
             b = nb_;                                                                          \
             o = b->ops;                                                                       \
@@ -3039,10 +3040,12 @@ static int run_loop(hart *h)
     /* The data TLB flavour changes only through traps, xRET and CSR writes, all of which
      * come back through next_block. */
     const tlb_entry *tlb_r = h->tlb_r_cur, *tlb_w = h->tlb_w_cur;
+    uint32_t epoch = h->e->code_epoch; /* chains lead only to blocks checked since fence.i */
 
 next_block:
     tlb_r = h->tlb_r_cur;
     tlb_w = h->tlb_w_cur;
+    epoch = h->e->code_epoch;
     if (unlikely(h->insns >= h->limit || ATOMIC_LOAD(&h->attention))) {
         if (service(h))
             return 0;
