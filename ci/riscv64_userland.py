@@ -523,9 +523,10 @@ def run_python(
 
 def compile_site(root: Path) -> None:
     """Byte-compile site-packages as pip does on install (and the standard library, as Debian's
-    postinst does), so later runs under qemu start fast."""
+    postinst does), so later runs under qemu start fast. One process: without binfmt_misc,
+    compileall's worker processes could not start under qemu-user."""
     run_python(
-        ["-W", "ignore", "-m", "compileall", "-q", "-j", "2",
+        ["-W", "ignore", "-m", "compileall", "-q",
          str(site_packages(root)), str(root / "usr" / "lib" / f"python{python_version(root)}"),
          str(root / "usr" / "lib" / "python3" / "dist-packages")],
         root=root, check=False, capture_output=True,
