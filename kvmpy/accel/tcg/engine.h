@@ -54,7 +54,10 @@ typedef struct tcg_trace_rec {
     uint64_t c;
 } tcg_trace_rec;
 
-/* Register ids for tcg_get_reg / tcg_set_reg (CSRs: TCG_REG_CSR + number). */
+/* Register ids for tcg_get_reg / tcg_set_reg (CSRs: TCG_REG_CSR + number, accessed with
+ * M-mode rights and no side effects).  MTIMECMP is the hart's ACLINT compare (raises MTIP);
+ * SBI_TIMECMP is the built-in firmware's SBI TIME compare (raises STIP, no M-mode code
+ * involved); STOPPED is the SBI HSM power state; INSTRET counts retired instructions. */
 #define TCG_REG_X0 0
 #define TCG_REG_F0 32
 #define TCG_REG_PC 64
@@ -65,6 +68,8 @@ typedef struct tcg_trace_rec {
 #define TCG_REG_INSTRET 69
 #define TCG_REG_CSR 4096
 
+/* Harts of one engine must not run concurrently (round-robin on one thread); tcg_kick and
+ * tcg_set_irq may be called from any thread at any time. */
 tcg_engine *tcg_engine_new(uint8_t *ram, uint64_t ram_base, uint64_t ram_size, int num_harts);
 void tcg_engine_free(tcg_engine *e);
 int tcg_add_memory(tcg_engine *e, uint64_t gpa, uint8_t *host, uint64_t size, int writable);
