@@ -19,11 +19,15 @@ import socket
 import stat
 import sys
 import threading
+from collections.abc import Callable
 
 from kvmpy.chardev.base import CHR_EVENT_CLOSED, CHR_EVENT_OPENED
 from kvmpy.chardev.common import READ_CHUNK, Backend, LoopHost, os_error_text
 from kvmpy.errors import ConfigError, NotBuiltError
 from kvmpy.qom import Property, register_type
+
+MAX_OUTPUT_BACKLOG = 64 << 20
+"""Unread output (bytes) after which a socket peer is disconnected."""
 
 _UNIX_PATH_MAX = 107
 
@@ -52,6 +56,9 @@ class SocketChardev(Backend):
         self._conn: socket.socket | None = None
         self._peer = ""
         self._lock = threading.Lock()
+        self._outbuf = bytearray()
+        """Output the peer has not taken yet; sent when its socket becomes writable."""
+        self._writer_fd: int | None = None
         self._closed = False
         self._created_path = ""
         self.address: tuple[str, int] | str | None = None
@@ -177,7 +184,7 @@ class SocketChardev(Backend):
     # -- connection state -----------------------------------------------------------------
 
     def _set_connection(self, conn: socket.socket) -> None:
-        conn.setblocking(True)
+        conn.setblocking(False)
         if self.nodelay and conn.family != socket.AF_UNIX:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
@@ -193,8 +200,10 @@ class SocketChardev(Backend):
     def _drop_connection(self) -> None:
         with self._lock:
             conn, self._conn = self._conn, None
+            self._outbuf.clear()
         if conn is None:
             return
+        self._stop_writer()
         self.update_watch()
         conn.close()
         self.notify_event(CHR_EVENT_CLOSED)
@@ -260,20 +269,89 @@ class SocketChardev(Backend):
         self._set_connection(conn)
 
     def write(self, data: bytes) -> int:
+        """Send without blocking: what the peer cannot take now is kept and sent when its
+        socket drains, so a client that stops reading never stalls the VMM (QEMU's monitor
+        and chardev watches do the same).  A peer that leaves more than
+        MAX_OUTPUT_BACKLOG unread is disconnected."""
+        self.log_output(data)
+        size = len(data)
         with self._lock:
             conn = self._conn
-        self.log_output(data)
-        if conn is None:
-            return len(data)  # no peer: dropped, as QEMU does
-        # A peer that went away shows as EOF in on_readable, which reports CLOSED.
-        with contextlib.suppress(OSError):
-            conn.sendall(data)
-        return len(data)
+            if conn is None:
+                return size  # no peer: dropped, as QEMU does
+            if not self._outbuf:
+                try:
+                    sent = conn.send(data)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:
+                    return size  # the peer went away: on_readable reports CLOSED
+                if sent == size:
+                    return size
+                data = data[sent:]
+            self._outbuf += data
+            backlog = len(self._outbuf)
+        if backlog > MAX_OUTPUT_BACKLOG:
+            self._call_on_loop(self._drop_connection)
+        else:
+            self._call_on_loop(self._start_writer)
+        return size
+
+    def _call_on_loop(self, fn: Callable[[], None]) -> None:
+        loop = getattr(self._host, "loop", None)
+        if isinstance(loop, asyncio.AbstractEventLoop) and not loop.is_closed():
+            loop.call_soon_threadsafe(fn)
+        else:  # no main loop (a backend used on its own): flush in place
+            self._flush_blocking()
+
+    def _flush_blocking(self) -> None:
+        with self._lock:
+            conn, pending = self._conn, bytes(self._outbuf)
+            self._outbuf.clear()
+        if conn is not None and pending:
+            conn.setblocking(True)
+            with contextlib.suppress(OSError):
+                conn.sendall(pending)
+            conn.setblocking(False)
+
+    def _start_writer(self) -> None:
+        loop = getattr(self._host, "loop", None)
+        with self._lock:
+            conn = self._conn
+            if conn is None or not self._outbuf or self._writer_fd is not None:
+                return
+            self._writer_fd = conn.fileno()
+        if isinstance(loop, asyncio.AbstractEventLoop):
+            loop.add_writer(self._writer_fd, self._on_writable)
+
+    def _stop_writer(self) -> None:
+        loop = getattr(self._host, "loop", None)
+        fd, self._writer_fd = self._writer_fd, None
+        if fd is not None and isinstance(loop, asyncio.AbstractEventLoop):
+            loop.remove_writer(fd)
+
+    def _on_writable(self) -> None:
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                self._outbuf.clear()
+                done = True
+            else:
+                try:
+                    del self._outbuf[:conn.send(self._outbuf)]
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    self._outbuf.clear()
+                done = not self._outbuf
+        if done:
+            self._stop_writer()
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        self._stop_writer()
         self.stop_watch()
         with self._lock:
             conn, self._conn = self._conn, None

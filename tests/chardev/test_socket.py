@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -255,4 +256,54 @@ def test_client_reconnects(tmp_path: Path, frontend: Any) -> None:
     finally:
         chardev.close()
         listener.close()
+        loop.close()
+
+
+def test_a_peer_that_stops_reading_never_blocks_the_writer(tmp_path: Path,
+                                                            frontend: Any) -> None:
+    """Output the peer does not take is buffered and sent when it reads again, in order;
+    every write returns at once (a QMP client that stops reading must not freeze kvmpy)."""
+    import asyncio
+
+    loop = asyncio.new_event_loop()
+
+    class Host:
+        def __init__(self) -> None:
+            self.loop = loop
+
+        def add_reader(self, fd: int, callback: Any) -> None:
+            loop.add_reader(fd, callback)
+
+        def remove_reader(self, fd: int) -> None:
+            loop.remove_reader(fd)
+
+    path = str(tmp_path / "qmp.sock")
+    chardev = server({"path": path})
+    chardev.set_handlers(frontend.receive, frontend.can_receive, frontend.event)
+    chardev.attach_loop(Host())
+    client = socket.socket(socket.AF_UNIX)
+    client.connect(path)
+    try:
+        while not chardev.connected:
+            loop.run_until_complete(asyncio.sleep(0.01))
+        chunks = [bytes([i % 251]) * 65536 for i in range(64)]  # 4 MiB, far above the buffer
+        slowest = 0.0
+        for chunk in chunks:
+            start = time.monotonic()
+            assert chardev.write(chunk) == len(chunk)
+            slowest = max(slowest, time.monotonic() - start)
+        assert slowest < 0.5
+        expected = b"".join(chunks)
+        received = bytearray()
+        client.setblocking(False)
+        deadline = time.monotonic() + 20
+        while len(received) < len(expected):
+            assert time.monotonic() < deadline, f"only {len(received)} bytes arrived"
+            loop.run_until_complete(asyncio.sleep(0.001))
+            with contextlib.suppress(BlockingIOError):
+                received += client.recv(1 << 20)
+        assert bytes(received) == expected
+    finally:
+        client.close()
+        chardev.close()
         loop.close()
