@@ -395,3 +395,39 @@ def test_int_trace_records_traps(tmp_path: Path, guests: list[Guest],
         logger.setLevel(old)
     assert any("cause:000000000000000b" in r.getMessage() and "machine_ecall" in r.getMessage()
                for r in caplog.records)
+
+
+def test_misaligned_ram_accesses_are_emulated(tmp_path: Path, guests: list[Guest]) -> None:
+    """Misaligned loads and stores to RAM complete (even across a page), no trap."""
+    guest = make(guests, tmp_path, f"""
+        li s0, {RAM_BASE + 0x1FFD}     /* 3 bytes before a page boundary */
+        li t1, 0x1122334455667788
+        sd t1, 0(s0)
+        ld a0, 0(s0)
+        lw a1, 1(s0)
+        li t0, {DEV}
+        sd a0, 0x100(t0)
+    1:  j 1b
+    """)
+    assert guest.run_until_exit() == MmioExit(DONE, 8, True, 0x1122334455667788)
+    assert guest.vcpu.get_reg("a1") == 0x44556677
+    assert guest.ram.read_int(RAM_BASE + 0x2000, 1) == 0x55
+
+
+def test_no_device_declared_there_is_an_access_fault(tmp_path: Path,
+                                                     guests: list[Guest]) -> None:
+    guest = make(guests, tmp_path, f"""
+        la t0, handler
+        csrw mtvec, t0
+        li t1, {DEV + 0x1000}
+        ld a0, 8(t1)
+    handler:
+        csrr a0, mcause
+        csrr a1, mtval
+        li t0, {DEV}
+        sd a0, 0x100(t0)
+    1:  j 1b
+    """)
+    guest.accel.set_mmio_windows([(DEV, 0x1000)])
+    assert guest.run_until_exit() == MmioExit(DONE, 8, True, 5)      # load access fault
+    assert guest.vcpu.get_reg("a1") == DEV + 0x1008
