@@ -150,6 +150,7 @@ class System:
         self.serials: list[Chardev | None] = []
         self.monitors: list[Any] = []
         self.status = "prelaunch"
+        self._frozen_mtime: int | None = None
         self.exit_code = 0
         self.notices: list[str] = []
         self._listeners: list[EventListener] = []
@@ -290,8 +291,19 @@ class System:
             return
         assert self.driver is not None
         self.driver.pause()
+        self._freeze_clock()
         self._set_status("paused")
         self.emit("STOP")
+
+    def _freeze_clock(self) -> None:
+        """Guest time stands still while the VM is stopped (QEMU's virtual clock)."""
+        if self._frozen_mtime is None and hasattr(self.accel, "write_mtime"):
+            self._frozen_mtime = self.time_source.read()
+
+    def _thaw_clock(self) -> None:
+        if self._frozen_mtime is not None:
+            self.time_source.write(self._frozen_mtime)
+            self._frozen_mtime = None
 
     def resume(self) -> None:
         """QMP ``cont``: from prelaunch or paused; a VM that needs a reset refuses."""
@@ -301,6 +313,7 @@ class System:
         if self.status == "running":
             return
         assert self.driver is not None
+        self._thaw_clock()
         self._set_status("running")
         self.emit("RESUME")
         self.driver.resume()
@@ -329,6 +342,7 @@ class System:
     def _shutdown(self, reason: str, guest: bool) -> None:
         assert self.driver is not None
         self.driver.pause()
+        self._freeze_clock()
         self.emit("SHUTDOWN", {"guest": guest, "reason": reason})
         if self.config.no_shutdown and reason not in ("host-qmp-quit", "host-signal"):
             self._set_status("shutdown")
@@ -503,6 +517,7 @@ class System:
             self._write_pidfile(self.config.pidfile)
         self.driver.start()
         if self.config.start_paused:
+            self._freeze_clock()
             self._set_status("prelaunch")
         else:
             self._set_status("running")
