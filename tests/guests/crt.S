@@ -45,7 +45,8 @@ _start:
  *     t6 == RESUME_M_MAGIC continues in M-mode at m_resume;
  *   - an expected trap (trap_expected != 0) resumes at trap_resume in M-mode when set,
  *     else skips the trapping instruction (exceptions) or returns to mepc (interrupts;
- *     mie is cleared so the source need not be silenced first);
+ *     mie is cleared so the source need not be silenced first, and a wfi at mepc is
+ *     stepped over);
  *   - anything else prints the trap and fails with the current subtest number. */
 	.balign 4
 	.globl trap_entry
@@ -109,8 +110,20 @@ trap_entry:
 	csrs mstatus, t1
 	j 9f
 3:	csrr t1, mcause
-	bltz t1, 9f             /* interrupt: return to mepc */
+	bgez t1, 5f
+	/* interrupt: return to mepc, or past it when it is a wfi (mie is now clear, so that
+	   wfi would never wake: the interrupt arrived just before the guest went idle) */
 	csrr t1, mepc
+	lhu t2, 0(t1)
+	lhu t3, 2(t1)
+	slli t3, t3, 16
+	or t2, t2, t3
+	li t3, 0x10500073       /* wfi */
+	bne t2, t3, 9f
+	addi t1, t1, 4
+	csrw mepc, t1
+	j 9f
+5:	csrr t1, mepc
 	lhu t2, 0(t1)
 	andi t2, t2, 3
 	li t3, 3

@@ -402,7 +402,16 @@ s_handler:
 	bne t6, t0, 2f              /* STI: push the deadline away (Sstc) */
 	li t0, -1
 	csrw stimecmp, t0
-2:	csrr t0, sscratch
+2:	csrr t0, sepc               /* step over a wfi the interrupt arrived at */
+	lhu t6, 0(t0)
+	lhu t5, 2(t0)
+	slli t5, t5, 16
+	or t6, t6, t5
+	li t5, 0x10500073
+	bne t6, t5, 3f
+	addi t0, t0, 4
+	csrw sepc, t0
+3:	csrr t0, sscratch
 	sret
 
 	.data
