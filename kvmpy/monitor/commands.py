@@ -17,8 +17,14 @@ SATP_MODES = {8: 3, 9: 4, 10: 5}
 """satp.MODE -> page-table levels (Sv39, Sv48, Sv57)."""
 
 
+QEMU_COMPAT_VERSION = (7, 2, 0)
+"""The qemu-system-riscv64 release whose interfaces kvmpy implements."""
+
+
 def version_info() -> dict[str, Any]:
-    major, minor, micro = (int(x) for x in kvmpy.__version__.split(".")[:3])
+    """QMP's version: the QEMU release kvmpy is compatible with (tools check it against
+    their minimum), and kvmpy's own version as the package string."""
+    major, minor, micro = QEMU_COMPAT_VERSION
     return {"qemu": {"micro": micro, "minor": minor, "major": major},  # QEMU's order
             "package": f"kvmpy {kvmpy.__version__}"}
 
