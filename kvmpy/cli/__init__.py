@@ -34,9 +34,7 @@ def _run(config: VMConfig) -> int:
         raise NotBuiltError("running a VM is not built in this version of kvmpy")
     from kvmpy import system
 
-    if not config.daemonize:
-        return system.run(config)
-    if config.pidfile:
+    if config.daemonize and config.pidfile:
         config.pidfile = os.path.abspath(config.pidfile)
     vm = system.System(config)
     try:
@@ -44,7 +42,9 @@ def _run(config: VMConfig) -> int:
     except BaseException:
         vm.close()
         raise
-    _daemonize(config.pidfile)
+    _notice_no_display(config)  # only once the VM exists: a bad option gets its one line
+    if config.daemonize:
+        _daemonize(config.pidfile)
     return vm.run()
 
 
@@ -102,7 +102,6 @@ def main(argv: list[str] | None = None) -> int:
             print(result.output, flush=True)
             return result.status
         _configure_logging(result.config)
-        _notice_no_display(result.config)
         return _run(result.config)
     except KvmpyError as exc:
         print(format_error(exc), file=sys.stderr, flush=True)
