@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from kvmpy import qom
-from kvmpy.accel.base import PRV_M, Accelerator, AccelCaps, Vcpu
+from kvmpy.accel.base import PRV_M, AccelCaps, Accelerator, Vcpu
 from kvmpy.chardev.base import Chardev
 from kvmpy.config import VMConfig
 from kvmpy.errors import AccelError, ConfigError, StateError
@@ -167,10 +167,9 @@ class System:
         self.machine = instantiate_machine(cls, config)         # phase 3
         self.accel = self._select_accelerator()
         self.caps = self.accel.caps
-        if config.icount_shift is not None:
-            if not self.accel.supports_icount:
-                raise ConfigError(f"-icount is not supported with accelerator "
-                                  f"'{self.accel.name}'", option="-icount")
+        if config.icount_shift is not None and not self.accel.supports_icount:
+            raise ConfigError(f"-icount is not supported with accelerator "
+                              f"'{self.accel.name}'", option="-icount")
         self._open_chardevs()
         self.harts = [HartPort(i) for i in range(self.machine.smp.cpus)]
         self.machine.init(self)                                 # phase 4
