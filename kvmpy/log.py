@@ -63,6 +63,9 @@ def enable(items: list[str], stream: TextIO | None = None) -> None:
 
 class _RateLimit:
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self.window_start = 0.0
         self.count = 0
         self.suppressed = 0
@@ -109,6 +112,7 @@ def configure(items: list[str], path: str | None = None) -> None:
         old_log.propagate = True
         old_handler.close()
     _configured.clear()
+    _guest_rate.reset()  # a new log starts a new rate-limit window
     if not items:
         return
     if path is not None:

@@ -88,9 +88,12 @@ def test_permission_denied_says_how_to_fix_it() -> None:
 
 
 def test_a_device_that_is_not_kvm_is_refused() -> None:
-    assert probe("riscv64", "/dev/null") == (
+    # ENOTTY natively; qemu-user answers an ioctl it does not know with ENOSYS.
+    assert probe("riscv64", "/dev/null") in (
         "/dev/null is not a usable KVM: KVM_GET_API_VERSION failed: "
-        "Inappropriate ioctl for device")
+        "Inappropriate ioctl for device",
+        "/dev/null is not a usable KVM: KVM_GET_API_VERSION failed: "
+        "Function not implemented")
 
 
 @needs_kvm_device
