@@ -92,8 +92,8 @@ def test_a_device_that_is_not_kvm_is_refused() -> None:
     assert probe("riscv64", "/dev/null") in (
         "/dev/null is not a usable KVM: KVM_GET_API_VERSION failed: "
         "Inappropriate ioctl for device",
-        "/dev/null is not a usable KVM: KVM_GET_API_VERSION failed: "
-        "Function not implemented")
+        "/dev/null is not a RISC-V KVM: KVM_GET_API_VERSION failed: Function not "
+        "implemented (an emulator such as qemu-user, whose host KVM runs host guests only)")
 
 
 @needs_kvm_device
