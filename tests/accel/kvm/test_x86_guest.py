@@ -19,6 +19,8 @@ from kvmpy.accel.kvm.kvm import Kvm, KvmIoctlError
 from kvmpy.accel.kvm.riscv import KvmRiscvVcpu, install_kick_handler
 from kvmpy.memory import MmioBus
 
+from .conftest import needs_x86_kvm
+
 UART = 0x10000  # first byte after the 64 KiB RAM slot: every access is an MMIO exit
 
 
@@ -190,9 +192,8 @@ def test_dirty_log_without_the_flag_is_refused_naming_the_ioctl(x86_guest: Any) 
     assert str(info.value) == "KVM_GET_DIRTY_LOG failed: No such file or directory"
 
 
+@needs_x86_kvm
 def test_failed_ioctl_raises_oserror_naming_it() -> None:
-    if not __import__("os").access("/dev/kvm", __import__("os").R_OK | __import__("os").W_OK):
-        pytest.skip("/dev/kvm is not accessible here")
     with Kvm() as kvm, kvm.create_vm() as vm:
         vm.create_vcpu(0).close()
         with pytest.raises(KvmIoctlError) as info:
