@@ -68,7 +68,7 @@ RUNTIME_PACKAGES = [
 # Only needed to build kvmpy's C core (headers); never part of the runtime rootfs.
 BUILD_PACKAGES = ["libpython3-dev"]
 # kvmpy's dependencies that Debian does not package: pure-Python wheels from the package index.
-WHEELS = ["fdt==0.3.3", "qemu.qmp==0.0.3"]
+WHEELS = ["fdt==0.3.3", "qemu.qmp==0.0.6"]
 # Packages pulled in by maintainer-script machinery only; nothing in a chroot-less userland uses
 # them.
 SKIP_PACKAGES = {"debconf", "dpkg", "perl-base", "init-system-helpers", "cdebconf"}
