@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import signal
 import socket
@@ -23,7 +22,7 @@ from typing import Any
 
 from kvmpy.errors import KvmpyError, StateError
 from kvmpy.qmp_client import QMPClient, QMPError
-from kvmpy.vm import DEFAULT_TIMEOUT, _build_args, _matches
+from kvmpy.vm import DEFAULT_TIMEOUT, ConsoleLog, _build_args, _matches
 
 LAUNCH_EXIT_GRACE = 5.0
 """A child that failed to launch often is exiting with a message: wait this long for it."""
@@ -45,17 +44,15 @@ class AbnormalShutdown(KvmpyError):
     """The VM did not stop cleanly and had to be killed."""
 
 
-class SocketConsole:
+class SocketConsole(ConsoleLog):
     """The serial console over a unix socket: output logged by a reader thread."""
 
     def __init__(self, path: str, timeout: float) -> None:
+        super().__init__()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(timeout)
         self._sock.connect(path)
         self._sock.settimeout(None)
-        self._cond = threading.Condition()
-        self._output = bytearray()
-        self._cursor = 0
         self._thread = threading.Thread(target=self._reader, daemon=True, name="console")
         self._thread.start()
 
@@ -65,37 +62,17 @@ class SocketConsole:
                 chunk = self._sock.recv(65536)
             except OSError:
                 chunk = b""
-            with self._cond:
-                if not chunk:
+            if not chunk:
+                with self._cond:
                     self._cond.notify_all()
-                    return
-                self._output += chunk
-                self._cond.notify_all()
+                return
+            self._append(chunk)
 
-    @property
-    def log(self) -> str:
-        with self._cond:
-            return self._output.decode(errors="replace")
+    def _ended(self) -> bool:
+        return not self._thread.is_alive()
 
     def send(self, text: str | bytes) -> None:
         self._sock.sendall(text.encode() if isinstance(text, str) else text)
-
-    def expect(self, pattern: str | re.Pattern[str], timeout: float = DEFAULT_TIMEOUT
-               ) -> re.Match[str]:
-        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                text = self._output[self._cursor:].decode(errors="replace")
-                match = regex.search(text)
-                if match is not None:
-                    self._cursor += len(text[:match.end()].encode(errors="replace"))
-                    return match
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self._thread.is_alive():
-                    raise TimeoutError(f"console did not match {regex.pattern!r} within "
-                                       f"{timeout} s; output since last match:\n{text[-2000:]}")
-                self._cond.wait(min(remaining, 0.5))
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

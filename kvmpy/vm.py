@@ -27,31 +27,29 @@ from kvmpy.monitor import commands
 DEFAULT_TIMEOUT = 30.0
 
 
-class Console(Chardev):
-    """The guest's serial console as a Python object: everything written is kept."""
+class ConsoleLog:
+    """Console output kept in full, with ``log`` and ``expect``; subclasses call
+    :meth:`_append` as output arrives (from any thread)."""
 
     def __init__(self) -> None:
-        super().__init__()
         self._cond = threading.Condition()
         self._output = bytearray()
         self._cursor = 0
 
-    def write(self, data: bytes) -> int:
+    def _append(self, data: bytes) -> None:
         with self._cond:
             self._output += data
             self._cond.notify_all()
-        return len(data)
+
+    def _ended(self) -> bool:
+        """True once no more output can arrive (expect then stops waiting)."""
+        return False
 
     @property
     def log(self) -> str:
         """The whole console output so far, decoded leniently."""
         with self._cond:
             return self._output.decode(errors="replace")
-
-    def send(self, text: str | bytes) -> None:
-        """Type ``text`` into the guest's console (delivered as the UART accepts it)."""
-        data = text.encode() if isinstance(text, str) else text
-        self.deliver(data)
 
     def expect(self, pattern: str | re.Pattern[str], timeout: float = DEFAULT_TIMEOUT
                ) -> re.Match[str]:
@@ -69,10 +67,27 @@ class Console(Chardev):
                     self._cursor += len(text[:match.end()].encode(errors="replace"))
                     return match
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or self._ended():
                     raise TimeoutError(f"console did not match {regex.pattern!r} within "
                                        f"{timeout} s; output since last match:\n{text[-2000:]}")
                 self._cond.wait(min(remaining, 0.5))
+
+
+class Console(ConsoleLog, Chardev):
+    """The guest's serial console as a Python object: everything written is kept."""
+
+    def __init__(self) -> None:
+        ConsoleLog.__init__(self)
+        Chardev.__init__(self)
+
+    def write(self, data: bytes) -> int:
+        self._append(data)
+        return len(data)
+
+    def send(self, text: str | bytes) -> None:
+        """Type ``text`` into the guest's console (delivered as the UART accepts it)."""
+        data = text.encode() if isinstance(text, str) else text
+        self.deliver(data)
 
 
 class Memory:
