@@ -122,3 +122,44 @@ class Backend(Chardev):
     def filename(self) -> str:
         """What ``info chardev`` shows after the label (``stdio``, ``pty:/dev/pts/3``)."""
         return self.backend
+
+
+class FdBackend(Backend):
+    """A backend over one input and one output file descriptor (stdio, file)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._in: int | None = None
+        self._out: int | None = None
+
+    def write(self, data: bytes) -> int:
+        if self._out is None:
+            return 0
+        self.log_output(data)
+        try:
+            return write_all(self._out, data)
+        except OSError:
+            return 0
+
+    def fileno(self) -> int | None:
+        return self._in
+
+    def on_readable(self) -> None:
+        if self._in is None:
+            return
+        try:
+            data = os.read(self._in, READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            # End of input: stop polling, keep writing output.
+            self.stop_watch()
+            self._end_of_input()
+            return
+        self.deliver(data)
+
+    def _end_of_input(self) -> None:
+        """The input descriptor reached its end; by default it is not ours to close."""
+        self._in = None

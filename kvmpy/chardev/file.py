@@ -8,23 +8,18 @@ from __future__ import annotations
 
 import os
 
-from kvmpy.chardev.common import READ_CHUNK, Backend, os_error_text, write_all
+from kvmpy.chardev.common import FdBackend, os_error_text
 from kvmpy.errors import ConfigError
 from kvmpy.qom import Property, register_type
 
 
 @register_type("chardev-file", "chardev", description="output to a file")
-class FileChardev(Backend):
+class FileChardev(FdBackend):
     backend = "file"
 
     path = Property(str, "", "output file")
     input_path = Property(str, "", "input file")
     append = Property(bool, False, "append to the output file instead of truncating it")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._out: int | None = None
-        self._in: int | None = None
 
     def open(self) -> None:
         if not self.path:
@@ -50,28 +45,7 @@ class FileChardev(Backend):
         self._out = self._in = None
         self.close_logfile()
 
-    def write(self, data: bytes) -> int:
-        if self._out is None:
-            return 0
-        self.log_output(data)
-        try:
-            return write_all(self._out, data)
-        except OSError:
-            return 0
-
-    def fileno(self) -> int | None:
-        return self._in
-
-    def on_readable(self) -> None:
-        if self._in is None:
-            return
-        try:
-            data = os.read(self._in, READ_CHUNK)
-        except OSError:
-            data = b""
-        if not data:
-            self.stop_watch()
+    def _end_of_input(self) -> None:
+        if self._in is not None:
             os.close(self._in)
-            self._in = None
-            return
-        self.deliver(data)
+        self._in = None

@@ -22,7 +22,7 @@ import threading
 from types import FrameType
 from typing import Any
 
-from kvmpy.chardev.common import READ_CHUNK, Backend, write_all
+from kvmpy.chardev.common import FdBackend
 from kvmpy.errors import ConfigError
 from kvmpy.qom import Property, register_type
 
@@ -84,7 +84,7 @@ def make_raw(fd: int, allow_signals: bool) -> None:
 
 
 @register_type("chardev-stdio", "chardev", description="standard input and output")
-class StdioChardev(Backend):
+class StdioChardev(FdBackend):
     backend = "stdio"
 
     signal = Property(bool, True, "deliver signals such as SIGINT from ^C to kvmpy")
@@ -93,8 +93,6 @@ class StdioChardev(Backend):
         super().__init__()
         self._infd_arg = infd
         self._outfd_arg = outfd
-        self._in: int | None = None
-        self._out: int | None = None
         self._raw_fd: int | None = None
 
     def open(self) -> None:
@@ -127,30 +125,3 @@ class StdioChardev(Backend):
         with _guard:
             _in_use = False
 
-    def write(self, data: bytes) -> int:
-        if self._out is None:
-            return 0
-        self.log_output(data)
-        try:
-            return write_all(self._out, data)
-        except OSError:
-            return 0
-
-    def fileno(self) -> int | None:
-        return self._in
-
-    def on_readable(self) -> None:
-        if self._in is None:
-            return
-        try:
-            data = os.read(self._in, READ_CHUNK)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            # End of input (a pipe or /dev/null): stop polling, keep writing output.
-            self.stop_watch()
-            self._in = None
-            return
-        self.deliver(data)
