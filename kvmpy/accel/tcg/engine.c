@@ -2833,8 +2833,11 @@ static int exec_system(hart *h, const op *o)
             if (!(read_mip(h) & h->mie))
                 return do_halt(h);
         }
-        /* Something is pending but masked: WFI is a no-op.  With other harts to run, this
-         * hart is waiting for them (a polling loop): give up the rest of the slice. */
+        /* An interrupt is pending and enabled in mie, perhaps only since the timer update
+         * just above: WFI is a no-op, and the trap (if mstatus lets it in) comes before the
+         * next instruction, not at the next periodic timer check.  With other harts to run,
+         * this hart is waiting for them (a polling loop): give up the rest of the slice. */
+        set_attention(h);
         if (e->num_harts > 1) {
             h->exit->kind = TCG_EXIT_NONE;
             return ST_EXIT;
