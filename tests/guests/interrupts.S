@@ -69,13 +69,11 @@ main:
 	sd a0, 0(s11)
 	li t0, MIP_MTIP
 	csrw mie, t0
-	EXPECT_TRAP
+	EXPECT_TRAP_AT 2f           /* the deadline may pass before the wfi: resume at 2 */
 	csrsi mstatus, MSTATUS_MIE
-	li t1, -1
 1:	wfi                         /* may return early (a hint): wait until the trap */
-	ld t0, trap_cause
-	beq t0, t1, 1b
-	csrci mstatus, MSTATUS_MIE
+	j 1b
+2:	csrci mstatus, MSTATUS_MIE
 	CHECK_CAUSE INTR | 7
 	li t0, CLINT_MTIME
 	ld a1, 0(t0)
@@ -246,12 +244,13 @@ main:
 	rdtime t0
 	addi t0, t0, 1000           /* 100 us */
 	csrw stimecmp, t0
-	csrsi sstatus, MSTATUS_SIE
-1:	wfi
-	ld t0, s_count
-	beqz t0, 1b
+1:	ld t0, s_count              /* SIE = 0 while looking: no wake-up lost before wfi */
+	bnez t0, 2f
+	wfi                         /* wakes on a pending STI whatever SIE */
+	csrsi sstatus, MSTATUS_SIE  /* the trap is taken here */
 	csrci sstatus, MSTATUS_SIE
-	ENTER_M
+	j 1b
+2:	ENTER_M
 	ld t0, s_cause
 	CHECK t0, INTR | 5
 	csrw mideleg, zero
@@ -338,7 +337,8 @@ main:
 	CHECK t1, 0
 
 	TEST 15         /* wfi in S-mode (TW = 0) is woken by an M timer interrupt, taken to M */
-	EXPECT_TRAP                 /* armed first: the deadline may pass before the wfi */
+	csrci mstatus, MSTATUS_MIE
+	EXPECT_TRAP_AT 2f           /* armed first: the deadline may pass before the wfi */
 	li t0, CLINT_MTIME
 	ld a0, 0(t0)
 	addi a0, a0, 1000
@@ -347,11 +347,8 @@ main:
 	csrw mie, t0
 	ENTER_MODE 1
 1:	wfi
-	ld t0, trap_cause
-	li t1, -1
-	beq t0, t1, 1b
-	ENTER_M
-	CHECK_CAUSE INTR | 7
+	j 1b
+2:	CHECK_CAUSE INTR | 7        /* back in M-mode */
 	CHECK_FROM 1
 	li t0, -1
 	sd t0, 0(s11)
