@@ -61,6 +61,7 @@ RUNTIME_PACKAGES = [
     "python3-pyelftools",
     "python3-psutil",
     "python3-pytest",
+    "python3-pytest-timeout",  # pyproject's per-test timeout: a hang fails one test, not the run
     "python3-hypothesis",
     "python3-capstone",
     "busybox-static",
