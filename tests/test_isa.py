@@ -165,12 +165,14 @@ def test_kvmpy_sleeps_in_wfi() -> None:
         assert status == 0, out
         return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), wall
 
-    # What starting kvmpy and running a short program costs (seconds natively, more under an
-    # emulator such as qemu-user) is the baseline; the two idle seconds must add little to it.
+    # What starting kvmpy and running a short program costs (under a second natively, about
+    # 1.5 s under qemu-user, give or take 0.5 s) is the baseline.  A WFI that spins adds the
+    # whole two idle seconds to it; one that sleeps adds a few hundredths natively, about 0.1 s
+    # under qemu-user.
     base_cpu, _ = cpu_and_wall(GUESTS / "rv64i_alu.elf")
     cpu, wall = cpu_and_wall(GUESTS / "wfi_idle.elf")
     assert wall >= 2.0, f"the two-second wait took {wall:.2f} s"
     idle_cpu = cpu - base_cpu
-    assert idle_cpu < 0.5, (
+    assert idle_cpu < 1.0, (
         f"{idle_cpu:.2f} s of host CPU beyond start-up ({base_cpu:.2f} s) for {wall:.2f} s "
         "mostly idle: WFI spins")
