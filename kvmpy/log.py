@@ -7,6 +7,7 @@ hammering a bad address cannot flood the log or slow the VMM down.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -26,6 +27,13 @@ LOG_ITEMS: dict[str, str] = {
 
 _GUEST_ERROR_BURST = 100
 _GUEST_ERROR_WINDOW_S = 1.0
+
+
+def stderr_line(text: str) -> None:
+    """One line for the user on stderr.  A stderr the reader has closed (EPIPE) or that is
+    gone must not stop the VMM half-way through what it was doing (e.g. shutting down)."""
+    with contextlib.suppress(OSError, ValueError):
+        print(text, file=sys.stderr, flush=True)
 
 
 def logger(item: str) -> logging.Logger:

@@ -21,7 +21,6 @@ import contextlib
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from kvmpy.chardev.base import Chardev
 from kvmpy.config import VMConfig
 from kvmpy.errors import AccelError, ConfigError, StateError
 from kvmpy.hw.cpu import HartPort
+from kvmpy.log import stderr_line
 from kvmpy.machine import MachineState, instantiate_machine, select_machine_class
 from kvmpy.memory import GuestRAM, MmioBus
 from kvmpy.runloop import Driver, RoundRobinDriver, ThreadPerVcpuDriver
@@ -220,7 +220,7 @@ class System:
     def notice(self, message: str) -> None:
         """A one-line notice on stderr (fallbacks, firmware choice, bundled guest)."""
         self.notices.append(message)
-        print(f"kvmpy: {message}", file=sys.stderr, flush=True)
+        stderr_line(f"kvmpy: {message}")
 
 
     def _open_chardevs(self) -> None:
@@ -392,7 +392,7 @@ class System:
         self._call_on_loop(end)
 
     def report_internal_error(self, message: str) -> None:
-        print(f"kvmpy: {message}", file=sys.stderr, flush=True)
+        stderr_line(f"kvmpy: {message}")
         if self.driver is not None:
             self.driver.stop_soon()
 
@@ -528,7 +528,7 @@ class System:
 
     def _on_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
-        print(f"kvmpy: terminating on signal {signum} ({name})", file=sys.stderr, flush=True)
+        stderr_line(f"kvmpy: terminating on signal {signum} ({name})")
         self._shutdown("host-signal", False)
 
     def _write_pidfile(self, path: str) -> None:

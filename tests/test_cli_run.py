@@ -113,3 +113,38 @@ def test_nographic_terminal_keys_and_restore() -> None:
             proc.wait()
         os.close(slave)
         os.close(master)
+
+
+@pytest.mark.skipif(_tcg_missing(), reason="the tcg accelerator is not in this tree")
+def test_sigterm_with_stderr_closed_by_its_reader(tmp_path: Path) -> None:
+    """``kvmpy ... 2>&1 | head -3`` then SIGTERM: the notice cannot be written (EPIPE), and
+    kvmpy must still shut down rather than stay behind with its vCPUs stopped."""
+    import signal
+
+    from qemu.qmp.legacy import QEMUMonitorProtocol
+
+    sock = tmp_path / "qmp.sock"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kvmpy", "-M", "virt", "-accel", "tcg", "-display", "none",
+         "-serial", "null", "-qmp", f"unix:{sock},server=on,wait=off"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=kvmpy_env())
+    try:
+        deadline = time.monotonic() + 60
+        while not sock.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "no QMP socket"
+            time.sleep(0.05)
+        qmp = QEMUMonitorProtocol(str(sock))
+        qmp.connect()
+        status = qmp.cmd("query-status")
+        assert isinstance(status, dict) and status["status"] == "running"  # loop owns SIGTERM
+        assert proc.stderr is not None
+        proc.stderr.close()  # the reader goes away, as head does
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0  # QEMU's status after SIGTERM
+        with contextlib.suppress(EOFError, OSError):
+            qmp.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

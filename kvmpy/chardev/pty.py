@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import tty
 
 from kvmpy.chardev.common import READ_CHUNK, Backend, os_error_text
 from kvmpy.errors import ConfigError
+from kvmpy.log import stderr_line
 from kvmpy.qom import register_type
 
 
@@ -41,8 +41,7 @@ class PtyChardev(Backend):
         self.path = os.ttyname(slave)
         self.open_logfile()
         label = self.label or self.id
-        print(f"char device redirected to {self.path} (label {label})", file=sys.stderr,
-              flush=True)
+        stderr_line(f"char device redirected to {self.path} (label {label})")
 
     def close(self) -> None:
         self.stop_watch()

@@ -17,13 +17,13 @@ import contextlib
 import os
 import socket
 import stat
-import sys
 import threading
 from collections.abc import Callable
 
 from kvmpy.chardev.base import CHR_EVENT_CLOSED, CHR_EVENT_OPENED
 from kvmpy.chardev.common import READ_CHUNK, Backend, LoopHost, os_error_text
 from kvmpy.errors import ConfigError, NotBuiltError
+from kvmpy.log import stderr_line
 from kvmpy.qom import Property, register_type
 
 MAX_OUTPUT_BACKLOG = 64 << 20
@@ -76,8 +76,8 @@ class SocketChardev(Backend):
         elif self.server:
             self._listen()
             if self.wait:
-                print(f"kvmpy: {self.option + ': ' if self.option else ''}info: kvmpy waiting "
-                      f"for connection on: {self.filename}", file=sys.stderr, flush=True)
+                stderr_line(f"kvmpy: {self.option + ': ' if self.option else ''}info: kvmpy "
+                            f"waiting for connection on: {self.filename}")
                 assert self._listener is not None
                 self._listener.setblocking(True)
                 conn, _ = self._listener.accept()

@@ -89,8 +89,8 @@ def _configure_logging(config: VMConfig) -> None:
 def _notice_no_display(config: VMConfig) -> None:
     """QEMU would open a window here; kvmpy has none, so say where the console went."""
     if config.display is None and "vc" in config.serial:
-        print(f"{PROG}: no graphical display: the serial console is discarded "
-              "(use -nographic, or -serial/-monitor to choose)", file=sys.stderr, flush=True)
+        log.stderr_line(f"{PROG}: no graphical display: the serial console is discarded "
+                        "(use -nographic, or -serial/-monitor to choose)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_error(exc), file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:  # before the main loop owns SIGINT (e.g. waiting for a client)
-        print(f"{PROG}: terminating on signal 2 (SIGINT)", file=sys.stderr, flush=True)
+        log.stderr_line(f"{PROG}: terminating on signal 2 (SIGINT)")
         return 0
     except BrokenPipeError:
         return 1

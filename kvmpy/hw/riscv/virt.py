@@ -11,7 +11,6 @@ and IPIs in the kernel (KVM) gets no CLINT/ACLINT and a PLIC with S-mode context
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from kvmpy.hw.core import MmioDevice
 from kvmpy.hw.irq import IrqLine
 from kvmpy.hw.riscv import boot
 from kvmpy.hw.riscv.virt_fdt import VirtFdtConfig, create_fdt
+from kvmpy.log import stderr_line
 from kvmpy.machine import MachineState
 from kvmpy.qom import Property, register_type
 
@@ -354,7 +354,7 @@ class VirtMachine(MachineState):
                 f.write(self.fdt_blob)
         except OSError as exc:
             raise ConfigError(f"Failed to save dtb to {self.dumpdtb}: {exc.strerror}") from None
-        print(f"kvmpy: info: dtb dumped to {self.dumpdtb}. Exiting.", file=sys.stderr)
+        stderr_line(f"kvmpy: info: dtb dumped to {self.dumpdtb}. Exiting.")
         raise SystemExit(0)
 
     def reset(self, system: System) -> None:
