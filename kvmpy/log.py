@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import time
 from typing import TextIO
@@ -32,8 +33,13 @@ _GUEST_ERROR_WINDOW_S = 1.0
 def stderr_line(text: str) -> None:
     """One line for the user on stderr.  A stderr the reader has closed (EPIPE) or that is
     gone must not stop the VMM half-way through what it was doing (e.g. shutting down)."""
-    with contextlib.suppress(OSError, ValueError):
+    try:
         print(text, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        # Nobody reads it any more: later lines, and Python's flush of stderr at exit (whose
+        # failure would turn the exit status into 120), go nowhere, quietly.
+        with contextlib.suppress(OSError):
+            sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the process)
 
 
 def logger(item: str) -> logging.Logger:
