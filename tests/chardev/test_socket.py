@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,29 @@ def recv_exactly(sock: socket.socket, size: int, timeout: float = 5.0) -> bytes:
             break
         data += chunk
     return data
+
+
+class AsyncioHost:
+    """A chardev host on a real asyncio loop, which the test runs in small steps."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+
+    def add_reader(self, fd: int, callback: Any) -> None:
+        self.loop.add_reader(fd, callback)
+
+    def remove_reader(self, fd: int) -> None:
+        self.loop.remove_reader(fd)
+
+    def run_for(self, seconds: float) -> None:
+        self.loop.run_until_complete(asyncio.sleep(seconds))
+
+
+@pytest.fixture
+def aio_host() -> Iterator[AsyncioHost]:
+    host = AsyncioHost()
+    yield host
+    host.loop.close()
 
 
 def server(props: dict[str, str]) -> SocketChardev:
@@ -209,35 +234,22 @@ def test_unix_server_replaces_a_stale_socket_but_not_a_file(tmp_path: Path) -> N
     assert regular.read_text() == "keep me"
 
 
-def test_client_reconnects(tmp_path: Path, frontend: Any) -> None:
+def test_client_reconnects(tmp_path: Path, frontend: Any, aio_host: AsyncioHost) -> None:
     """``reconnect=1``: a client that starts before its server, and comes back after a drop."""
-    import asyncio
-
     path = str(tmp_path / "later.sock")
-    loop = asyncio.new_event_loop()
-
-    class Host:
-        def __init__(self) -> None:
-            self.loop = loop
-
-        def add_reader(self, fd: int, callback: Any) -> None:
-            loop.add_reader(fd, callback)
-
-        def remove_reader(self, fd: int) -> None:
-            loop.remove_reader(fd)
 
     def run_until(condition: Any, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
         while not condition():
             assert time.monotonic() < deadline, "condition not reached in time"
-            loop.run_until_complete(asyncio.sleep(0.05))
+            aio_host.run_for(0.05)
 
     chardev: SocketChardev = qom.object_new("chardev-socket",
                                             {"id": "c", "path": path, "reconnect": "1"})
     chardev.open()  # no server yet: not an error with reconnect
     assert not chardev.connected
     chardev.set_handlers(frontend.receive, frontend.can_receive, frontend.event)
-    chardev.attach_loop(Host())
+    chardev.attach_loop(aio_host)
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(path)
     listener.listen(1)
@@ -256,36 +268,21 @@ def test_client_reconnects(tmp_path: Path, frontend: Any) -> None:
     finally:
         chardev.close()
         listener.close()
-        loop.close()
 
 
-def test_a_peer_that_stops_reading_never_blocks_the_writer(tmp_path: Path,
-                                                            frontend: Any) -> None:
+def test_a_peer_that_stops_reading_never_blocks_the_writer(tmp_path: Path, frontend: Any,
+                                                            aio_host: AsyncioHost) -> None:
     """Output the peer does not take is buffered and sent when it reads again, in order;
     every write returns at once (a QMP client that stops reading must not freeze kvmpy)."""
-    import asyncio
-
-    loop = asyncio.new_event_loop()
-
-    class Host:
-        def __init__(self) -> None:
-            self.loop = loop
-
-        def add_reader(self, fd: int, callback: Any) -> None:
-            loop.add_reader(fd, callback)
-
-        def remove_reader(self, fd: int) -> None:
-            loop.remove_reader(fd)
-
     path = str(tmp_path / "qmp.sock")
     chardev = server({"path": path})
     chardev.set_handlers(frontend.receive, frontend.can_receive, frontend.event)
-    chardev.attach_loop(Host())
+    chardev.attach_loop(aio_host)
     client = socket.socket(socket.AF_UNIX)
     client.connect(path)
     try:
         while not chardev.connected:
-            loop.run_until_complete(asyncio.sleep(0.01))
+            aio_host.run_for(0.01)
         chunks = [bytes([i % 251]) * 65536 for i in range(64)]  # 4 MiB, far above the buffer
         slowest = 0.0
         for chunk in chunks:
@@ -299,11 +296,10 @@ def test_a_peer_that_stops_reading_never_blocks_the_writer(tmp_path: Path,
         deadline = time.monotonic() + 20
         while len(received) < len(expected):
             assert time.monotonic() < deadline, f"only {len(received)} bytes arrived"
-            loop.run_until_complete(asyncio.sleep(0.001))
+            aio_host.run_for(0.001)
             with contextlib.suppress(BlockingIOError):
                 received += client.recv(1 << 20)
         assert bytes(received) == expected
     finally:
         client.close()
         chardev.close()
-        loop.close()
