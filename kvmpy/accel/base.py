@@ -45,6 +45,9 @@ class AccelCaps:
     timebase_frequency: int = 10_000_000
     """Hz of ``time``/``mtime``: the device tree's ``/cpus/timebase-frequency`` (QEMU: 10 MHz;
     under KVM the host's timer frequency, which the guest cannot change)."""
+    firmware_refusal: str = "Machine mode firmware is not supported by this accelerator."
+    """The one-line error when ``-bios`` names M-mode firmware (``default`` or a file) and
+    ``machine_mode`` is False, worded as QEMU words it for this accelerator."""
 
 
 class Vcpu(Protocol):

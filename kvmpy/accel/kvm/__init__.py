@@ -6,6 +6,6 @@ nothing), :mod:`.riscv` (the accelerator: selection, vCPU glue, boot contract, c
 Importing this package registers the ``kvm-accel`` type.
 """
 
-from kvmpy.accel.kvm.riscv import KvmAccel, KvmRiscvVcpu, check_firmware, probe
+from kvmpy.accel.kvm.riscv import FIRMWARE_REFUSAL, KvmAccel, KvmRiscvVcpu, probe
 
-__all__ = ["KvmAccel", "KvmRiscvVcpu", "check_firmware", "probe"]
+__all__ = ["FIRMWARE_REFUSAL", "KvmAccel", "KvmRiscvVcpu", "probe"]

@@ -6,8 +6,8 @@
   ``immediate_exit`` plus a signal, power-on state per the KVM boot contract (pc = entry,
   a0 = hartid, a1 = FDT, S-mode; the other harts STOPPED until SBI HSM starts them in-kernel);
 - the accelerator (:class:`KvmAccel`): one VM, one memory slot over guest RAM, one vCPU per hart,
-  capabilities (ISA string from ``config.isa`` and the ISA_EXT registers, MMU mode, timebase)
-  for the board, which must not give a KVM guest M-mode firmware (:func:`check_firmware`).
+  capabilities (ISA string from ``config.isa`` and the ISA_EXT registers, MMU mode, timebase,
+  and QEMU's refusal of M-mode firmware, :data:`FIRMWARE_REFUSAL`) for the board.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from kvmpy.accel.exits import (
 from kvmpy.accel.kvm import abi, onereg
 from kvmpy.accel.kvm.kvm import Kvm, KvmIoctlError, Vm
 from kvmpy.accel.kvm.kvm import Vcpu as VcpuFd
-from kvmpy.errors import AccelError, ConfigError
+from kvmpy.errors import AccelError
 from kvmpy.qom import register_type
 
 if TYPE_CHECKING:
@@ -51,7 +51,9 @@ nothing); ``immediate_exit`` covers a thread that is not inside ``KVM_RUN`` yet.
 _U64 = (1 << 64) - 1
 _CSR_SEED = 0x015
 _MMU_TYPES = {8: "riscv,sv39", 9: "riscv,sv48", 10: "riscv,sv57"}
-_FIRMWARE_OK = (None, "", "none", "builtin")
+FIRMWARE_REFUSAL = "Machine mode firmware is not supported in combination with KVM."
+"""QEMU 7.2's words (hw/riscv/virt.c) for ``-bios default|FILE`` under KVM: a KVM guest starts
+in S-mode, so only ``-bios none`` or kvmpy's ``builtin`` SBI (provided in-kernel) can run."""
 _get_ident = threading.get_ident
 
 
@@ -112,13 +114,6 @@ def probe(host_machine: str | None = None, device: str = KVM_DEVICE,
         except OSError as exc:
             return f"{device} is not a RISC-V KVM: {exc} (config.isa)"
     return None
-
-
-def check_firmware(bios: str | None) -> None:
-    """A KVM guest starts in S-mode: only ``-bios none`` or kvmpy's ``builtin`` SBI (whose
-    services KVM provides in-kernel) are possible. Raises ConfigError as QEMU refuses."""
-    if bios not in _FIRMWARE_OK:
-        raise ConfigError("Machine mode firmware is not supported in combination with KVM.")
 
 
 # -- kicks ------------------------------------------------------------------------------------
@@ -292,7 +287,7 @@ class KvmRiscvVcpu:
         S-mode, external interrupt line low; ``stopped`` harts wait in-kernel for SBI HSM."""
         if priv == PRV_M:
             raise AccelError("kvm: harts cannot start in M-mode under KVM "
-                             "(Machine mode firmware is not supported in combination with KVM.)")
+                             f"({FIRMWARE_REFUSAL})")
         for name in onereg.ABI_NAMES[1:]:
             self._set(onereg.core_id(name), 0, name)
         for csr in ("sie", "stvec", "sscratch", "sepc", "scause", "stval", "satp",
@@ -392,7 +387,7 @@ class KvmAccel(Accelerator):
             self._caps = AccelCaps(
                 machine_mode=False, in_kernel_timer_ipi=True, isa_extensions=isa,
                 mmu_type=_MMU_TYPES.get(satp_mode or 8, "riscv,sv39"),
-                timebase_frequency=freq or 10_000_000)
+                timebase_frequency=freq or 10_000_000, firmware_refusal=FIRMWARE_REFUSAL)
         return self._caps
 
     @caps.setter

@@ -72,24 +72,17 @@ class BootPlan:
     """One line for the user when kvmpy chose for them (OpenSBI missing)."""
 
 
-def check_kvm_firmware(firmware: str, caps: AccelCaps) -> None:
-    """Under KVM only ``-bios none`` and ``-bios builtin`` are possible (QEMU's refusal)."""
-    if caps.machine_mode:
-        return
-    try:
-        from kvmpy.accel.kvm.riscv import check_firmware
-    except ImportError:
-        if firmware not in ("", "none", "builtin"):
-            raise ConfigError("Machine mode firmware is not supported in combination with KVM."
-                              ) from None
-        return
-    check_firmware(firmware or None)
+def check_firmware(firmware: str, caps: AccelCaps) -> None:
+    """Harts that cannot start in M-mode (KVM) run no M-mode firmware: only ``-bios none`` and
+    ``-bios builtin`` are possible; the accelerator words the refusal (QEMU's, under KVM)."""
+    if not caps.machine_mode and firmware not in ("", "none", "builtin"):
+        raise ConfigError(caps.firmware_refusal)
 
 
 def select_firmware(firmware: str, caps: AccelCaps) -> BootPlan:
     """``-bios`` (``firmware``, "" when not given) to a plan, as QEMU 7.2 plus ``builtin``."""
     if not caps.machine_mode:
-        check_kvm_firmware(firmware, caps)
+        check_firmware(firmware, caps)
         return BootPlan("builtin" if firmware == "builtin" else "none")
     if firmware in ("", "default"):
         path = opensbi.find_fw_dynamic()

@@ -207,7 +207,7 @@ class VirtMachine(MachineState):
             raise ConfigError("-initrd only allowed with -kernel option")
         if self.append and not self.kernel:
             raise ConfigError("-append only allowed with -kernel option")
-        boot.check_kvm_firmware(self.firmware, system.caps)
+        boot.check_firmware(self.firmware, system.caps)
 
     def _create_mrom(self, system: System) -> None:
         mrom = VIRT_MEMMAP["mrom"]

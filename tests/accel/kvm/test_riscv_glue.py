@@ -81,6 +81,8 @@ def test_caps_come_from_config_isa_and_isa_ext_registers(fake_kvm_types: Any) ->
                                    "sstc", "svpbmt")
     assert caps.mmu_type == "riscv,sv48"
     assert caps.timebase_frequency == 24_000_000
+    assert caps.firmware_refusal == \
+        "Machine mode firmware is not supported in combination with KVM."
     accel.close()
 
 

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from kvmpy.accel.base import AccelCaps
 from kvmpy.accel.kvm import riscv
-from kvmpy.accel.kvm.riscv import KvmAccel, check_firmware, probe
+from kvmpy.accel.kvm.riscv import FIRMWARE_REFUSAL, KvmAccel, probe
 from kvmpy.errors import ConfigError
+from kvmpy.hw.riscv import boot
 
 needs_kvm_device = pytest.mark.skipif(
     not os.access("/dev/kvm", os.R_OK | os.W_OK),
@@ -111,16 +113,21 @@ def test_an_x86_kvm_is_not_a_riscv_kvm() -> None:
     assert "\n" not in reason
 
 
-@pytest.mark.parametrize("bios", [None, "", "none", "builtin"])
-def test_firmware_allowed_under_kvm(bios: str | None) -> None:
-    check_firmware(bios)
+KVM_CAPS = AccelCaps(machine_mode=False, in_kernel_timer_ipi=True,
+                     firmware_refusal=FIRMWARE_REFUSAL)
+"""What KvmAccel.caps says about firmware (tests/accel/kvm/test_riscv_glue.py checks that)."""
+
+
+@pytest.mark.parametrize("bios", ["", "none", "builtin"])
+def test_firmware_allowed_under_kvm(bios: str) -> None:
+    boot.check_firmware(bios, KVM_CAPS)
 
 
 @pytest.mark.parametrize("bios", ["default", "/usr/lib/riscv64-linux-gnu/opensbi/generic/"
                                   "fw_dynamic.bin", "fw.elf"])
 def test_machine_mode_firmware_is_refused_as_qemu_does(bios: str) -> None:
     with pytest.raises(ConfigError) as info:
-        check_firmware(bios)
+        boot.check_firmware(bios, KVM_CAPS)
     assert str(info.value) == "Machine mode firmware is not supported in combination with KVM."
 
 

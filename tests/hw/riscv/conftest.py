@@ -26,7 +26,9 @@ TCG_LIKE = AccelCaps(machine_mode=True, in_kernel_timer_ipi=False, isa_extension
                      mmu_type="riscv,sv48")
 """An interpreter-style accelerator whose extension list is QEMU 7.2's rv64 CPU."""
 KVM_LIKE = AccelCaps(machine_mode=False, in_kernel_timer_ipi=True, isa_extensions=DEFAULT_ISA,
-                     mmu_type="riscv,sv48")
+                     mmu_type="riscv,sv48",
+                     firmware_refusal="Machine mode firmware is not supported in combination "
+                                      "with KVM.")
 
 BoardFactory = Callable[..., tuple[System, VirtMachine]]
 

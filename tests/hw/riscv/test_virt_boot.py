@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import struct
 from pathlib import Path
@@ -160,6 +161,14 @@ def test_kvm_direct_boot_and_firmware_refusal(board: Any, kvm_caps: Any, payload
         with pytest.raises(ConfigError, match=r"Machine mode firmware is not supported in "
                            r"combination with KVM\."):
             board(caps=kvm_caps, bios=bios)
+
+
+def test_the_firmware_refusal_is_worded_by_the_accelerator(board: Any, kvm_caps: Any) -> None:
+    """The board knows only that harts without M-mode run no M-mode firmware; the words are
+    the accelerator's (QEMU's under KVM, above)."""
+    caps = dataclasses.replace(kvm_caps, firmware_refusal="No M-mode here.")
+    with pytest.raises(ConfigError, match=r"^No M-mode here\.$"):
+        board(caps=caps, bios="default")
 
 
 def test_bios_file_errors(board: Any, tmp_path: Path) -> None:
