@@ -63,6 +63,11 @@ def parse_int(name: str, text: str) -> int:
         raise ConfigError(f"Parameter '{name}' expects an integer") from None
 
 
+class InvalidPropertyValue(ConfigError):
+    """A value a property refuses as such; the caller, who knows the type, words the error
+    as QEMU: ``Property 'TYPE.NAME' doesn't take value 'VALUE'``."""
+
+
 @dataclass
 class Property(Generic[T]):
     """A typed class property: ``kind`` is ``bool``, ``int``, ``str`` or ``"size"``.
@@ -129,6 +134,7 @@ class TypeInfo:
 
 
 _types: dict[str, TypeInfo] = {}
+_aliases: dict[str, str] = {}
 
 
 def _own_properties(cls: type) -> dict[str, Property[Any]]:
@@ -159,6 +165,24 @@ def register_type(name: str, parent: str | None = None, *, abstract: bool = Fals
 
 def type_info(name: str) -> TypeInfo | None:
     return _types.get(name)
+
+
+def register_alias(alias: str, name: str) -> None:
+    """``alias`` names type ``name`` on the command line (QEMU's qdev aliases:
+    ``virtio-blk`` is ``virtio-blk-pci`` on riscv64)."""
+    _aliases[alias] = name
+
+
+def resolve_alias(name: str) -> str:
+    """The type an alias stands for (``name`` itself when it is no alias)."""
+    return _aliases.get(name, name) if name not in _types else name
+
+
+def alias_of(name: str) -> str | None:
+    for alias, target in _aliases.items():
+        if target == name:
+            return alias
+    return None
 
 
 def is_a(name: str, ancestor: str) -> bool:

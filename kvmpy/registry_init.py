@@ -19,6 +19,7 @@ TYPE_MODULES = (
     "kvmpy.hw.misc",
     "kvmpy.hw.rtc",
     "kvmpy.hw.virtio",
+    "kvmpy.hw.pci",
     "kvmpy.hw.riscv.virt",
     "kvmpy.hw.riscv.spike",
     "kvmpy.hw.riscv.cpu",

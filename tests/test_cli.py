@@ -308,7 +308,8 @@ ERRORS = [
     (["-name", "vm,foo=1"], "kvmpy: -name vm,foo=1: Invalid parameter 'foo'"),
     (["-M", "virt,accel=kvm", "-accel", "kvm"],
      "kvmpy: The -accel and \"-machine accel=\" options are incompatible"),
-    (["-drive", "if=none,file=x"], "kvmpy: -drive if=none,file=x: Parameter 'id' is missing"),
+    (["-drive", "if=ide,file=x"], "kvmpy: -drive if=ide,file=x: -drive if=ide is not built in "
+     "kvmpy; use if=virtio, or if=none,id=ID with -device virtio-blk-pci,drive=ID"),
 ]
 
 
@@ -322,7 +323,8 @@ def test_user_errors_are_one_line(capsys: pytest.CaptureFixture[str], argv: list
 
 
 NOT_BUILT = [["-gdb", "tcp::1234"], ["-s"], ["-netdev", "user,id=n0"], ["-blockdev", "x"],
-             ["-drive", "file=disk.img"], ["disk.img"], ["-display", "gtk"], ["-vga", "std"],
+             ["-drive", "file=disk.img,if=scsi"], ["disk.img"], ["-display", "gtk"],
+             ["-vga", "std"],
              ["-icount", "shift=auto"], ["-snapshot"], ["-d", "trace:foo*"],
              ["-serial", "pipe:/tmp/p"], ["-m", "1G,slots=2,maxmem=4G"]]
 

@@ -64,8 +64,8 @@ class _Parser:
             word = argv[index]
             index += 1
             if not word.startswith("-") or word == "-":
-                raise NotBuiltError("disk images are not built in kvmpy (use -drive if=none "
-                                    "with -device virtio-blk-device)", option=word)
+                raise NotBuiltError("disk images without an interface are not built in kvmpy "
+                                    "(use -drive file=IMAGE,if=virtio)", option=word)
             name = word[2:] if word.startswith("--") else word[1:]
             option = BY_NAME.get(name)
             if option is None:
@@ -234,6 +234,7 @@ class _Parser:
                 self._print(device_help())
                 return
             raise ConfigError("Parameter 'driver' is missing")
+        driver = qom.resolve_alias(driver)
         info = qom.type_info(driver)
         if info is None or info.abstract or not qom.is_a(driver, "device"):
             raise ConfigError(f"'{driver}' is not a valid device model name")
@@ -246,7 +247,7 @@ class _Parser:
             self._print(prop_help(info, parsed.help_prop))
             return
         for key in props:
-            if key != "id" and key not in info.properties:
+            if key not in ("id", "bus") and key not in info.properties:
                 raise ConfigError(f"Property '{driver}.{key}' not found")
         self.config.devices.append(OptionSpec(driver, props, f"-device {arg}"))
 
@@ -256,13 +257,14 @@ class _Parser:
         for key in props:
             if key not in _DRIVE_KEYS:
                 raise ConfigError(f"Invalid parameter '{key}'")
-        interface = props.get("if", "virtio")
-        if interface != "none":
-            raise NotBuiltError(f"-drive if={interface} is not built in kvmpy; use if=none,id=ID "
-                                "with -device virtio-blk-device,drive=ID")
+        interface = props.setdefault("if", "none")  # virt's default block interface
+        if interface not in ("none", "virtio"):
+            raise NotBuiltError(f"-drive if={interface} is not built in kvmpy; use if=virtio, "
+                                "or if=none,id=ID with -device virtio-blk-pci,drive=ID")
         drive_id = props.get("id", "")
-        if not drive_id:
-            raise ConfigError("Parameter 'id' is missing")
+        if not drive_id:  # QEMU names it after the interface and its unit number
+            unit = sum(1 for d in self.config.drives if d.props.get("if") == interface)
+            drive_id = props["id"] = f"{interface}{unit}"
         if any(d.driver == drive_id for d in self.config.drives):
             raise ConfigError(f"Duplicate ID '{drive_id}' for drive")
         for key in ("readonly", "snapshot"):

@@ -62,6 +62,12 @@ class Device(qom.Object):
     desc: ClassVar[str | None] = None
     """QEMU's ``dc->desc``: shown by ``-device help`` when set."""
 
+    @classmethod
+    def backends(cls, system: Any, props: Mapping[str, str]) -> dict[str, Any]:
+        """Keyword arguments for ``__init__`` that ``-device`` properties name on the system
+        (``drive=hd0`` -> the opened disk); raises ConfigError as QEMU words it."""
+        return {}
+
     def set_properties(self, props: Mapping[str, object]) -> None:
         """Apply property values given to ``__init__`` by attribute name (``num_sources``);
         a name that is no property of this type is a programming error (TypeError)."""
@@ -100,7 +106,10 @@ def device_new(name: str, props: Mapping[str, str] | None = None, **kwargs: Any)
         prop = info.properties.get(key)
         if prop is None:
             raise ConfigError(f"Property '{name}.{key}' not found")
-        args[prop.attr] = prop.parse(text)
+        try:
+            args[prop.attr] = prop.parse(text)
+        except qom.InvalidPropertyValue:
+            raise ConfigError(f"Property '{name}.{key}' doesn't take value '{text}'") from None
     return info.cls(**args)
 
 
@@ -118,6 +127,9 @@ def device_help() -> str:
         if not issubclass(cls, Device) or not cls.user_creatable:
             continue
         line = f'name "{info.name}", bus {cls.bus_type}'
+        alias = qom.alias_of(info.name)
+        if alias:
+            line += f', alias "{alias}"'
         if cls.desc:
             line += f', desc "{cls.desc}"'
         category = cls.category if cls.category in DEVICE_CATEGORIES else "Uncategorized devices"

@@ -107,12 +107,23 @@ def vcpu(system: System, index: int) -> Vcpu:
     return system.accel.vcpus[index]
 
 
-def read_physical(system: System, gpa: int, size: int) -> bytes:
-    """Guest-physical memory (RAM and ROM; device windows read as QEMU's pmemsave would not)."""
+def read_physical(system: System, gpa: int, size: int, devices: bool = False) -> bytes:
+    """Guest-physical memory (RAM and ROM).  With ``devices`` (HMP ``xp``), a range inside a
+    device window is read from the device, in aligned accesses of up to 4 bytes, as QEMU's
+    ``memory_dump`` does (with the same side effects a guest read would have)."""
     region = system.memory_at(gpa, size)
-    if region is None:
+    if region is not None:
+        return region.read(gpa, size)
+    window = system.bus.find(gpa) if devices else None
+    if window is None or gpa + size > window.end:
         raise KvmpyError(f"Invalid addr 0x{gpa:x}/size {size} specified")
-    return region.read(gpa, size)
+    out = bytearray()
+    with system.lock:
+        while len(out) < size:
+            addr = gpa + len(out)
+            width = next(w for w in (4, 2, 1) if addr % w == 0 and len(out) + w <= size)
+            out += system.bus.read(addr, width).to_bytes(width, "little")
+    return bytes(out)
 
 
 def translate(system: System, cpu: int, vaddr: int) -> int:

@@ -163,7 +163,7 @@ def _memory_dump(system: System, state: HmpState, args: list[str], physical: boo
 
     def read(address: int, size: int) -> bytes:
         if physical:
-            return commands.read_physical(system, address, size)
+            return commands.read_physical(system, address, size, devices=True)
         return commands.read_virtual(system, state.cpu, address, size)
 
     if fmt == "i":

@@ -397,15 +397,27 @@ def test_big_buffers_are_bounded_or_zero_copy(make_irq: Any, tmp_path: Path) -> 
 
 
 def test_device_help_is_laid_out_like_qemus() -> None:
+    import shutil
+    import subprocess
+
+    import kvmpy.hw.pci  # noqa: F401
     import kvmpy.hw.virtio  # noqa: F401
 
     text = device_help()
-    # qemu-system-riscv64 -device help, restricted to the devices kvmpy has
-    assert text.index("Storage devices:") < text.index("Input devices:") < \
-        text.index("Misc devices:")
-    assert '\n\nInput devices:\nname "virtconsole", bus virtio-serial-bus\n' \
-        'name "virtio-serial-device", bus virtio-bus\n' \
-        'name "virtserialport", bus virtio-serial-bus\n\n' in text
+    qemu = shutil.which("qemu-system-riscv64")
+    if qemu is None:
+        pytest.skip("qemu-system-riscv64 (the oracle) is not installed")
+    theirs = subprocess.run([qemu, "-device", "help"], capture_output=True, text=True,
+                            timeout=30, check=True).stdout
+    ours_names = {line.split('"')[1] for line in text.splitlines() if line.startswith("name")}
+    # QEMU's output restricted to the devices kvmpy has: same categories, lines and order.
+    blocks = []
+    for block in theirs.strip().split("\n\n"):
+        header, *lines = block.splitlines()
+        kept = [line for line in lines if line.split('"')[1] in ours_names]
+        if kept:
+            blocks.append("\n".join([header, *kept]))
+    assert text == "\n\n".join(blocks)
 
 
 def test_snapshot_keeps_the_file_untouched(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ in :mod:`kvmpy.hw.riscv.virt_fdt`, firmware/kernel/initrd/FDT placement and the 
 :mod:`kvmpy.hw.riscv.boot`, the built-in SBI in :mod:`kvmpy.firmware.sbi`.
 
 Not modelled (and so absent from the memory map and the device tree): fw_cfg, the two CFI
-flash banks, the PCIe host bridge and the platform bus.  An accelerator that keeps the timer
+flash banks and the platform bus.  An accelerator that keeps the timer
 and IPIs in the kernel (KVM) gets no CLINT/ACLINT and a PLIC with S-mode contexts only.
 """
 
@@ -47,7 +47,7 @@ VIRT_MEMMAP: dict[str, MemMapEntry] = {
     "rtc":          MemMapEntry(0x101000, 0x1000),
     "clint":        MemMapEntry(0x2000000, 0x10000),
     "aclint_sswi":  MemMapEntry(0x2F00000, 0x4000),
-    "pcie_pio":     MemMapEntry(0x3000000, 0x10000),     # not modelled
+    "pcie_pio":     MemMapEntry(0x3000000, 0x10000),
     "platform_bus": MemMapEntry(0x4000000, 0x2000000),   # not modelled
     "plic":         MemMapEntry(0xC000000, 0x600000),    # VIRT_PLIC_SIZE(512 * 2)
     "aplic_m":      MemMapEntry(0xC000000, 0x8000),      # aia=aplic*: not modelled
@@ -58,8 +58,8 @@ VIRT_MEMMAP: dict[str, MemMapEntry] = {
     "flash":        MemMapEntry(0x20000000, 0x4000000),  # not modelled
     "imsic_m":      MemMapEntry(0x24000000, 0x4000000),  # aia=aplic-imsic: not modelled
     "imsic_s":      MemMapEntry(0x28000000, 0x4000000),  # aia=aplic-imsic: not modelled
-    "pcie_ecam":    MemMapEntry(0x30000000, 0x10000000),  # not modelled
-    "pcie_mmio":    MemMapEntry(0x40000000, 0x40000000),  # not modelled
+    "pcie_ecam":    MemMapEntry(0x30000000, 0x10000000),
+    "pcie_mmio":    MemMapEntry(0x40000000, 0x40000000),
     "dram":         MemMapEntry(0x80000000, 0x0),
 }
 
@@ -68,7 +68,9 @@ VIRTIO_IRQ = 1           # 1..8
 VIRTIO_COUNT = 8
 UART0_IRQ = 10
 RTC_IRQ = 11
-PCIE_IRQ = 0x20          # not modelled
+PCIE_IRQ = 0x20          # 0x20..0x23: INTA..INTD of the root bus
+PCIE_NUM_IRQS = 4
+VIRT64_HIGH_PCIE_MMIO_SIZE = 16 << 30
 VIRT_PLATFORM_BUS_IRQ = 64  # not modelled
 VIRT_IRQCHIP_NUM_SOURCES = 96
 VIRT_IRQCHIP_NUM_PRIO_BITS = 3
@@ -81,6 +83,15 @@ VIRT_PLIC_ENABLE_BASE = 0x2000
 VIRT_PLIC_ENABLE_STRIDE = 0x80
 VIRT_PLIC_CONTEXT_BASE = 0x200000
 VIRT_PLIC_CONTEXT_STRIDE = 0x1000
+
+
+
+def high_pcie_mmio(ram_size: int) -> MemMapEntry:
+    """The 64-bit PCIe window: 16 GiB, aligned to its size above the end of RAM."""
+    size = VIRT64_HIGH_PCIE_MMIO_SIZE
+    end = VIRT_MEMMAP["dram"].base + ram_size
+    return MemMapEntry((end + size - 1) // size * size, size)
+
 
 ACLINT_SWI_SIZE = 0x4000
 ACLINT_MTIMER_SIZE = 0x8000
@@ -279,6 +290,8 @@ class VirtMachine(MachineState):
         bus.add(mm["test"].base, test.region_size, test)
 
         self._create_virtio(system, plic.irq_in)
+        self._create_pcie(system, plic.irq_in)
+        self._plug_devices(system)
 
         uart = SerialMM(plic.irq_in(UART0_IRQ), system.serial_chardev(0),
                         baudbase=UART_BAUDBASE)
@@ -290,23 +303,42 @@ class VirtMachine(MachineState):
 
     def _create_virtio(self, system: System, irq_in: Callable[[int], IrqLine]) -> None:
         """Eight virtio-mmio transports; ``-device virtio-*-device`` fill them from the top."""
-        try:
-            from kvmpy.hw.virtio import mmio as virtio_mmio
-        except ImportError:
-            if system.config.devices:
-                raise NotBuiltError("-device: virtio devices are not available in this build"
-                                    ) from None
-            return
+        from kvmpy.hw.virtio.mmio import VirtioMmio
+
         entry = VIRT_MEMMAP["virtio"]
         transports = []
         for i in range(VIRTIO_COUNT):
-            transport = virtio_mmio.VirtioMmio(irq_in(VIRTIO_IRQ + i), ram=self.ram)
+            transport = VirtioMmio(irq_in(VIRTIO_IRQ + i), ram=self.ram)
             system.bus.add(entry.base + i * entry.size, transport.region_size, transport)
             transports.append(transport)
         self.devices["virtio"] = transports
-        plug = getattr(virtio_mmio, "plug_devices", None)
-        if plug is not None:
-            plug(system, list(reversed(transports)))
+
+    def _create_pcie(self, system: System, irq_in: Callable[[int], IrqLine]) -> None:
+        """gpex_pcie_init: ECAM, the low and high memory windows, the I/O window."""
+        from kvmpy.hw.pci.gpex import GpexHost
+
+        mm = VIRT_MEMMAP
+        host = GpexHost([irq_in(PCIE_IRQ + i) for i in range(PCIE_NUM_IRQS)])
+        bus = system.bus
+        bus.add(mm["pcie_ecam"].base, mm["pcie_ecam"].size, host.ecam, "pcie-ecam")
+        low, high = mm["pcie_mmio"], high_pcie_mmio(self.ram_size)
+        bus.add(low.base, low.size, host.mmio_window(low.base, "pcie-mmio"))
+        bus.add(high.base, high.size, host.mmio_window(high.base, "pcie-mmio-high"))
+        bus.add(mm["pcie_pio"].base, mm["pcie_pio"].size, host.io_window(), "gpex_ioport_window")
+        self.devices["pcie"] = host
+
+    def _plug_devices(self, system: System) -> None:
+        """``-device`` and ``-drive if=virtio``: PCI devices on ``pcie.0``, virtio devices on
+        the virtio-mmio slots from the highest address down, as QEMU fills them."""
+        from kvmpy.hw.qdev import Bus, create_devices
+        from kvmpy.hw.virtio.console import serial_buses
+        from kvmpy.hw.virtio.mmio import mmio_buses
+
+        host = self.devices["pcie"]
+        pcie = Bus("pcie.0", "PCIE", "PCI", plug=lambda dev: host.bus.plug(dev, dev.addr),
+                   inject={"ram": self.ram, "deliver_msi": _msi_to_ram(self.ram)})
+        buses = [pcie, *mmio_buses(list(reversed(self.devices["virtio"])))]
+        create_devices(system, buses, serial_buses)
 
     # -- device tree and payloads -----------------------------------------------------------
 
@@ -325,7 +357,10 @@ class VirtMachine(MachineState):
             plic_ndev=VIRT_IRQCHIP_NUM_SOURCES,
             uart_base=mm["uart0"].base, uart_size=mm["uart0"].size, uart_irq=UART0_IRQ,
             virtio_base=mm["virtio"].base, virtio_size=mm["virtio"].size,
-            virtio_irq=VIRTIO_IRQ, virtio_count=VIRTIO_COUNT)
+            virtio_irq=VIRTIO_IRQ, virtio_count=VIRTIO_COUNT,
+            pcie_ecam=_span(mm["pcie_ecam"]), pcie_pio=_span(mm["pcie_pio"]),
+            pcie_mmio=_span(mm["pcie_mmio"]), pcie_mmio_high=_span(high_pcie_mmio(self.ram_size)),
+            pcie_irq=PCIE_IRQ)
 
     def _load_payloads(self, system: System, fdt_size: int) -> None:
         """virt_machine_done: firmware, kernel, initrd, /chosen, FDT, boot ROM, boot state."""
@@ -392,6 +427,27 @@ class _UartConsole(SbiConsole):
         while len(out) < max_bytes and self._uart.mmio_read(self.LSR, 1) & self.LSR_DR:
             out.append(self._uart.mmio_read(self.RBR_THR, 1) & 0xFF)
         return bytes(out)
+
+
+def _span(entry: MemMapEntry) -> tuple[int, int]:
+    return entry.base, entry.size
+
+
+def _msi_to_ram(ram: GuestRAM | None) -> Callable[[int, int], None]:
+    """MSI-X messages: this board has no MSI controller, so a message only means something
+    when the guest aimed it at RAM (QEMU writes it wherever it points; kvmpy does not let
+    it reach device registers, where it could loop back into the device)."""
+
+    def deliver(address: int, data: int) -> None:
+        from kvmpy import log
+
+        if ram is not None and ram.contains(address, 4):
+            ram.write_int(address, 4, data)
+        else:
+            log.guest_error(f"MSI-X message 0x{data:x} to 0x{address:x}, outside RAM: dropped "
+                            "(no MSI controller on this board)")
+
+    return deliver
 
 
 def _wake(system: System) -> None:

@@ -6,8 +6,8 @@ keeps that rule, so the functions below call it in QEMU's order (``create_fdt_so
 ``create_fdt_socket_clint``, ...) and the blob comes out in the same order as
 ``qemu-system-riscv64 -M virt,dumpdtb=F``: same nodes, phandles, properties and values.
 
-Only devices kvmpy models are described: fw-cfg, the CFI flash banks, the PCIe host bridge and
-the platform bus are left out (``tests/test_virt_dtb_vs_qemu.py`` lists every difference).
+Only devices kvmpy models are described: fw-cfg, the CFI flash banks and the platform bus are
+left out (``tests/test_virt_dtb_vs_qemu.py`` lists every difference).
 """
 
 from __future__ import annotations
@@ -170,8 +170,20 @@ class VirtFdtConfig:
     virtio_size: int
     virtio_irq: int
     virtio_count: int
+    pcie_ecam: tuple[int, int]
+    pcie_pio: tuple[int, int]
+    pcie_mmio: tuple[int, int]
+    pcie_mmio_high: tuple[int, int]
+    """(base, size) of the host bridge's windows."""
+    pcie_irq: int
 
 
+FDT_PCI_ADDR_CELLS = 3
+FDT_PCI_INT_CELLS = 1
+FDT_PCI_RANGE_IOPORT = 0x1000000
+FDT_PCI_RANGE_MMIO = 0x2000000
+FDT_PCI_RANGE_MMIO_64BIT = 0x3000000
+PCIE_MMCFG_SIZE_MIN = 1 << 20
 ACLINT_SWI_SIZE = 0x4000
 ACLINT_MTIMECMP = 0x0
 ACLINT_MTIME = 0x7FF8
@@ -301,6 +313,38 @@ def _fdt_virtio(b: FdtBuilder, cfg: VirtFdtConfig, plic: int) -> None:
         b.setprop_cells(name, "interrupts", cfg.virtio_irq + i)
 
 
+def _fdt_pcie(b: FdtBuilder, cfg: VirtFdtConfig, plic: int) -> None:
+    """create_fdt_pcie: QEMU's generic ECAM host, INTx swizzled onto the PLIC."""
+    ecam_base, ecam_size = cfg.pcie_ecam
+    name = f"/soc/pci@{ecam_base:x}"
+    b.add_subnode(name)
+    b.setprop_cells(name, "#address-cells", FDT_PCI_ADDR_CELLS)
+    b.setprop_cells(name, "#interrupt-cells", FDT_PCI_INT_CELLS)
+    b.setprop_cells(name, "#size-cells", 2)
+    b.setprop(name, "compatible", "pci-host-ecam-generic")
+    b.setprop(name, "device_type", "pci")
+    b.setprop_cells(name, "linux,pci-domain", 0)
+    b.setprop_cells(name, "bus-range", 0, ecam_size // PCIE_MMCFG_SIZE_MIN - 1)
+    b.setprop(name, "dma-coherent")
+    b.setprop_cells(name, "reg", *_cells2(ecam_base), *_cells2(ecam_size))
+    pio, mmio, high = cfg.pcie_pio, cfg.pcie_mmio, cfg.pcie_mmio_high
+    b.setprop_cells(name, "ranges",
+                    FDT_PCI_RANGE_IOPORT, 0, 0, *_cells2(pio[0]), *_cells2(pio[1]),
+                    FDT_PCI_RANGE_MMIO, *_cells2(mmio[0]), *_cells2(mmio[0]), *_cells2(mmio[1]),
+                    FDT_PCI_RANGE_MMIO_64BIT, *_cells2(high[0]), *_cells2(high[0]),
+                    *_cells2(high[1]))
+    irq_map: list[int] = []
+    for slot in range(4):  # the map-mask wraps it over every slot (pci_swizzle_map_irq_fn)
+        for pin in range(4):
+            irq_map += [slot << 11, 0, 0, pin + 1, plic, cfg.pcie_irq + (pin + slot) % 4]
+    b.setprop_cells(name, "interrupt-map", *irq_map)
+    b.setprop_cells(name, "interrupt-map-mask", 0x1800, 0, 0, 0x7)
+
+
+def _cells2(value: int) -> Cells:
+    return value >> 32, value & 0xFFFFFFFF
+
+
 def _fdt_reset(b: FdtBuilder, cfg: VirtFdtConfig, phandle: list[int]) -> None:
     test_phandle = phandle[0]
     phandle[0] += 1
@@ -346,7 +390,7 @@ def _fdt_pmu(b: FdtBuilder) -> None:
 
 
 def create_fdt(cfg: VirtFdtConfig, cmdline: str = "") -> FdtBuilder:
-    """QEMU 7.2 ``create_fdt`` for one socket, ``aia=none``, without fw-cfg, flash and PCIe."""
+    """QEMU 7.2 ``create_fdt`` for one socket, ``aia=none``, without fw-cfg and flash."""
     b = FdtBuilder()
     b.setprop("/", "model", "riscv-virtio,qemu")
     b.setprop("/", "compatible", "riscv-virtio")
@@ -362,6 +406,7 @@ def create_fdt(cfg: VirtFdtConfig, cmdline: str = "") -> FdtBuilder:
     phandle = [1]
     plic = _fdt_sockets(b, cfg, phandle)
     _fdt_virtio(b, cfg, plic)
+    _fdt_pcie(b, cfg, plic)
     _fdt_reset(b, cfg, phandle)
     _fdt_uart(b, cfg, plic)
     _fdt_rtc(b, cfg, plic)

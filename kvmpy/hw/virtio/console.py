@@ -27,6 +27,7 @@ from kvmpy import log
 from kvmpy.chardev.base import CHR_EVENT_CLOSED, CHR_EVENT_OPENED, Chardev
 from kvmpy.errors import ConfigError
 from kvmpy.hw.core import Device
+from kvmpy.hw.qdev import Bus
 from kvmpy.hw.virtio.device import VirtioDevice
 from kvmpy.hw.virtio.virtqueue import VirtqElement, Virtqueue, VirtqueueError
 from kvmpy.qom import Property, register_type
@@ -321,3 +322,13 @@ class VirtioSerial(VirtioDevice):
                 connected.remove(port_id)
             if value and port.backend is not None:
                 port.backend.accept_input()
+
+
+def serial_buses(device: object, dev_id: str) -> list[Bus]:
+    """The ``virtio-serial-bus`` a new device carries, if it is (or carries) a
+    virtio-serial device: ``ID.0`` when the device has an id (QEMU's bus naming)."""
+    serial = device if isinstance(device, VirtioSerial) else getattr(device, "device", None)
+    if not isinstance(serial, VirtioSerial):
+        return []
+    name = f"{dev_id}.0" if dev_id else "virtio-serial-bus.0"
+    return [Bus(name, "virtio-serial-bus", "virtio-serial-bus", plug=serial.add_port)]

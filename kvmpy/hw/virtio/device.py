@@ -9,7 +9,7 @@ the driver notifies a queue.  The device consumes requests through :attr:`queues
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from kvmpy.hw.core import Device
@@ -62,12 +62,6 @@ class VirtioDevice(Device):
         """Set when the guest misused a queue; the device does nothing until reset."""
         self._notify: Callable[[int], None] = lambda index: None
         self._error: Callable[[str], None] = lambda message: None
-
-    @classmethod
-    def backends(cls, system: Any, props: Mapping[str, str]) -> dict[str, Any]:
-        """Keyword arguments for ``__init__`` that ``-device`` properties name on the system
-        (``drive=hd0`` -> the opened disk); raises ConfigError as QEMU words it."""
-        return {}
 
     # -- transport side -------------------------------------------------------------------------
 

@@ -107,9 +107,11 @@ def test_bad_accesses_are_logged_and_the_guest_goes_on(tmp_path: Path) -> None:
                      "Invalid write at addr 0x200008, size 4",
                      "size 1, region 'riscv.sifive.plic'",
                      "size 2, region 'riscv.sifive.plic'",
-                     "size 1, region 'goldfish_rtc'",
-                     "Invalid write at addr 0x7ff00000, size 8"):
+                     "size 1, region 'goldfish_rtc'"):
         assert expected in log, log
+    # 0x7ff00000 is in the PCIe memory window, where no BAR is: ignored without a log, as on
+    # QEMU (its gpex host's allow-unmapped-accesses).
+    assert "0x7ff00000" not in log
 
 
 MROM_CONTRACT = Path(__file__).parent / "guests" / "mrom_contract.elf"

@@ -1,0 +1,136 @@
+"""QEMU's generic PCIe host bridge (``gpex-pcihost``, hw/pci-host/gpex.c), as the virt board
+maps it: an ECAM configuration window, an I/O port window and memory windows, with the
+root bus ``pcie.0`` behind them and the host bridge function (``gpex-root``, 1b36:0008) at
+00:00.0.
+
+- ECAM (PCI Express Base spec §7.2.2): bus << 20 | devfn << 12 | register; only bus 0
+  exists.  Where no function answers (another bus, an empty slot, past a conventional
+  function's 256 bytes) reads are all ones and writes are dropped.
+- The I/O window maps bus I/O addresses from 0; the memory windows map bus addresses equal to
+  the CPU's.  An address no BAR decodes reads all ones and ignores writes (QEMU's
+  ``allow-unmapped-accesses``, the PC behaviour Linux expects).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from kvmpy.hw.core import MmioDevice
+from kvmpy.hw.irq import IrqLine
+from kvmpy.hw.pci.bus import PciBus
+from kvmpy.hw.pci.device import PciDevice
+from kvmpy.qom import register_type
+
+PCIE_MMCFG_BUS_SHIFT = 20
+PCIE_MMCFG_DEVFN_SHIFT = 12
+PCI_CLASS_BRIDGE_HOST = 0x0600
+PCI_VENDOR_ID_REDHAT = 0x1B36
+PCI_DEVICE_ID_REDHAT_PCIE_HOST = 0x0008
+
+
+@register_type("gpex-root", "pci-device", description="QEMU generic PCIe host bridge")
+class GpexRoot(PciDevice):
+    """The host bridge's PCI function at 00:00.0 (conventional, no BARs)."""
+
+    category = "Controller/Bridge/Hub devices"
+    desc = "QEMU generic PCIe host bridge"
+    vendor_id = PCI_VENDOR_ID_REDHAT
+    device_id = PCI_DEVICE_ID_REDHAT_PCIE_HOST
+    class_id = PCI_CLASS_BRIDGE_HOST
+
+    def __init__(self, **props: Any) -> None:
+        self.set_properties(props)
+        super().__init__()
+
+
+def _ones(size: int) -> int:
+    return (1 << (8 * size)) - 1
+
+
+class EcamWindow(MmioDevice):
+    """The configuration window; it stands for the whole host bridge on the system bus, so a
+    system reset of this window resets every function on the bus."""
+
+    access_sizes = (1, 2, 4)
+    name = "pcie-mmcfg-mmio"
+
+    def __init__(self, bus: PciBus) -> None:
+        self.bus = bus
+        self.state = None
+
+    def _target(self, offset: int, size: int) -> tuple[PciDevice, int] | None:
+        if offset >> PCIE_MMCFG_BUS_SHIFT:
+            return None  # only the root bus exists
+        device = self.bus.device_at(offset >> PCIE_MMCFG_DEVFN_SHIFT & 0xFF)
+        register = offset & ((1 << PCIE_MMCFG_DEVFN_SHIFT) - 1)
+        if device is None or register + size > device.config_size:
+            return None
+        return device, register
+
+    def mmio_read(self, offset: int, size: int) -> int:
+        target = self._target(offset, size)
+        if target is None:
+            return _ones(size)
+        device, register = target
+        return device.config_read(register, size)
+
+    def mmio_write(self, offset: int, size: int, value: int) -> None:
+        target = self._target(offset, size)
+        if target is not None:
+            device, register = target
+            device.config_write(register, size, value)
+
+    def reset(self) -> None:
+        self.bus.reset()
+
+    def get_state(self) -> dict[str, Any]:
+        return {}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class PciWindow(MmioDevice):
+    """A CPU window onto one of the bus's spaces: bus address = offset + ``bus_base``."""
+
+    access_sizes = (1, 2, 4, 8)
+
+    def __init__(self, bus: PciBus, io: bool, bus_base: int, name: str) -> None:
+        self.bus = bus
+        self.space = bus.io if io else bus.memory
+        self.bus_base = bus_base
+        self.name = name
+        self.state = None
+
+    def mmio_read(self, offset: int, size: int) -> int:
+        value = self.bus.read(self.space, self.bus_base + offset, size)
+        return _ones(size) if value is None else value
+
+    def mmio_write(self, offset: int, size: int, value: int) -> None:
+        self.bus.write(self.space, self.bus_base + offset, size, value)
+
+    def get_state(self) -> dict[str, Any]:
+        return {}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class GpexHost:
+    """The host bridge: the root bus, its host function, and the windows to map.
+
+    ``irqs`` are the four INTx outputs (the virt board wires them to PLIC 32-35).
+    """
+
+    def __init__(self, irqs: Sequence[IrqLine]) -> None:
+        self.bus = PciBus("pcie.0", irqs)
+        self.root = GpexRoot()
+        self.bus.plug(self.root, 0)
+        self.ecam = EcamWindow(self.bus)
+
+    def io_window(self) -> PciWindow:
+        return PciWindow(self.bus, True, 0, "gpex_ioport_window")
+
+    def mmio_window(self, base: int, name: str) -> PciWindow:
+        return PciWindow(self.bus, False, base, name)

@@ -1,0 +1,605 @@
+"""virtio-pci transport, QEMU 7.2's ``virtio-*-pci`` proxies (hw/virtio/virtio-pci.c; virtio
+1.2 spec §4.1).
+
+On the virt board's root bus a proxy is *transitional* (QEMU's ``disable-legacy=auto``), laid
+out exactly as QEMU's:
+
+- BAR0: the legacy I/O interface (features, queue PFN/size/select/notify, status, ISR, then
+  the device config), a power of two covering it;
+- BAR1: MSI-X table and pending bits (4 KiB);
+- BAR4: the modern interface, 64-bit prefetchable: common config at 0x0000, ISR at 0x1000,
+  device config at 0x2000, notifications at 0x3000 (4 bytes per queue, or a page with
+  ``page-per-vq=on``);
+- vendor capabilities (common, ISR, device, notify, PCI config access) from 0x40, then MSI-X.
+
+Without MSI-X enabled the interrupt is INTx (pin A) at the level of the ISR's queue bit; a
+config change sets both ISR bits, as QEMU's ``virtio_notify_config``.  Reading the ISR
+clears it.  ``disable-legacy=on`` (the ``-non-transitional`` types) gives the virtio 1.0
+identity (device ID 0x1040 + virtio ID, revision 1) and no BAR0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import kvmpy.hw.virtio  # noqa: F401  (registers the virtio device types carried)
+from kvmpy import log, qom
+from kvmpy.errors import ConfigError
+from kvmpy.hw.pci.device import (
+    PCI_BASE_ADDRESS_MEM_PREFETCH,
+    PCI_BASE_ADDRESS_MEM_TYPE_64,
+    PCI_BASE_ADDRESS_SPACE_IO,
+    PCI_DEVICE_ID,
+    PCI_INTERRUPT_PIN,
+    PCI_REVISION_ID,
+    PCI_SUBSYSTEM_ID,
+    PCI_VENDOR_ID_REDHAT_QUMRANET,
+    PciDevice,
+)
+from kvmpy.hw.pci.msix import MSIX_BAR_SIZE, MSIX_CAP_LENGTH, Msix
+from kvmpy.hw.virtio.device import VIRTIO_F_VERSION_1, VirtioDevice
+from kvmpy.hw.virtio.transport import (
+    VIRTIO_INT_CONFIG,
+    VIRTIO_INT_VRING,
+    VIRTIO_QUEUE_MAX,
+    VirtioTransport,
+    VirtioTransportState,
+)
+from kvmpy.hw.virtio.virtqueue import QueueState, Virtqueue, VirtqueueError
+from kvmpy.memory import GuestRAM
+from kvmpy.qom import Property, register_type
+
+VIRTIO_F_BAD_FEATURE = 30
+VIRTIO_NO_VECTOR = 0xFFFF
+VIRTIO_PCI_QUEUE_ADDR_SHIFT = 12
+PCI_DEVICE_ID_VIRTIO_10_BASE = 0x1040
+
+# Vendor capability types (virtio spec §4.1.4).
+VIRTIO_PCI_CAP_COMMON_CFG = 1
+VIRTIO_PCI_CAP_NOTIFY_CFG = 2
+VIRTIO_PCI_CAP_ISR_CFG = 3
+VIRTIO_PCI_CAP_DEVICE_CFG = 4
+VIRTIO_PCI_CAP_PCI_CFG = 5
+PCI_CAP_ID_VNDR = 0x09
+
+LEGACY_BAR, MSIX_BAR, MODERN_BAR = 0, 1, 4
+COMMON_OFFSET, ISR_OFFSET, DEVICE_OFFSET, NOTIFY_OFFSET = 0x0000, 0x1000, 0x2000, 0x3000
+REGION_SIZE = 0x1000
+
+# Legacy I/O registers (virtio 0.9.5 §2.1 / QEMU's VIRTIO_PCI_*).
+L_HOST_FEATURES, L_GUEST_FEATURES, L_QUEUE_PFN, L_QUEUE_NUM = 0, 4, 8, 12
+L_QUEUE_SEL, L_QUEUE_NOTIFY, L_STATUS, L_ISR = 14, 16, 18, 19
+L_MSI_CONFIG_VECTOR, L_MSI_QUEUE_VECTOR = 20, 22
+
+# Common configuration structure (virtio spec §4.1.4.3).
+C_DFSELECT, C_DF, C_GFSELECT, C_GF = 0x00, 0x04, 0x08, 0x0C
+C_MSIX, C_NUMQ, C_STATUS, C_CFGGENERATION = 0x10, 0x12, 0x14, 0x15
+C_Q_SELECT, C_Q_SIZE, C_Q_MSIX, C_Q_ENABLE, C_Q_NOFF = 0x16, 0x18, 0x1A, 0x1C, 0x1E
+C_Q_DESCLO, C_Q_DESCHI, C_Q_AVAILLO, C_Q_AVAILHI = 0x20, 0x24, 0x28, 0x2C
+C_Q_USEDLO, C_Q_USEDHI = 0x30, 0x34
+
+_LO = 0xFFFFFFFF
+
+
+def _pow2ceil(value: int) -> int:
+    return 1 << max(value - 1, 0).bit_length()
+
+
+class _DisableLegacy(Property[str]):
+    """``disable-legacy=on|off|auto`` (auto: off on the root bus, as here)."""
+
+    def parse(self, text: str) -> Any:
+        if text not in ("on", "off", "auto"):
+            raise ConfigError(f"Parameter 'disable-legacy' does not accept value '{text}'")
+        return text
+
+
+@dataclass
+class VirtioPciState(VirtioTransportState):
+    config_vector: int = VIRTIO_NO_VECTOR
+    queue_vectors: list[int] = field(default_factory=list)
+    queue_enabled: list[bool] = field(default_factory=list)
+    via_legacy: bool = False
+    """The driver last used the legacy interface (features are offered as legacy)."""
+
+
+class _Window:
+    """A BAR's region: offsets go to one of the proxy's handlers."""
+
+    def __init__(self, sizes: tuple[int, ...], read: Callable[[int, int], int],
+                 write: Callable[[int, int, int], None]) -> None:
+        self.access_sizes = sizes
+        self.mmio_read = read
+        self.mmio_write = write
+
+
+@register_type("virtio-pci", "pci-device", abstract=True, description="virtio PCI transport")
+class VirtioPciProxy(VirtioTransport, PciDevice):
+    """Base of ``virtio-*-pci``: a PCI function carrying one virtio device.
+
+    Subclasses (made by :func:`register_virtio_pci`) name the virtio device type they carry
+    and its PCI identity; ``__init__`` takes the properties of both.
+    """
+
+    virtio_type: ClassVar[str] = ""
+    legacy_device_id: ClassVar[int] = 0
+    default_vectors: ClassVar[int] = 2
+    state: VirtioPciState
+    vendor_id = PCI_VENDOR_ID_REDHAT_QUMRANET
+
+    disable_legacy = _DisableLegacy(str, "auto", "on/off/auto")
+    disable_modern = Property(bool, False, "")
+    vectors = Property(int, -1, "")
+    page_per_vq = Property(bool, False, "on/off")
+    ioeventfd = Property(bool, True, "on/off (kvmpy notifies in the VMM either way)")
+
+    def __init__(self, ram: GuestRAM | None = None,
+                 deliver_msi: Callable[[int, int], None] | None = None,
+                 **props: Any) -> None:
+        own, inner = self._split_props(props)
+        self.set_properties(own)
+        device = self._inner_class()(**inner)
+        self.ram = ram
+        self.device = None
+        self.vqs: list[Virtqueue] = []
+        self.state = VirtioPciState()
+        self.name = self.type_name
+        PciDevice.__init__(self)
+        self.legacy_enabled = self._legacy_mode()
+        self.modern_enabled = not self.disable_modern
+        if not self.legacy_enabled and not self.modern_enabled:
+            raise ConfigError("device cannot work as neither modern nor legacy mode is enabled")
+        self._build_config(device)
+        nvectors = self.default_vectors if self.vectors < 0 else self.vectors
+        self.msix: Msix | None = None
+        if nvectors:
+            self.msix = Msix(self, nvectors, MSIX_BAR, deliver_msi or (lambda a, d: None))
+            self.register_bar(MSIX_BAR, MSIX_BAR_SIZE, 0, self.msix)
+        self.plug(device)
+
+    # -- construction ---------------------------------------------------------------------------
+
+    @classmethod
+    def _inner_class(cls) -> type[VirtioDevice]:
+        info = qom.type_info(cls.virtio_type)
+        assert info is not None
+        inner: type[VirtioDevice] = info.cls
+        return inner
+
+    @classmethod
+    def _split_props(cls, props: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        own_attrs = {prop.attr for klass in VirtioPciProxy.__mro__
+                     for prop in vars(klass).values() if isinstance(prop, Property)}
+        own = {k: v for k, v in props.items() if k in own_attrs}
+        return own, {k: v for k, v in props.items() if k not in own_attrs}
+
+    @classmethod
+    def backends(cls, system: Any, props: Mapping[str, str]) -> dict[str, Any]:
+        return cls._inner_class().backends(system, props)
+
+    def _legacy_mode(self) -> bool:
+        return self.disable_legacy != "on"  # auto: legacy on a root bus (QEMU's virtio_pci_realize)
+
+    def _build_config(self, device: VirtioDevice) -> None:
+        if self.legacy_enabled:
+            self.set_config(PCI_DEVICE_ID, 2, self.legacy_device_id)
+            self.set_config(PCI_SUBSYSTEM_ID, 2, device.device_id)
+        else:
+            self.set_config(PCI_DEVICE_ID, 2, PCI_DEVICE_ID_VIRTIO_10_BASE + device.device_id)
+            self.set_config(PCI_REVISION_ID, 1, 1)
+        self.config[PCI_INTERRUPT_PIN] = 1
+        mult = self._notify_multiplier
+        if self.modern_enabled:
+            for cfg_type, offset, length in (
+                    (VIRTIO_PCI_CAP_COMMON_CFG, COMMON_OFFSET, REGION_SIZE),
+                    (VIRTIO_PCI_CAP_ISR_CFG, ISR_OFFSET, REGION_SIZE),
+                    (VIRTIO_PCI_CAP_DEVICE_CFG, DEVICE_OFFSET, REGION_SIZE),
+                    (VIRTIO_PCI_CAP_NOTIFY_CFG, NOTIFY_OFFSET, mult * VIRTIO_QUEUE_MAX)):
+                self._add_vendor_cap(cfg_type, MODERN_BAR, offset, length,
+                                     mult if cfg_type == VIRTIO_PCI_CAP_NOTIFY_CFG else None)
+            self.cfg_cap = self._add_vendor_cap(VIRTIO_PCI_CAP_PCI_CFG, 0, 0, 0, 0)
+            for off, size in ((4, 1), (8, 4), (12, 4), (16, 4)):  # bar, offset, length, data
+                self.wmask[self.cfg_cap + off:self.cfg_cap + off + size] = b"\xff" * size
+            bar_size = _pow2ceil(NOTIFY_OFFSET + mult * VIRTIO_QUEUE_MAX)
+            self.register_bar(MODERN_BAR, bar_size, PCI_BASE_ADDRESS_MEM_PREFETCH |
+                              PCI_BASE_ADDRESS_MEM_TYPE_64,
+                              _Window((1, 2, 4), self._modern_read, self._modern_write))
+        if self.legacy_enabled:
+            size = _pow2ceil(L_MSI_QUEUE_VECTOR + 2 + len(device.config()))
+            self.register_bar(LEGACY_BAR, max(size, 4), PCI_BASE_ADDRESS_SPACE_IO,
+                              _Window((1, 2, 4), self._legacy_read, self._legacy_write))
+
+    @property
+    def _notify_multiplier(self) -> int:
+        return 0x1000 if self.page_per_vq else 4
+
+    def _add_vendor_cap(self, cfg_type: int, bar: int, offset: int, length: int,
+                        multiplier: int | None) -> int:
+        size = 16 if multiplier is None else 20
+        cap = self.add_capability(PCI_CAP_ID_VNDR, size)
+        self.set_config(cap + 2, 1, size)
+        self.set_config(cap + 3, 1, cfg_type)
+        self.set_config(cap + 4, 1, bar)
+        self.set_config(cap + 8, 4, offset)
+        self.set_config(cap + 12, 4, length)
+        if multiplier is not None and cfg_type == VIRTIO_PCI_CAP_NOTIFY_CFG:
+            self.set_config(cap + 16, 4, multiplier)
+        return cap
+
+    # -- the transport contract -----------------------------------------------------------------
+
+    @property
+    def legacy(self) -> bool:
+        return self.state.via_legacy
+
+    def _reset_device(self) -> None:
+        n = len(self.device.queue_sizes) if self.device is not None else 0
+        self.state.config_vector = VIRTIO_NO_VECTOR
+        self.state.queue_vectors = [VIRTIO_NO_VECTOR] * n
+        self.state.queue_enabled = [False] * n
+        super()._reset_device()
+
+    def host_features(self) -> int:
+        features = super().host_features()
+        if self.legacy:
+            features |= 1 << VIRTIO_F_BAD_FEATURE
+        elif not self.modern_enabled:
+            features &= ~(1 << VIRTIO_F_VERSION_1)
+        return features
+
+    def _update_irq(self) -> None:
+        if self.msix is None or not self.msix.enabled:
+            self.set_irq(bool(self.state.isr & VIRTIO_INT_VRING))
+
+    def _device_notify(self, index: int) -> None:
+        vq = self.vqs[index]
+        try:
+            wanted = vq.should_notify()
+        except VirtqueueError:  # a broken ring: tell the driver anyway
+            wanted = True
+        if not wanted:
+            return
+        self.state.isr |= VIRTIO_INT_VRING
+        if self.msix is not None and self.msix.enabled:
+            self.msix.notify(self.state.queue_vectors[index])
+        else:
+            self._update_irq()
+
+    def config_changed(self) -> None:
+        s = self.state
+        s.config_generation = (s.config_generation + 1) & 0xFF
+        s.isr |= VIRTIO_INT_VRING | VIRTIO_INT_CONFIG
+        if self.msix is not None and self.msix.enabled:
+            self.msix.notify(s.config_vector)
+        else:
+            self._update_irq()
+
+    def _queue_notify(self, index: int) -> None:
+        if self.bus_master:  # no DMA without bus mastering (QEMU's virtio_set_disabled)
+            super()._queue_notify(index)
+
+    def _read_isr(self) -> int:
+        value = self.state.isr
+        self.state.isr = 0
+        self.set_irq(False)
+        return value
+
+    def _set_vector(self, value: int) -> int:
+        nvectors = self.msix.vectors if self.msix is not None else 0
+        return value if value < nvectors else VIRTIO_NO_VECTOR
+
+    # -- legacy I/O BAR -------------------------------------------------------------------------
+
+    @property
+    def _legacy_config_offset(self) -> int:
+        return 24 if self.msix is not None and self.msix.enabled else 20
+
+    def _legacy_read(self, offset: int, size: int) -> int:
+        if self.device is None:
+            return (1 << (8 * size)) - 1
+        self.state.via_legacy = True
+        config = self._legacy_config_offset
+        if offset >= config:
+            return self._config_read(offset - config, size)
+        s = self.state
+        qs = self._selected()
+        if offset == L_HOST_FEATURES:
+            return self.host_features() & _LO
+        if offset == L_GUEST_FEATURES:
+            return self.device.guest_features & _LO
+        if offset == L_QUEUE_PFN:
+            return (qs.desc >> VIRTIO_PCI_QUEUE_ADDR_SHIFT) if qs is not None else 0
+        if offset == L_QUEUE_NUM:
+            return qs.num if qs is not None else 0
+        if offset == L_QUEUE_SEL:
+            return s.queue_sel
+        if offset == L_STATUS:
+            return s.status
+        if offset == L_ISR:
+            return self._read_isr()
+        if offset == L_MSI_CONFIG_VECTOR:
+            return s.config_vector
+        if offset == L_MSI_QUEUE_VECTOR:
+            return s.queue_vectors[s.queue_sel] if qs is not None else VIRTIO_NO_VECTOR
+        return (1 << (8 * size)) - 1
+
+    def _legacy_write(self, offset: int, size: int, value: int) -> None:
+        if self.device is None:
+            return
+        self.state.via_legacy = True
+        config = self._legacy_config_offset
+        if offset >= config:
+            self._config_write(offset - config, size, value)
+            return
+        s = self.state
+        qs = self._selected()
+        if offset == L_GUEST_FEATURES:
+            if value & (1 << VIRTIO_F_BAD_FEATURE):
+                value = 0  # "the guest does not negotiate properly: assume nothing"
+            self._set_features(value)
+        elif offset == L_QUEUE_PFN:
+            if value == 0:
+                self._reset_transport_keep_mode()
+            elif qs is not None:
+                qs.desc = value << VIRTIO_PCI_QUEUE_ADDR_SHIFT
+                qs.desc, qs.avail, qs.used = _legacy_rings(qs)
+                qs.ready = True
+        elif offset == L_QUEUE_SEL:
+            self._select_queue(value)
+        elif offset == L_QUEUE_NOTIFY:
+            self._queue_notify(value)
+        elif offset == L_STATUS:
+            self._status_write(value & 0xFF)
+        elif offset == L_MSI_CONFIG_VECTOR:
+            s.config_vector = self._set_vector(value)
+        elif offset == L_MSI_QUEUE_VECTOR:
+            if qs is not None:
+                s.queue_vectors[s.queue_sel] = self._set_vector(value)
+        else:
+            log.guest_error(f"{self.name}: write of 0x{value:x} to legacy register "
+                            f"0x{offset:x}, which is read-only or does not exist")
+
+    def _status_write(self, value: int) -> None:
+        self._write_status(value)
+        if self.state.status == 0:
+            self._reset_transport_keep_mode()
+
+    def _reset_transport_keep_mode(self) -> None:
+        """QEMU's virtio_pci_reset from the guest: the device and the proxy's queue
+        registers; which interface the driver speaks stays."""
+        via_legacy = self.state.via_legacy
+        self._reset_transport()
+        self.state.via_legacy = via_legacy
+
+    # -- modern memory BAR ----------------------------------------------------------------------
+
+    def _modern_read(self, offset: int, size: int) -> int:
+        if self.device is None:
+            return (1 << (8 * size)) - 1
+        region, inner = divmod(offset, REGION_SIZE)
+        if offset >= NOTIFY_OFFSET:
+            return 0
+        if region == COMMON_OFFSET // REGION_SIZE:
+            self.state.via_legacy = False
+            return self._common_read(inner) & ((1 << (8 * size)) - 1)
+        if region == ISR_OFFSET // REGION_SIZE:
+            return self._read_isr()
+        return self._config_read(inner, size)
+
+    def _modern_write(self, offset: int, size: int, value: int) -> None:
+        if self.device is None:
+            return
+        if offset >= NOTIFY_OFFSET:
+            self._queue_notify((offset - NOTIFY_OFFSET) // self._notify_multiplier)
+            return
+        region, inner = divmod(offset, REGION_SIZE)
+        if region == COMMON_OFFSET // REGION_SIZE:
+            self.state.via_legacy = False
+            self._common_write(inner, value)
+        elif region == DEVICE_OFFSET // REGION_SIZE:
+            self._config_write(inner, size, value)
+        # ISR writes are ignored (QEMU)
+
+    def _common_read(self, offset: int) -> int:
+        s = self.state
+        qs = self._selected()
+        sel = s.queue_sel
+        if offset == C_DFSELECT:
+            return s.host_features_sel
+        if offset == C_DF:
+            return self._host_features_word()
+        if offset == C_GFSELECT:
+            return s.guest_features_sel
+        if offset == C_GF:
+            return s.guest_features[s.guest_features_sel] if s.guest_features_sel < 2 else 0
+        if offset == C_MSIX:
+            return s.config_vector
+        if offset == C_NUMQ:
+            return len(s.queues)
+        if offset == C_STATUS:
+            return s.status
+        if offset == C_CFGGENERATION:
+            return s.config_generation & 0xFF
+        if offset == C_Q_SELECT:
+            return sel
+        if qs is None:
+            return VIRTIO_NO_VECTOR if offset == C_Q_MSIX else 0
+        if offset == C_Q_SIZE:
+            return qs.num
+        if offset == C_Q_MSIX:
+            return s.queue_vectors[sel]
+        if offset == C_Q_ENABLE:
+            return int(s.queue_enabled[sel])
+        if offset == C_Q_NOFF:
+            return sel
+        if C_Q_DESCLO <= offset <= C_Q_USEDHI and offset % 4 == 0:
+            attr = ("desc", "avail", "used")[(offset - C_Q_DESCLO) // 8]
+            return int(getattr(qs, attr) >> (32 if offset & 4 else 0)) & _LO
+        return 0
+
+    def _common_write(self, offset: int, value: int) -> None:
+        s = self.state
+        qs = self._selected()
+        if offset == C_DFSELECT:
+            s.host_features_sel = value
+        elif offset == C_GFSELECT:
+            s.guest_features_sel = value
+        elif offset == C_GF:
+            if s.guest_features_sel < 2:
+                s.guest_features[s.guest_features_sel] = value
+        elif offset == C_MSIX:
+            s.config_vector = self._set_vector(value)
+        elif offset == C_STATUS:
+            self._status_write(value & 0xFF)
+        elif offset == C_Q_SELECT:
+            self._select_queue(value)
+        elif qs is None:
+            return
+        elif offset == C_Q_SIZE:
+            self._set_queue_num(qs, value)
+        elif offset == C_Q_MSIX:
+            s.queue_vectors[s.queue_sel] = self._set_vector(value)
+        elif offset == C_Q_ENABLE:
+            if value == 1:
+                qs.ready = True
+                s.queue_enabled[s.queue_sel] = True
+            else:
+                self._virtio_error(f"wrong value for queue_enable {value:x}")
+        elif C_Q_DESCLO <= offset <= C_Q_USEDHI and offset % 4 == 0:
+            attr = ("desc", "avail", "used")[(offset - C_Q_DESCLO) // 8]
+            self._write_queue_address(qs, attr, bool(offset & 4), value)
+
+    # -- configuration space hooks --------------------------------------------------------------
+
+    def config_read(self, offset: int, size: int) -> int:
+        if self.modern_enabled and self._touches_cfg_data(offset, size):
+            self._cfg_cap_access(write=False)
+        return super().config_read(offset, size)
+
+    def config_write(self, offset: int, size: int, value: int) -> None:
+        master = self.bus_master
+        super().config_write(offset, size, value)
+        if master and not self.bus_master and self.device is not None:
+            # QEMU: without bus mastering the driver is no longer OK.
+            self.state.status &= ~0x4
+        if self.msix is not None and \
+                offset < self.msix.cap + MSIX_CAP_LENGTH and offset + size > self.msix.cap:
+            was_enabled = self.msix.enabled
+            self.msix.control_written()
+            if was_enabled != self.msix.enabled:
+                self._update_irq()
+        if self.modern_enabled and self._touches_cfg_data(offset, size):
+            self._cfg_cap_access(write=True)
+
+    def _touches_cfg_data(self, offset: int, size: int) -> bool:
+        data = self.cfg_cap + 16
+        return offset < data + 4 and offset + size > data
+
+    def _cfg_cap_access(self, write: bool) -> None:
+        """The VIRTIO_PCI_CAP_PCI_CFG window: an access of ``length`` (1, 2, 4) bytes at
+        ``offset`` of the BAR named by the capability, through its data word."""
+        cap = self.cfg_cap
+        bar = self.get_config(cap + 4, 1)
+        offset = self.get_config(cap + 8, 4)
+        length = self.get_config(cap + 12, 4)
+        if length not in (1, 2, 4) or bar != MODERN_BAR:
+            return
+        modern = self.bars[MODERN_BAR]
+        if offset + length > modern.size:
+            return
+        if write:
+            value = self.get_config(cap + 16, length)
+            self._modern_write(offset, length, value)
+        else:
+            self.set_config(cap + 16, length, self._modern_read(offset, length))
+
+    # -- reset and state ------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        PciDevice.reset(self)
+        if self.msix is not None:
+            self.msix.reset()
+        self._reset_transport()
+
+    def get_state(self) -> dict[str, Any]:
+        import dataclasses
+
+        state = dataclasses.asdict(self.state)
+        state["pci"] = PciDevice.get_state(self)
+        state["msix"] = self.msix.get_state() if self.msix is not None else None
+        state["device"] = self.device.get_state() if self.device is not None else None
+        return state
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        pci, msix = state.pop("pci"), state.pop("msix")
+        device_state = state.pop("device", None)
+        queues = [QueueState(**q) for q in state.pop("queues")]
+        self.state = VirtioPciState(**state, queues=queues)
+        for vq, qs in zip(self.vqs, queues, strict=False):
+            vq.state = qs
+        if self.msix is not None and msix is not None:
+            self.msix.set_state(msix)
+        PciDevice.set_state(self, pci)
+        if self.device is not None and device_state is not None:
+            self.device.set_state(device_state)
+            self.device.broken = self.state.broken
+
+
+def _legacy_rings(qs: QueueState) -> tuple[int, int, int]:
+    from kvmpy.hw.virtio.virtqueue import legacy_ring_addresses
+
+    return legacy_ring_addresses(qs.desc, qs.num, 4096)
+
+
+# -- the virtio-*-pci types --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class VirtioPciModel:
+    """One ``virtio-X-pci`` family: the virtio device type it carries and its PCI identity."""
+
+    name: str
+    virtio_type: str
+    device_id: int
+    class_id: int
+    vectors: int = 2
+    alias: str = ""
+
+
+def register_virtio_pci(model: VirtioPciModel) -> None:
+    """Register ``NAME``, ``NAME-transitional`` and ``NAME-non-transitional`` (QEMU's
+    ``virtio_pci_types_register``), with the carried device's properties as their own."""
+    inner = qom.type_info(model.virtio_type)
+    if inner is None:
+        return
+    inner_props = {prop.attr: Property(prop.kind, prop.default, prop.description,
+                                       prop.choices, prop.name)
+                   for prop in inner.properties.values()}
+    for suffix, forced in (("", None), ("-transitional", "off"), ("-non-transitional", "on")):
+        name = model.name + suffix
+        namespace: dict[str, Any] = {
+            **inner_props,
+            "virtio_type": model.virtio_type, "legacy_device_id": model.device_id,
+            "class_id": model.class_id, "default_vectors": model.vectors,
+            "category": getattr(inner.cls, "category", "Misc devices"),
+            "user_creatable": True,
+            "__module__": __name__,
+        }
+        if forced is not None:  # the default the type sets; the user may still override
+            namespace["disable_legacy"] = _DisableLegacy(str, forced, "on/off/auto",
+                                                         name="disable-legacy")
+        cls = type(name.replace("-", "_"), (VirtioPciProxy,), namespace)
+        register_type(name, "virtio-pci", description=f"{model.name}")(cls)
+    if model.alias:
+        qom.register_alias(model.alias, model.name)
+
+
+VIRTIO_PCI_MODELS = (
+    VirtioPciModel("virtio-blk-pci", "virtio-blk-device", 0x1001, 0x0100, alias="virtio-blk"),
+    VirtioPciModel("virtio-serial-pci", "virtio-serial-device", 0x1003, 0x0780,
+                   alias="virtio-serial"),
+    VirtioPciModel("virtio-rng-pci", "virtio-rng-device", 0x1005, 0x00FF, alias="virtio-rng"),
+)
+"""QEMU 7.2's IDs: legacy device ID, class (SCSI storage, communication other, other)."""
