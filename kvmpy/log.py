@@ -42,6 +42,11 @@ def stderr_line(text: str) -> None:
             sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the process)
 
 
+def warn_report(text: str) -> None:
+    """QEMU's ``warn_report``: ``kvmpy: warning: <text>`` on stderr; the VM goes on."""
+    stderr_line(f"kvmpy: warning: {text}")
+
+
 def logger(item: str) -> logging.Logger:
     return logging.getLogger(f"kvmpy.{item}")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.util
 from typing import TYPE_CHECKING
 
-from kvmpy import qom
+from kvmpy import log, qom
 from kvmpy.config import SmpConfig
 from kvmpy.errors import ConfigError
 
@@ -65,8 +65,22 @@ def cpu_help() -> str:
     return "\n".join(cpu_models())
 
 
+SMP_ZERO_WARNING = ("Deprecated CPU topology (considered invalid): CPU topology parameters "
+                    "must be greater than zero")
+"""QEMU 7.2's warning for ``-smp 0``, ``cores=0``...: a 0 is then taken as omitted."""
+
+
 def smp_topology(values: dict[str, int]) -> SmpConfig:
-    """QEMU 7.2's ``machine_parse_smp_config`` (hw/core/machine-smp.c), machine limits aside."""
+    """QEMU 7.2's ``machine_parse_smp_config`` (hw/core/machine-smp.c), machine limits aside.
+
+    Like QEMU, a parameter given as 0 warns (deprecated) and counts as omitted; dies and
+    clusters other than 1 are refused, as by every RISC-V machine of QEMU 7.2.
+    """
+    if 0 in values.values():
+        log.warn_report(SMP_ZERO_WARNING)
+    for level in ("dies", "clusters"):
+        if values.get(level, 0) > 1:
+            raise ConfigError(f"{level} not supported by this machine's CPU topology")
     cpus = values.get("cpus", 0)
     maxcpus = values.get("maxcpus", 0)
     sockets = values.get("sockets", 0)
