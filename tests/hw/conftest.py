@@ -147,7 +147,7 @@ class VirtioTestDriver:
                 self.w(reg + 4, addr >> 32)
             self.w(0x44, 1)
         self.queues[index] = {"desc": desc, "avail": avail, "used": used, "next": 0,
-                              "avail_idx": 0, "seen": 0}
+                              "avail_idx": 0, "seen": 0, "num": num}
 
     @property
     def desc(self) -> int:
@@ -169,31 +169,36 @@ class VirtioTestDriver:
             self.ram.write(addr, data)
         return addr, length
 
+    def notify(self, queue: int) -> None:
+        self.w(0x50, queue)
+
     def post(self, chain: list[tuple[int, int, bool]], notify: bool = True,
              queue: int = 0) -> int:
         q = self.queues[queue]
+        num = q.get("num", self.num)
         head = q["next"]
         for i, (addr, length, writable) in enumerate(chain):
             index = q["next"]
             last = i == len(chain) - 1
             flags = (0 if last else 1) | (2 if writable else 0)
-            nxt = (index + 1) % self.num
+            nxt = (index + 1) % num
             self.ram.write(q["desc"] + 16 * index,
                            struct.pack("<QIHH", addr, length, flags, nxt))
             q["next"] = nxt
-        self.ram.write_int(q["avail"] + 4 + 2 * (q["avail_idx"] % self.num), 2, head)
+        self.ram.write_int(q["avail"] + 4 + 2 * (q["avail_idx"] % num), 2, head)
         q["avail_idx"] = (q["avail_idx"] + 1) & 0xFFFF
         self.ram.write_int(q["avail"] + 2, 2, q["avail_idx"])
         if notify:
-            self.w(0x50, queue)
+            self.notify(queue)
         return head
 
     def used_idx(self, queue: int = 0) -> int:
         return int(self.ram.read_int(self.queues[queue]["used"] + 2, 2))
 
     def used_elem(self, i: int, queue: int = 0) -> tuple[int, int]:
-        used = self.queues[queue]["used"]
-        head, length = struct.unpack("<II", self.ram.read(used + 4 + 8 * (i % self.num), 8))
+        q = self.queues[queue]
+        num = q.get("num", self.num)
+        head, length = struct.unpack("<II", self.ram.read(q["used"] + 4 + 8 * (i % num), 8))
         return int(head), int(length)
 
     def new_used(self, queue: int = 0) -> list[tuple[int, int]]:

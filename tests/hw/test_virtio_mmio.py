@@ -1,5 +1,6 @@
 """virtio-mmio transport (legacy and modern) with virtio-rng and virtio-blk behind it,
-driven the way Linux's virtio_mmio driver does, through a guest RAM and the MMIO bus."""
+driven the way Linux's virtio_mmio driver does, through a guest RAM and the MMIO bus.
+What every transport must do alike is in test_virtio_transports.py."""
 
 from __future__ import annotations
 
@@ -121,20 +122,6 @@ def test_modern_feature_word_is_qemus(make_irq: Any, ram: GuestRAM) -> None:
     assert mbus.read(BASE + 0x10, 4) == 0x1
 
 
-def test_indirect_descriptors(make_irq: Any, ram: GuestRAM) -> None:
-    _, _, drv = make(ram, make_irq, VirtioRng(entropy=lambda n: b"\xAA" * n))
-    drv.probe()
-    a1, _ = drv.add_buffer(4, True)
-    a2, _ = drv.add_buffer(4, True)
-    table, _ = drv.add_buffer(struct.pack("<QIHHQIHH", a1, 4, 3, 1, a2, 4, 2, 0), False)
-    ram.write(drv.desc, struct.pack("<QIHH", table, 32, 4, 0))
-    ram.write_int(drv.avail + 4, 2, 0)
-    ram.write_int(drv.avail + 2, 2, 1)
-    drv.w(0x50, 0)
-    assert drv.used_elem(0) == (0, 8)
-    assert ram.read(a1, 4) + ram.read(a2, 4) == b"\xAA" * 8
-
-
 def test_blk_read_write_flush_getid(make_irq: Any, ram: GuestRAM, tmp_path: Path) -> None:
     disk = tmp_path / "disk.img"
     disk.write_bytes(bytes(range(256)) * 16)  # 4 KiB = 8 sectors
@@ -227,41 +214,6 @@ def test_queue_pfn_zero_resets_legacy(make_irq: Any, ram: GuestRAM) -> None:
     drv.probe()
     bus.write(BASE + 0x40, 4, 0)
     assert bus.read(BASE + 0x70, 4) == 0
-
-
-def test_malformed_chains_break_the_device_not_the_vmm(make_irq: Any, ram: GuestRAM,
-                                                       guest_errors: Any) -> None:
-    transport, bus, drv = make(ram, make_irq, VirtioRng(), legacy=False)
-    drv.probe()
-    # A descriptor pointing outside RAM.
-    ram.write(drv.desc, struct.pack("<QIHH", 0x1000, 16, 2, 0))
-    ram.write_int(drv.avail + 4, 2, 0)
-    ram.write_int(drv.avail + 2, 2, 1)
-    drv.w(0x50, 0)
-    assert any("outside guest RAM" in m for m in guest_errors.messages)
-    assert bus.read(BASE + 0x70, 4) & 0x40  # NEEDS_RESET
-    assert bus.read(BASE + 0x60, 4) & 2  # config change interrupt
-    assert transport.irq.level
-    # Broken until reset: further notifies are ignored.
-    drv.w(0x50, 0)
-    drv.w(0x70, 0)
-    assert transport.state.broken is False
-
-
-@pytest.mark.parametrize("desc", [
-    struct.pack("<QIHH", RAM_BASE + 0x40000, 8, 3, 0),  # next points to itself: loop
-    struct.pack("<QIHH", RAM_BASE + 0x40000, 8, 1, 99),  # next beyond the table
-    struct.pack("<QIHH", RAM_BASE + 0x40000, 15, 4, 0),  # indirect length not 16*n
-])
-def test_bad_descriptors(make_irq: Any, ram: GuestRAM, guest_errors: Any, desc: bytes) -> None:
-    _, _, drv = make(ram, make_irq, VirtioRng())
-    drv.probe()
-    ram.write(drv.desc, desc)
-    ram.write_int(drv.avail + 4, 2, 0)
-    ram.write_int(drv.avail + 2, 2, 1)
-    drv.w(0x50, 0)
-    assert len(guest_errors) == 1
-    assert drv.used_idx() == 0
 
 
 def test_avail_index_running_ahead(make_irq: Any, ram: GuestRAM, guest_errors: Any) -> None:
@@ -400,7 +352,7 @@ def test_device_help_is_laid_out_like_qemus() -> None:
     import shutil
     import subprocess
 
-    import kvmpy.hw.pci  # noqa: F401
+    import kvmpy.hw.pci
     import kvmpy.hw.virtio  # noqa: F401
 
     text = device_help()

@@ -114,19 +114,29 @@ class PciBar:
         return not self.is_io and bool(self.type & PCI_BASE_ADDRESS_MEM_PREFETCH)
 
 
-_ADDR_RE = re.compile(r"^([0-9a-fA-F]{1,2})(?:\.([0-7]))?$")
+_HEX = r"\s*([+-]?)(?:0[xX])?([0-9a-fA-F]+)"
+_ADDR_RE = re.compile(_HEX + r"(?:\." + _HEX + r")?")
+
+
+def _scan_hex(sign: str, digits: str) -> int:
+    """C's ``%x``: a minus sign wraps the value around 32 bits."""
+    value = int(digits, 16)
+    return (-value) & 0xFFFFFFFF if sign == "-" else value
 
 
 class PciAddrProperty(Property[int]):
-    """``addr=SLOT[.FN]`` (hex slot, 0-1f; function 0-7) as QEMU's ``PCI_DEVFN`` property;
-    -1 means "the first free slot"."""
+    """``addr=SLOT[.FN]`` as QEMU's ``PCI_DEVFN`` property reads it (C's ``%x.%x``: hex
+    slot 0-1f, function 0-7); -1 means "the first free slot"."""
 
     def parse(self, text: str) -> Any:
-        match = _ADDR_RE.match(text)
-        slot = int(match.group(1), 16) if match else PCI_SLOT_MAX
-        if match is None or slot >= PCI_SLOT_MAX:
+        match = _ADDR_RE.fullmatch(text)
+        if match is None:
             raise InvalidPropertyValue(text)
-        return slot << 3 | int(match.group(2) or 0)
+        slot = _scan_hex(match.group(1), match.group(2))
+        fn = _scan_hex(match.group(3), match.group(4)) if match.group(4) else 0
+        if slot >= PCI_SLOT_MAX or fn >= PCI_FUNC_MAX:
+            raise InvalidPropertyValue(text)
+        return slot << 3 | fn
 
 
 @dataclass

@@ -137,10 +137,13 @@ class VirtioPciProxy(VirtioTransport, PciDevice):
 
     def __init__(self, ram: GuestRAM | None = None,
                  deliver_msi: Callable[[int, int], None] | None = None,
-                 **props: Any) -> None:
+                 device: VirtioDevice | None = None, **props: Any) -> None:
+        """``props`` are the proxy's own properties and those of the device it carries,
+        which it creates; or ``device`` is that device, already made."""
         own, inner = self._split_props(props)
         self.set_properties(own)
-        device = self._inner_class()(**inner)
+        if device is None:
+            device = self._inner_class()(**inner)
         self.ram = ram
         self.device = None
         self.vqs: list[Virtqueue] = []
