@@ -35,6 +35,10 @@ REQUIRED_CONFIG = [
     "VIRTIO_BLK", "VIRTIO_NET", "VIRTIO_CONSOLE", "HW_RANDOM_VIRTIO", "RTC_CLASS",
     "RTC_DRV_GOLDFISH", "POWER_RESET_SYSCON", "POWER_RESET_SYSCON_POWEROFF", "VIRTUALIZATION",
     "KVM",
+    # The PCIe host bridge (pci-host-ecam-generic) and the devices behind it.
+    "PCI", "PCI_HOST_GENERIC", "PCI_HOST_COMMON", "PCI_ECAM", "VIRTIO_PCI", "VIRTIO_PCI_LEGACY",
+    # Networking basics and 9p over virtio (-virtfs).
+    "NET", "INET", "UNIX", "PACKET", "NET_9P", "NET_9P_VIRTIO", "9P_FS",
 ]
 
 
@@ -177,7 +181,7 @@ def test_initramfs_holds_init_busybox_and_etc() -> None:
     assert b"/lib/ld-linux" not in busybox[:4096], "busybox must be static"
     assert entries["etc/passwd"][2].startswith(b"root:")
     for applet in ("bin/sh", "usr/bin/setsid", "bin/cttyhack", "sbin/poweroff", "sbin/reboot",
-                   "sbin/init"):
+                   "sbin/init", "usr/bin/lspci", "bin/mount"):
         mode, _, target = entries[applet]
         assert mode & 0o170000 == 0o120000 and target.rstrip(b"\0") == b"/bin/busybox", applet
 
@@ -345,5 +349,33 @@ def test_drives_virtio_mmio_blk_net_rng_console_on_eight_harts(boot: type[Consol
     vm.run("ip link show eth0 | grep -o 'link/ether [0-9a-f:]*'", "link/ether 52:54:00")
     vm.run("cat /sys/class/misc/hw_random/rng_current", "virtio_rng")
     vm.run("test -c /dev/hvc0 && echo hvc=present", "hvc=present")
+    vm.send("poweroff\n")
+    assert vm.wait_exit(30) == 0
+
+
+@needs_qemu
+def test_drives_virtio_pci_blk_rng_and_9p(boot: type[Console], tmp_path: Path) -> None:
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"kvmpy-pci-disk" + bytes(1024 * 1024 - 14))
+    share = tmp_path / "share"
+    share.mkdir()
+    (share / "hello.txt").write_text("kvmpy-9p-marker\n")
+    vm = boot(guest_args(
+        "-smp", "2", "-append", "console=ttyS0",
+        "-drive", f"file={disk},if=virtio,format=raw",  # on virt, if=virtio is virtio-blk-pci
+        "-device", "virtio-rng-pci",
+        "-fsdev", f"local,id=fs0,path={share},security_model=none",
+        "-device", "virtio-9p-pci,fsdev=fs0,mount_tag=host0",
+    ))
+    vm.expect(re.escape(guests.PROMPT), 60)
+    # The host bridge (1b36:0008) and one virtio-pci function per device (vendor 1af4).
+    vm.run("lspci | grep -c ' 1b36:0008'", r"\n1\r?\n")
+    vm.run("lspci | grep -c ' 1af4:'", r"\n3\r?\n")
+    vm.run("echo ids=$(cat /sys/bus/virtio/devices/*/device | sort | tr '\\n' ,)",
+           "ids=0x0002,0x0004,0x0009,")
+    vm.run("head -c 14 /dev/vda; echo", "kvmpy-pci-disk")
+    vm.run("cat /sys/class/misc/hw_random/rng_current", "virtio_rng")
+    vm.run("mount -t 9p -o trans=virtio,version=9p2000.L host0 /mnt && cat /mnt/hello.txt",
+           "kvmpy-9p-marker")
     vm.send("poweroff\n")
     assert vm.wait_exit(30) == 0
