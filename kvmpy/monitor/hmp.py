@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import kvmpy
 from kvmpy.chardev.base import CHR_EVENT_MUX_IN, CHR_EVENT_MUX_OUT, CHR_EVENT_OPENED, Chardev
 from kvmpy.errors import KvmpyError
-from kvmpy.monitor import commands
+from kvmpy.monitor import commands, pci
 
 if TYPE_CHECKING:
     from kvmpy.system import System
@@ -114,6 +114,10 @@ def info_name(system: System, state: HmpState, args: list[str]) -> str:
     return system.config.name or ""
 
 
+def info_pci(system: System, state: HmpState, args: list[str]) -> str:
+    return pci.info_pci(system)
+
+
 INFO: dict[str, tuple[Callable[[System, HmpState, list[str]], str], str, str]] = {
     "status": (info_status, "show the current VM status (running|paused)", ""),
     "registers": (info_registers, "show the cpu registers (-a: show register info for all "
@@ -124,6 +128,7 @@ INFO: dict[str, tuple[Callable[[System, HmpState, list[str]], str], str, str]] =
     "cpus": (info_cpus, "show infos for each CPU", ""),
     "version": (info_version, "show the version of QEMU", ""),
     "name": (info_name, "show the current VM name", ""),
+    "pci": (info_pci, "show PCI info", ""),
 }
 
 

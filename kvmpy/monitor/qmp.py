@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from kvmpy.chardev.base import CHR_EVENT_CLOSED, CHR_EVENT_OPENED, Chardev
 from kvmpy.errors import KvmpyError, StateError
-from kvmpy.monitor import commands
+from kvmpy.monitor import commands, pci
 from kvmpy.monitor.hmp import HmpState
 
 if TYPE_CHECKING:
@@ -459,6 +459,7 @@ COMMANDS: dict[str, Command] = {
     "query-name": Command(_simple(commands.query_name)),
     "query-kvm": Command(_simple(commands.query_kvm)),
     "query-target": Command(lambda mon, args: {"arch": "riscv64"}),
+    "query-pci": Command(_simple(pci.query_pci)),
     "human-monitor-command": Command(_human_monitor_command, required=("command-line",),
                                      optional=("cpu-index",),
                                      types={"command-line": str, "cpu-index": int}),
