@@ -77,7 +77,10 @@ def test_bars_decode_only_when_enabled_and_valid(host: GpexHost, ram: GuestRAM) 
     cfg_w(bus, 8, 0x04, 0x2, 2)
     assert dev.bars[4].addr == MODERN_BAR_ADDR
     assert bus.read(MODERN_BAR_ADDR + 0x12, 2) == 1  # common cfg num_queues
-    cfg_w(bus, 8, 0x20, 0)  # address 0 is never mapped
+    cfg_w(bus, 8, 0x20, 0)  # address 0 decodes on virt (its pci_allow_0_address)
+    assert dev.bars[4].addr == 0
+    dev.allow_0_address = False  # a machine without it
+    dev.update_mappings()
     assert dev.bars[4].addr is None
     cfg_w(bus, 8, 0x14, 0xFFFFE000)  # BAR1 (32-bit) below the top of 4 GiB: mapped
     assert dev.bars[1].addr == 0xFFFFE000

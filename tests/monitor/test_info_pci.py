@@ -266,9 +266,6 @@ def test_bars_mapped_through_the_ecam_window() -> None:
     assert device["irq"] == 0x21
 
 
-@pytest.mark.xfail(strict=True, reason="kvmpy's PciDevice.bar_address never maps bus address 0; "
-                   "QEMU's virt sets pci_allow_0_address (hw/riscv/virt.c), so "
-                   "pci_bar_address maps a BAR left at 0 once its space is enabled")
 def test_a_bar_left_at_address_0() -> None:
     with kvmpy.VM([*VIRT, "-S", "-nodefaults", "-device", "virtio-rng-pci"]) as vm:
         ecam_write(vm, [(ECAM + (1 << 15) + 0x04, 2, 2)])  # command: memory

@@ -55,10 +55,13 @@ class _AddressSpace:
 
 
 class PciBus:
-    """A root bus (``pcie.0`` on the virt board); ``irqs`` are its INTA-D outputs."""
+    """A root bus (``pcie.0`` on the virt board); ``irqs`` are its INTA-D outputs.
+    ``allow_0_address``: a BAR at bus address 0 decodes (QEMU's per-machine setting)."""
 
-    def __init__(self, name: str, irqs: Sequence[IrqLine]) -> None:
+    def __init__(self, name: str, irqs: Sequence[IrqLine], allow_0_address: bool = False
+                 ) -> None:
         self.name = name
+        self.allow_0_address = allow_0_address
         self.irqs = list(irqs)
         self.devices: dict[int, PciDevice] = {}
         self._irq_count = [0] * PCI_NUM_PINS
@@ -89,6 +92,7 @@ class PciBus:
                               f"{self.devices[devfn].describe()}")
         self._check_multifunction(device, devfn)
         device.devfn = devfn
+        device.allow_0_address = self.allow_0_address
         self.devices[devfn] = device
         device.on_irq = functools.partial(self._set_irq, devfn)
         device.on_mapping = self.update_mappings

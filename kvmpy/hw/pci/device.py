@@ -182,6 +182,9 @@ class PciDevice(Device):
         """Set by the bus: the INTx pin's level as the bus should see it."""
         self.on_mapping: Callable[[], None] = lambda: None
         """Set by the bus: a BAR was mapped, moved or unmapped."""
+        self.allow_0_address = False
+        """Set by the bus: whether a BAR at bus address 0 decodes (the machine's
+        ``pci_allow_0_address``)."""
         self._init_header()
 
     # -- building the header --------------------------------------------------------------------
@@ -291,8 +294,7 @@ class PciDevice(Device):
     # -- BAR mapping ----------------------------------------------------------------------------
 
     def bar_address(self, bar: PciBar) -> int | None:
-        """Where ``bar`` decodes now, or None (QEMU's ``pci_bar_address``; address 0 is never
-        mapped on this machine)."""
+        """Where ``bar`` decodes now, or None (QEMU's ``pci_bar_address``)."""
         command = self._get(self.config, PCI_COMMAND, 2)
         offset = PCI_BASE_ADDRESS_0 + 4 * bar.index
         if bar.is_io:
@@ -300,13 +302,14 @@ class PciDevice(Device):
                 return None
             addr = self._get(self.config, offset, 4) & ~(bar.size - 1) & _U32
             last = addr + bar.size - 1
-            return None if addr == 0 or last >= _U32 else addr
+            return None if (addr == 0 and not self.allow_0_address) or last >= _U32 else addr
         if not command & PCI_COMMAND_MEMORY:
             return None
         raw = self._get(self.config, offset, 8 if bar.is_64 else 4)
         addr = raw & ~(bar.size - 1) & _U64
         last = addr + bar.size - 1
-        if addr == 0 or last >= _U64 or (not bar.is_64 and last >= _U32):
+        if (addr == 0 and not self.allow_0_address) or last >= _U64 or \
+                (not bar.is_64 and last >= _U32):
             return None
         return addr
 

@@ -120,11 +120,12 @@ class PciWindow(MmioDevice):
 class GpexHost:
     """The host bridge: the root bus, its host function, and the windows to map.
 
-    ``irqs`` are the four INTx outputs (the virt board wires them to PLIC 32-35).
+    ``irqs`` are the four INTx outputs (the virt board wires them to PLIC 32-35);
+    ``allow_0_address`` is the machine's (the virt board's is on).
     """
 
-    def __init__(self, irqs: Sequence[IrqLine]) -> None:
-        self.bus = PciBus("pcie.0", irqs)
+    def __init__(self, irqs: Sequence[IrqLine], allow_0_address: bool = True) -> None:
+        self.bus = PciBus("pcie.0", irqs, allow_0_address)
         self.root = GpexRoot()
         self.bus.plug(self.root, 0)
         self.ecam = EcamWindow(self.bus)
