@@ -155,3 +155,108 @@ def test_distribution_kernel_boots(boot: Any, tmp_path: Any, bios: str) -> None:
     assert "riscv64" in run(vm, "uname -m")
     vm.console.send("poweroff\n")
     assert wait_exit(vm) == 0
+
+
+PCI_LISTING = ("for d in /sys/bus/pci/devices/*; do echo ${d##*/} $(cat $d/vendor $d/device "
+               "$d/class); done")
+
+
+def _shell(vm: Any, command: str) -> str:
+    """``command``'s output, between markers the echoed command line cannot contain."""
+    import kvmpy.guests as guests
+
+    vm.console.send(f"echo @@$((6*7))@@; {command}; echo @@$((6*8))@@\n")
+    match = vm.console.expect(r"(?s)@@42@@\r?\n(.*?)@@48@@", timeout=CMD_TIMEOUT)
+    vm.console.expect(re.escape(guests.PROMPT), timeout=CMD_TIMEOUT)
+    return str(match.group(1)).replace("\r", "")
+
+
+def _cpio_newc(files: dict[str, bytes]) -> bytes:
+    """A newc cpio archive of regular files (and their directories)."""
+    out = bytearray()
+    dirs = sorted({"/".join(name.split("/")[:i]) for name in files
+                   for i in range(1, name.count("/") + 1)})
+    entries = [(d, 0o040755, b"") for d in dirs] + \
+        [(name, 0o100644, data) for name, data in files.items()] + [("TRAILER!!!", 0, b"")]
+    for ino, (name, mode, data) in enumerate(entries, 1):
+        encoded = name.encode() + b"\0"
+        fields = (ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(encoded), 0)
+        out += b"070701" + b"".join(b"%08X" % f for f in fields) + encoded
+        out += bytes(-len(out) % 4) + data
+        out += bytes(-len(out) % 4)
+    return bytes(out)
+
+
+def _initrd_with_modules(tmp_path: Any, base: bytes, modules: tuple[str, ...]) -> str:
+    """The bundled initramfs with the distribution kernel's ``modules`` appended as a second
+    cpio (the kernel unpacks concatenated archives), uncompressed for busybox's insmod."""
+    import glob
+    import lzma
+
+    files = {}
+    for module in modules:
+        found = glob.glob(str(tmp_path / "usr" / "lib" / "modules" / "*" / "kernel" / "**" /
+                              f"{module}.ko.xz"), recursive=True)
+        if not found:
+            pytest.skip(f"the distribution kernel has no module {module}")
+        with lzma.open(found[0]) as f:
+            files[f"lib/modules/{module}.ko"] = f.read()
+    path = tmp_path / "initrd-with-modules"
+    path.write_bytes(base + bytes(-len(base) % 4) + _cpio_newc(files))
+    return str(path)
+
+
+DISTRO_PCI_MODULES = ("virtio_blk", "virtio-rng")
+"""Debian builds these as modules (VIRTIO_PCI and PCI_HOST_GENERIC are built in)."""
+
+
+def test_distribution_kernel_uses_pci_disk_and_rng_as_on_qemu(tmp_path: Any) -> None:
+    """Debian's kernel with QEMU's riscv64 command line for a disk and an entropy source
+    finds both behind the PCIe host bridge, and sees the same PCI functions as under
+    QEMU."""
+    import shutil
+
+    from kvmpy.process import ProcessVM
+
+    reason = _tcg_unavailable()
+    if reason is not None:
+        pytest.skip(f"interpreter accelerator unavailable: {reason}")
+    qemu = shutil.which("qemu-system-riscv64")
+    if qemu is None:
+        pytest.skip("qemu-system-riscv64 (the oracle) is not installed")
+    guests = _guest()
+    kernel = _distro_kernel(tmp_path)
+    initrd = _initrd_with_modules(tmp_path, guests.initrd_path().read_bytes(),
+                                  DISTRO_PCI_MODULES)
+    marker = b"kvmpy-pci-disk\n"
+    listings = {}
+    for name, binary in (("kvmpy", None), ("qemu", [qemu])):
+        disk = tmp_path / f"{name}.img"
+        disk.write_bytes(marker + bytes((8 << 20) - len(marker)))
+        args = ["-M", "virt", "-smp", "2", "-m", "1G", "-kernel", kernel,
+                "-initrd", initrd, "-append", "console=ttyS0",
+                "-drive", f"file={disk},if=virtio,format=raw", "-device", "virtio-rng-pci"]
+        if binary is None:
+            args += ["-accel", "tcg"]
+        vm = ProcessVM(args, binary=binary)
+        try:
+            vm.launch()
+            vm.console.expect(re.escape(guests.PROMPT), timeout=BOOT_TIMEOUT)
+            listings[name] = _shell(vm, PCI_LISTING)
+            _shell(vm, "; ".join(f"insmod /lib/modules/{m}.ko" for m in DISTRO_PCI_MODULES))
+            _shell(vm, "for i in 1 2 3 4 5 6 7 8 9 10; do test -b /dev/vda && break; sleep 1; "
+                   "done")
+            assert _shell(vm, "head -c 15 /dev/vda") == marker.decode()
+            _shell(vm, "echo written-over-pci > /dev/vda; sync")
+            assert "virtio_rng" in _shell(vm, "cat /sys/class/misc/hw_random/rng_current")
+            vm.console.send("poweroff\n")
+            assert wait_exit(vm) == 0
+        finally:
+            if vm.is_running():
+                vm.kill()
+        assert disk.read_bytes()[:18] == b"written-over-pci\n\0"
+    assert listings["kvmpy"] == listings["qemu"]
+    assert listings["kvmpy"].splitlines() == [
+        "0000:00:00.0 0x1b36 0x0008 0x060000",   # the host bridge
+        "0000:00:01.0 0x1af4 0x1005 0x00ff00",   # virtio-rng-pci
+        "0000:00:02.0 0x1af4 0x1001 0x010000"]   # -drive if=virtio comes after -device
