@@ -1,25 +1,31 @@
 """Loaders for what goes into guest RAM: ELF files, RISC-V Linux ``Image``, raw blobs, initrd, DTB.
 
 Every failure is a :class:`~kvmpy.errors.LoaderError` whose message names the file and the
-reason in one line; nothing here raises anything else for a bad file.
+reason in one line; nothing here raises anything else for a bad file.  Every read is bounded
+by the room the file must fit in (:mod:`kvmpy.hostfile` opens it and measures it first): a
+directory, a FIFO, ``/dev/zero`` or a file larger than guest RAM is refused at once, never read
+without end.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
 import itertools
 import os
-import stat
 import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
 from kvmpy.errors import LoaderError
+from kvmpy.hostfile import HostFile, open_host_file
 from kvmpy.memory import GuestRAM
 
 EM_RISCV = 243
@@ -27,7 +33,10 @@ PT_LOAD = 1
 FDT_MAGIC = 0xD00DFEED
 IMAGE_MAGIC2 = b"RSC\x05"
 IMAGE_MAGIC = b"RISCV\x00\x00\x00"
-MAX_FILE_SIZE = 1 << 34
+ELF_MAGIC = b"\x7fELF"
+GZIP_MAGIC = b"\x1f\x8b"
+DTB_MAX_SIZE = 1 << 24
+"""Bytes of a ``-dtb`` file read at most (a device tree is kilobytes)."""
 
 __all__ = [
     "ElfImage",
@@ -35,6 +44,7 @@ __all__ = [
     "LoadedBlob",
     "load_dtb",
     "load_elf",
+    "load_image",
     "load_initrd",
     "load_raw",
     "parse_linux_image_header",
@@ -42,36 +52,55 @@ __all__ = [
 ]
 
 
-def _read_bounded(path: str, what: str) -> bytes:
-    """The file's bytes; refuses directories and files beyond MAX_FILE_SIZE before reading."""
+@contextlib.contextmanager
+def _opened(path: str, what: str) -> Iterator[tuple[BinaryIO, HostFile]]:
+    """The file for reading and its size; ``could not load kernel 'X': Is a directory``."""
     try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            if stat.S_ISDIR(st.st_mode):
-                raise IsADirectoryError(21, "Is a directory")
-            if st.st_size > MAX_FILE_SIZE:
-                raise LoaderError(f"could not load {what} '{path}': file too large")
-            return f.read()
-    except IsADirectoryError as exc:
-        raise LoaderError(f"could not load {what} '{path}': {exc.strerror}") from None
+        host = open_host_file(path)
     except OSError as exc:
-        raise LoaderError(f"could not load {what} '{path}': {exc.strerror or exc}") from None
+        raise LoaderError(f"could not load {what} '{path}': "
+                          f"{exc.strerror or os.strerror(exc.errno or 0)}") from None
+    with os.fdopen(host.fd, "rb") as f:
+        try:
+            yield f, host
+        except OSError as exc:
+            raise LoaderError(f"could not load {what} '{path}': "
+                              f"{exc.strerror or exc}") from None
 
 
-def read_file(path: str, what: str) -> bytes:
+def _too_large(path: str, what: str, size: int, limit: int) -> LoaderError:
+    return LoaderError(f"could not load {what} '{path}': {size} bytes do not fit in guest RAM "
+                       f"({limit} bytes)")
+
+
+def _read_contents(f: BinaryIO, host: HostFile, path: str, what: str, limit: int) -> bytes:
+    """At most ``limit`` bytes, gzip data decompressed; refuses an empty file or device."""
+    if host.size == 0:
+        raise LoaderError(f"could not load {what} '{path}': {host.kind} is empty")
+    if host.size > limit:  # compressed or not: gzip does not shrink what does not fit
+        raise _too_large(path, what, host.size, limit)
+    data = f.read(host.size)
+    if data[:2] == GZIP_MAGIC:
+        try:
+            with gzip.GzipFile(fileobj=io.BytesIO(data)) as unzipped:
+                data = unzipped.read(limit + 1)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise LoaderError(f"could not load {what} '{path}': bad gzip data ({exc})"
+                              ) from None
+        if len(data) > limit:
+            raise LoaderError(f"could not load {what} '{path}': decompressed, it does not fit "
+                              f"in guest RAM ({limit} bytes)")
+    return data
+
+
+def read_file(path: str, what: str, limit: int) -> bytes:
     """The whole file, or a LoaderError such as ``could not load kernel 'X': Is a directory``.
 
     gzip-compressed files are decompressed (distribution kernels are often shipped that way).
+    ``limit`` bounds the file and its decompressed contents (bytes): the guest RAM it may fill.
     """
-    data = _read_bounded(path, what)
-    if not data:
-        raise LoaderError(f"could not load {what} '{path}': file is empty")
-    if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise LoaderError(f"could not load {what} '{path}': bad gzip data ({exc})") from None
-    return data
+    with _opened(path, what) as (f, host):
+        return _read_contents(f, host, path, what, limit)
 
 
 @dataclass(frozen=True)
@@ -102,40 +131,58 @@ class ElfImage:
 
 
 def is_elf(data: bytes) -> bool:
-    return data[:4] == b"\x7fELF"
+    return data[:4] == ELF_MAGIC
 
 
 def load_elf(path: str, ram: GuestRAM, what: str = "kernel",
-             data: bytes | None = None,
-             writer: Callable[[int, bytes], None] | None = None) -> ElfImage:
+             data: bytes | None = None) -> ElfImage:
     """Copy the PT_LOAD segments of a 64-bit RISC-V ELF into RAM (bss zeroed).
 
-    ``writer(gpa, bytes)`` may be given to place segments outside RAM (a ROM); by default every
-    segment must fit in ``ram``.
+    The file is parsed where it lies (or from ``data``, its decompressed bytes): only the
+    headers, the symbol tables and segments that fit in ``ram`` are read, so a kernel with
+    debug information may be larger than guest RAM, as with QEMU.
     """
-    import io
+    if data is not None:
+        return _load_elf_from(io.BytesIO(data), path, ram, what)
+    with _opened(path, what) as (f, host):
+        if host.size == 0:
+            raise LoaderError(f"could not load {what} '{path}': {host.kind} is empty")
+        return _load_elf_from(f, path, ram, what)
 
-    if data is None:
-        data = read_file(path, what)
-    if not is_elf(data):
-        raise LoaderError(f"could not load {what} '{path}': not an ELF file")
+
+def _load_elf_from(stream: BinaryIO, path: str, ram: GuestRAM, what: str) -> ElfImage:
+    def error(reason: str) -> LoaderError:
+        return LoaderError(f"could not load {what} '{path}': {reason}")
+
+    if stream.read(4) != ELF_MAGIC:
+        raise error("not an ELF file")
+    stream.seek(0)
     try:
-        elf = ELFFile(io.BytesIO(data))
+        elf = ELFFile(stream)
         if elf.elfclass != 64 or elf["e_machine"] != "EM_RISCV":
-            raise LoaderError(f"could not load {what} '{path}': not a 64-bit RISC-V ELF "
-                              f"(class {elf.elfclass}, machine {elf['e_machine']})")
-        segments: list[tuple[int, bytes, int]] = []
-        for seg in elf.iter_segments():
-            if seg["p_type"] != "PT_LOAD" or seg["p_memsz"] == 0:
-                continue
-            body = seg.data()
-            if len(body) != seg["p_filesz"]:
-                raise LoaderError(f"could not load {what} '{path}': truncated segment at "
-                                  f"0x{seg['p_paddr']:x}")
+            raise error(f"not a 64-bit RISC-V ELF (class {elf.elfclass}, machine "
+                        f"{elf['e_machine']})")
+        loads = [seg for seg in elf.iter_segments()
+                 if seg["p_type"] == "PT_LOAD" and seg["p_memsz"] != 0]
+        if not loads:
+            raise error("no loadable segments")
+        loads.sort(key=lambda seg: seg["p_paddr"])
+        for seg in loads:
             if seg["p_filesz"] > seg["p_memsz"]:
-                raise LoaderError(f"could not load {what} '{path}': segment file size exceeds "
-                                  "its memory size")
-            segments.append((seg["p_paddr"], body, seg["p_memsz"]))
+                raise error("segment file size exceeds its memory size")
+        for a, b in itertools.pairwise(loads):
+            if a["p_paddr"] + a["p_memsz"] > b["p_paddr"]:
+                raise error(f"segments at 0x{a['p_paddr']:x} and 0x{b['p_paddr']:x} overlap")
+        for seg in loads:
+            addr, memsz = seg["p_paddr"], seg["p_memsz"]
+            if not ram.contains(addr, memsz):
+                raise error(f"segment 0x{addr:x}-0x{addr + memsz - 1:x} does not fit in RAM "
+                            f"0x{ram.base:x}-0x{ram.end - 1:x}")
+        # Bounded now: each segment fits in RAM, and its file part in its memory part.
+        bodies = [seg.data() for seg in loads]
+        for seg, body in zip(loads, bodies, strict=True):
+            if len(body) != seg["p_filesz"]:
+                raise error(f"truncated segment at 0x{seg['p_paddr']:x}")
         symbols: dict[str, int] = {}
         for section in elf.iter_sections():
             if isinstance(section, SymbolTableSection):
@@ -144,25 +191,29 @@ def load_elf(path: str, ram: GuestRAM, what: str = "kernel",
                         symbols.setdefault(sym.name, sym["st_value"])
         entry = int(elf["e_entry"])
     except (ELFError, struct.error, ValueError, KeyError, IndexError) as exc:
-        raise LoaderError(f"could not load {what} '{path}': malformed ELF ({exc})") from None
-    if not segments:
-        raise LoaderError(f"could not load {what} '{path}': no loadable segments")
-    segments.sort(key=lambda s: s[0])
-    for (a, _, asz), (b, _, _) in itertools.pairwise(segments):
-        if a + asz > b:
-            raise LoaderError(f"could not load {what} '{path}': segments at 0x{a:x} and "
-                              f"0x{b:x} overlap")
-    for addr, _body, memsz in segments:
-        if writer is None and not ram.contains(addr, memsz):
-            raise LoaderError(
-                f"could not load {what} '{path}': segment 0x{addr:x}-0x{addr + memsz - 1:x} "
-                f"does not fit in RAM 0x{ram.base:x}-0x{ram.end - 1:x}")
-    for addr, body, memsz in segments:
-        image = body + bytes(memsz - len(body))
-        (writer or ram.write)(addr, image)
-    low = segments[0][0]
-    high = max(addr + memsz for addr, _, memsz in segments)
+        raise error(f"malformed ELF ({exc})") from None
+    for seg, body in zip(loads, bodies, strict=True):
+        ram.write(seg["p_paddr"], body + bytes(seg["p_memsz"] - len(body)))
+    low = loads[0]["p_paddr"]
+    high = max(seg["p_paddr"] + seg["p_memsz"] for seg in loads)
     return ElfImage(path, entry, low, high, symbols)
+
+
+def load_image(path: str, ram: GuestRAM, addr: int, what: str = "kernel"
+               ) -> ElfImage | LoadedBlob:
+    """QEMU's ``riscv_load_kernel`` and ``riscv_find_and_load_firmware``: an ELF goes to its
+    own addresses; anything else (decompressed first when gzip) is copied raw to ``addr``."""
+    with _opened(path, what) as (f, host):
+        if host.size == 0:
+            raise LoaderError(f"could not load {what} '{path}': {host.kind} is empty")
+        head = f.read(4)
+        f.seek(0)
+        if head == ELF_MAGIC:
+            return _load_elf_from(f, path, ram, what)
+        data = _read_contents(f, host, path, what, ram.size)
+    if is_elf(data):  # a compressed ELF
+        return load_elf(path, ram, what, data=data)
+    return load_raw(path, ram, addr, what, data=data)
 
 
 @dataclass(frozen=True)
@@ -195,7 +246,7 @@ def load_raw(path: str, ram: GuestRAM, addr: int, what: str = "kernel",
              data: bytes | None = None, limit: int | None = None) -> LoadedBlob:
     """Copy a file verbatim to ``addr``; it must fit below ``limit`` (default: end of RAM)."""
     if data is None:
-        data = read_file(path, what)
+        data = read_file(path, what, ram.size)
     end = addr + len(data)
     top = ram.end if limit is None else min(limit, ram.end)
     if addr < ram.base or end > top:
@@ -206,18 +257,25 @@ def load_raw(path: str, ram: GuestRAM, addr: int, what: str = "kernel",
 
 
 def load_initrd(path: str, ram: GuestRAM, addr: int) -> LoadedBlob:
-    """Load an initial ramdisk at ``addr`` (compressed initramfs images are loaded as they are)."""
-    data = _read_bounded(path, "initial ram disk")
-    if not data:
-        raise LoaderError(f"could not load initial ram disk '{path}': file is empty")
-    return load_raw(path, ram, addr, what="initial ram disk", data=data)
+    """QEMU's ``riscv_load_initrd``: the file verbatim at ``addr`` (a compressed initramfs stays
+    compressed). An empty file or device (``/dev/zero`` measures 0 bytes) is an empty initrd,
+    as in QEMU 7.2; the guest then finds none."""
+    what = "ramdisk"
+    with _opened(path, what) as (f, host):
+        room = max(ram.end - addr, 0)
+        if host.size > room:
+            raise LoaderError(f"could not load {what} '{path}': {host.size} bytes at "
+                              f"0x{addr:x} do not fit in RAM (0x{ram.base:x}-0x{ram.end - 1:x})")
+        data = f.read(host.size)
+    return load_raw(path, ram, addr, what=what, data=data)
 
 
 def load_dtb(path: str) -> bytes:
-    """Read and sanity-check a flattened device tree blob."""
+    """Read and sanity-check a flattened device tree blob (at most DTB_MAX_SIZE bytes)."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(1 << 24)
+        host = open_host_file(path)
+        with os.fdopen(host.fd, "rb") as f:
+            data = f.read(min(host.size, DTB_MAX_SIZE))
     except OSError as exc:
         raise LoaderError(f"Can't open dtb file {path}: {exc.strerror or exc}") from None
     if len(data) < 40 or struct.unpack_from(">I", data, 0)[0] != FDT_MAGIC:

@@ -7,17 +7,22 @@ import os
 import shutil
 import struct
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from kvmpy.errors import LoaderError
 from kvmpy.loader import (
+    ElfImage,
+    LoadedBlob,
     load_dtb,
     load_elf,
+    load_image,
     load_initrd,
     load_raw,
     parse_linux_image_header,
+    read_file,
 )
 from kvmpy.memory import GuestRAM
 
@@ -135,8 +140,11 @@ def test_unloadable_files(tmp_path: Path, ram: GuestRAM, kind: str) -> None:
         if os.access(path, os.R_OK):
             path.chmod(0o600)
             path = tmp_path / "missing-because-root-reads-everything"
-    for loader in (lambda: load_elf(str(path), ram), lambda: load_raw(str(path), ram, RAM_BASE),
-                   lambda: load_initrd(str(path), ram, RAM_BASE)):
+    loaders = [lambda: load_elf(str(path), ram), lambda: load_raw(str(path), ram, RAM_BASE),
+               lambda: load_image(str(path), ram, RAM_BASE)]
+    if kind != "empty":  # an empty initrd is loaded, as QEMU does (test_empty_initrd)
+        loaders.append(lambda: load_initrd(str(path), ram, RAM_BASE))
+    for loader in loaders:
         with pytest.raises(LoaderError) as info:
             loader()
         assert str(path) in str(info.value) and "\n" not in str(info.value)
@@ -203,3 +211,135 @@ def test_dtb(tmp_path: Path) -> None:
             load_dtb(str(path))
     with pytest.raises(LoaderError, match="Can't open dtb file"):
         load_dtb(str(tmp_path / "nope.dtb"))
+
+
+# -- inputs that are not files, or do not fit: refused at once, never read without end --------
+
+@pytest.fixture
+def fifo(tmp_path: Path) -> Path:
+    path = tmp_path / "fifo"
+    os.mkfifo(path)
+    return path
+
+
+@pytest.fixture
+def sparse(tmp_path: Path) -> Path:
+    """A 64 GiB file of zeros that takes no disk space: reading it whole would not end."""
+    path = tmp_path / "sparse"
+    with path.open("wb") as f:
+        f.truncate(64 << 30)
+    return path
+
+
+def _kernel_loaders(ram: GuestRAM) -> dict[str, Callable[[str], object]]:
+    return {
+        "kernel": lambda p: load_image(p, ram, RAM_BASE),
+        "firmware": lambda p: load_image(p, ram, RAM_BASE, what="firmware"),
+        "elf": lambda p: load_elf(p, ram),
+        "raw": lambda p: load_raw(p, ram, RAM_BASE),
+        "file": lambda p: read_file(p, "file", ram.size),
+    }
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("loader", ["kernel", "firmware", "elf", "raw", "file"])
+def test_a_fifo_directory_or_char_device_is_refused(ram: GuestRAM, fifo: Path, tmp_path: Path,
+                                                     loader: str) -> None:
+    load = _kernel_loaders(ram)[loader]
+    what = {"firmware": "firmware", "file": "file"}.get(loader, "kernel")
+    for path, reason in [(str(fifo), "Is a FIFO"), (str(tmp_path), "Is a directory"),
+                         ("/dev/zero", "character device is empty"),
+                         ("/dev/null", "character device is empty")]:
+        with pytest.raises(LoaderError) as info:
+            load(path)
+        assert str(info.value) == f"could not load {what} '{path}': {reason}"
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("loader", ["kernel", "firmware", "raw", "file"])
+def test_a_file_larger_than_ram_is_refused_unread(ram: GuestRAM, sparse: Path,
+                                                  loader: str) -> None:
+    what = {"firmware": "firmware", "file": "file"}.get(loader, "kernel")
+    with pytest.raises(LoaderError) as info:
+        _kernel_loaders(ram)[loader](str(sparse))
+    assert str(info.value) == (f"could not load {what} '{sparse}': {64 << 30} bytes do not fit "
+                               f"in guest RAM ({4 << 20} bytes)")
+
+
+@pytest.mark.timeout(20)
+def test_a_gzip_bomb_stops_at_the_size_of_ram(tmp_path: Path, ram: GuestRAM) -> None:
+    bomb = tmp_path / "bomb.gz"
+    bomb.write_bytes(gzip.compress(bytes(ram.size + 1)))
+    assert bomb.stat().st_size < 16384
+    for load in (lambda: load_image(str(bomb), ram, RAM_BASE),
+                 lambda: load_raw(str(bomb), ram, RAM_BASE)):
+        with pytest.raises(LoaderError) as info:
+            load()
+        assert str(info.value) == (f"could not load kernel '{bomb}': decompressed, it does not "
+                                   f"fit in guest RAM ({4 << 20} bytes)")
+    exact = tmp_path / "exact.gz"
+    exact.write_bytes(gzip.compress(b"\x13" * ram.size))
+    assert load_image(str(exact), ram, RAM_BASE) == LoadedBlob(RAM_BASE, ram.end)
+
+
+def test_an_elf_larger_than_ram_loads_its_segments(tmp_path: Path, ram: GuestRAM) -> None:
+    """A kernel with debug information may be larger than guest RAM (QEMU loads it): only
+    its segments and symbols are read."""
+    elf = build_elf(tmp_path, PROGRAM)
+    with elf.open("r+b") as f:
+        f.truncate(4 * ram.size)
+    image = load_image(str(elf), ram, RAM_BASE + 0x10000)
+    assert isinstance(image, ElfImage) and image.entry == RAM_BASE
+    assert image.symbol("tohost") is not None
+
+
+@pytest.mark.timeout(20)
+def test_an_elf_segment_beyond_ram_is_refused_before_it_is_read(tmp_path: Path,
+                                                               ram: GuestRAM) -> None:
+    elf = build_elf(tmp_path, PROGRAM)
+    data = bytearray(elf.read_bytes())
+    phoff, = struct.unpack_from("<Q", data, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    last_load = [phoff + i * phentsize for i in range(phnum)
+                 if struct.unpack_from("<I", data, phoff + i * phentsize)[0] == 1][-1]
+    # p_filesz and p_memsz: 64 GiB, in a file of a few KiB
+    struct.pack_into("<QQ", data, last_load + 0x20, 64 << 30, 64 << 30)
+    bad = tmp_path / "huge-segment.elf"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(LoaderError, match=r"segment 0x80001000-0x1080000fff does not fit in RAM"):
+        load_elf(str(bad), ram)
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/null"])
+def test_an_initrd_that_measures_0_bytes_is_empty(ram: GuestRAM, device: str) -> None:
+    """QEMU measures a file with lseek(SEEK_END): /dev/zero is 0 bytes, an empty initrd."""
+    assert load_initrd(device, ram, RAM_BASE + 0x1000) == LoadedBlob(RAM_BASE + 0x1000,
+                                                                    RAM_BASE + 0x1000)
+
+
+def test_empty_initrd(tmp_path: Path, ram: GuestRAM) -> None:
+    empty = tmp_path / "empty.cpio"
+    empty.write_bytes(b"")
+    assert load_initrd(str(empty), ram, RAM_BASE).size == 0
+
+
+@pytest.mark.timeout(20)
+def test_initrd_refusals(ram: GuestRAM, fifo: Path, tmp_path: Path, sparse: Path) -> None:
+    for path, reason in [(fifo, "Is a FIFO"), (tmp_path, "Is a directory"),
+                         (sparse, f"{64 << 30} bytes at 0x80001000 do not fit in RAM "
+                                  "(0x80000000-0x803fffff)")]:
+        with pytest.raises(LoaderError) as info:
+            load_initrd(str(path), ram, RAM_BASE + 0x1000)
+        assert str(info.value) == f"could not load ramdisk '{path}': {reason}"
+
+
+@pytest.mark.timeout(20)
+def test_dtb_refusals(fifo: Path, tmp_path: Path, sparse: Path) -> None:
+    for path, message in [(fifo, f"Can't open dtb file {fifo}: Is a FIFO"),
+                          (tmp_path, f"Can't open dtb file {tmp_path}: Is a directory"),
+                          ("/dev/zero", "/dev/zero: not a device tree blob (bad magic)"),
+                          (sparse, f"{sparse}: not a device tree blob (bad magic)")]:
+        with pytest.raises(LoaderError) as info:
+            load_dtb(str(path))
+        assert str(info.value) == message

@@ -18,7 +18,7 @@ from kvmpy.accel.base import PRV_M, PRV_S, AccelCaps
 from kvmpy.errors import ConfigError, LoaderError
 from kvmpy.firmware import opensbi
 from kvmpy.hw.riscv.virt_fdt import fixup_chosen
-from kvmpy.loader import is_elf, load_elf, load_initrd, load_raw, read_file
+from kvmpy.loader import ElfImage, load_image, load_initrd
 from kvmpy.memory import GuestRAM
 from kvmpy.system import HartBoot
 
@@ -179,27 +179,23 @@ def load_firmware(ram: GuestRAM, plan: BootPlan, dram_base: int, roms: list[Rom]
     end (the DRAM base when there is no firmware in RAM)."""
     if plan.path is None:
         return dram_base
-    data = read_file(plan.path, "firmware")
-    if is_elf(data):
-        image = load_elf(plan.path, ram, what="firmware", data=data)
+    image = load_image(plan.path, ram, dram_base, what="firmware")
+    if isinstance(image, ElfImage):
         roms.append(Rom(plan.path, image.low, image.high - image.low))
         return image.high
-    blob = load_raw(plan.path, ram, dram_base, what="firmware", data=data)
-    roms.append(Rom(plan.path, blob.start, blob.size))
-    return blob.end
+    roms.append(Rom(plan.path, image.start, image.size))
+    return image.end
 
 
 def load_kernel(ram: GuestRAM, path: str, start: int, roms: list[Rom]) -> int:
     """riscv_load_kernel: an ELF goes to its addresses and is entered at its lowest one (QEMU
     7.2); anything else (a Linux ``Image``, EFI stub or not) is copied raw to ``start``."""
-    data = read_file(path, "kernel")
-    if is_elf(data):
-        image = load_elf(path, ram, what="kernel", data=data)
+    image = load_image(path, ram, start, what="kernel")
+    if isinstance(image, ElfImage):
         roms.append(Rom(path, image.low, image.high - image.low))
         return image.low
-    blob = load_raw(path, ram, start, what="kernel", data=data)
-    roms.append(Rom(path, blob.start, blob.size))
-    return blob.start
+    roms.append(Rom(path, image.start, image.size))
+    return image.start
 
 
 def load_payloads(ram: GuestRAM, plan: BootPlan, *, dram_base: int, kernel: str | None,
@@ -214,7 +210,8 @@ def load_payloads(ram: GuestRAM, plan: BootPlan, *, dram_base: int, kernel: str 
         kernel_entry = load_kernel(ram, kernel, calc_kernel_start_addr(firmware_end), roms)
         if initrd:
             blob = load_initrd(initrd, ram, initrd_start(kernel_entry, ram.size))
-            roms.append(Rom(initrd, blob.start, blob.size))
+            if blob.size:  # QEMU lists no ROM for an empty initrd, yet sets /chosen
+                roms.append(Rom(initrd, blob.start, blob.size))
             initrd_range = (blob.start, blob.end)
     fdt = fixup_chosen(base_fdt, fdt_path, bootargs=append if kernel else None,
                        initrd=initrd_range)

@@ -66,16 +66,13 @@ class SpikeMachine(MachineState):
             start = self._load_firmware(system)
         tohost = fromhost = None
         if self.kernel:
-            from kvmpy.loader import is_elf, load_elf, load_raw, read_file
+            from kvmpy.loader import ElfImage, load_image
 
-            data = read_file(self.kernel, "kernel")
-            if is_elf(data):
-                image = load_elf(self.kernel, ram, data=data)
+            image = load_image(self.kernel, ram, mm["dram"].base)
+            if isinstance(image, ElfImage):
                 tohost, fromhost = image.symbol("tohost"), image.symbol("fromhost")
                 if self.firmware in ("", "none", "default"):
                     start = image.entry
-            else:
-                load_raw(self.kernel, ram, mm["dram"].base, data=data)
         self._create_htif(system, tohost, fromhost)
 
         rom = boot.reset_vec_rom(mrom.base, start_addr=start, fdt_addr=0, kernel_entry=start)
@@ -101,15 +98,11 @@ class SpikeMachine(MachineState):
         system.bus.add(clint.base + ACLINT_SWI_SIZE, ACLINT_MTIMER_SIZE, mtimer)
 
     def _load_firmware(self, system: System) -> int:
-        from kvmpy.loader import is_elf, load_elf, load_raw, read_file
+        from kvmpy.loader import ElfImage, load_image
 
         assert system.ram is not None
-        data = read_file(self.firmware, "firmware")
-        if is_elf(data):
-            return load_elf(self.firmware, system.ram, what="firmware", data=data).entry
-        load_raw(self.firmware, system.ram, SPIKE_MEMMAP["dram"].base, what="firmware",
-                 data=data)
-        return SPIKE_MEMMAP["dram"].base
+        image = load_image(self.firmware, system.ram, SPIKE_MEMMAP["dram"].base, "firmware")
+        return image.entry if isinstance(image, ElfImage) else image.start
 
     def _create_htif(self, system: System, tohost: int | None, fromhost: int | None) -> None:
         from kvmpy.hw.misc.htif import Htif

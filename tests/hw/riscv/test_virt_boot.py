@@ -8,6 +8,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+import fdt
 import pytest
 
 from kvmpy.accel.base import PRV_M, PRV_S
@@ -102,6 +103,7 @@ def test_mrom_matches_qemu(board: Any, oracle: Any, payloads: Path, extra: list[
     ["-m", "1G", "-kernel", "k.bin", "-initrd", "i.bin"],
     ["-bios", "none", "-kernel", "k.bin", "-initrd", "i.bin"],
     ["-bios", "k.bin"],
+    ["-kernel", "k.bin", "-initrd", "/dev/zero"],  # an empty initrd: QEMU lists no ROM
 ])
 def test_load_addresses_match_qemu_info_roms(board: Any, oracle: Any, payloads: Path,
                                              extra: list[str], monkeypatch: Any) -> None:
@@ -121,6 +123,17 @@ def test_load_addresses_match_qemu_info_roms(board: Any, oracle: Any, payloads: 
     rename = {"opensbi-riscv64-generic-fw_dynamic.bin": "fw_dynamic.bin"}
     theirs = [(rename.get(name, name), addr, size) for name, addr, size in theirs]
     assert ours == theirs
+
+
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/null"])
+def test_an_initrd_of_0_bytes_is_still_announced(board: Any, payloads: Path,
+                                                 device: str) -> None:
+    """QEMU 7.2 with ``-initrd /dev/zero`` (which measures 0 bytes): /chosen has
+    linux,initrd-start = linux,initrd-end = 0x84200000, and the kernel finds no initrd."""
+    _, machine = board(kernel=str(payloads / "k.bin"), initrd=device)
+    chosen = fdt.parse_dtb(machine.fdt_blob).get_node("chosen")
+    assert chosen.get_property("linux,initrd-start").value == 0x84200000
+    assert chosen.get_property("linux,initrd-end").value == 0x84200000
 
 
 # -- firmware choices and hart start state -----------------------------------------------------
