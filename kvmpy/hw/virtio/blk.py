@@ -22,6 +22,7 @@ from typing import Any
 
 from kvmpy import log
 from kvmpy.errors import ConfigError
+from kvmpy.hostfile import NotAFileError, open_host_file
 from kvmpy.hw.virtio.device import VirtioDevice
 from kvmpy.hw.virtio.virtqueue import VirtqElement, Virtqueue
 from kvmpy.qom import Property, parse_bool, register_type
@@ -82,10 +83,12 @@ class RawImage:
         self.read_only = read_only
         self.overlay: dict[int, bytearray] | None = {} if snapshot else None
         try:
-            self.fd = os.open(path, os.O_RDONLY if read_only or snapshot else os.O_RDWR)
+            host = open_host_file(path, os.O_RDONLY if read_only or snapshot else os.O_RDWR)
+        except NotAFileError as exc:  # QEMU's words (block/file-posix.c); a FIFO hangs QEMU
+            raise ConfigError(f"'file' driver requires '{path}' to be a regular file") from exc
         except OSError as exc:
             raise ConfigError(f"Could not open '{path}': {exc.strerror}") from exc
-        self.size = os.fstat(self.fd).st_size
+        self.fd, self.size = host.fd, host.size  # a device's size is lseek(SEEK_END)'s
 
     def _file_read(self, offset: int, buf: memoryview) -> None:
         done = 0
