@@ -7,14 +7,22 @@ why in one line and ``-accel tcg`` reports it.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import json
+import os
+import sys
+import urllib.parse
+from pathlib import Path
 from typing import Any
 
+ENGINE = "kvmpy.accel.tcg._engine"
+
 try:
-    _engine: Any = importlib.import_module("kvmpy.accel.tcg._engine")
-    _IMPORT_ERROR: str | None = None
+    _engine: Any = importlib.import_module(ENGINE)
+    _IMPORT_ERROR: ImportError | None = None
 except ImportError as exc:  # not built, or built for another Python
     _engine = None
-    _IMPORT_ERROR = str(exc).split("\n")[0]
+    _IMPORT_ERROR = exc
 
 ffi: Any = _engine.ffi if _engine is not None else None
 lib: Any = _engine.lib if _engine is not None else None
@@ -53,11 +61,85 @@ _SPECIAL = {"pc": REG_PC, "priv": REG_PRIV, "mtimecmp": REG_MTIMECMP,
 
 
 def unavailable_reason() -> str | None:
-    """None when the core is importable, else one line saying why not."""
-    if lib is not None:
+    """None when the core is importable, else one line saying why not and what to do."""
+    if lib is None and _IMPORT_ERROR is not None:
+        package = Path(__file__).resolve().parents[2]
+        try:
+            installed = installed_copy(package)
+        except (OSError, ValueError):  # unreadable metadata: say what is known
+            installed = None
+        return not_built_reason(package, _IMPORT_ERROR, installed)
+    return None
+
+
+# -- why the core is missing -------------------------------------------------------------------
+
+def source_tree(package: Path) -> Path | None:
+    """The checkout ``package`` (a ``kvmpy`` directory) lies in, or None for an installed copy."""
+    try:
+        project = (package.parent / "pyproject.toml").read_text(encoding="utf-8")
+    except (OSError, UnicodeError):
         return None
-    return (f"the interpreter core is not built ({_IMPORT_ERROR}); "
-            "install kvmpy with 'pip install .' or run 'python kvmpy/accel/tcg/_build.py'")
+    return package.parent if 'name = "kvmpy"' in project else None
+
+
+def has_core(package: Path) -> bool:
+    return any((package / "accel" / "tcg").glob("_engine.*"))
+
+
+def _package_of(dist: importlib.metadata.Distribution) -> Path | None:
+    """Where ``dist`` put the ``kvmpy`` package: an editable install's source tree (PEP 610
+    direct_url.json), else the directory of its ``kvmpy/__init__.py``."""
+    try:
+        direct = json.loads(dist.read_text("direct_url.json") or "{}")
+    except ValueError:
+        direct = {}
+    dir_info = direct.get("dir_info") if isinstance(direct, dict) else None
+    if isinstance(dir_info, dict) and dir_info.get("editable"):
+        url = urllib.parse.urlparse(str(direct.get("url", "")))
+        return Path(urllib.parse.unquote(url.path)) / "kvmpy" if url.scheme == "file" else None
+    for file in dist.files or ():
+        if file.as_posix() == "kvmpy/__init__.py":
+            return Path(str(dist.locate_file(file))).parent
+    return None
+
+
+def installed_copy(imported: Path, search_path: list[str] | None = None) -> Path | None:
+    """The kvmpy package pip installed, with its core built, when it is not ``imported``.
+
+    Found from the distributions' metadata on ``search_path`` (default ``sys.path``), without
+    importing it: ``imported`` shadows it."""
+    for dist in importlib.metadata.distributions(name="kvmpy", path=search_path or sys.path):
+        package = _package_of(dist)
+        if package is None:
+            continue
+        package = package.resolve()  # an egg-info in the current directory locates relatively
+        if package != imported.resolve() and has_core(package):
+            return package
+    return None
+
+
+def not_built_reason(package: Path, error: ImportError, installed: Path | None,
+                     cwd: Path | None = None) -> str:
+    """One line for :func:`unavailable_reason`: where kvmpy was imported from, why its core
+    does not load, and the fix (``pip install -e .``, or run from elsewhere)."""
+    missing = isinstance(error, ModuleNotFoundError) and error.name == ENGINE
+    why = (str(error) or repr(error)).splitlines()[0]
+    problem = ("the interpreter core is not built" if missing else
+               f"the interpreter core does not load ({why})")
+    root = source_tree(package)
+    if root is None:
+        return (f"{problem} in {package}; reinstall kvmpy "
+                "('pip install --force-reinstall .' in its source tree)")
+    here = cwd or Path(os.getcwd())
+    where = (f"the source tree in the current directory, {root}" if root == here.resolve()
+             else f"the source tree {root}")
+    if installed is None:
+        return (f"{problem}: kvmpy was imported from {where}; build it with 'pip install -e .' "
+                f"in {root} (or 'python kvmpy/accel/tcg/_build.py' there)")
+    return (f"{problem}: kvmpy was imported from {where}, not from the installed copy at "
+            f"{installed}; run from another directory, or build the tree with "
+            f"'pip install -e .' in {root}")
 
 
 def _isa_extensions() -> tuple[str, ...]:
