@@ -15,6 +15,8 @@ class OptionSpec:
     driver: str
     props: dict[str, str] = field(default_factory=dict)
     text: str = ""
+    lists: dict[str, list[str]] = field(default_factory=dict)
+    """Every value of the list-typed properties given more than once (``hostfwd``)."""
 
 
 @dataclass
@@ -67,3 +69,9 @@ class VMConfig:
     icount_shift: int | None = None
     drives: list[OptionSpec] = field(default_factory=list)
     """``-drive`` options (``driver`` is the ``id``; ``props`` hold every key, ``id`` too)."""
+    netdevs: list[OptionSpec] = field(default_factory=list)
+    """Network back-ends (``driver`` is the type, ``user``; ``props`` hold ``id`` and the
+    rest), from ``-netdev``, ``-nic`` and ``-net``."""
+    legacy_nics: list[OptionSpec] = field(default_factory=list)
+    legacy_netdevs: list[OptionSpec] = field(default_factory=list)
+    """``-net nic`` and ``-net TYPE`` until the command line ends and they are paired."""

@@ -38,6 +38,20 @@ class ParsedOptions:
     """A bare ``help`` / ``?`` item (``-M help``, ``-device virtio-rng-device,help``)."""
     help_prop: str | None = None
     """``prop=help``: the property whose help was asked for."""
+    repeated: dict[str, list[str]] = field(default_factory=dict)
+    """Every value of a key given more than once, in order (``hostfwd=...,hostfwd=...``):
+    the options whose QAPI type is a list keep them all."""
+
+    def set(self, key: str, value: str) -> None:
+        if key in self.props:
+            self.repeated.setdefault(key, [self.props[key]]).append(value)
+        self.props[key] = value
+
+    def values(self, key: str) -> list[str]:
+        """All values given for ``key``, in order."""
+        if key in self.repeated:
+            return list(self.repeated[key])
+        return [self.props[key]] if key in self.props else []
 
 
 def is_help(text: str) -> bool:
@@ -121,7 +135,7 @@ def parse(text: str, implied_key: str | None = None, *, qemuopts: bool = False,
             if (known_keys is not None and key not in known_keys and key.startswith("no")
                     and key[2:] in known_keys):
                 name, value = key[2:], "off"
-            result.props[name] = value
+            result.set(name, value)
             pos = end + 1
             continue
         if not qemuopts:
@@ -132,7 +146,7 @@ def parse(text: str, implied_key: str | None = None, *, qemuopts: bool = False,
         if is_help(value):
             result.help_prop = key
             continue
-        result.props[key] = value
+        result.set(key, value)
     return result
 
 

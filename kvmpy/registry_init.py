@@ -20,6 +20,7 @@ TYPE_MODULES = (
     "kvmpy.hw.rtc",
     "kvmpy.hw.virtio",
     "kvmpy.hw.pci",
+    "kvmpy.net",
     "kvmpy.hw.riscv.virt",
     "kvmpy.hw.riscv.spike",
     "kvmpy.hw.riscv.cpu",

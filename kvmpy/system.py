@@ -147,6 +147,8 @@ class System:
         self.driver: Driver | None = None
         self.time_source = _Clock(self)
         self.chardevs: dict[str, Chardev] = {}
+        self.netdevs: dict[str, Any] = {}
+        """Network back-ends by id (``-netdev``, ``-nic``, ``-net``)."""
         self.serials: list[Chardev | None] = []
         self.monitors: list[Any] = []
         self.status = "prelaunch"
@@ -171,8 +173,13 @@ class System:
             raise ConfigError(f"-icount is not supported with accelerator "
                               f"'{self.accel.name}'", option="-icount")
         self._open_chardevs()
+        self._open_netdevs()
         self.harts = [HartPort(i) for i in range(self.machine.smp.cpus)]
         self.machine.init(self)                                 # phase 4
+        if self.netdevs:
+            from kvmpy.net.setup import warn_unconnected
+
+            warn_unconnected(self.netdevs)
         if self.ram is None:
             raise ConfigError(f"machine '{cls.name}' created no RAM")
         self.accel.init_machine(self.ram, len(self.harts), self.roms)  # phase 5
@@ -234,6 +241,12 @@ class System:
         for serial in self.serials:
             if serial is not None:
                 serial.frontend_lock = self.lock
+
+    def _open_netdevs(self) -> None:
+        if self.config.netdevs:
+            from kvmpy.net.setup import open_netdevs
+
+            self.netdevs = open_netdevs(self)
 
     def create_ram(self, base: int, size: int, name: str = "ram") -> GuestRAM:
         """Board init: the machine's RAM (one region; shared with the accelerator)."""
@@ -509,6 +522,8 @@ class System:
             starter = getattr(monitor, "start", None)
             if starter is not None:
                 starter(self)
+        for backend in self.netdevs.values():
+            backend.start(self)
         if install_signal_handlers and threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 self._loop.add_signal_handler(signum, self._on_signal, signum)
@@ -551,6 +566,8 @@ class System:
                 closer()
         for chardev in self.chardevs.values():
             chardev.close()
+        for backend in self.netdevs.values():
+            backend.close()
         if self.accel is not None:
             self.accel.close()
         for rom in self.roms:

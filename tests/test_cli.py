@@ -322,7 +322,7 @@ def test_user_errors_are_one_line(capsys: pytest.CaptureFixture[str], argv: list
     assert err == message + "\n"
 
 
-NOT_BUILT = [["-gdb", "tcp::1234"], ["-s"], ["-netdev", "user,id=n0"], ["-blockdev", "x"],
+NOT_BUILT = [["-gdb", "tcp::1234"], ["-s"], ["-netdev", "vde,id=n0"], ["-blockdev", "x"],
              ["-drive", "file=disk.img,if=scsi"], ["disk.img"], ["-display", "gtk"],
              ["-vga", "std"],
              ["-icount", "shift=auto"], ["-snapshot"], ["-d", "trace:foo*"],

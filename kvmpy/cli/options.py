@@ -57,6 +57,14 @@ OPTIONS: list[Option] = [
     Option("drive", "if=none,id=ID,file=FILE[,format=raw][,readonly=on|off]",
            "use FILE as a drive image for -device virtio-blk-device,drive=ID",
            _GROUPS[0], "drive"),
+    Option("netdev", "type,id=str[,prop=value][,...]",
+           "configure a network backend: user[,hostfwd=...][,restrict=on|off],\n"
+           "tap,ifname=NAME|fd=N ('-netdev help' for the list)", _GROUPS[0], "netdev"),
+    Option("nic", "type[,prop=value][,...][,model=M][,mac=MAC]",
+           "a network backend and its NIC (a virtio-net-pci unless model= says otherwise)",
+           _GROUPS[0], "nic"),
+    Option("net", "nic[,model=M][,macaddr=MAC]|type[,prop=value][,...]",
+           "legacy: a NIC, or a backend for the next -net nic", _GROUPS[0], "net"),
     Option("nodefaults", None, "don't create default devices (serial port, monitor)",
            _GROUPS[0], "nodefaults"),
     Option("bios", "file", "set the firmware: default, none or a file (also -M firmware=)",
@@ -104,7 +112,7 @@ OPTIONS: list[Option] = [
 
 # QEMU options that exist but whose feature kvmpy does not have: name -> takes an argument.
 NOT_BUILT: dict[str, bool] = {
-    "netdev": True, "nic": True, "net": True, "blockdev": True, "hda": True, "hdb": True,
+    "blockdev": True, "hda": True, "hdb": True,
     "hdc": True, "hdd": True, "cdrom": True, "fda": True, "fdb": True, "mtdblock": True,
     "sd": True, "pflash": True, "snapshot": False, "fsdev": True, "virtfs": True,
     "object": True, "global": True, "audiodev": True, "audio": True, "usb": False,

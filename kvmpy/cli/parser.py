@@ -272,6 +272,25 @@ class _Parser:
                 qom.parse_bool(key, props[key])
         self.config.drives.append(OptionSpec(drive_id, props, f"-drive {arg}"))
 
+    def opt_netdev(self, arg: str) -> None:
+        from kvmpy.net import options
+
+        self._print_if(options.add_netdev(self.config, arg, f"-netdev {arg}"))
+
+    def opt_nic(self, arg: str) -> None:
+        from kvmpy.net import options
+
+        self._print_if(options.add_nic(self.config, arg, f"-nic {arg}"))
+
+    def opt_net(self, arg: str) -> None:
+        from kvmpy.net import options
+
+        self._print_if(options.add_net(self.config, arg, f"-net {arg}"))
+
+    def _print_if(self, text: str | None) -> None:
+        if text is not None:
+            self._print(text)
+
     def opt_nodefaults(self) -> None:
         self.result.default_serial = False
         self.result.default_monitor = False
@@ -462,6 +481,10 @@ class _Parser:
 
     def _finish(self) -> None:
         config = self.config
+        if config.legacy_nics or config.legacy_netdevs:
+            from kvmpy.net import options
+
+            options.finish(config)
         if self.machine_help is not None:
             self._print(machine_help_text(config.machine, self.machine_help))
             return
