@@ -154,8 +154,8 @@ class VirtioPciProxy(VirtioTransport, PciDevice):
         self.modern_enabled = not self.disable_modern
         if not self.legacy_enabled and not self.modern_enabled:
             raise ConfigError("device cannot work as neither modern nor legacy mode is enabled")
-        self._build_config(device)
         nvectors = self.default_vectors if self.vectors < 0 else self.vectors
+        self._build_config(device, msix=bool(nvectors))
         self.msix: Msix | None = None
         if nvectors:
             self.msix = Msix(self, nvectors, MSIX_BAR, deliver_msi or (lambda a, d: None))
@@ -185,7 +185,7 @@ class VirtioPciProxy(VirtioTransport, PciDevice):
     def _legacy_mode(self) -> bool:
         return self.disable_legacy != "on"  # auto: legacy on a root bus (QEMU's virtio_pci_realize)
 
-    def _build_config(self, device: VirtioDevice) -> None:
+    def _build_config(self, device: VirtioDevice, msix: bool) -> None:
         if self.legacy_enabled:
             self.set_config(PCI_DEVICE_ID, 2, self.legacy_device_id)
             self.set_config(PCI_SUBSYSTEM_ID, 2, device.device_id)
@@ -210,7 +210,9 @@ class VirtioPciProxy(VirtioTransport, PciDevice):
                               PCI_BASE_ADDRESS_MEM_TYPE_64,
                               _Window((1, 2, 4), self._modern_read, self._modern_write))
         if self.legacy_enabled:
-            size = _pow2ceil(L_MSI_QUEUE_VECTOR + 2 + len(device.config()))
+            # The registers, the MSI-X vector registers when MSI-X is there, the config.
+            registers = L_MSI_QUEUE_VECTOR + 2 if msix else L_MSI_CONFIG_VECTOR
+            size = _pow2ceil(registers + len(device.config()))
             self.register_bar(LEGACY_BAR, max(size, 4), PCI_BASE_ADDRESS_SPACE_IO,
                               _Window((1, 2, 4), self._legacy_read, self._legacy_write))
 

@@ -47,6 +47,7 @@ CASES = {
     "placed": ["virtio-rng-pci,addr=5", "virtio-rng,addr=6.0,multifunction=on",
                "virtio-serial-pci,addr=6.1", "virtio-rng-pci-non-transitional,addr=0x1f"],
     "transitional": ["virtio-rng-pci-transitional", "virtio-blk-pci,drive=hd0,vectors=5"],
+    "no-msix": ["virtio-blk-pci,drive=hd0,vectors=0", "virtio-rng-pci,vectors=0"],
 }
 
 
