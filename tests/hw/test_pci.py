@@ -221,3 +221,21 @@ def test_unmapped_windows_read_ones(host: GpexHost) -> None:
     assert bus.read(MMIO + 0x123450, 4) == 0xFFFFFFFF
     bus.write(ECAM + (7 << 15), 4, 1)  # an empty slot: dropped
     assert struct.pack("<I", cfg(bus, 0, 0)) == bytes.fromhex("361b0800")
+
+
+@pytest.mark.parametrize(("vectors", "bar", "pba", "table_size"), [
+    ("200", 0x1000, 0xC80, 200), ("255", 0x2000, 0xFF0, 255), ("2048", 0x10000, 0x8000, 2048),
+    ("65537", 0x1000, 0x800, 1)])  # QEMU passes the count as 16 bits
+def test_msix_bar_layout_is_qemus(ram: GuestRAM, vectors: str, bar: int, pba: int,
+                                  table_size: int) -> None:
+    dev = rng_pci(ram, vectors=vectors)
+    assert dev.bars[1].size == bar
+    assert dev.get_config(dev.msix.cap + 8, 4) == pba | 1
+    assert dev.get_config(dev.msix.cap + 2, 2) == table_size - 1
+
+
+def test_too_many_msix_vectors_warn_and_leave_msix_out(
+        ram: GuestRAM, capsys: pytest.CaptureFixture[str]) -> None:
+    dev = rng_pci(ram, vectors="2049")
+    assert dev.msix is None and 1 not in dev.bars
+    assert "warning: unable to init msix vectors to 2049" in capsys.readouterr().err

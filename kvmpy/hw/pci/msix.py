@@ -1,7 +1,8 @@
 """MSI-X (PCI Local Bus spec 3.0 §6.8.2), as QEMU's ``msix_init_exclusive_bar`` lays it out.
 
 One memory BAR of its own holds the vector table (16 bytes per entry: message address,
-message data, vector control) at offset 0 and the pending-bit array at half the BAR.  The
+message data, vector control) at offset 0 and the pending-bit array after it: a 4 KiB BAR
+with the bits at 0x800 for up to 128 vectors, larger (a power of two) beyond.  The
 capability's control word has two writable bits: MSI-X enable and function mask.
 
 A message is a 32-bit memory write of the entry's data to its address, made by the function
@@ -26,8 +27,15 @@ MSIX_MASKALL = 0x4000
 ENTRY_SIZE = 16
 ENTRY_VECTOR_CTRL = 12
 ENTRY_CTRL_MASKBIT = 1
-MSIX_BAR_SIZE = 0x1000
-PBA_OFFSET = 0x800
+MSIX_MAX_VECTORS = 2048
+
+
+def exclusive_bar_layout(vectors: int) -> tuple[int, int]:
+    """(BAR size, pending-bits offset) as QEMU's msix_init_exclusive_bar lays them out."""
+    pba_offset = max(0x800, vectors * ENTRY_SIZE)
+    pba_size = (vectors + 63) // 64 * 8
+    size = max(0x1000, pba_offset + pba_size)
+    return 1 << (size - 1).bit_length(), pba_offset
 
 
 class Msix:
@@ -38,15 +46,18 @@ class Msix:
 
     def __init__(self, device: PciDevice, vectors: int, bar_index: int,
                  deliver: Callable[[int, int], None]) -> None:
+        if not 1 <= vectors <= MSIX_MAX_VECTORS:
+            raise ValueError(f"{vectors} MSI-X vectors (1 to {MSIX_MAX_VECTORS})")
         self.device = device
         self.vectors = vectors
         self.deliver = deliver
+        self.bar_size, self.pba_offset = exclusive_bar_layout(vectors)
         self.table = bytearray(vectors * ENTRY_SIZE)
-        self.pending = bytearray(MSIX_BAR_SIZE - PBA_OFFSET)
+        self.pending = bytearray(self.bar_size - self.pba_offset)
         self.cap = device.add_capability(PCI_CAP_ID_MSIX, MSIX_CAP_LENGTH)
         device.set_config(self.cap + MSIX_FLAGS, 2, vectors - 1)
         device.set_config(self.cap + MSIX_TABLE, 4, bar_index)
-        device.set_config(self.cap + MSIX_PBA, 4, PBA_OFFSET | bar_index)
+        device.set_config(self.cap + MSIX_PBA, 4, self.pba_offset | bar_index)
         device.wmask[self.cap + MSIX_FLAGS + 1] |= (MSIX_ENABLE | MSIX_MASKALL) >> 8
         self.reset()
 
@@ -100,13 +111,13 @@ class Msix:
                 self.pending[vector // 8] &= ~bit & 0xFF
                 self._send(vector)
 
-    # -- the BAR: table below PBA_OFFSET, pending bits above ------------------------------------
+    # -- the BAR: the table, then the pending bits ----------------------------------------------
 
     def mmio_read(self, offset: int, size: int) -> int:
         if offset + size <= len(self.table):
             return int.from_bytes(self.table[offset:offset + size], "little")
-        if offset >= PBA_OFFSET:
-            start = offset - PBA_OFFSET
+        if offset >= self.pba_offset:
+            start = offset - self.pba_offset
             return int.from_bytes(self.pending[start:start + size], "little")
         return 0
 
@@ -114,7 +125,7 @@ class Msix:
         if offset + size <= len(self.table):
             self.table[offset:offset + size] = value.to_bytes(size, "little")
             self._fire_unmasked()
-        elif offset < PBA_OFFSET:
+        elif offset < self.pba_offset:
             log.guest_error(f"{self.device.type_name}: MSI-X write at 0x{offset:x} past the "
                             f"{self.vectors}-entry table")
 

@@ -38,7 +38,7 @@ from kvmpy.hw.pci.device import (
     PCI_VENDOR_ID_REDHAT_QUMRANET,
     PciDevice,
 )
-from kvmpy.hw.pci.msix import MSIX_BAR_SIZE, MSIX_CAP_LENGTH, Msix
+from kvmpy.hw.pci.msix import MSIX_CAP_LENGTH, MSIX_MAX_VECTORS, Msix
 from kvmpy.hw.virtio.device import VIRTIO_F_VERSION_1, VirtioDevice
 from kvmpy.hw.virtio.transport import (
     VIRTIO_INT_CONFIG,
@@ -154,12 +154,12 @@ class VirtioPciProxy(VirtioTransport, PciDevice):
         self.modern_enabled = not self.disable_modern
         if not self.legacy_enabled and not self.modern_enabled:
             raise ConfigError("device cannot work as neither modern nor legacy mode is enabled")
-        nvectors = self.default_vectors if self.vectors < 0 else self.vectors
+        nvectors = self._msix_vectors()
         self._build_config(device, msix=bool(nvectors))
         self.msix: Msix | None = None
         if nvectors:
             self.msix = Msix(self, nvectors, MSIX_BAR, deliver_msi or (lambda a, d: None))
-            self.register_bar(MSIX_BAR, MSIX_BAR_SIZE, 0, self.msix)
+            self.register_bar(MSIX_BAR, self.msix.bar_size, 0, self.msix)
         self.plug(device)
 
     # -- construction ---------------------------------------------------------------------------
@@ -181,6 +181,19 @@ class VirtioPciProxy(VirtioTransport, PciDevice):
     @classmethod
     def backends(cls, system: Any, props: Mapping[str, str]) -> dict[str, Any]:
         return cls._inner_class().backends(system, props)
+
+    def _msix_vectors(self) -> int:
+        """QEMU passes ``vectors`` to msix_init as a 16-bit count; out of range, it warns
+        and the function has no MSI-X."""
+        if self.vectors < 0:
+            return self.default_vectors
+        vectors = self.vectors & 0xFFFF
+        if vectors > MSIX_MAX_VECTORS:
+            from kvmpy.log import warn_report
+
+            warn_report(f"unable to init msix vectors to {self.vectors}")
+            return 0
+        return vectors
 
     def _legacy_mode(self) -> bool:
         return self.disable_legacy != "on"  # auto: legacy on a root bus (QEMU's virtio_pci_realize)
@@ -606,5 +619,7 @@ VIRTIO_PCI_MODELS = (
     VirtioPciModel("virtio-serial-pci", "virtio-serial-device", 0x1003, 0x0780,
                    alias="virtio-serial"),
     VirtioPciModel("virtio-rng-pci", "virtio-rng-device", 0x1005, 0x00FF, alias="virtio-rng"),
+    VirtioPciModel("virtio-net-pci", "virtio-net-device", 0x1000, 0x0200, vectors=4,
+                   alias="virtio-net"),
 )
 """QEMU 7.2's IDs: legacy device ID, class (SCSI storage, communication other, other)."""
