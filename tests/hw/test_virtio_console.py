@@ -201,6 +201,18 @@ def test_control_messages_wait_for_buffers(setup: Any) -> None:
     assert CTRL.unpack(drv.ram.read(buf[0], 8)) == (0, PORT_ADD, 1)
 
 
+def test_control_messages_for_a_driver_without_buffers_are_bounded(
+        setup: Any, guest_errors: Any) -> None:
+    drv, serial, _, _ = setup
+    drv.probe(queues=6)
+    for _ in range(500):  # DEVICE_READY again and again, never a control receive buffer
+        buf = drv.add_buffer(CTRL.pack(0, DEVICE_READY, 1))
+        drv.post([(*buf, False)], queue=3)
+        drv.buffers = drv.ram.base + 0x80000  # reuse the buffer area
+    assert len(serial.state.control_pending) == 8 * (serial.max_ports + 1)
+    assert any("dropped" in m for m in guest_errors.messages)
+
+
 def test_bad_control_messages_are_logged(setup: Any, guest_errors: Any) -> None:
     drv, _, _, _ = setup
     handshake(drv)

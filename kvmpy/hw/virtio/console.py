@@ -113,6 +113,11 @@ class VirtioSerialState:
     """Ports the driver has set up (PORT_READY 1): host open/close events go to these."""
 
 
+CONTROL_PENDING_PER_PORT = 8
+"""Control messages kept per port for a driver that has posted no control buffer yet (a
+handshake needs a handful)."""
+
+
 @register_type("virtio-serial-device", "virtio-device", description="virtio serial bus")
 class VirtioSerial(VirtioDevice):
     category = "Input devices"
@@ -257,7 +262,15 @@ class VirtioSerial(VirtioDevice):
     # -- control --------------------------------------------------------------------------------
 
     def _send_control(self, port_id: int, event: int, value: int, extra: bytes = b"") -> None:
-        self.state.control_pending.append(_CONTROL.pack(port_id, event, value) + extra)
+        """Queue a control message until the driver posts a buffer for it.  A driver that
+        keeps asking without posting any (QEMU drops the message then) cannot make the
+        queue grow without bound: past a few messages per port the new ones are dropped."""
+        pending = self.state.control_pending
+        if len(pending) >= CONTROL_PENDING_PER_PORT * (self.max_ports + 1):
+            log.guest_error(f"virtio-serial: control message {event} for port {port_id} "
+                            "dropped: the driver posts no control receive buffers")
+            return
+        pending.append(_CONTROL.pack(port_id, event, value) + extra)
         self._flush_control()
 
     def _flush_control(self) -> None:
