@@ -50,6 +50,10 @@ nothing); ``immediate_exit`` covers a thread that is not inside ``KVM_RUN`` yet.
 
 _U64 = (1 << 64) - 1
 _CSR_SEED = 0x015
+# scounteren at boot: CY, TM and IR readable from U-mode, as KVM's own vCPU reset sets it
+# (arch/riscv/kvm/vcpu.c, Linux 5.18-6.15) and OpenSBI leaves it (sbi_hart.c, mstatus_init);
+# a kernel without the SBI PMU driver never sets it, and its vDSO reads `time` from U-mode.
+_RESET_SCOUNTEREN = 0x7
 _MMU_TYPES = {8: "riscv,sv39", 9: "riscv,sv48", 10: "riscv,sv57"}
 FIRMWARE_REFUSAL = "Machine mode firmware is not supported in combination with KVM."
 """QEMU 7.2's words (hw/riscv/virt.c) for ``-bios default|FILE`` under KVM: a KVM guest starts
@@ -283,16 +287,17 @@ class KvmRiscvVcpu:
             raise AccelError(f"kvm: hart {self.index}: {exc} ({name}, id 0x{reg:x})") from exc
 
     def reset(self, pc: int, priv: int, a0: int, a1: int, stopped: bool) -> None:
-        """The KVM boot contract: GPRs and supervisor CSRs zero (satp = 0), pc/a0/a1 set,
-        S-mode, external interrupt line low; ``stopped`` harts wait in-kernel for SBI HSM."""
+        """The KVM boot contract: GPRs and supervisor CSRs zero (satp = 0) but scounteren
+        (CY, TM, IR, as KVM resets it), pc/a0/a1 set, S-mode, external interrupt line low;
+        ``stopped`` harts wait in-kernel for SBI HSM."""
         if priv == PRV_M:
             raise AccelError("kvm: harts cannot start in M-mode under KVM "
                              f"({FIRMWARE_REFUSAL})")
         for name in onereg.ABI_NAMES[1:]:
             self._set(onereg.core_id(name), 0, name)
-        for csr in ("sie", "stvec", "sscratch", "sepc", "scause", "stval", "satp",
-                    "scounteren", "sstatus"):
+        for csr in ("sie", "stvec", "sscratch", "sepc", "scause", "stval", "satp", "sstatus"):
             self._set(onereg.csr_id(csr), 0, csr)
+        self._set(onereg.csr_id("scounteren"), _RESET_SCOUNTEREN, "scounteren")
         self._set(onereg.core_id("pc"), pc, "pc")
         self._set(onereg.core_id("a0"), a0, "a0")
         self._set(onereg.core_id("a1"), a1, "a1")

@@ -141,6 +141,7 @@ def test_reset_follows_the_kvm_boot_contract(machine: Any) -> None:
     assert boot.get_reg("pc") == 0x80200000
     assert boot.get_reg("a0") == 0 and boot.get_reg("a1") == 0x82200000
     assert boot.get_reg("t0") == 0 and boot.get_reg("satp") == 0
+    assert fd0.regs[onereg.csr_id("scounteren")] == 0x7  # CY, TM, IR from U-mode, as KVM resets
     assert boot.get_reg("priv") == PRV_S
     assert fd0.regs[onereg.core_id("mode")] == abi.KVM_RISCV_MODE_S
     assert fd0.mp_state == abi.KVM_MP_STATE_RUNNABLE
