@@ -118,6 +118,24 @@ def info_pci(system: System, state: HmpState, args: list[str]) -> str:
     return pci.info_pci(system)
 
 
+def info_usernet(system: System, state: HmpState, args: list[str]) -> str:
+    from kvmpy.net import user
+
+    return user.hmp_info_usernet(system.netdevs)
+
+
+def _hostfwd(system: System, name: str, args: list[str]) -> str:
+    """``hostfwd_add`` / ``hostfwd_remove``: two string arguments, the first optional."""
+    from kvmpy.net import user
+
+    if not args:
+        raise UsageError(f"{name}: string expected", name)
+    if len(args) > 2:
+        raise UsageError(f"{name}: extraneous characters at the end of line", name)
+    command = user.hmp_hostfwd_add if name == "hostfwd_add" else user.hmp_hostfwd_remove
+    return command(system.netdevs, *args)
+
+
 INFO: dict[str, tuple[Callable[[System, HmpState, list[str]], str], str, str]] = {
     "status": (info_status, "show the current VM status (running|paused)", ""),
     "registers": (info_registers, "show the cpu registers (-a: show register info for all "
@@ -129,6 +147,7 @@ INFO: dict[str, tuple[Callable[[System, HmpState, list[str]], str], str, str]] =
     "version": (info_version, "show the version of QEMU", ""),
     "name": (info_name, "show the current VM name", ""),
     "pci": (info_pci, "show PCI info", ""),
+    "usernet": (info_usernet, "show user network stack connection states", ""),
 }
 
 
@@ -284,6 +303,8 @@ def _dispatch(system: System, state: HmpState, name: str, args: list[str]) -> st
             raise UnknownCommand("invalid CPU index")
         state.cpu = index
         return ""
+    if name in ("hostfwd_add", "hostfwd_remove"):
+        return _hostfwd(system, name, args)
     if name == "x":
         return _memory_dump(system, state, args, physical=False)
     if name == "xp":
@@ -300,6 +321,10 @@ HELP = [  # name, parameters, description: as QEMU's hmp-commands.hx
     ("c|cont", "", "resume emulation"),
     ("cpu", "index", "set the default CPU"),
     ("help|?", "[cmd]", "show the help"),
+    ("hostfwd_add", "[netdev_id] [tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport",
+     "redirect TCP or UDP connections from host to guest (requires -net user)"),
+    ("hostfwd_remove", "[netdev_id] [tcp|udp]:[hostaddr]:hostport",
+     "remove host-to-guest TCP or UDP redirection"),
     ("info", "[subcommand]", "show various information about the system state"),
     ("q|quit", "", "quit the emulator"),
     ("stop|s", "", "stop emulation"),
