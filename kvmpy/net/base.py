@@ -67,6 +67,8 @@ class NetBackend(qom.Object):
         self._guard = threading.Lock()
         self.dropped_rx = 0
         self.dropped_tx = 0
+        self.hub_id = -1
+        """QEMU's hub number for a legacy ``-net`` back-end (0), else -1."""
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -78,8 +80,14 @@ class NetBackend(qom.Object):
         self.peer_name = name
 
     def start(self, system: Any) -> None:
-        """The main loop runs: register file descriptors and timers (subclasses extend)."""
+        """The main loop runs: register file descriptors and timers (subclasses extend).
+        Frames the NIC sent before (a guest runs before the loop starts) go out now."""
         self.system = system
+        with self._guard:
+            pending = bool(self._tx) and not self._tx_scheduled
+            self._tx_scheduled = self._tx_scheduled or pending
+        if pending:
+            system.call_soon(self._flush_tx)
 
     def close(self) -> None:
         """Release host resources (sockets, devices); safe to call twice."""

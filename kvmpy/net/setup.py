@@ -23,7 +23,9 @@ def open_netdevs(system: Any) -> dict[str, NetBackend]:
             netdev_id = spec.props["id"]
             props = {k: v for k, v in spec.props.items() if k != "id"}
             try:
-                netdevs[netdev_id] = cls(netdev_id, props, spec.lists)
+                netdevs[netdev_id] = backend = cls(netdev_id, props, spec.lists)
+                if spec.text.startswith("-net "):
+                    backend.hub_id = 0  # QEMU joins -net NICs and back-ends through hub 0
             except ConfigError as exc:
                 if exc.option is None:
                     exc.option = spec.text or f"-netdev {spec.driver},id={netdev_id}"

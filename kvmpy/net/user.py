@@ -61,9 +61,6 @@ class UserNetdev(NetBackend):
                  lists: Mapping[str, list[str]] | None = None) -> None:
         super().__init__(netdev_id, props, lists)
         self.options = parse_options({**self.props, **self.lists})
-        self.hub_id = -1
-        """QEMU's ``Hub N`` in ``info usernet``: -1 unless a legacy ``-net`` hub sits
-        between this back-end and its NIC."""
         self.hub_name = netdev_id
         self._slirp: Slirp | None = None
         self._smb_dir: str | None = None
