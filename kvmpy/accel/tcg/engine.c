@@ -3379,6 +3379,7 @@ static void hart_reset(hart *h, uint64_t pc, int priv, uint64_t a0, uint64_t a1,
         h->medeleg = 0xB1FFull;
         h->mideleg = S_INTS;
         h->mcounteren = 0xffffffffull;
+        h->scounteren = 7; /* cycle, time, instret for U-mode, as OpenSBI's mstatus_init */
         h->menvcfg = MENVCFG_STCE;
         h->pmpaddr[0] = (1ull << 54) - 1;
         h->pmpcfg[0] = PMP_R | PMP_W | PMP_X | PMP_A;
