@@ -144,8 +144,9 @@ class VirtioTransport:
         s = self.state
         sizes = self.device.queue_sizes if self.device is not None else ()
         queues = [QueueState(num=size, num_default=size) for size in sizes]
-        for vq, qs, old in zip(self.vqs, queues, s.queues, strict=False):
-            qs.align = old.align  # QEMU keeps the legacy ring alignment
+        for i, (vq, qs) in enumerate(zip(self.vqs, queues, strict=True)):
+            if i < len(s.queues):
+                qs.align = s.queues[i].align  # QEMU keeps the legacy ring alignment
             vq.state = qs
         s.queues = queues
         s.status = s.isr = s.queue_sel = 0
