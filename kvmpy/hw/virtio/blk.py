@@ -14,6 +14,7 @@ driver (CONFIG_WCE), every write is followed by a flush.
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 from collections.abc import Mapping
@@ -147,16 +148,34 @@ class RawImage:
         self._write_at(offset, memoryview(data))
 
     def readinto(self, offset: int, buffers: list[memoryview]) -> None:
-        """Fill ``buffers`` (guest RAM) from ``offset``; past the end of the file reads 0."""
-        for buf in buffers:
-            self._read_at(offset, buf)
-            offset += len(buf)
+        """Fill ``buffers`` (guest RAM) from ``offset``; past the end of the file reads 0.
+        Without an overlay a request is one ``preadv`` (per IOV_MAX buffers)."""
+        if self.overlay is not None:
+            for buf in buffers:
+                self._read_at(offset, buf)
+                offset += len(buf)
+            return
+        for batch in _batches(buffers):
+            total = sum(map(len, batch))
+            done = _vectored(os.preadv, self.fd, batch, offset, total)
+            if done < total:  # past the end of the file: zeros
+                for buf in _advance(batch, done):
+                    buf[:] = bytes(len(buf))
+            offset += total
 
     def writefrom(self, offset: int, buffers: list[memoryview]) -> None:
-        """Write ``buffers`` (guest RAM) at ``offset``."""
-        for buf in buffers:
-            self._write_at(offset, buf)
-            offset += len(buf)
+        """Write ``buffers`` (guest RAM) at ``offset``, one ``pwritev`` per IOV_MAX
+        buffers without an overlay."""
+        if self.overlay is not None:
+            for buf in buffers:
+                self._write_at(offset, buf)
+                offset += len(buf)
+            return
+        for batch in _batches(buffers):
+            total = sum(map(len, batch))
+            if _vectored(os.pwritev, self.fd, batch, offset, total) < total:
+                raise OSError(errno.EIO, "short write")
+            offset += total
 
     def flush(self) -> None:
         if self.overlay is None:
@@ -166,6 +185,38 @@ class RawImage:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+IOV_MAX = 1024
+
+
+def _batches(buffers: list[memoryview]) -> list[list[memoryview]]:
+    return [buffers[i:i + IOV_MAX] for i in range(0, len(buffers), IOV_MAX)] or [[]]
+
+
+def _advance(buffers: list[memoryview], done: int) -> list[memoryview]:
+    """What is left of ``buffers`` after the first ``done`` bytes."""
+    rest = []
+    for buf in buffers:
+        if done >= len(buf):
+            done -= len(buf)
+            continue
+        rest.append(buf[done:])
+        done = 0
+    return rest
+
+
+def _vectored(call: Any, fd: int, buffers: list[memoryview], offset: int,
+              total: int) -> int:
+    """``preadv``/``pwritev`` of ``total`` bytes until everything is transferred or the
+    file ends (a return of 0); returns the bytes transferred."""
+    done = call(fd, buffers, offset) if total else 0
+    while 0 < done < total:  # short (a signal, or the end of the file): go on from there
+        n = call(fd, _advance(buffers, done), offset + done)
+        if n <= 0:
+            break
+        done += n
+    return max(done, 0)
 
 
 @dataclass
@@ -228,6 +279,12 @@ class VirtioBlk(VirtioDevice):
                     raise
         raise ConfigError(f"Property 'virtio-blk-device.drive' can't find value '{drive_id}'")
 
+    @property
+    def sectors(self) -> int:
+        """The capacity: an image whose size is no multiple of 512 ends in a partial sector
+        that counts, read as zeros past the end of the file (QEMU rounds the size up)."""
+        return -(-self.image.size // SECTOR)
+
     def host_features(self) -> int:
         features = 0
         for bit in (VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_GEOMETRY, VIRTIO_BLK_F_BLK_SIZE,
@@ -244,7 +301,7 @@ class VirtioBlk(VirtioDevice):
         return features
 
     def config(self) -> bytes:
-        sectors = self.image.size // SECTOR
+        sectors = self.sectors
         cylinders, heads, per_track = guess_geometry(sectors)
         packed = _CONFIG.pack(
             sectors, 0, self.queue_size - 2,           # capacity, size_max, seg_max
@@ -301,7 +358,7 @@ class VirtioBlk(VirtioDevice):
         return VIRTIO_BLK_S_UNSUPP, 0
 
     def _in_range(self, sector: int, length: int) -> bool:
-        if length % SECTOR or sector * SECTOR + length > self.image.size:
+        if length % SECTOR or sector * SECTOR + length > self.sectors * SECTOR:
             log.guest_error(f"virtio-blk: request at sector {sector} of {length} bytes is "
                             f"outside the {self.image.size}-byte disk")
             return False

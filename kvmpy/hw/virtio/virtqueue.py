@@ -9,6 +9,7 @@ len u32}, avail_event u16).  Everything the guest wrote is checked; a malformed 
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass, field
 
@@ -61,11 +62,12 @@ class VirtqElement:
     out: list[tuple[int, int]] = field(default_factory=list)
     in_: list[tuple[int, int]] = field(default_factory=list)
 
-    @property
+    @functools.cached_property
     def in_size(self) -> int:
+        """Bytes the device may write (the chain is complete when this is first asked)."""
         return sum(length for _, length in self.in_)
 
-    @property
+    @functools.cached_property
     def out_size(self) -> int:
         return sum(length for _, length in self.out)
 
@@ -138,12 +140,18 @@ class Virtqueue:
 
     def _walk(self, elem: VirtqElement, table: int, size: int, index: int,
               indirect_allowed: bool) -> None:
+        """Follow a chain from ``index`` in a table of ``size`` descriptors at ``table``,
+        unpacked in place from guest RAM (the table is checked to lie in RAM once); every
+        buffer is checked to lie inside RAM."""
+        ram_base, ram_end = self.ram.base, self.ram.base + self.ram.size
+        view = self.ram.view
+        table_off = self._offset(table, 16 * size)
         seen = 0
         while True:
             if seen >= size:
                 raise VirtqueueError("descriptor chain loops or is longer than its table")
             seen += 1
-            addr, length, flags, nxt = _DESC.unpack(self.read(table + 16 * index, 16))
+            addr, length, flags, nxt = _DESC.unpack_from(view, table_off + 16 * index)
             if flags & VRING_DESC_F_INDIRECT:
                 if not indirect_allowed or flags & VRING_DESC_F_NEXT:
                     raise VirtqueueError("nested or chained indirect descriptor table")
@@ -153,7 +161,9 @@ class Virtqueue:
                 self._walk(elem, addr, length // 16, 0, indirect_allowed=False)
                 return
             if length:
-                self._offset(addr, length)
+                if addr < ram_base or addr + length > ram_end:
+                    raise VirtqueueError(f"address 0x{addr:x}+0x{length:x} is outside guest "
+                                         "RAM")
                 if flags & VRING_DESC_F_WRITE:
                     elem.in_.append((addr, length))
                 elif elem.in_:
@@ -169,22 +179,29 @@ class Virtqueue:
     def views(self, segments: list[tuple[int, int]], skip: int = 0,
               limit: int | None = None) -> list[memoryview]:
         """Guest RAM of ``segments`` as memoryviews (no copy), from byte ``skip``, at most
-        ``limit`` bytes: devices read and write large buffers in place."""
-        out: list[memoryview] = []
+        ``limit`` bytes: devices read and write large buffers in place.  Segments that
+        follow each other in guest RAM come as one view."""
+        ram_base, ram_end, view = self.ram.base, self.ram.base + self.ram.size, self.ram.view
+        spans: list[list[int]] = []
         for addr, length in segments:
             if skip >= length:
                 skip -= length
                 continue
-            off = self._offset(addr, length) + skip
+            if addr < ram_base or addr + length > ram_end:
+                raise VirtqueueError(f"address 0x{addr:x}+0x{length:x} is outside guest RAM")
+            start = addr - ram_base + skip
             length -= skip
             skip = 0
             if limit is not None:
                 length = min(length, limit)
                 limit -= length
-            out.append(self.ram.view[off:off + length])
+            if spans and spans[-1][1] == start:
+                spans[-1][1] += length
+            else:
+                spans.append([start, start + length])
             if limit == 0:
                 break
-        return out
+        return [view[start:end] for start, end in spans]
 
     def read_out(self, elem: VirtqElement, limit: int | None = None) -> bytes:
         """The device-readable bytes of ``elem`` (at most ``limit``)."""
