@@ -246,7 +246,7 @@ class System:
         if self.config.netdevs:
             from kvmpy.net.setup import open_netdevs
 
-            self.netdevs = open_netdevs(self)
+            self.netdevs = open_netdevs(self.config.netdevs)
 
     def create_ram(self, base: int, size: int, name: str = "ram") -> GuestRAM:
         """Board init: the machine's RAM (one region; shared with the accelerator)."""

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import kvmpy
 from kvmpy.chardev.base import CHR_EVENT_MUX_IN, CHR_EVENT_MUX_OUT, CHR_EVENT_OPENED, Chardev
 from kvmpy.errors import KvmpyError
-from kvmpy.monitor import commands, pci
+from kvmpy.monitor import commands, net, pci
 
 if TYPE_CHECKING:
     from kvmpy.system import System
@@ -124,6 +124,31 @@ def info_usernet(system: System, state: HmpState, args: list[str]) -> str:
     return user.hmp_info_usernet(system.netdevs)
 
 
+def info_network(system: System, state: HmpState, args: list[str]) -> str:
+    return net.info_network(system)
+
+
+def _net_command(system: System, name: str, args: list[str]) -> str:
+    """``set_link NAME on|off``, ``netdev_add TYPE,id=ID,...``, ``netdev_del ID``."""
+    if len(args) < (2 if name == "set_link" else 1):
+        raise UsageError(f"{name}: missing argument", name)
+    if name == "set_link" and args[1] not in ("on", "off"):
+        raise UsageError(f"{name}: expected 'on' or 'off'", name)
+    try:
+        if name == "set_link":
+            net.set_link(system, args[0], args[1] == "on")
+        elif name == "netdev_add":
+            try:
+                net.netdev_add(system, net.parse_hmp_netdev(args[0]), hmp=True)
+            except KvmpyError as exc:  # QEMU reports it as a command-line error
+                return f"kvmpy: {exc}\nTry \"help netdev_add\" for more information"
+        else:
+            net.netdev_del(system, args[0])
+    except KvmpyError as exc:
+        return f"Error: {exc}"
+    return ""
+
+
 def _hostfwd(system: System, name: str, args: list[str]) -> str:
     """``hostfwd_add`` / ``hostfwd_remove``: two string arguments, the first optional."""
     from kvmpy.net import user
@@ -148,6 +173,7 @@ INFO: dict[str, tuple[Callable[[System, HmpState, list[str]], str], str, str]] =
     "name": (info_name, "show the current VM name", ""),
     "pci": (info_pci, "show PCI info", ""),
     "usernet": (info_usernet, "show user network stack connection states", ""),
+    "network": (info_network, "show the network state", ""),
 }
 
 
@@ -305,6 +331,8 @@ def _dispatch(system: System, state: HmpState, name: str, args: list[str]) -> st
         return ""
     if name in ("hostfwd_add", "hostfwd_remove"):
         return _hostfwd(system, name, args)
+    if name in ("set_link", "netdev_add", "netdev_del"):
+        return _net_command(system, name, args)
     if name == "x":
         return _memory_dump(system, state, args, physical=False)
     if name == "xp":
@@ -326,7 +354,11 @@ HELP = [  # name, parameters, description: as QEMU's hmp-commands.hx
     ("hostfwd_remove", "[netdev_id] [tcp|udp]:[hostaddr]:hostport",
      "remove host-to-guest TCP or UDP redirection"),
     ("info", "[subcommand]", "show various information about the system state"),
+    ("netdev_add", "[user|tap|socket|stream|dgram],id=str[,prop=value][,...]",
+     "add host network device"),
+    ("netdev_del", "id", "remove host network device"),
     ("q|quit", "", "quit the emulator"),
+    ("set_link", "name on|off", "change the link status of a network adapter"),
     ("stop|s", "", "stop emulation"),
     ("system_powerdown", "", "send system power down event"),
     ("system_reset", "", "reset the system"),

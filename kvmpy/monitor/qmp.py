@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from kvmpy.chardev.base import CHR_EVENT_CLOSED, CHR_EVENT_OPENED, Chardev
 from kvmpy.errors import KvmpyError, StateError
-from kvmpy.monitor import commands, pci
+from kvmpy.monitor import commands, net, pci
 from kvmpy.monitor.hmp import HmpState
 
 if TYPE_CHECKING:
@@ -45,6 +45,9 @@ class Command:
     required: tuple[str, ...] = ()
     optional: tuple[str, ...] = ()
     types: dict[str, type] = field(default_factory=dict)
+    open_args: bool = False
+    """Arguments beyond ``required``/``optional`` are the command's to check
+    (``netdev_add`` takes each back-end's options)."""
 
 
 def _timestamp() -> dict[str, int]:
@@ -181,7 +184,8 @@ class QmpMonitor:
         if command is None:
             raise QmpError(f"The command {name} has not been found", "CommandNotFound")
         for key in args:
-            if key not in command.required and key not in command.optional:
+            if key not in command.required and key not in command.optional and \
+                    not command.open_args:
                 raise QmpError(f"Parameter '{key}' is unexpected")
         for key in command.required:
             if key not in args:
@@ -192,6 +196,8 @@ class QmpMonitor:
                 raise QmpError(f"Invalid parameter type for '{key}', expected: {kind}")
         try:
             return command.handler(self, args)
+        except net.DeviceNotFound as exc:
+            raise QmpError(str(exc), "DeviceNotFound") from None
         except StateError as exc:
             raise QmpError(str(exc)) from None
         except KvmpyError as exc:
@@ -475,6 +481,13 @@ COMMANDS: dict[str, Command] = {
     "x-query-registers": Command(lambda mon, args: commands.query_registers(
         mon.sys, args.get("cpu-index", 0), args.get("names")),
         optional=("cpu-index", "names"), types={"cpu-index": int, "names": list}),
+    "set_link": Command(lambda mon, args: net.set_link(mon.sys, args["name"], args["up"]),
+                        required=("name", "up"), types={"name": str, "up": bool}),
+    "netdev_add": Command(lambda mon, args: net.netdev_add(mon.sys, args),
+                          required=("type", "id"), types={"type": str, "id": str},
+                          open_args=True),
+    "netdev_del": Command(lambda mon, args: net.netdev_del(mon.sys, args["id"]),
+                          required=("id",), types={"id": str}),
     "x-pmemwrite": Command(lambda mon, args: commands.pmemwrite(mon.sys, args["val"],
                                                                 args["data"]),
                            required=("val", "data"), types={"val": int, "data": str}),

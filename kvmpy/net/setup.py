@@ -3,19 +3,24 @@ starting them with the main loop and closing them with the VM."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
 
+from kvmpy.config import OptionSpec
 from kvmpy.errors import ConfigError
 from kvmpy.log import stderr_line
 from kvmpy.net.base import NetBackend, netdev_class
 
+MODERN_TYPES = ("stream", "dgram")
 
-def open_netdevs(system: Any) -> dict[str, NetBackend]:
-    """One back-end per ``-netdev``/``-nic``/``-net``; a configuration error names the option
-    it came from, and the back-ends opened so far are closed again."""
+
+def open_netdevs(specs: Sequence[OptionSpec]) -> dict[str, NetBackend]:
+    """One back-end per ``-netdev``/``-nic``/``-net`` (or ``netdev_add``); a configuration
+    error names the option it came from, and the back-ends opened so far are closed again."""
     netdevs: dict[str, NetBackend] = {}
+    # QEMU 7.2 parses stream and dgram the QAPI way, into a queue it creates first.
+    ordered = sorted(specs, key=lambda spec: spec.driver not in MODERN_TYPES)
     try:
-        for spec in system.config.netdevs:
+        for spec in ordered:
             cls = netdev_class(spec.driver)
             if cls is None:
                 raise ConfigError(f"Parameter 'type' does not accept value '{spec.driver}'",

@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from types import SimpleNamespace
 
 import pytest
 
@@ -67,7 +66,7 @@ def kvmpy_error(arg: str) -> str:
         except ConfigError as exc:
             exc.option = exc.option or f"-netdev {arg}"
             raise
-        setup.close_netdevs(setup.open_netdevs(SimpleNamespace(config=config)))
+        setup.close_netdevs(setup.open_netdevs(config.netdevs))
     return format_error(info.value)
 
 
