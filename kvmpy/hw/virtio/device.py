@@ -62,16 +62,20 @@ class VirtioDevice(Device):
         """Set when the guest misused a queue; the device does nothing until reset."""
         self._notify: Callable[[int], None] = lambda index: None
         self._error: Callable[[str], None] = lambda message: None
+        self._config_changed: Callable[[], None] = lambda: None
 
     # -- transport side -------------------------------------------------------------------------
 
     def attach(self, queues: list[Virtqueue], notify: Callable[[int], None],
-               error: Callable[[str], None] | None = None) -> None:
+               error: Callable[[str], None] | None = None,
+               config_changed: Callable[[], None] | None = None) -> None:
         """Called by the transport when the device is plugged."""
         self.queues = queues
         self._notify = notify
         if error is not None:
             self._error = error
+        if config_changed is not None:
+            self._config_changed = config_changed
 
     def virtio_error(self, message: str) -> None:
         """The guest misused a queue outside a notify (e.g. during chardev input): the
@@ -81,6 +85,11 @@ class VirtioDevice(Device):
     def notify(self, index: int) -> None:
         """Tell the transport that queue ``index`` has new used buffers."""
         self._notify(index)
+
+    def config_changed(self) -> None:
+        """Tell the transport that the config space changed (a link went down): it raises
+        the configuration interrupt (QEMU's ``virtio_notify_config``)."""
+        self._config_changed()
 
     def host_features(self) -> int:
         """Device-specific feature bits offered to the driver."""

@@ -77,7 +77,7 @@ class VirtioTransport:
             raise ConfigError(f"{self.name}: no guest RAM to place virtqueues in")
         self.device = device
         self.vqs = [Virtqueue(self.ram, QueueState()) for _ in device.queue_sizes]
-        device.attach(self.vqs, self._device_notify, self._virtio_error)
+        device.attach(self.vqs, self._device_notify, self._virtio_error, self.config_changed)
         self._reset_transport()
 
     # -- features -------------------------------------------------------------------------------
