@@ -70,6 +70,7 @@ def create_devices(system: Any, buses: list[Bus],
     ``carried_buses(device, id)`` names the buses a new device brings (they are searched
     first, so ports go on the most recent ``virtio-serial``)."""
     plugged: list[Any] = []
+    nics: dict[str, int] = {}
     for spec in device_specs(system.config):
         what = spec.text or f"-device {spec.driver}"
         try:
@@ -79,9 +80,22 @@ def create_devices(system: Any, buses: list[Bus],
                 exc.option = what
             raise
         plugged.append(device)
+        _name_nic(device, dev_id, nics)
         if carried_buses is not None:
             buses[:0] = carried_buses(device, dev_id)
     return plugged
+
+
+def _name_nic(device: Any, dev_id: str, counts: dict[str, int]) -> None:
+    """A NIC (or the NIC a proxy carries) is named as QEMU names its net client: the
+    device's id, else ``MODEL.N`` counting the NICs of that model."""
+    nic = device if hasattr(device, "nic_named") else getattr(device, "device", None)
+    if nic is None or not hasattr(nic, "nic_named"):
+        return
+    model = device.type_name
+    index = counts.get(model, 0)
+    counts[model] = index + 1
+    nic.nic_named(dev_id or f"{model}.{index}", model)
 
 
 def _create_one(system: Any, buses: list[Bus], spec: OptionSpec) -> tuple[Any, str]:

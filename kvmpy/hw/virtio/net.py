@@ -203,8 +203,20 @@ class VirtioNet(VirtioDevice):
         self._features = self._configured_features()
         self._config_size = self._size_of_config(self._features)
         self.state = VirtioNetState(mac=format_mac(self.macaddr))
+        self.nic_model = self.type_name
         if backend is not None:
             backend.attach(self, self.type_name)
+
+    def nic_named(self, name: str, model: str) -> None:
+        """The ``-device`` that made this NIC names it (its id, or ``MODEL.N``), as QEMU's
+        net client is named; ``info network`` shows both."""
+        self.nic_model = model
+        if self.backend is not None:
+            self.backend.peer_name = name
+
+    def nic_info(self) -> str:
+        """QEMU's NIC info string (qemu_format_nic_info_str): the model and current MAC."""
+        return f"model={self.nic_model},macaddr={self.state.mac}"
 
     @classmethod
     def backends(cls, system: Any, props: Mapping[str, str]) -> dict[str, Any]:
