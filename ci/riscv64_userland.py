@@ -65,6 +65,7 @@ RUNTIME_PACKAGES = [
     "python3-hypothesis",
     "python3-capstone",
     "busybox-static",
+    "libslirp0",  # -netdev user (kvmpy.net.slirp opens libslirp.so.0 and libglib-2.0.so.0)
 ]
 # Only needed to build kvmpy's C core (headers); never part of the runtime rootfs.
 BUILD_PACKAGES = ["libpython3-dev"]
