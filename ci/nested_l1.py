@@ -7,18 +7,27 @@ line starting with "nested-kvm:"; the last one is "nested-kvm: RESULT PASS" or "
 
 The bundled guest also gets PCI devices, which under KVM are plain MMIO exits to kvmpy (ECAM
 config space and BARs): a virtio-blk-pci disk (`-drive if=virtio`) whose image L1 prepares and
-checks afterwards, and a virtio-rng-pci. In the guest: lspci sees the host bridge and both
+checks afterwards, a virtio-rng-pci, and a virtio-net-pci on `-netdev user` (libslirp, whose
+sockets are L1's) with `hostfwd=tcp:127.0.0.1:10080-:8080`. In the guest: eth0 gets 10.0.2.15
+and a default route via 10.0.2.2 by DHCP; L2 sends 128 KiB to a TCP server L1 runs on 127.0.0.1
+(10.0.2.2 to L2) and gets 128 KiB back, and L1 does the same with `nc -l` in L2 through the
+forwarded port, every byte checked on both sides; lspci sees the host bridge and the three
 functions, the disk reads L1's marker and takes a write, the entropy source is virtio_rng, and
-their INTx interrupts (PLIC sources 32-35) are counted in /proc/interrupts.
+their INTx interrupts (PLIC sources 32-35) are counted in /proc/interrupts. Nothing leaves L1
+(10.0.2.2 is L1's loopback, no name is looked up).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import itertools
 import os
 import platform
 import re
+import socket
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -32,8 +41,28 @@ DISK = "/tmp/l2-disk.img"
 DISK_SIZE = 4 << 20
 DISK_MARKER = b"kvmpy-nested-pci-disk"  # at offset 0, written by L1
 GUEST_MARKER = b"l2-wrote-pci-disk"  # at offset 512, written by L2
-PCI_IDS = ("1b36:0008", "1af4:1005", "1af4:1001")  # gpex host bridge, virtio rng, virtio blk
+# gpex host bridge, virtio rng, virtio blk, virtio net
+PCI_IDS = ("1b36:0008", "1af4:1005", "1af4:1001", "1af4:1000")
 PCI_INTX_SOURCES = range(32, 36)  # PLIC sources of INTA-INTD (QEMU's VIRT_PCIE_IRQ)
+
+NET_GUEST, NET_GATEWAY = "10.0.2.15", "10.0.2.2"  # -netdev user's first DHCP address, the host
+NET_GUEST_PORT = 8080  # `nc -l` in L2
+NET_HOSTFWD_PORT = 10080  # on L1's 127.0.0.1, forwarded to NET_GUEST_PORT
+NET_PAYLOAD = 128 << 10  # bytes each way in each exchange: many frames, binary data
+NET_TIMEOUT = 120.0  # seconds for one exchange
+# What the bundled guest prints when its boot-time udhcpc has configured eth0
+# (kvmpy.guests.DHCP_BOUND): "kvmpy-guest: eth0 10.0.2.15/24 via 10.0.2.2".
+DHCP_BOUND = rb"kvmpy-guest: eth0 [^\r\n]*(?=\r?\n)"
+# For a guest whose /init does not run udhcpc: a udhcpc script doing the same (busybox
+# networking/udhcp/dhcpc.c calls it with deconfig, then bound; $mask is a prefix length).
+UDHCPC_SCRIPT = (
+    "#!/bin/sh",
+    'case "$1" in',
+    'deconfig) ip link set "$interface" up ;;',
+    'bound) ip addr add "$ip/$mask" dev "$interface" &&',
+    '    ip route add default via "${router%% *}" dev "$interface" ;;',
+    "esac",
+)
 
 
 def say(msg: str) -> None:
@@ -149,6 +178,128 @@ def check_pci(c: Console) -> None:
         raise StepFailed(f"L2 virtio interrupts outside PLIC sources 32-35: {irqs}")
 
 
+def check_dhcp(c: Console) -> None:
+    """eth0 configured by DHCP: by the guest's /init (its line on the console) or by us."""
+    if re.search(r"^boot$", shell(c, "grep -q udhcpc /init && echo boot || echo none"), re.M):
+        m = re.search(DHCP_BOUND, c.out) or c.expect(DHCP_BOUND, NET_TIMEOUT)
+        say(f"L2 eth0 bound by the guest's udhcpc: {m.group(0).decode(errors='replace')!r}")
+    else:
+        lines = " ".join(f"'{line}'" for line in UDHCPC_SCRIPT)  # none has a single quote
+        shell(c, f"printf '%s\\n' {lines} > /tmp/udhcpc.sh && chmod +x /tmp/udhcpc.sh")
+        shell(c, "udhcpc -i eth0 -f -q -n -t 10 -T 2 -s /tmp/udhcpc.sh 2>&1", NET_TIMEOUT)
+        say("L2 eth0 bound by udhcpc run at the shell (the guest's /init does not run it)")
+    addr, route = shell(c, "ip -4 addr show dev eth0"), shell(c, "ip route")
+    if not re.search(rf"inet {re.escape(NET_GUEST)}/24\b", addr):
+        raise StepFailed(f"L2 eth0 is not {NET_GUEST}/24: {addr.strip()!r}")
+    if not re.search(rf"^default via {re.escape(NET_GATEWAY)} dev eth0", route, re.M):
+        raise StepFailed(f"L2 has no default route via {NET_GATEWAY}: {route.strip()!r}")
+    say(f"L2 eth0 {NET_GUEST}/24, default via {NET_GATEWAY}")
+
+
+def sha256_line(out: str, path: str) -> str:
+    """The digest sha256sum printed for path."""
+    m = re.search(rf"^([0-9a-f]{{64}})\s+{re.escape(path)}$", out, re.M)
+    if not m:
+        raise StepFailed(f"L2 sha256sum {path}: {out.strip()[-200:]!r}")
+    return m.group(1)
+
+
+def recv_all(sock: socket.socket) -> bytes:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def check_guest_to_l1(c: Console) -> None:
+    """L2 connects to a TCP server L1 runs on 127.0.0.1 (as 10.0.2.2): data both ways."""
+    reply = os.urandom(NET_PAYLOAD)
+    got: list[bytes] = []
+    failed: list[OSError] = []
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(NET_TIMEOUT)
+        port = server.getsockname()[1]
+
+        def serve() -> None:  # one request, read to its end, then the reply
+            try:
+                with server.accept()[0] as conn:
+                    conn.settimeout(NET_TIMEOUT)
+                    got.append(recv_all(conn))
+                    conn.sendall(reply)
+            except OSError as exc:
+                failed.append(exc)
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        sent = sha256_line(shell(c, f"head -c {NET_PAYLOAD} /dev/urandom > /tmp/to-l1 && "
+                                    "sha256sum /tmp/to-l1"), "/tmp/to-l1")  # fmt: skip
+        t = time.monotonic()
+        out = shell(c, f"nc {NET_GATEWAY} {port} < /tmp/to-l1 > /tmp/from-l1 && "
+                       "wc -c < /tmp/from-l1 && sha256sum /tmp/from-l1", NET_TIMEOUT)  # fmt: skip
+        secs = time.monotonic() - t
+        thread.join(NET_TIMEOUT)
+    if failed:
+        raise StepFailed(f"L1 server on 127.0.0.1:{port}: {failed[0]!r}")
+    if not got or hashlib.sha256(got[0]).hexdigest() != sent:
+        raise StepFailed(
+            f"L1 server on 127.0.0.1:{port} got "
+            f"{len(got[0]) if got else 'no'} bytes, not L2's {NET_PAYLOAD}"
+        )
+    if sha256_line(out, "/tmp/from-l1") != hashlib.sha256(reply).hexdigest():
+        raise StepFailed(f"L2 got other bytes than L1 sent: {out.strip()[-200:]!r}")
+    say(
+        f"L2 -> {NET_GATEWAY}:{port} (L1's 127.0.0.1): {NET_PAYLOAD} bytes each way, "
+        f"checked, in {secs:.1f} s"
+    )
+
+
+def check_l1_to_guest(c: Console) -> None:
+    """L1 connects to `nc -l` in L2 through the hostfwd port: data both ways."""
+    served = sha256_line(shell(c, f"head -c {NET_PAYLOAD} /dev/urandom > /tmp/to-l1 && "
+                                  "sha256sum /tmp/to-l1"), "/tmp/to-l1")  # fmt: skip
+    # nc sends its stdin, then half-closes; it exits at the end of what L1 sends.
+    # Listening: "local_address rem_address st" of /proc/net/tcp{,6} is "...:1F90 ...:0000 0A".
+    listening = f"grep -qsE ':{NET_GUEST_PORT:04X} [0-9A-F]+:0000 0A' /proc/net/tcp /proc/net/tcp6"
+    wait = f"for i in $(seq 100); do {listening} && break; sleep 0.1; done; {listening}"
+    shell(c, f"{{ nc -l -p {NET_GUEST_PORT} < /tmp/to-l1 > /tmp/from-l1 & }}; {wait}")
+    data = os.urandom(NET_PAYLOAD)
+    t = time.monotonic()
+    try:
+        with socket.create_connection(("127.0.0.1", NET_HOSTFWD_PORT), NET_TIMEOUT) as sock:
+
+            def send() -> None:  # while the reply comes in
+                with contextlib.suppress(OSError):  # then recv_all sees the error too
+                    sock.sendall(data)
+                    sock.shutdown(socket.SHUT_WR)
+
+            sender = threading.Thread(target=send, daemon=True)
+            sender.start()
+            got = recv_all(sock)
+            sender.join(NET_TIMEOUT)
+    except OSError as exc:
+        raise StepFailed(f"L1 -> 127.0.0.1:{NET_HOSTFWD_PORT}: {exc!r}") from exc
+    secs = time.monotonic() - t
+    if hashlib.sha256(got).hexdigest() != served:
+        raise StepFailed(
+            f"L1 got {len(got)} bytes through 127.0.0.1:{NET_HOSTFWD_PORT}, "
+            f"not the {NET_PAYLOAD} nc -l in L2 sent"
+        )
+    out = shell(c, "wait; wc -c < /tmp/from-l1 && sha256sum /tmp/from-l1", NET_TIMEOUT)
+    if sha256_line(out, "/tmp/from-l1") != hashlib.sha256(data).hexdigest():
+        raise StepFailed(f"nc -l in L2 got other bytes than L1 sent: {out.strip()[-200:]!r}")
+    say(
+        f"L1 127.0.0.1:{NET_HOSTFWD_PORT} -> L2 :{NET_GUEST_PORT} (hostfwd): {NET_PAYLOAD} "
+        f"bytes each way, checked, in {secs:.1f} s"
+    )
+
+
+def check_net(c: Console) -> None:
+    """The network checks at the L2 shell (the bundled guest, with -netdev user)."""
+    check_dhcp(c)
+    check_guest_to_l1(c)
+    check_l1_to_guest(c)
+
+
 def boot_l2(timeout: float) -> None:
     argv = ["kvmpy", "-accel", "kvm", "-M", "virt", "-nographic"]
     pci = not os.path.exists("/l2/Image")
@@ -157,6 +308,8 @@ def boot_l2(timeout: float) -> None:
     else:
         make_disk()
         argv += ["-drive", f"file={DISK},if=virtio,format=raw", "-device", "virtio-rng-pci"]
+        hostfwd = f"tcp:127.0.0.1:{NET_HOSTFWD_PORT}-:{NET_GUEST_PORT}"
+        argv += ["-netdev", f"user,id=n0,hostfwd={hostfwd}", "-device", "virtio-net-pci,netdev=n0"]
     say("running " + " ".join(argv))
     t0 = time.monotonic()
     with Console(argv, echo_prefix="L2| ") as c:
@@ -165,6 +318,11 @@ def boot_l2(timeout: float) -> None:
         c.send("echo l2-marker-$((6*7)); uname -m\n")
         c.expect(rb"l2-marker-42", 60)
         if pci:
+            # The network first, so that the line the guest prints when its DHCP lease is bound
+            # (in the background, any time after boot) comes before the other checks' output.
+            t = time.monotonic()
+            check_net(c)
+            say(f"L2 network checks passed in {time.monotonic() - t:.1f} s")
             t = time.monotonic()
             check_pci(c)
             say(f"L2 PCI checks passed in {time.monotonic() - t:.1f} s")
