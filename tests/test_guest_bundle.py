@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -180,8 +182,19 @@ def test_initramfs_holds_init_busybox_and_etc() -> None:
     assert int.from_bytes(busybox[18:20], "little") == 243  # EM_RISCV
     assert b"/lib/ld-linux" not in busybox[:4096], "busybox must be static"
     assert entries["etc/passwd"][2].startswith(b"root:")
+    # The network: lo and eth0 (DHCP) from /init, udhcpc's hook at busybox's built-in path.
+    assert b"ip link set lo up" in init and b"udhcpc -f -i eth0" in init
+    mode, _, script = entries["usr/share/udhcpc/default.script"]
+    assert mode & 0o170000 == 0o100000 and mode & 0o111
+    assert script.startswith(b"#!/bin/sh\n")
+    for needle in (b"ip addr replace", b"ip route replace default", b"/etc/resolv.conf",
+                   guests.DHCP_BOUND.replace("eth0", "$interface").encode()):
+        assert needle in script, needle
     for applet in ("bin/sh", "usr/bin/setsid", "bin/cttyhack", "sbin/poweroff", "sbin/reboot",
-                   "sbin/init", "usr/bin/lspci", "bin/mount"):
+                   "sbin/init", "usr/bin/lspci", "bin/mount", "bin/nice",
+                   # DHCP, network set-up, and the tools tests use over the network.
+                   "sbin/udhcpc", "sbin/ip", "sbin/ifconfig", "sbin/route", "usr/sbin/httpd",
+                   "usr/bin/nc", "usr/bin/wget"):
         mode, _, target = entries[applet]
         assert mode & 0o170000 == 0o120000 and target.rstrip(b"\0") == b"/bin/busybox", applet
 
@@ -236,6 +249,21 @@ class Console:
                         f"{self._text[-3000:]}")
                 self._cond.wait(min(left, 0.5))
 
+    def seen(self, pattern: str, timeout: float = 30.0) -> re.Match[str]:
+        """Wait for ``pattern`` anywhere in the output, before or after the previous match (for
+        lines printed in the background, such as the DHCP one); the position does not move."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not (match := regex.search(self._text)):
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(
+                        f"{pattern!r} not seen; command {self.command}; output:\n"
+                        f"{self._text[-3000:]}")
+                self._cond.wait(min(left, 0.5))
+            return match
+
     def send(self, text: str) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.write(text.encode())
@@ -249,7 +277,10 @@ class Console:
         return match
 
     def wait_exit(self, timeout: float = 30.0) -> int:
-        return self.proc.wait(timeout)
+        """Wait for QEMU to exit and for the reader to have taken all of its output."""
+        code = self.proc.wait(timeout)
+        self._reader.join(timeout)
+        return code
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -275,6 +306,26 @@ def guest_args(*extra: str) -> list[str]:
     return ["-kernel", str(guests.kernel_path()), "-initrd", str(guests.initrd_path()), *extra]
 
 
+def hmp(path: Path, command: str) -> str:
+    """Run one HMP command on a ``-monitor unix:PATH,server=on,wait=off`` socket; its output."""
+
+    def until_prompt(sock: socket.socket) -> bytes:
+        data = b""
+        while not data.endswith(b"(qemu) "):
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise AssertionError(f"monitor closed; so far: {data!r}")
+            data += chunk
+        return data
+
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(str(path))
+        until_prompt(sock)
+        sock.sendall(command.encode() + b"\n")
+        return until_prompt(sock).decode(errors="replace")
+
+
 @needs_qemu
 @pytest.mark.parametrize("harts", [1, 4])
 def test_boots_to_shell_on_qemu(boot: type[Console], harts: int) -> None:
@@ -296,9 +347,14 @@ def test_boots_to_shell_on_qemu(boot: type[Console], harts: int) -> None:
     vm.send("\x03")
     vm.expect(re.escape(guests.PROMPT), 10)
     vm.run("echo still-here", "still-here\r?\n")
+    # No NIC: lo comes up in the background (IFF_UP|IFF_LOOPBACK), no DHCP client, no line.
+    vm.run("for i in $(seq 50); do grep -qx 0x9 /sys/class/net/lo/flags && break; sleep 0.1; done;"
+           " echo lo-flags=$(cat /sys/class/net/lo/flags) dhcp-clients=$(pidof udhcpc | wc -w)",
+           r"lo-flags=0x9 dhcp-clients=0\r?\n")
     vm.send("poweroff\n")
     assert vm.wait_exit(30) == 0
     assert "reboot: Power down" in vm.output
+    assert guests.DHCP_BOUND not in vm.output
 
 
 @needs_qemu
@@ -341,6 +397,9 @@ def test_drives_virtio_mmio_blk_net_rng_console_on_eight_harts(boot: type[Consol
         "-device", "virtconsole,chardev=vc0",
     ))
     vm.expect(re.escape(guests.PROMPT), 60)
+    # The DHCP line comes in the background; wait for it so that it cannot land in the middle
+    # of an answer below.
+    vm.seen(re.escape(guests.DHCP_BOUND) + r"10\.0\.2\.15/24\r?\n", 60)
     vm.run("echo harts=$(grep -c ^processor /proc/cpuinfo)", r"harts=8\r?\n")
     # virtio device IDs: 1 net, 2 block, 3 console, 4 entropy.
     vm.run("echo ids=$(cat /sys/bus/virtio/devices/*/device | sort | tr '\\n' ,)",
@@ -351,6 +410,62 @@ def test_drives_virtio_mmio_blk_net_rng_console_on_eight_harts(boot: type[Consol
     vm.run("test -c /dev/hvc0 && echo hvc=present", "hvc=present")
     vm.send("poweroff\n")
     assert vm.wait_exit(30) == 0
+
+
+@needs_qemu
+def test_eth0_by_dhcp_and_httpd_reached_through_hostfwd(boot: type[Console],
+                                                       tmp_path: Path) -> None:
+    monitor = tmp_path / "hmp.sock"
+    vm = boot(guest_args(
+        "-append", "console=ttyS0",
+        # restrict=on: DHCP and hostfwd work, the guest reaches nothing outside QEMU (so slirp
+        # offers it no router and no DNS server).  Host port 0: info usernet tells which.
+        "-netdev", "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:0-:80",
+        "-device", "virtio-net-pci,netdev=n0,romfile=",  # no boot ROM: none is installed here
+        "-monitor", f"unix:{monitor},server=on,wait=off",
+    ))
+    vm.expect(re.escape(guests.PROMPT), 60)
+    lease = vm.seen(re.escape(guests.DHCP_BOUND) + r"(.*?)\r?\n", 60)
+    assert lease.group(1) == "10.0.2.15/24"
+    vm.run("ip -4 addr show dev eth0 | grep -o 'inet [0-9./]*'", r"inet 10\.0\.2\.15/24")
+    vm.run("echo lo-flags=$(cat /sys/class/net/lo/flags)", r"lo-flags=0x9\r?\n")
+    # A renewal naming a router and a DNS server (slirp's without restrict=on) sets the default
+    # route and /etc/resolv.conf, and prints nothing.
+    vm.run("interface=eth0 ip=10.0.2.15 mask=24 router='10.0.2.2 10.0.2.9' dns=10.0.2.3 "
+           "/usr/share/udhcpc/default.script renew; ip route | grep ^default; cat /etc/resolv.conf",
+           r"\ndefault via 10\.0\.2\.2 dev eth0 *\r?\nnameserver 10\.0\.2\.3\r?\n")
+    vm.run("mkdir -p /tmp/www && echo kvmpy-http-$((6*7)) >/tmp/www/hello.txt &&"
+           " httpd -p 80 -h /tmp/www && echo started=$?", r"started=0\r?\n")
+    usernet = hmp(monitor, "info usernet")
+    rule = re.search(r"TCP\[HOST_FORWARD\] +\d+ +127\.0\.0\.1 +(\d+) +10\.0\.2\.15 +80 ", usernet)
+    assert rule, usernet
+    host = http.client.HTTPConnection("127.0.0.1", int(rule.group(1)), timeout=10)
+    host.request("GET", "/hello.txt")
+    reply = host.getresponse()
+    assert (reply.status, reply.read()) == (200, b"kvmpy-http-42\n")
+    host.close()
+    vm.send("poweroff\n")
+    assert vm.wait_exit(30) == 0
+    assert vm.output.count(guests.DHCP_BOUND) == 1
+
+
+@needs_qemu
+def test_dhcp_client_leaves_an_address_set_by_hand(boot: type[Console]) -> None:
+    # A NIC on a hub with nothing else on it: no DHCP server ever answers.
+    vm = boot(guest_args(
+        "-append", "console=ttyS0",
+        "-netdev", "hubport,id=n0,hubid=0", "-device", "virtio-net-device,netdev=n0",
+    ))
+    vm.expect(re.escape(guests.PROMPT), 60)
+    vm.run("ip addr add 192.168.7.1/24 dev eth0 && ip link set eth0 up && echo set=$?",
+           r"set=0\r?\n")
+    # udhcpc's start (its deconfig) comes before its first discover.
+    vm.run("for i in $(seq 100); do grep -q discover /run/udhcpc.log && break; sleep 0.1; done;"
+           " echo clients=$(pidof udhcpc | wc -w); ip -4 addr show eth0 | grep -o 'inet [0-9./]*'",
+           r"clients=1\r?\ninet 192\.168\.7\.1/24\r?\n")
+    vm.send("poweroff\n")
+    assert vm.wait_exit(30) == 0
+    assert guests.DHCP_BOUND not in vm.output
 
 
 @needs_qemu

@@ -10,7 +10,11 @@ Built by ``scripts/build-guest`` from Debian sources and committed here compress
 
 The guest's ``/init`` mounts proc, sys and dev, prints :data:`BANNER`, and hands over to busybox
 init, which runs a login shell on the console whose prompt is :data:`PROMPT`; ``poweroff`` and
-``reboot`` in the guest go through the syscon nodes of the board.
+``reboot`` in the guest go through the syscon nodes of the board.  In the background (the prompt
+does not wait for it) it brings ``lo`` up and, when the board has a NIC, ``eth0`` by DHCP with
+busybox ``udhcpc``: address, default route and ``/etc/resolv.conf`` from the lease, then the line
+:data:`DHCP_BOUND` on the console.  With ``-nic user,hostfwd=tcp::8080-:80``, ``httpd -h DIR`` in
+the guest answers on the host's port 8080.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from kvmpy.errors import LoaderError
 
 __all__ = [
     "BANNER",
+    "DHCP_BOUND",
     "PROMPT",
     "cache_dir",
     "config_path",
@@ -43,6 +48,11 @@ PROMPT = "~ # "
 
 BANNER = "*** kvmpy guest:"
 """The start of the line ``/init`` prints once proc, sys and dev are mounted."""
+
+DHCP_BOUND = "kvmpy-guest: eth0 "
+"""The start of the line printed when ``eth0`` is configured from a DHCP lease, e.g.
+``kvmpy-guest: eth0 10.0.2.15/24 via 10.0.2.2`` (``-netdev user,restrict=on`` offers no router:
+no ``via``).  It may come before or after the first :data:`PROMPT`."""
 
 GUEST_DIR = Path(__file__).resolve().parent
 KERNEL_XZ = "Image.xz"
