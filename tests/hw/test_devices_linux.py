@@ -30,9 +30,10 @@ def _skip_reason() -> str | None:
 
 
 def run(vm: Any, prompt: str, command: str) -> str:
-    marker = f"@@{time.monotonic_ns()}@@"
-    vm.console.send(f"{command}; echo {marker}\n")
-    match = vm.console.expect(rf"(?s)\n(.*?){re.escape(marker)}\r?\n", timeout=CMD_TIMEOUT)
+    """``command``'s output, between markers the echoed command line cannot contain (the
+    shell expands them), then the prompt."""
+    vm.console.send(f"echo @@$((6*7))@@; {command}; echo @@$((6*8))@@\n")
+    match = vm.console.expect(r"(?s)@@42@@\r?\n(.*?)@@48@@", timeout=CMD_TIMEOUT)
     vm.console.expect(re.escape(prompt), timeout=CMD_TIMEOUT)
     return str(match.group(1)).replace("\r", "")
 

@@ -73,14 +73,8 @@ def boot() -> Iterator[Any]:
 
 
 def run(vm: Any, command: str) -> str:
-    """Type ``command``; return its output (between the echoed line and the next prompt)."""
-    import kvmpy.guests as guests
-
-    marker = f"@@{time.monotonic_ns()}@@"
-    vm.console.send(f"{command}; echo {marker}\n")
-    match = vm.console.expect(rf"(?s)\n(.*?){re.escape(marker)}\r?\n", timeout=CMD_TIMEOUT)
-    vm.console.expect(re.escape(guests.PROMPT), timeout=CMD_TIMEOUT)
-    return match.group(1).replace("\r", "")
+    """Type ``command``; return its output (see :func:`_shell`)."""
+    return _shell(vm, command)
 
 
 def wait_exit(vm: Any) -> int:
