@@ -52,6 +52,7 @@ class Msix:
         self.vectors = vectors
         self.deliver = deliver
         self.bar_size, self.pba_offset = exclusive_bar_layout(vectors)
+        self.pba_size = (vectors + 63) // 64 * 8
         self.table = bytearray(vectors * ENTRY_SIZE)
         self.pending = bytearray(self.bar_size - self.pba_offset)
         self.cap = device.add_capability(PCI_CAP_ID_MSIX, MSIX_CAP_LENGTH)
@@ -114,12 +115,14 @@ class Msix:
     # -- the BAR: the table, then the pending bits ----------------------------------------------
 
     def mmio_read(self, offset: int, size: int) -> int:
+        """The table, the pending bits; elsewhere in the BAR nothing decodes (all ones, as
+        QEMU's unassigned accesses on this host bridge read)."""
         if offset + size <= len(self.table):
             return int.from_bytes(self.table[offset:offset + size], "little")
-        if offset >= self.pba_offset:
-            start = offset - self.pba_offset
+        start = offset - self.pba_offset
+        if start >= 0 and start + size <= self.pba_size:
             return int.from_bytes(self.pending[start:start + size], "little")
-        return 0
+        return (1 << (8 * size)) - 1
 
     def mmio_write(self, offset: int, size: int, value: int) -> None:
         if offset + size <= len(self.table):
