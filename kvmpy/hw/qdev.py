@@ -3,7 +3,10 @@
 A board offers its buses (the PCIe root bus, the virtio-mmio slots, ...) as :class:`Bus`
 entries; each ``-device`` goes on the bus its ``bus=`` names, or else on the first bus of the
 kind it needs that has room, with QEMU's error messages.  Devices that carry buses of their
-own (``virtio-serial-*`` carries a ``virtio-serial-bus``) add them as they are plugged.
+own (``virtio-serial-*`` carries a ``virtio-serial-bus``, a PCI bridge the bus behind it) add
+them as they are plugged.  A bus with a ``parent`` is searched right after it, before the
+buses its older siblings carry: the depth-first, newest-first order of QEMU's
+``qbus_find_recursive``, so a name two buses share finds the one nearer the root.
 ``-drive if=virtio`` adds a ``virtio-blk`` after the ``-device`` options, as QEMU does.
 """
 
@@ -35,6 +38,8 @@ class Bus:
     plug: Callable[[Any], None]
     has_room: Callable[[], bool] = lambda: True
     inject: Mapping[str, Any] = field(default_factory=dict)
+    parent: Bus | None = None
+    """The bus the device carrying this one sits on, if it is to be searched after it."""
 
 
 def device_specs(config: VMConfig) -> list[OptionSpec]:
@@ -68,13 +73,15 @@ def create_devices(system: Any, buses: list[Bus],
     """Create every ``-device`` of ``system.config`` on ``buses``; returns the devices.
 
     ``carried_buses(device, id)`` names the buses a new device brings (they are searched
-    first, so ports go on the most recent ``virtio-serial``)."""
+    first, so ports go on the most recent ``virtio-serial``; one with a ``parent`` right
+    after that bus).  A second device with an id already taken is refused, as in QEMU."""
     plugged: list[Any] = []
     nics: dict[str, int] = {}
+    ids: set[str] = set()
     for spec in device_specs(system.config):
         what = spec.text or f"-device {spec.driver}"
         try:
-            device, dev_id = _create_one(system, buses, spec)
+            device, dev_id = _create_one(system, buses, spec, ids)
         except ConfigError as exc:
             if exc.option is None:
                 exc.option = what
@@ -82,8 +89,18 @@ def create_devices(system: Any, buses: list[Bus],
         plugged.append(device)
         _name_nic(device, dev_id, nics)
         if carried_buses is not None:
-            buses[:0] = carried_buses(device, dev_id)
+            for bus in reversed(carried_buses(device, dev_id)):
+                _add_bus(buses, bus)
     return plugged
+
+
+def _add_bus(buses: list[Bus], bus: Bus) -> None:
+    """First in the search order, or right after its parent."""
+    for i, other in enumerate(buses):
+        if other is bus.parent:
+            buses.insert(i + 1, bus)
+            return
+    buses.insert(0, bus)
 
 
 def _name_nic(device: Any, dev_id: str, counts: dict[str, int]) -> None:
@@ -98,7 +115,8 @@ def _name_nic(device: Any, dev_id: str, counts: dict[str, int]) -> None:
     nic.nic_named(dev_id or f"{model}.{index}", model)
 
 
-def _create_one(system: Any, buses: list[Bus], spec: OptionSpec) -> tuple[Any, str]:
+def _create_one(system: Any, buses: list[Bus], spec: OptionSpec, ids: set[str]
+                ) -> tuple[Any, str]:
     driver = qom.resolve_alias(spec.driver)
     info = qom.type_info(driver)
     if info is None or not qom.is_a(driver, "device"):
@@ -109,6 +127,10 @@ def _create_one(system: Any, buses: list[Bus], spec: OptionSpec) -> tuple[Any, s
     props = dict(spec.props)
     dev_id = props.pop("id", "")
     bus = _find_bus(buses, props.pop("bus", None), cls, driver)
+    if dev_id in ids:  # ids name buses too (a bridge's bus is its id)
+        raise ConfigError(f"Duplicate ID '{dev_id}' for device")
+    if dev_id:
+        ids.add(dev_id)
     kwargs = {**bus.inject, **cls.backends(system, props)}
     device = device_new(driver, props, **kwargs)
     if hasattr(device, "id"):
