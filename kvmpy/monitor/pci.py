@@ -3,8 +3,9 @@
 ``query-pci`` follows hw/pci/pci.c ``qmp_query_pci``: one entry per host bridge's root bus,
 one ``PciDeviceInfo`` (qapi/pci.json) per function, read from its configuration space: class
 and IDs, the interrupt pin and line, the subsystem IDs of a type 0 (or CardBus) header, the
-windows of a PCI-PCI bridge, and every BAR with its current bus address (all ones while it is
-unmapped, QEMU's ``PCI_BAR_UNMAPPED``).  ``info pci`` prints that data as
+windows of a PCI-PCI bridge and the functions on the bus its secondary bus number finds, and
+every BAR with its current bus address (all ones while it is unmapped, QEMU's
+``PCI_BAR_UNMAPPED``).  ``info pci`` prints that data as
 monitor/hmp-cmds.c ``hmp_info_pci`` does.  A machine without PCI has no host bridge: the list
 is empty and ``info pci`` prints nothing, as QEMU's ``-M spike``.
 """
@@ -131,9 +132,7 @@ def query_pci(system: System) -> list[dict[str, Any]]:
     """``query-pci``: a ``PciInfo`` per root bus (bus number 0 for each, as gpex's), keys in
     QEMU's wire order."""
     with system.lock:  # a consistent snapshot while vCPUs may write configuration space
-        info = [{"bus": 0, "devices": [_device_info(device, 0)
-                                       for _, device in sorted(bus.devices.items())]}
-                for bus in host_buses(system)]
+        info = [{"bus": 0, "devices": _bus_devices(bus, 0)} for bus in host_buses(system)]
     result: list[dict[str, Any]] = qdict_order(info)
     return result
 
@@ -142,7 +141,12 @@ def _word(device: PciDevice, offset: int) -> int:
     return device.get_config(offset, 2)
 
 
-def _device_info(device: PciDevice, bus_number: int) -> dict[str, Any]:
+def _bus_devices(bus: PciBus, bus_number: int) -> list[dict[str, Any]]:
+    """qmp_query_pci_devices: the functions of ``bus``, reported as bus ``bus_number``."""
+    return [_device_info(device, bus, bus_number) for _, device in sorted(bus.devices.items())]
+
+
+def _device_info(device: PciDevice, bus: PciBus, bus_number: int) -> dict[str, Any]:
     """qmp_query_pci_device; members in qapi/pci.json's order (``qdict_order`` sorts them)."""
     config = device.config
     class_id = _word(device, PCI_CLASS_DEVICE)
@@ -168,7 +172,7 @@ def _device_info(device: PciDevice, bus_number: int) -> dict[str, Any]:
     info["irq_pin"] = pin
     info["qdev_id"] = device.id
     if header_type == PCI_HEADER_TYPE_BRIDGE:
-        info["pci_bridge"] = _bridge_info(device)
+        info["pci_bridge"] = _bridge_info(device, bus)
     info["regions"] = [_region(bar) for _, bar in sorted(device.bars.items())]
     return info
 
@@ -184,16 +188,21 @@ def _region(bar: PciBar) -> dict[str, Any]:
     return region
 
 
-def _bridge_info(device: PciDevice) -> dict[str, Any]:
-    """qmp_query_pci_bridge.  kvmpy has no bus behind a bridge, so ``devices`` never appears
-    (QEMU leaves it out too when no bus has the secondary number)."""
+def _bridge_info(device: PciDevice, bus: PciBus) -> dict[str, Any]:
+    """qmp_query_pci_bridge: ``devices`` are those of the bus the secondary bus number finds
+    from the bridge's own bus, left out while that number is 0 or finds none."""
     config = device.config
-    bus = {"number": config[PCI_PRIMARY_BUS], "secondary": config[PCI_SECONDARY_BUS],
-           "subordinate": config[PCI_SUBORDINATE_BUS],
-           "io_range": _range(*_io_window(device)),
-           "memory_range": _range(*_memory_window(device)),
-           "prefetchable_range": _range(*_prefetchable_window(device))}
-    return {"bus": bus}
+    secondary = config[PCI_SECONDARY_BUS]
+    info: dict[str, Any] = {"bus": {
+        "number": config[PCI_PRIMARY_BUS], "secondary": secondary,
+        "subordinate": config[PCI_SUBORDINATE_BUS],
+        "io_range": _range(*_io_window(device)),
+        "memory_range": _range(*_memory_window(device)),
+        "prefetchable_range": _range(*_prefetchable_window(device))}}
+    child = bus.find_bus_nr(secondary) if secondary else None
+    if child is not None:
+        info["devices"] = _bus_devices(child, secondary)
+    return info
 
 
 def _range(base: int, limit: int) -> dict[str, Any]:

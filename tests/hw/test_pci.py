@@ -195,7 +195,8 @@ def test_state_roundtrip(host: GpexHost, ram: GuestRAM) -> None:
 
 
 @pytest.mark.parametrize(("text", "devfn"), [("5", 40), ("05.0", 40), ("0x1f", 248),
-                                             ("1f.7", 255), ("+2.1", 17), (" 3", 24)])
+                                             ("0x1.0x1", 9), ("1f.7", 255), ("+2.1", 17),
+                                             (" 3", 24)])
 def test_addr_property_reads_like_qemu(ram: GuestRAM, text: str, devfn: int) -> None:
     assert rng_pci(ram, addr=text).addr == devfn
 

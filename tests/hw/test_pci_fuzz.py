@@ -378,6 +378,13 @@ BOARDS = {
                  "-drive", "file={disk},if=none,id=d0,format=raw",
                  "-device", "virtio-blk-pci,drive=d0,addr=5.0,multifunction=on",
                  "-device", "virtio-serial-pci,addr=5.1"],
+    # PCI Express root ports (nested too): their configuration space takes the config phase's
+    # garbage (bus numbers, windows, slot control, secondary bus reset) with functions behind.
+    "root-ports": ["-device", "pcie-root-port,id=rp1,chassis=1,multifunction=on",
+                   "-device", "virtio-rng-pci,bus=rp1",
+                   "-device", "pcie-root-port,id=rp2,chassis=2,addr=1.1",
+                   "-device", "pcie-root-port,id=rp3,chassis=3,bus=rp2",
+                   "-device", "virtio-serial-pci,bus=rp3", "-device", "virtio-rng-pci"],
 }
 
 

@@ -294,9 +294,9 @@ def test_bar_line(region: dict[str, Any], line: str) -> None:
 
 
 def test_class_without_a_name_bridge_and_no_pin() -> None:
-    """A PCI-PCI bridge's lines (kvmpy has none to plug, so from QAPI data): windows between
-    the IRQ and the BARs, children after the id; a class absent from the table is printed in
-    decimal; a function without an interrupt pin has no IRQ line."""
+    """A PCI-PCI bridge's lines (from QAPI data): windows between the IRQ and the BARs,
+    children after the id; a class absent from the table is printed in decimal; a function
+    without an interrupt pin has no IRQ line."""
     child = {"bus": 1, "slot": 0, "function": 0, "class_info": {"class": 0xFF00},
              "id": {"device": 0x1234, "vendor": 0x5678}, "irq_pin": 0, "qdev_id": "c",
              "regions": []}
@@ -328,3 +328,79 @@ def test_class_without_a_name_bridge_and_no_pin() -> None:
         '  Bus  1, device   0, function 0:\n'
         '    Class 65280: PCI device 5678:1234\n'
         '      id "c"')
+
+
+# -- behind a PCI Express root port -----------------------------------------------------------
+
+PORT_CFG, BEHIND_CFG = ECAM + (1 << 15), ECAM + (1 << 20)
+PROGRAM_PORT = [
+    lui(T0, PORT_CFG >> 12),            # 00:01.0, pcie-root-port
+    lui(T1, 0x10),
+    addi(T1, T1, 0x100),
+    store(4, T1, T0, 0x18),             # primary 0, secondary 1, subordinate 1
+    lui(T1, 0x1),
+    addi(T1, T1, 0x10),
+    store(2, T1, T0, 0x1C),             # I/O window 0x1000-0x1fff
+    lui(T1, 0x40104),
+    store(4, T1, T0, 0x20),             # memory window 0x40000000-0x401fffff
+    lui(T1, 0x40200),
+    store(4, T1, T0, 0x10),             # the port's BAR0
+    lui(T2, BEHIND_CFG >> 12),          # 01:00.0, virtio-rng-pci behind the port
+    lui(T1, 0x40000),
+    store(4, T1, T2, 0x14),             # BAR1
+    lui(T1, 0x40100),
+    store(4, T1, T2, 0x20),             # BAR4 low (high stays 0)
+    addi(T1, 0, 0x22),
+    store(1, T1, T2, 0x3C),             # interrupt line 34
+    addi(T1, 0, 2),
+    store(2, T1, T2, 0x04),             # command: memory
+    addi(T1, 0, 3),
+    store(2, T1, T0, 0x04),             # the port: I/O and memory decode (last)
+    0x0000006F,                         # j .
+]
+"""Numbers the port's bus, opens its windows and maps the function behind it."""
+
+PORT_PROGRAMMED = ('  Bus  0, device   1, function 0:\n'
+                   '    PCI bridge: PCI device 1b36:000c\n'
+                   '      IRQ 0, pin A\n'
+                   '      BUS 0.\n'
+                   '      secondary bus 1.\n'
+                   '      subordinate bus 1.\n'
+                   '      IO range [0x1000, 0x1fff]\n'
+                   '      memory range [0x40000000, 0x401fffff]\n'
+                   '      prefetchable memory range [0xfff00000, 0x000fffff]\n'
+                   '      BAR0: 32 bit memory at 0x40200000 [0x40200fff].\n'
+                   '      id "rp1"\n'
+                   '  Bus  1, device   0, function 0:\n'
+                   '    Class 0255: PCI device 1af4:1044\n'
+                   '      PCI subsystem 1af4:1100\n'
+                   '      IRQ 34, pin A\n'
+                   '      BAR1: 32 bit memory at 0x40000000 [0x40000fff].\n'
+                   '      BAR4: 64 bit prefetchable memory at 0x40100000 [0x40103fff].\n'
+                   '      id "rng"\n')
+"""A bridge's windows follow its IRQ line, its bus's functions follow its id; the
+prefetchable window reset left closed (base 0xfff00000 above limit 0xfffff)."""
+
+
+def port_programmed(result: list[dict[str, Any]]) -> bool:
+    bridge = result[0]["devices"][1].get("pci_bridge", {})
+    return any(region["address"] != -1 for child in bridge.get("devices", [])
+               for region in child["regions"])
+
+
+def test_a_function_behind_a_root_port(ask: Asker, tmp_path: Path) -> None:
+    devices = ["-device", "pcie-root-port,id=rp1,chassis=1",
+               "-device", "virtio-rng-pci,bus=rp1,id=rng"]
+    text, result = compare(ask, *VIRT, *devices)  # stopped: bus 1 is not numbered yet
+    assert "devices" not in result[0]["devices"][1]["pci_bridge"]
+    assert "Bus  1" not in text
+    payload = tmp_path / "port.bin"
+    payload.write_bytes(b"".join(word.to_bytes(4, "little") for word in PROGRAM_PORT))
+    args = [*VIRT, "-kernel", str(payload), *devices]
+    qemu_text, qemu_result = ask("qemu", *args, until=port_programmed)
+    text, result = ask("kvmpy", *args, until=port_programmed)
+    assert text == qemu_text
+    assert as_text(result) == as_text(qemu_result)
+    assert text.endswith(PORT_PROGRAMMED)
+    child = result[0]["devices"][1]["pci_bridge"]["devices"][0]
+    assert (child["bus"], child["slot"], child["qdev_id"]) == (1, 0, "rng")

@@ -8,8 +8,13 @@ their address is valid, by QEMU's rules (``pci_bar_address``).  Capabilities go 
 first free bytes from 0x40 and are chained at the head of the list, as ``pci_add_capability``
 does, so the layout is QEMU's byte for byte.
 
+A PCI Express function (``express=True``) has the 4 KiB configuration space of PCIe Base spec
+§7.2.2; past the 256 bytes of a conventional function it holds the extended capabilities
+(:mod:`kvmpy.hw.pci.pcie`).
+
 A device knows nothing of the bus it sits on: the bus hands it an ``on_irq`` callback for its
-INTx pin and an ``on_mapping`` callback that is told when a BAR moves.
+INTx pin and an ``on_mapping`` callback that is told when a BAR moves, and calls
+:meth:`PciDevice.realize` once the device has its place.
 """
 
 from __future__ import annotations
@@ -17,11 +22,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from kvmpy import log
 from kvmpy.hw.core import Device
 from kvmpy.qom import InvalidPropertyValue, Property, register_type
+
+if TYPE_CHECKING:
+    from kvmpy.hw.pci.bus import PciBus
 
 # Type 0 header (PCI Local Bus spec 3.0 §6.1).
 PCI_VENDOR_ID = 0x00
@@ -42,6 +50,7 @@ PCI_INTERRUPT_LINE = 0x3C
 PCI_INTERRUPT_PIN = 0x3D
 PCI_CONFIG_HEADER_SIZE = 0x40
 PCI_CONFIG_SPACE_SIZE = 0x100
+PCIE_CONFIG_SPACE_SIZE = 0x1000
 
 PCI_COMMAND_IO = 0x1
 PCI_COMMAND_MEMORY = 0x2
@@ -141,10 +150,12 @@ class PciAddrProperty(Property[int]):
 
 @dataclass
 class PciState:
-    """Everything the guest changed: the configuration bytes and the INTx pin's level."""
+    """Everything the guest changed: the configuration bytes, the INTx pin's level and
+    whether the slot powers the function."""
 
     config: bytes = b""
     irq_level: bool = False
+    has_power: bool = True
 
 
 @register_type("pci-device", "device", abstract=True, description="PCI device")
@@ -160,17 +171,26 @@ class PciDevice(Device):
     """Base class and subclass (``0x0100`` SCSI controller); the prog-if byte is 0."""
     subsystem_vendor_id: ClassVar[int] = PCI_VENDOR_ID_REDHAT_QUMRANET
     subsystem_id: ClassVar[int] = PCI_SUBDEVICE_ID_QEMU
-    config_size: ClassVar[int] = PCI_CONFIG_SPACE_SIZE
+    is_bridge: ClassVar[bool] = False
+    """A type 1 header (QEMU's ``PCIDeviceClass.is_bridge``): no subsystem IDs at 0x2c."""
 
     addr = PciAddrProperty(int, -1, "Slot and optional function number, example: 06.0 or 06")
     multifunction = Property(bool, False, "on/off")
     romfile = Property(str, "", "")
     rombar = Property(int, 1, "")
 
-    def __init__(self) -> None:
+    def __init__(self, express: bool = False) -> None:
+        """``express``: a PCI Express function, with a 4 KiB configuration space."""
         self.devfn = -1
         self.id = ""
         """The ``-device ...,id=`` name (shown by ``info pci``)."""
+        self.config_size = PCIE_CONFIG_SPACE_SIZE if express else PCI_CONFIG_SPACE_SIZE
+        """Bytes of configuration space: 256, or 4096 for a PCI Express function."""
+        self.exp_cap = 0
+        """Offset of the PCI Express capability (0: none)."""
+        self.has_power = True
+        """Off while the slot above has its power turned off (QEMU's ``has_power``): the
+        function then answers no configuration cycle, decodes nothing and masters nothing."""
         size = self.config_size
         self.config = bytearray(size)
         self.wmask = bytearray(size)
@@ -195,9 +215,10 @@ class PciDevice(Device):
         c[PCI_DEVICE_ID:PCI_DEVICE_ID + 2] = self.device_id.to_bytes(2, "little")
         c[PCI_REVISION_ID] = self.revision
         c[PCI_CLASS_DEVICE:PCI_CLASS_DEVICE + 2] = self.class_id.to_bytes(2, "little")
-        c[PCI_SUBSYSTEM_VENDOR_ID:PCI_SUBSYSTEM_VENDOR_ID + 2] = \
-            self.subsystem_vendor_id.to_bytes(2, "little")
-        c[PCI_SUBSYSTEM_ID:PCI_SUBSYSTEM_ID + 2] = self.subsystem_id.to_bytes(2, "little")
+        if not self.is_bridge:
+            c[PCI_SUBSYSTEM_VENDOR_ID:PCI_SUBSYSTEM_VENDOR_ID + 2] = \
+                self.subsystem_vendor_id.to_bytes(2, "little")
+            c[PCI_SUBSYSTEM_ID:PCI_SUBSYSTEM_ID + 2] = self.subsystem_id.to_bytes(2, "little")
         if self.multifunction:
             c[PCI_HEADER_TYPE] |= PCI_HEADER_TYPE_MULTI_FUNCTION
         # QEMU's pci_init_wmask / pci_init_w1cmask.
@@ -265,6 +286,14 @@ class PciDevice(Device):
         self.wmask[offset:offset + size] = bytes(size)
         return offset
 
+    @property
+    def express(self) -> bool:
+        return self.config_size == PCIE_CONFIG_SPACE_SIZE
+
+    def realize(self, bus: PciBus) -> None:
+        """Called by ``bus`` once the function has its ``devfn`` there, before the guest can
+        see it (the bus-dependent half of QEMU's realize); raises ConfigError to refuse."""
+
     # -- configuration access -------------------------------------------------------------------
 
     def config_read(self, offset: int, size: int) -> int:
@@ -295,6 +324,8 @@ class PciDevice(Device):
 
     def bar_address(self, bar: PciBar) -> int | None:
         """Where ``bar`` decodes now, or None (QEMU's ``pci_bar_address``)."""
+        if not self.has_power:
+            return None
         command = self._get(self.config, PCI_COMMAND, 2)
         offset = PCI_BASE_ADDRESS_0 + 4 * bar.index
         if bar.is_io:
@@ -314,14 +345,18 @@ class PciDevice(Device):
         return addr
 
     def update_mappings(self) -> None:
+        if self._map_bars():
+            self.on_mapping()
+
+    def _map_bars(self) -> bool:
+        """Place every BAR where the configuration says; True if one moved."""
         moved = False
         for bar in self.bars.values():
             addr = self.bar_address(bar)
             if addr != bar.addr:
                 bar.addr = addr
                 moved = True
-        if moved:
-            self.on_mapping()
+        return moved
 
     # -- INTx -----------------------------------------------------------------------------------
 
@@ -349,7 +384,18 @@ class PciDevice(Device):
 
     @property
     def bus_master(self) -> bool:
-        return bool(self._get(self.config, PCI_COMMAND, 2) & PCI_COMMAND_MASTER)
+        return self.has_power and bool(self._get(self.config, PCI_COMMAND, 2) &
+                                       PCI_COMMAND_MASTER)
+
+    def set_power(self, on: bool) -> None:
+        """The slot's power controller switched (QEMU's pci_set_power): unpowered, the
+        function decodes nothing and is reset."""
+        if on == self.has_power:
+            return
+        self.has_power = on
+        self.update_mappings()
+        if not on:
+            self.reset()
 
     # -- reset and state ------------------------------------------------------------------------
 
@@ -369,11 +415,13 @@ class PciDevice(Device):
         self.update_mappings()
 
     def get_state(self) -> dict[str, Any]:
-        return {"config": self.config.hex(), "irq_level": self.irq_level}
+        return {"config": self.config.hex(), "irq_level": self.irq_level,
+                "has_power": self.has_power}
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.config[:] = bytes.fromhex(state["config"])
         self.irq_level = bool(state["irq_level"])
+        self.has_power = bool(state.get("has_power", True))
         self.update_mappings()
         self._route_irq()
 

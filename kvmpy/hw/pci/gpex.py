@@ -3,9 +3,11 @@ maps it: an ECAM configuration window, an I/O port window and memory windows, wi
 root bus ``pcie.0`` behind them and the host bridge function (``gpex-root``, 1b36:0008) at
 00:00.0.
 
-- ECAM (PCI Express Base spec §7.2.2): bus << 20 | devfn << 12 | register; only bus 0
-  exists.  Where no function answers (another bus, an empty slot, past a conventional
-  function's 256 bytes) reads are all ones and writes are dropped.
+- ECAM (PCI Express Base spec §7.2.2): bus << 20 | devfn << 12 | register.  Bus 0 is the
+  root bus; other numbers reach the buses behind bridges as the guest numbered them
+  (:meth:`PciBus.find_bus_nr`).  Where no function answers (a bus no bridge forwards, an
+  empty slot, past a conventional function's 256 bytes, a function whose slot has no power)
+  reads are all ones and writes are dropped.
 - The I/O window maps bus I/O addresses from 0; the memory windows map bus addresses equal to
   the CPU's.  An address no BAR decodes reads all ones and ignores writes (QEMU's
   ``allow-unmapped-accesses``, the PC behaviour Linux expects).
@@ -60,11 +62,13 @@ class EcamWindow(MmioDevice):
         self.state = None
 
     def _target(self, offset: int, size: int) -> tuple[PciDevice, int] | None:
-        if offset >> PCIE_MMCFG_BUS_SHIFT:
-            return None  # only the root bus exists
-        device = self.bus.device_at(offset >> PCIE_MMCFG_DEVFN_SHIFT & 0xFF)
+        bus = self.bus if offset >> PCIE_MMCFG_BUS_SHIFT == 0 else \
+            self.bus.find_bus_nr(offset >> PCIE_MMCFG_BUS_SHIFT & 0xFF)
+        if bus is None:
+            return None
+        device = bus.device_at(offset >> PCIE_MMCFG_DEVFN_SHIFT & 0xFF)
         register = offset & ((1 << PCIE_MMCFG_DEVFN_SHIFT) - 1)
-        if device is None or register + size > device.config_size:
+        if device is None or register + size > device.config_size or not device.has_power:
             return None
         return device, register
 

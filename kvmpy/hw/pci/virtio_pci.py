@@ -16,6 +16,13 @@ Without MSI-X enabled the interrupt is INTx (pin A) at the level of the ISR's qu
 config change sets both ISR bits, as QEMU's ``virtio_notify_config``.  Reading the ISR
 clears it.  ``disable-legacy=on`` (the ``-non-transitional`` types) gives the virtio 1.0
 identity (device ID 0x1040 + virtio ID, revision 1) and no BAR0.
+
+Behind a PCI Express port (a bus injected with ``pcie_port=True``) the proxy is a PCI Express
+endpoint, as QEMU's virtio_pci_realize makes it: ``disable-legacy=auto`` means on, the
+configuration space is 4 KiB, and the PCI Express capability (endpoint, with FLR, error
+reporting and link control as the ``x-pcie-*`` properties say) and a power management
+capability come first, at 0x40 and 0x7c; ``aer=on`` and ``ats=on`` add those extended
+capabilities.  ``x-disable-pcie=on`` keeps it a conventional function.
 """
 
 from __future__ import annotations
@@ -27,10 +34,12 @@ from typing import Any, ClassVar
 import kvmpy.hw.virtio  # noqa: F401  (registers the virtio device types carried)
 from kvmpy import log, qom
 from kvmpy.errors import ConfigError
+from kvmpy.hw.pci import pcie
 from kvmpy.hw.pci.device import (
     PCI_BASE_ADDRESS_MEM_PREFETCH,
     PCI_BASE_ADDRESS_MEM_TYPE_64,
     PCI_BASE_ADDRESS_SPACE_IO,
+    PCI_CONFIG_SPACE_SIZE,
     PCI_DEVICE_ID,
     PCI_INTERRUPT_PIN,
     PCI_REVISION_ID,
@@ -64,6 +73,12 @@ VIRTIO_PCI_CAP_DEVICE_CFG = 4
 VIRTIO_PCI_CAP_PCI_CFG = 5
 PCI_CAP_ID_VNDR = 0x09
 
+PCI_CAP_ID_PM = 0x01
+PCI_PM_SIZEOF = 8
+PCI_PM_PMC = 2
+PCI_PM_CTRL = 4
+PCI_PM_CTRL_STATE_MASK = 0x0003
+
 LEGACY_BAR, MSIX_BAR, MODERN_BAR = 0, 1, 4
 COMMON_OFFSET, ISR_OFFSET, DEVICE_OFFSET, NOTIFY_OFFSET = 0x0000, 0x1000, 0x2000, 0x3000
 REGION_SIZE = 0x1000
@@ -88,7 +103,7 @@ def _pow2ceil(value: int) -> int:
 
 
 class _DisableLegacy(Property[str]):
-    """``disable-legacy=on|off|auto`` (auto: off on the root bus, as here)."""
+    """``disable-legacy=on|off|auto`` (auto: off on the root bus, on behind a PCIe port)."""
 
     def parse(self, text: str) -> Any:
         if text not in ("on", "off", "auto"):
@@ -134,12 +149,22 @@ class VirtioPciProxy(VirtioTransport, PciDevice):
     vectors = Property(int, -1, "")
     page_per_vq = Property(bool, False, "on/off")
     ioeventfd = Property(bool, True, "on/off (kvmpy notifies in the VMM either way)")
+    x_disable_pcie = Property(bool, False, "on/off")
+    x_pcie_deverr_init = Property(bool, True, "on/off")
+    x_pcie_lnkctl_init = Property(bool, True, "on/off")
+    x_pcie_pm_init = Property(bool, True, "on/off")
+    x_pcie_flr_init = Property(bool, True, "on/off")
+    aer = Property(bool, False, "on/off")
+    ats = Property(bool, False, "on/off")
+    x_ats_page_aligned = Property(bool, True, "on/off")
 
     def __init__(self, ram: GuestRAM | None = None,
                  deliver_msi: Callable[[int, int], None] | None = None,
-                 device: VirtioDevice | None = None, **props: Any) -> None:
+                 device: VirtioDevice | None = None, pcie_port: bool = False,
+                 **props: Any) -> None:
         """``props`` are the proxy's own properties and those of the device it carries,
-        which it creates; or ``device`` is that device, already made."""
+        which it creates; or ``device`` is that device, already made.  ``pcie_port``: the
+        bus is the secondary bus of a PCI Express port."""
         own, inner = self._split_props(props)
         self.set_properties(own)
         if device is None:
@@ -149,11 +174,13 @@ class VirtioPciProxy(VirtioTransport, PciDevice):
         self.vqs: list[Virtqueue] = []
         self.state = VirtioPciState()
         self.name = self.type_name
-        PciDevice.__init__(self)
-        self.legacy_enabled = self._legacy_mode()
+        self.legacy_enabled = self._legacy_mode(pcie_port)
         self.modern_enabled = not self.disable_modern
         if not self.legacy_enabled and not self.modern_enabled:
             raise ConfigError("device cannot work as neither modern nor legacy mode is enabled")
+        express = pcie_port and self.modern_enabled and not self.x_disable_pcie
+        PciDevice.__init__(self, express)
+        self.pm_cap = self._add_pcie_capabilities() if express else 0
         nvectors = self._msix_vectors()
         self._build_config(device, msix=bool(nvectors))
         self.msix: Msix | None = None
@@ -195,8 +222,33 @@ class VirtioPciProxy(VirtioTransport, PciDevice):
             return 0
         return vectors
 
-    def _legacy_mode(self) -> bool:
-        return self.disable_legacy != "on"  # auto: legacy on a root bus (QEMU's virtio_pci_realize)
+    def _legacy_mode(self, pcie_port: bool) -> bool:
+        """QEMU's virtio_pci_realize: ``auto`` is legacy on, except behind a PCIe port."""
+        if self.disable_legacy == "auto":
+            return not pcie_port
+        return self.disable_legacy == "off"
+
+    def _add_pcie_capabilities(self) -> int:
+        """virtio_pci_realize's PCIe endpoint: the PCI Express and power management
+        capabilities, the ``x-pcie-*`` extras; returns the power management offset."""
+        pcie.endpoint_cap_init(self, on_root_bus=False)
+        pm = self.add_capability(PCI_CAP_ID_PM, PCI_PM_SIZEOF)
+        self.set_config(pm + PCI_PM_PMC, 2, 0x3)  # PCI PM Interface spec 1.2
+        extended = PCI_CONFIG_SPACE_SIZE  # the extended capabilities start at 0x100
+        if self.aer:
+            pcie.aer_init(self, extended, log_max=0)  # an endpoint keeps no error log
+            extended += pcie.PCI_ERR_SIZEOF
+        if self.x_pcie_deverr_init:
+            pcie.deverr_init(self)
+        if self.x_pcie_lnkctl_init:
+            pcie.lnkctl_init(self)
+        if self.x_pcie_pm_init:
+            self.wmask[pm + PCI_PM_CTRL] = PCI_PM_CTRL_STATE_MASK
+        if self.ats:
+            pcie.ats_init(self, extended, self.x_ats_page_aligned)
+        if self.x_pcie_flr_init:
+            pcie.flr_init(self)
+        return pm
 
     def _build_config(self, device: VirtioDevice, msix: bool) -> None:
         if self.legacy_enabled:
@@ -499,6 +551,10 @@ class VirtioPciProxy(VirtioTransport, PciDevice):
     def config_write(self, offset: int, size: int, value: int) -> None:
         master = self.bus_master
         super().config_write(offset, size, value)
+        if self.x_pcie_flr_init and self.exp_cap and pcie.flr_requested(self):
+            self.reset()  # function level reset: the bit reads 0 again afterwards
+            pcie.flr_done(self)
+            return
         if master and not self.bus_master and self.device is not None:
             # QEMU: without bus mastering the driver is no longer OK.
             self.state.status &= ~0x4
@@ -540,6 +596,10 @@ class VirtioPciProxy(VirtioTransport, PciDevice):
         if self.msix is not None:
             self.msix.reset()
         self._reset_transport()
+        if self.exp_cap:  # virtio_pci_bus_reset
+            pcie.deverr_reset(self)
+            pcie.lnkctl_reset(self)
+            self.set_config(self.pm_cap + PCI_PM_CTRL, 2, 0)
 
     def get_state(self) -> dict[str, Any]:
         import dataclasses

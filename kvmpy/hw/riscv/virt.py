@@ -328,17 +328,37 @@ class VirtMachine(MachineState):
         self.devices["pcie"] = host
 
     def _plug_devices(self, system: System) -> None:
-        """``-device`` and ``-drive if=virtio``: PCI devices on ``pcie.0``, virtio devices on
-        the virtio-mmio slots from the highest address down, as QEMU fills them."""
+        """``-device`` and ``-drive if=virtio``: PCI devices on ``pcie.0`` or behind the
+        bridges plugged there, virtio devices on the virtio-mmio slots from the highest
+        address down, as QEMU fills them."""
+        from kvmpy.hw.pci import PciBridge, PciBus
         from kvmpy.hw.qdev import Bus, create_devices
         from kvmpy.hw.virtio.console import serial_buses
         from kvmpy.hw.virtio.mmio import mmio_buses
 
         host = self.devices["pcie"]
-        pcie = Bus("pcie.0", "PCIE", "PCI", plug=lambda dev: host.bus.plug(dev, dev.addr),
-                   inject={"ram": self.ram, "deliver_msi": _msi_to_ram(self.ram)})
-        buses = [pcie, *mmio_buses(list(reversed(self.devices["virtio"])))]
-        create_devices(system, buses, serial_buses)
+        deliver_msi = _msi_to_ram(self.ram)
+        entries: dict[PciBus, Bus] = {}
+
+        def pci_bus(bus: PciBus, parent: Bus | None = None) -> Bus:
+            inject: dict[str, object] = {"ram": self.ram, "deliver_msi": deliver_msi}
+            if bus.bridge is not None:
+                inject["pcie_port"] = True  # every bridge here is a PCI Express port
+            entry = Bus(bus.name, "PCIE", "PCI", plug=lambda dev: bus.plug(dev, dev.addr),
+                        inject=inject, parent=parent)
+            entries[bus] = entry
+            return entry
+
+        def carried(device: object, dev_id: str) -> list[Bus]:
+            found = serial_buses(device, dev_id)
+            if isinstance(device, PciBridge):
+                secondary = device.secondary_bus
+                assert secondary.parent is not None
+                found.append(pci_bus(secondary, entries[secondary.parent]))
+            return found
+
+        buses = [pci_bus(host.bus), *mmio_buses(list(reversed(self.devices["virtio"])))]
+        create_devices(system, buses, carried)
 
     # -- device tree and payloads -----------------------------------------------------------
 
