@@ -61,11 +61,17 @@ def _spec(kind: str, netdev_id: str, parsed: keyval.ParsedOptions, text: str,
     return spec
 
 
-def add_netdev(config: VMConfig, arg: str, text: str) -> str | None:
-    """``-netdev``: returns help text when help was asked for."""
+def _parse(arg: str) -> tuple[keyval.ParsedOptions, str | None, bool]:
+    """The option, its ``type`` and whether help was asked for (``help``, ``type=help``)."""
     parsed = keyval.parse(arg, "type", qemuopts=True)
     kind = parsed.props.get("type")
-    if parsed.help or (kind is not None and keyval.is_help(kind)):
+    return parsed, kind, parsed.help or (kind is not None and keyval.is_help(kind))
+
+
+def add_netdev(config: VMConfig, arg: str, text: str) -> str | None:
+    """``-netdev``: returns help text when help was asked for."""
+    parsed, kind, wants_help = _parse(arg)
+    if wants_help:
         return netdev_help()
     _check_type(kind)
     netdev_id = parsed.props.get("id")
@@ -82,9 +88,8 @@ def add_netdev(config: VMConfig, arg: str, text: str) -> str | None:
 
 def add_nic(config: VMConfig, arg: str, text: str) -> str | None:
     """``-nic``: a back-end with an id of its own and the NIC on it."""
-    parsed = keyval.parse(arg, "type", qemuopts=True)
-    kind = parsed.props.get("type")
-    if parsed.help or (kind is not None and keyval.is_help(kind)):
+    parsed, kind, wants_help = _parse(arg)
+    if wants_help:
         return netdev_help()
     if kind == "none":
         return None
@@ -104,9 +109,8 @@ def add_nic(config: VMConfig, arg: str, text: str) -> str | None:
 
 def add_net(config: VMConfig, arg: str, text: str) -> str | None:
     """Legacy ``-net``: NICs and back-ends paired in order at the end (:func:`finish`)."""
-    parsed = keyval.parse(arg, "type", qemuopts=True)
-    kind = parsed.props.get("type")
-    if parsed.help or (kind is not None and keyval.is_help(kind)):
+    parsed, kind, wants_help = _parse(arg)
+    if wants_help:
         return netdev_help()
     if kind == "none":
         return None
