@@ -85,6 +85,18 @@ def qemu_binary() -> str | None:
     return shutil.which("qemu-system-riscv64")
 
 
+def vmm_command(vmm: str) -> list[str]:
+    """``kvmpy``'s command, or ``qemu``'s (the test is skipped where QEMU is missing)."""
+    if vmm != "qemu":
+        return kvmpy_command()
+    binary = qemu_binary()
+    if binary is None:
+        import pytest
+
+        pytest.skip("qemu-system-riscv64 (the oracle) is not installed")
+    return [binary]
+
+
 def wait_for_path(path: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not os.path.exists(path):

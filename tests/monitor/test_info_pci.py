@@ -23,7 +23,7 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 import kvmpy
 from kvmpy.monitor.pci import format_device, format_region
 
-from ..lifecycle.helpers import kvmpy_command, kvmpy_env, qemu_binary, wait_for_socket
+from ..lifecycle.helpers import kvmpy_env, vmm_command, wait_for_socket
 
 BASE = ["-display", "none", "-nodefaults"]
 VIRT = ["-M", "virt", "-bios", "none"]
@@ -43,13 +43,7 @@ def ask(tmp_path: Path) -> Iterator[Asker]:
 
     def run(vmm: str, *args: str, until: Callable[[list[dict[str, Any]]], bool] | None = None
             ) -> tuple[str, list[dict[str, Any]]]:
-        if vmm == "qemu":
-            binary = qemu_binary()
-            if binary is None:
-                pytest.skip("qemu-system-riscv64 (the oracle) is not installed")
-            command = [binary]
-        else:
-            command = kvmpy_command()
+        command = vmm_command(vmm)
         path = str(tmp_path / f"{vmm}-{len(procs)}.sock")
         proc = subprocess.Popen([*command, *BASE, *args,
                                  "-qmp", f"unix:{path},server=on,wait=off"],

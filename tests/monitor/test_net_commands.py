@@ -5,7 +5,6 @@ replies and errors)."""
 from __future__ import annotations
 
 import contextlib
-import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,15 +13,9 @@ from typing import Any
 import pytest
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from ..lifecycle.helpers import kvmpy_command, kvmpy_env, qemu_binary, wait_for_socket
+from ..lifecycle.helpers import free_tcp_port, kvmpy_env, vmm_command, wait_for_socket
 
 Session = Callable[..., list[Any]]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -32,13 +25,7 @@ def session(tmp_path: Path) -> Iterator[Session]:
     procs: list[subprocess.Popen[bytes]] = []
 
     def run(vmm: str, args: list[str], steps: list[tuple[Any, ...]]) -> list[Any]:
-        if vmm == "qemu":
-            binary = qemu_binary()
-            if binary is None:
-                pytest.skip("qemu-system-riscv64 (the oracle) is not installed")
-            command = [binary]
-        else:
-            command = kvmpy_command()
+        command = vmm_command(vmm)
         path = str(tmp_path / f"{vmm}-{len(procs)}.sock")
         proc = subprocess.Popen([*command, "-M", "virt", "-bios", "none", "-S", "-display",
                                  "none", "-serial", "none", "-monitor", "none", *args,
@@ -75,7 +62,7 @@ def session(tmp_path: Path) -> Iterator[Session]:
 
 
 def test_backends_added_and_removed_as_qemu(session: Session) -> None:
-    port, p1, p2 = free_port(), free_port(), free_port()
+    port, p1, p2 = free_tcp_port(), free_tcp_port(), free_tcp_port()
     args = ["-netdev", "user,id=u0,restrict=on",
             "-netdev", f"dgram,id=d0,local.type=inet,local.host=127.0.0.1,local.port={p1},"
                        f"remote.type=inet,remote.host=127.0.0.1,remote.port={p2}",
