@@ -133,11 +133,17 @@ def _malloc_in_use() -> int | None:
 
 
 def _mapped_bytes() -> int:
-    """The process's address space as it sees it (/proc/self/maps): guest RAM, stacks, arenas."""
+    """The process's usable address space (/proc/self/maps): guest RAM, stacks, heaps.
+    Reservations without access (``---p``) are left out: glibc reserves 64 MiB for each new
+    malloc arena, and how many arenas threads end up with depends on how busy the host is,
+    not on what kvmpy keeps."""
     total = 0
     with open("/proc/self/maps") as maps:
         for line in maps:
-            lo, hi = line.split(None, 1)[0].split("-")
+            span, perms = line.split(None, 2)[:2]
+            if perms.startswith("---"):
+                continue
+            lo, hi = span.split("-")
             total += int(hi, 16) - int(lo, 16)
     return total
 
