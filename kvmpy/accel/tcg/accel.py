@@ -50,6 +50,10 @@ class TcgVcpu:
         self._engine = accel.engine
         self._exit: Any = core.ffi.new("tcg_exit *")
         self._value: Any = core.ffi.new("uint64_t *")
+        self._stopped = False
+        """The hart's SBI HSM power state as last set through this object; the engine only
+        changes it when told (reset, set_reg, hart_start/stop), so the run loop can ask on
+        every exit without a call into C (which lets other threads take the GIL)."""
 
     # -- running -----------------------------------------------------------------------
 
@@ -140,6 +144,8 @@ class TcgVcpu:
             raise AccelError(f"tcg: unknown register '{name}'") from None
         if core.lib.tcg_set_reg(self._engine, self.index, reg, value & _U64) != 0:
             raise AccelError(f"tcg: hart {self.index}: register '{name}' cannot be written")
+        if reg == core.REG_STOPPED:
+            self._stopped = value != 0
 
     def reset(self, pc: int, priv: int, a0: int, a1: int, stopped: bool) -> None:
         if priv == PRV_S:
@@ -148,12 +154,13 @@ class TcgVcpu:
             raise AccelError(f"tcg: hart {self.index} cannot start in privilege {priv}")
         core.lib.tcg_reset_hart(self._engine, self.index, pc & _U64, priv, a0 & _U64,
                                 a1 & _U64, 1 if stopped else 0)
+        self._stopped = stopped
 
     # -- FirmwareHart (built-in SBI) ---------------------------------------------------
 
     @property
     def stopped(self) -> bool:
-        return self._get(core.REG_STOPPED) != 0
+        return self._stopped
 
     def set_sbi_timer(self, deadline: int) -> None:
         core.lib.tcg_set_reg(self._engine, self.index, core.REG_SBI_TIMECMP, deadline & _U64)
@@ -164,9 +171,11 @@ class TcgVcpu:
     def hart_start(self, start_addr: int, opaque: int) -> None:
         core.lib.tcg_reset_hart(self._engine, self.index, start_addr & _U64, PRV_S,
                                 self.index, opaque & _U64, 0)
+        self._stopped = False
 
     def hart_stop(self) -> None:
         core.lib.tcg_set_reg(self._engine, self.index, core.REG_STOPPED, 1)
+        self._stopped = True
 
 
 def _s64(v: int) -> int:
