@@ -27,6 +27,7 @@ capabilities.  ``x-disable-pcie=on`` keeps it a conventional function.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -56,7 +57,12 @@ from kvmpy.hw.virtio.transport import (
     VirtioTransport,
     VirtioTransportState,
 )
-from kvmpy.hw.virtio.virtqueue import QueueState, Virtqueue, VirtqueueError
+from kvmpy.hw.virtio.virtqueue import (
+    QueueState,
+    Virtqueue,
+    VirtqueueError,
+    legacy_ring_addresses,
+)
 from kvmpy.memory import GuestRAM
 from kvmpy.qom import Property, register_type
 
@@ -602,8 +608,6 @@ class VirtioPciProxy(VirtioTransport, PciDevice):
             self.set_config(self.pm_cap + PCI_PM_CTRL, 2, 0)
 
     def get_state(self) -> dict[str, Any]:
-        import dataclasses
-
         state = dataclasses.asdict(self.state)
         state["pci"] = PciDevice.get_state(self)
         state["msix"] = self.msix.get_state() if self.msix is not None else None
@@ -627,8 +631,6 @@ class VirtioPciProxy(VirtioTransport, PciDevice):
 
 
 def _legacy_rings(qs: QueueState) -> tuple[int, int, int]:
-    from kvmpy.hw.virtio.virtqueue import legacy_ring_addresses
-
     return legacy_ring_addresses(qs.desc, qs.num, 4096)
 
 
