@@ -812,3 +812,79 @@ def test_registers_and_config_same_as_qemu(tmp_path: Any, props: dict[str, str],
     ours = o.replay_on_kvmpy(acc, device_new("virtio-net-device", props, backend=FakeBackend(),
                                              macs=MacAddressPool()), legacy)
     o.compare("net_registers", acc, theirs, ours)
+
+
+def test_mergeable_receive_under_a_concurrent_driver_returns_only_outstanding_buffers() -> None:
+    """A driver thread posts and reclaims receive buffers (without the big lock, as a guest
+    does) while frames of every size arrive: every used id must be a buffer the driver has
+    outstanding, each returned once."""
+    import random
+    import threading
+    import time
+
+    from kvmpy.hw.irq import unconnected_irq
+    from kvmpy.hw.virtio.mmio import VirtioMmio
+    from kvmpy.memory import GuestRAM
+    from kvmpy.net.base import NetBackend
+
+    class Sink(NetBackend):
+        type_label = "sink"
+
+        def _output(self, frame: bytes) -> None:
+            pass
+
+    lock = threading.RLock()
+    backend = Sink("n0", {})
+    backend.system = type("S", (), {"lock": lock, "call_soon": staticmethod(lambda f: f())})()
+    ram = GuestRAM(0x80000000, 16 << 20)
+    nic = VirtioNet(backend=backend)
+    transport = VirtioMmio(unconnected_irq(), ram=ram, device=nic, force_legacy=False)
+    transport._set_features(transport.host_features())  # MRG_RXBUF and EVENT_IDX included
+    nic.state.driver_ok = True
+    num, base = 256, 0x80000000
+    desc, avail, used, bufs = base, base + 0x10000, base + 0x20000, base + 0x100000
+    qs = transport.vqs[0].state
+    qs.num, qs.desc, qs.avail, qs.used, qs.ready = num, desc, avail, used, True
+    outstanding: set[int] = set()
+    free = list(range(num))
+    counters = {"avail": 0, "used": 0}
+    errors: list[int] = []
+    stop = threading.Event()
+
+    def post(count: int) -> None:
+        for _ in range(count):
+            if not free:
+                return
+            d = free.pop()
+            ram.write(desc + 16 * d, struct.pack("<QIHH", bufs + d * 2048, 1526, 2, 0))
+            ram.write_int(avail + 4 + 2 * (counters["avail"] % num), 2, d)
+            outstanding.add(d)
+            counters["avail"] = (counters["avail"] + 1) & 0xFFFF
+            ram.write_int(avail + 2, 2, counters["avail"])
+
+    def driver() -> None:
+        post(num)
+        while not stop.is_set():
+            while counters["used"] != ram.read_int(used + 2, 2):
+                head, _ = struct.unpack("<II", ram.read(used + 4 + 8 * (counters["used"] % num),
+                                                        8))
+                if head not in outstanding:
+                    errors.append(head)
+                    return
+                outstanding.discard(head)
+                free.append(head)
+                counters["used"] = (counters["used"] + 1) & 0xFFFF
+            post(random.randint(0, 8))
+
+    thread = threading.Thread(target=driver)
+    thread.start()
+    deadline = time.monotonic() + 2
+    frames = 0
+    while time.monotonic() < deadline and not errors:
+        with lock:
+            nic.receive(bytes(random.choice([60, 600, 1514, 3000, 9000])))
+        frames += 1
+    stop.set()
+    thread.join(10)
+    assert errors == [] and not nic.broken
+    assert frames > 1000
