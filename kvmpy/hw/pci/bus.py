@@ -249,28 +249,32 @@ class PciBus:
         self.io.rebuild([entry for entry in entries if entry.is_io])
         self.memory.rebuild([entry for entry in entries if not entry.is_io])
 
-    def read(self, space: _AddressSpace, addr: int, size: int) -> int | None:
-        """A read of the space at bus address ``addr``; None where no BAR decodes it."""
+    def _decode(self, space: _AddressSpace, addr: int, size: int, what: str
+                ) -> tuple[PciBar | None, int]:
+        """(BAR, offset) taking an access at bus address ``addr``; (None, 0) where no BAR
+        decodes it, (None, -1) where one does but refuses the access (logged)."""
         bar = space.find_bar(addr)
         if bar is None or bar.addr is None:
-            return None
+            return None, 0
         offset = addr - bar.addr
         if size not in bar.region.access_sizes or offset + size > bar.size:
-            log.guest_error(f"PCI {space.name} read at 0x{addr:x} of size {size}: not a valid "
-                            f"access to BAR{bar.index}")
-            return 0
+            log.guest_error(f"PCI {space.name} {what} at 0x{addr:x} of size {size}: not a "
+                            f"valid access to BAR{bar.index}")
+            return None, -1
+        return bar, offset
+
+    def read(self, space: _AddressSpace, addr: int, size: int) -> int | None:
+        """A read of the space at bus address ``addr``; None where no BAR decodes it."""
+        bar, offset = self._decode(space, addr, size, "read")
+        if bar is None:
+            return 0 if offset < 0 else None
         return bar.region.mmio_read(offset, size)
 
     def write(self, space: _AddressSpace, addr: int, size: int, value: int) -> bool:
         """A write; False where no BAR decodes the address."""
-        bar = space.find_bar(addr)
-        if bar is None or bar.addr is None:
-            return False
-        offset = addr - bar.addr
-        if size not in bar.region.access_sizes or offset + size > bar.size:
-            log.guest_error(f"PCI {space.name} write at 0x{addr:x} of size {size}: not a "
-                            f"valid access to BAR{bar.index}")
-            return True
+        bar, offset = self._decode(space, addr, size, "write")
+        if bar is None:
+            return offset < 0
         bar.region.mmio_write(offset, size, value)
         return True
 

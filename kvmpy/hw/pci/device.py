@@ -24,7 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from kvmpy import log
 from kvmpy.hw.core import Device
 from kvmpy.qom import InvalidPropertyValue, Property, register_type
 
@@ -429,6 +428,3 @@ class PciDevice(Device):
         """``TYPE,id="ID"`` as QEMU names a device in its PCI messages."""
         return f"{self.type_name},id={self.id or '(null)'}"
 
-
-def guest_error(device: PciDevice, message: str) -> None:
-    log.guest_error(f"{device.type_name}: {message}")
