@@ -36,6 +36,7 @@ from kvmpy.hw.cpu import HartPort
 from kvmpy.log import stderr_line
 from kvmpy.machine import MachineState, instantiate_machine, select_machine_class
 from kvmpy.memory import GuestRAM, MmioBus
+from kvmpy.monitor.throttle import EventThrottle
 from kvmpy.runloop import Driver, RoundRobinDriver, ThreadPerVcpuDriver
 
 _log = logging.getLogger("kvmpy")
@@ -156,6 +157,7 @@ class System:
         self.exit_code = 0
         self.notices: list[str] = []
         self._listeners: list[EventListener] = []
+        self._throttle = EventThrottle(self._deliver_event, self.schedule)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._quit_event: asyncio.Event | None = None
         self._pending_timers: list[tuple[int, Callable[[], None]]] = []
@@ -287,8 +289,13 @@ class System:
             self._listeners.remove(listener)
 
     def emit(self, event: str, data: dict[str, Any] | None = None) -> None:
+        """Send ``event`` to every listener (QMP monitors, ``kvmpy.VM``); guest-triggerable
+        ones at QEMU's rate (:mod:`kvmpy.monitor.throttle`)."""
+        self._throttle.emit(event, data or {})
+
+    def _deliver_event(self, event: str, data: dict[str, Any]) -> None:
         for listener in list(self._listeners):
-            listener(event, data or {})
+            listener(event, data)
 
     def _set_status(self, status: str) -> None:
         self.status = status

@@ -289,3 +289,53 @@ def test_host_connect_and_disconnect_reach_the_guest(setup: Any) -> None:
     chardev.notify_event(CHR_EVENT_OPENED)
     assert control_in(drv, ctrl_bufs) == [(0, PORT_OPEN, 0, 8), (0, PORT_OPEN, 1, 8)]
     assert serial.state.ports_ready == [0]
+
+
+def test_vserport_change_follows_the_guest(make_irq: Any) -> None:
+    """QEMU's set_guest_connected: one VSERPORT_CHANGE per PORT_OPEN message (repeats too),
+    and a closing one for each open port when the device is reset; ports without an id are
+    silent."""
+    events: list[tuple[str, dict[str, Any]]] = []
+    ram = GuestRAM(0x80000000, 1 << 20)
+    serial = VirtioSerial(max_ports=4)
+    named = VirtSerialPort(backend=BufferChardev(), name="org.qemu.guest_agent.0",
+                           emit=lambda event, data: events.append((event, data)))
+    named.id = "channel0"
+    anonymous = VirtSerialPort(backend=BufferChardev(),
+                               emit=lambda event, data: events.append((event, data)))
+    serial.add_port(named)
+    serial.add_port(anonymous)
+    transport = VirtioMmio(make_irq(), ram=ram, device=serial, force_legacy=False)
+    bus = MmioBus()
+    bus.add(BASE, transport.region_size, transport)
+    drv = VirtioTestDriver(bus, ram, BASE, legacy=False)
+    handshake_n(drv, queues=8)
+    send_control(drv, 0, DEVICE_READY, 1)
+    for nr in (1, 2):
+        send_control(drv, nr, PORT_READY, 1)
+        send_control(drv, nr, PORT_OPEN, 1)
+    assert events == [("VSERPORT_CHANGE", {"id": "channel0", "open": True})]
+    send_control(drv, 1, PORT_OPEN, 0)
+    send_control(drv, 1, PORT_OPEN, 0)
+    send_control(drv, 1, PORT_OPEN, 1)
+    assert [data["open"] for _, data in events] == [True, False, False, True]
+    transport.reset()
+    assert events[-1] == ("VSERPORT_CHANGE", {"id": "channel0", "open": False})
+    assert len(events) == 5
+
+
+def test_port_zero_is_open_for_a_driver_without_multiport(make_irq: Any) -> None:
+    ram = GuestRAM(0x80000000, 1 << 20)
+    serial = VirtioSerial(max_ports=2)
+    chardev = BufferChardev()
+    serial.add_port(VirtConsole(backend=chardev))
+    transport = VirtioMmio(make_irq(), ram=ram, device=serial)
+    bus = MmioBus()
+    bus.add(BASE, transport.region_size, transport)
+    drv = VirtioTestDriver(bus, ram, BASE, legacy=True)
+    drv.probe(queues=2, features=0)
+    rx = drv.add_buffer(16, True)
+    drv.post([(*rx, True)], queue=0)
+    chardev.type(b"hello")
+    assert chardev.pending == b""
+    assert drv.ram.read(rx[0], 5) == b"hello"

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import struct
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,16 +74,29 @@ class VirtSerialPort(Device):
     nr = Property(int, -1, "port number (-1: first free)")
     name = Property(str, "", "port name shown to the guest")
 
-    def __init__(self, backend: Chardev | None = None, **props: object) -> None:
+    def __init__(self, backend: Chardev | None = None,
+                 emit: Callable[[str, dict[str, Any]], None] | None = None,
+                 **props: object) -> None:
         self.set_properties(props)
         self.backend = backend
         self.serial: VirtioSerial | None = None
+        self.id = ""
+        """The ``-device`` id: ``VSERPORT_CHANGE`` names the port by it."""
+        self._emit = emit
+
+    def set_guest_connected(self, connected: bool) -> None:
+        """The guest opened or closed the port (or the device was reset while it was open):
+        QMP hears of it as ``VSERPORT_CHANGE`` when the port has an id, as QEMU's
+        virtio-console.c ``set_guest_connected``."""
+        if self.id and self._emit is not None:
+            self._emit("VSERPORT_CHANGE", {"id": self.id, "open": connected})
 
     @classmethod
     def backends(cls, system: Any, props: Mapping[str, str]) -> dict[str, Any]:
+        emit = getattr(system, "emit", None)
         chardev_id = props.get("chardev")
         if not chardev_id:
-            return {}
+            return {"emit": emit}
         chardev = getattr(system, "chardevs", {}).get(chardev_id)
         if chardev is None:
             raise ConfigError(f"Property '{cls.type_name}.chardev' can't find value "
@@ -95,7 +108,7 @@ class VirtSerialPort(Device):
         lock = getattr(system, "lock", None)
         if lock is not None:
             chardev.frontend_lock = lock  # input reaches the device under the big lock
-        return {"backend": chardev}
+        return {"backend": chardev, "emit": emit}
 
 
 @register_type("virtconsole", "virtserialport", description="virtio console port")
@@ -189,7 +202,19 @@ class VirtioSerial(VirtioDevice):
 
     def reset(self) -> None:
         super().reset()
+        was_open = self.state.guest_connected
         self.state = VirtioSerialState()
+        for nr in was_open:  # QEMU's guest_reset: the guest's side of each port is closed
+            port = self.ports.get(nr)
+            if port is not None:
+                port.set_guest_connected(False)
+
+    def driver_ok(self) -> None:
+        # A driver without MULTIPORT cannot say that it opened port 0: it is open once the
+        # driver is up (QEMU's set_status).
+        if not self.guest_features & (1 << VIRTIO_CONSOLE_F_MULTIPORT) and 0 in self.ports \
+                and 0 not in self.state.guest_connected:
+            self.state.guest_connected.append(0)
 
     def handle_queue(self, index: int) -> None:
         if index == CONTROL_TX:
@@ -333,6 +358,7 @@ class VirtioSerial(VirtioDevice):
                 connected.append(port_id)
             elif not value and port_id in connected:
                 connected.remove(port_id)
+            port.set_guest_connected(bool(value))  # every message, as QEMU
             if value and port.backend is not None:
                 port.backend.accept_input()
 
