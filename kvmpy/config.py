@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kvmpy.fs.fsdev import FsDev
 
 
 @dataclass
@@ -72,6 +76,8 @@ class VMConfig:
     netdevs: list[OptionSpec] = field(default_factory=list)
     """Network back-ends (``driver`` is the type, ``user``; ``props`` hold ``id`` and the
     rest), from ``-netdev``, ``-nic`` and ``-net``."""
+    fsdevs: dict[str, FsDev] = field(default_factory=dict)
+    """Exported host directories by id (``-fsdev``, and the one each ``-virtfs`` makes)."""
     legacy_nics: list[OptionSpec] = field(default_factory=list)
     legacy_netdevs: list[OptionSpec] = field(default_factory=list)
     """``-net nic`` and ``-net TYPE`` until the command line ends and they are paired."""

@@ -150,6 +150,9 @@ class System:
         self.chardevs: dict[str, Chardev] = {}
         self.netdevs: dict[str, Any] = {}
         """Network back-ends by id (``-netdev``, ``-nic``, ``-net``)."""
+        self.fsdevs = dict(config.fsdevs)
+        """Exported host directories by id (``-fsdev``, ``-virtfs``)."""
+        self._closers: list[Callable[[], None]] = []
         self.serials: list[Chardev | None] = []
         self.monitors: list[Any] = []
         self.status = "prelaunch"
@@ -249,6 +252,10 @@ class System:
             from kvmpy.net.setup import open_netdevs
 
             self.netdevs = open_netdevs(self.config.netdevs)
+
+    def at_close(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` when the VM closes, after the vCPUs stopped (device worker threads)."""
+        self._closers.append(fn)
 
     def create_ram(self, base: int, size: int, name: str = "ram") -> GuestRAM:
         """Board init: the machine's RAM (one region; shared with the accelerator)."""
@@ -575,6 +582,8 @@ class System:
             chardev.close()
         for backend in self.netdevs.values():
             backend.close()
+        for closer in reversed(self._closers):
+            closer()
         if self.accel is not None:
             self.accel.close()
         for rom in self.roms:

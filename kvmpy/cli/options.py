@@ -65,6 +65,15 @@ OPTIONS: list[Option] = [
            _GROUPS[0], "nic"),
     Option("net", "nic[,model=M][,macaddr=MAC]|type[,prop=value][,...]",
            "legacy: a NIC, or a backend for the next -net nic", _GROUPS[0], "net"),
+    Option("fsdev", "local,id=id,path=path,security_model=mapped-xattr|mapped-file|"
+           "passthrough|none",
+           "[,writeout=immediate][,readonly=on][,fmode=fmode][,dmode=dmode]\n"
+           "a host directory to export over 9P (-device virtio-9p-pci,fsdev=id,mount_tag=tag)",
+           _GROUPS[0], "fsdev"),
+    Option("virtfs", "local,path=path,mount_tag=tag,security_model=mapped-xattr|mapped-file|"
+           "passthrough|none",
+           "[,id=id][,writeout=immediate][,readonly=on][,fmode=fmode][,dmode=dmode]\n"
+           "an -fsdev and the virtio-9p-pci exporting it", _GROUPS[0], "virtfs"),
     Option("nodefaults", None, "don't create default devices (serial port, monitor)",
            _GROUPS[0], "nodefaults"),
     Option("bios", "file", "set the firmware: default, none or a file (also -M firmware=)",
@@ -114,7 +123,7 @@ OPTIONS: list[Option] = [
 NOT_BUILT: dict[str, bool] = {
     "blockdev": True, "hda": True, "hdb": True,
     "hdc": True, "hdd": True, "cdrom": True, "fda": True, "fdb": True, "mtdblock": True,
-    "sd": True, "pflash": True, "snapshot": False, "fsdev": True, "virtfs": True,
+    "sd": True, "pflash": True, "snapshot": False,
     "object": True, "global": True, "audiodev": True, "audio": True, "usb": False,
     "usbdevice": True, "boot": True, "rtc": True, "L": True, "action": True, "incoming": True,
     "loadvm": True, "trace": True, "plugin": True, "semihosting": False,

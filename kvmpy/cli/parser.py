@@ -287,6 +287,33 @@ class _Parser:
 
         self._print_if(options.add_net(self.config, arg, f"-net {arg}"))
 
+    def opt_fsdev(self, arg: str) -> None:
+        from kvmpy.fs.fsdev import parse_fsdev
+
+        try:  # QEMU refuses a taken id while it parses, before it looks at the rest
+            given_id = keyval.parse(arg, "fsdriver", qemuopts=True).props.get("id")
+        except ConfigError:
+            given_id = None
+        if given_id is not None and given_id in self.config.fsdevs:
+            raise ConfigError(f"Duplicate ID '{given_id}' for fsdev")
+        fsdev = parse_fsdev(arg)
+        if fsdev.id in self.config.fsdevs:
+            raise ConfigError(f"Duplicate ID '{fsdev.id}' for fsdev")
+        self.config.fsdevs[fsdev.id] = fsdev
+
+    def opt_virtfs(self, arg: str) -> None:
+        """QEMU's -virtfs: an fsdev named by ``id`` (else the mount tag) and a
+        ``virtio-9p-pci`` exporting it, in order with the ``-device`` options."""
+        from kvmpy.fs.fsdev import parse_virtfs
+
+        fsdev, tag, fsdev_id = parse_virtfs(arg)
+        if fsdev_id in self.config.fsdevs or not _is_identifier(fsdev_id):
+            raise ConfigError(f"duplicate or invalid fsdev id: {tag}")
+        self.config.fsdevs[fsdev_id] = fsdev
+        self.config.devices.append(OptionSpec("virtio-9p-pci",
+                                              {"fsdev": fsdev_id, "mount_tag": tag},
+                                              f"-virtfs {arg}"))
+
     def _print_if(self, text: str | None) -> None:
         if text is not None:
             self._print(text)
@@ -497,6 +524,12 @@ class _Parser:
             if mon.driver not in chardev_ids:
                 raise ConfigError(f"chardev \"{mon.driver}\" not found",
                                   option=mon.text)
+
+
+def _is_identifier(name: str) -> bool:
+    """QEMU's id_wellformed: a letter, then letters, digits, '-', '.' and '_'."""
+    return bool(name) and name[0].isascii() and name[0].isalpha() and \
+        all(c.isascii() and (c.isalnum() or c in "-._") for c in name)
 
 
 def parse_command_line(argv: list[str], *, defaults: bool = True) -> CommandLine:

@@ -683,5 +683,6 @@ VIRTIO_PCI_MODELS = (
     VirtioPciModel("virtio-rng-pci", "virtio-rng-device", 0x1005, 0x00FF, alias="virtio-rng"),
     VirtioPciModel("virtio-net-pci", "virtio-net-device", 0x1000, 0x0200, vectors=4,
                    alias="virtio-net"),
+    VirtioPciModel("virtio-9p-pci", "virtio-9p-device", 0x1009, 0x0002, alias="virtio-9p"),
 )
 """QEMU 7.2's IDs: legacy device ID, class (SCSI storage, communication other, other)."""
