@@ -163,7 +163,8 @@ class Local:
             current.update(values)
             text = b"".join(b"virtfs.%s=%d\n" % (key, current[key])
                             for key in _MAPPED_XATTR_FORMAT if key in current)
-            fd = hostio.openat2(mdir, name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fd = hostio.openat2(mdir, name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK,
+                                0o600)
             try:
                 os.write(fd, text)
             finally:

@@ -257,7 +257,6 @@ class Server:
         msize = min(msize, self.max_msize)
         if version != p.VERSION_L:
             # The one version kvmpy speaks; anything else is answered "unknown" (QEMU).
-            self.msize = max(msize, p.MIN_MSIZE)
             return p.message(p.TVERSION + 1, tag, _U32.pack(msize) + p.pack_string(b"unknown"))
         if msize < p.MIN_MSIZE:
             raise _fail(errno.EMSGSIZE)
