@@ -21,6 +21,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from kvmpy.errors import KvmpyError, StateError
+from kvmpy.guest_agent import (
+    AGENT_CHARDEV_ID,
+    GuestAgent,
+    SocketTransport,
+    agent_device_args,
+    find_agent_socket,
+)
 from kvmpy.qmp_client import QMPClient, QMPError
 from kvmpy.vm import DEFAULT_TIMEOUT, ConsoleLog, _build_args, _matches
 
@@ -101,11 +108,18 @@ class _ProcessMemory:
 
 
 class ProcessVM:
-    """The CLI in a child process. ``binary`` defaults to this Python running ``-m kvmpy``."""
+    """The CLI in a child process. ``binary`` defaults to this Python running ``-m kvmpy``.
+
+    ``agent=True``: a guest agent port on the unix socket ``agent.sock`` of the temporary
+    directory; :attr:`guest` talks to it (or to such a port of your own on a socket chardev).
+    """
 
     def __init__(self, args: Sequence[str] | None = None, *,
-                 binary: Sequence[str] | None = None, **options: Any) -> None:
+                 binary: Sequence[str] | None = None, agent: bool = False,
+                 **options: Any) -> None:
         self.args = _build_args(args, options)
+        self.agent = agent
+        self._guest: GuestAgent | None = None
         self.binary = list(binary) if binary else [sys.executable, "-m", "kvmpy"]
         self.temp_dir = ""
         self.command: list[str] = []
@@ -132,6 +146,10 @@ class ProcessVM:
         self._log_path = os.path.join(self.temp_dir, "output.log")
         self.command = [*self.binary, *self.args, "-display", "none",
                         "-qmp", f"unix:{qmp_path},server=on,wait=off"]
+        if self.agent:
+            agent_path = os.path.join(self.temp_dir, "agent.sock")
+            self.command += ["-chardev", f"socket,id={AGENT_CHARDEV_ID},path={agent_path},"
+                                         "server=on,wait=off", *agent_device_args()]
         with_console = "-serial" not in self.args and "-nographic" not in self.args
         if with_console:
             # wait=on: kvmpy waits for this client before it starts, so the console log
@@ -203,6 +221,9 @@ class ProcessVM:
         return self._exitcode
 
     def _post_shutdown(self) -> None:
+        if self._guest is not None:
+            self._guest.close()
+            self._guest = None
         if self._console is not None:
             self._console.close()
             self._console = None
@@ -285,6 +306,19 @@ class ProcessVM:
             raise StateError("the VM is not running", self.status, "running")
         args = {k.replace("_", "-"): v for k, v in arguments.items()}
         return self._qmp.execute(command, args or None)
+
+    @property
+    def guest(self) -> GuestAgent:
+        """The guest agent client (``agent=True``, or a ``-chardev socket`` agent port)."""
+        if self._guest is None:
+            if self._proc is None or not self.temp_dir:
+                raise StateError("the VM has not been launched", self.status, "launched")
+            path = find_agent_socket(self.command)
+            if path is None:
+                raise KvmpyError("this VM has no guest agent port (launch it with "
+                                 "agent=True)")
+            self._guest = GuestAgent(SocketTransport(path))
+        return self._guest
 
     @property
     def console(self) -> SocketConsole:

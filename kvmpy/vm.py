@@ -9,6 +9,9 @@ registers, single-stepping on the interpreter.
         vm.console.expect(r"~ # ")
         vm.console.send("uname -a\\n")
         vm.console.expect(r"Linux")
+
+``agent=True`` adds a virtio-serial port for the guest agent (see :mod:`kvmpy.guest_agent`):
+``vm.guest.exec(["uname", "-r"]).stdout``.
 """
 
 from __future__ import annotations
@@ -21,7 +24,15 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from kvmpy.chardev.base import Chardev
-from kvmpy.errors import KvmpyError, StateError
+from kvmpy.errors import ConfigError, KvmpyError, StateError
+from kvmpy.guest_agent import (
+    AGENT_CHARDEV_ID,
+    AgentChardev,
+    GuestAgent,
+    SocketTransport,
+    agent_device_args,
+    find_agent_socket,
+)
 from kvmpy.monitor import commands
 
 DEFAULT_TIMEOUT = 30.0
@@ -136,12 +147,21 @@ def _build_args(args: Sequence[str] | None, options: Mapping[str, Any]) -> list[
 
 
 class VM:
-    """A VM in this process. Keyword arguments mirror the command line, or pass ``args``."""
+    """A VM in this process. Keyword arguments mirror the command line, or pass ``args``.
 
-    def __init__(self, args: Sequence[str] | None = None, **options: Any) -> None:
+    ``agent=True``: a guest agent port whose chardev ``kvmpy-ga`` is a Python object; then, or
+    with such a port on a ``-chardev socket,path=...`` of your own, :attr:`guest` talks to it.
+    """
+
+    def __init__(self, args: Sequence[str] | None = None, *, agent: bool = False,
+                 **options: Any) -> None:
         from kvmpy.system import System
 
         self.args = _build_args(args, options)
+        self._agent_chardev = AgentChardev() if agent else None
+        if agent:
+            self.args += agent_device_args(AGENT_CHARDEV_ID)
+        self._guest: GuestAgent | None = None
         self.console = Console()
         self.memory = Memory(self)
         self._events: queue.Queue[dict[str, Any]] = queue.Queue()
@@ -170,6 +190,8 @@ class VM:
         config.serial = []
         config.nographic = False
         system = System(config, console=self.console)
+        if self._agent_chardev is not None:
+            _add_chardev(system, AGENT_CHARDEV_ID, self._agent_chardev)
         system.add_event_listener(self._on_event)
         try:
             system.create()
@@ -190,6 +212,20 @@ class VM:
         self._thread.start()
         started.wait()
         return self
+
+    @property
+    def guest(self) -> GuestAgent:
+        """The guest agent client (``agent=True``, or a ``-chardev socket`` agent port)."""
+        if self._guest is None:
+            if self._agent_chardev is not None:
+                self._guest = GuestAgent(self._agent_chardev)
+            else:
+                path = find_agent_socket(self.args)
+                if path is None:
+                    raise KvmpyError("this VM has no guest agent port (launch it with "
+                                     "agent=True)")
+                self._guest = GuestAgent(SocketTransport(path))
+        return self._guest
 
     def _on_event(self, name: str, data: dict[str, Any]) -> None:
         now = time.time()
@@ -372,6 +408,20 @@ class VM:
         if stepper is None:
             raise KvmpyError("single-stepping needs the tcg accelerator")
         stepper(count)
+
+
+def _add_chardev(system: Any, chardev_id: str, chardev: Chardev) -> None:
+    """Make the Python object ``chardev`` the chardev ``chardev_id`` of ``system``, for the
+    devices that name it (added when the System opens the command line's chardevs)."""
+    open_chardevs = system._open_chardevs
+
+    def open_with_chardev() -> None:
+        open_chardevs()
+        if chardev_id in system.chardevs:
+            raise ConfigError(f"Duplicate ID '{chardev_id}' for chardev")
+        system.chardevs[chardev_id] = chardev
+
+    system._open_chardevs = open_with_chardev
 
 
 def _matches(event: Mapping[str, Any], match: Mapping[str, Any]) -> bool:

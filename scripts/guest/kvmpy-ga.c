@@ -17,6 +17,14 @@
  * ends the agent.
  *
  *   kvmpy-ga [-p PATH]     PATH "-": requests on stdin, responses on stdout (for testing)
+ *   kvmpy-ga --link-ports  keep /dev/virtio-ports/NAME -> ../vportNpM for every named port
+ *
+ * --link-ports does what udev's rule for virtio-ports does in a guest without udev: it listens
+ * for kernel uevents (netlink) before it scans /sys/class/virtio-ports, so that a port whose
+ * name arrives later (the PORT_NAME control message, a "change" uevent) is linked too.  When
+ * it links NAME and /etc/virtio-ports/NAME is executable, it starts that hook once, in the
+ * background, with the link as its argument: that is how the guest agent is started when (and
+ * only when) its port exists.
  *
  * Plain C99 with POSIX and Linux calls; single-threaded, one poll() loop.
  */
@@ -32,7 +40,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <linux/netlink.h>
 #include <sys/reboot.h>
+#include <sys/socket.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
@@ -1761,15 +1772,141 @@ static void run(struct agent *ag)
     }
 }
 
+
+/* ------------------------------------------------------------------------------------------ */
+/* --link-ports                                                                                */
+/* ------------------------------------------------------------------------------------------ */
+
+#define PORTS_CLASS "/sys/class/virtio-ports"
+#define PORTS_DIR "/dev/virtio-ports"
+#define PORT_HOOKS "/etc/virtio-ports"
+#define MAX_HOOKS 64
+
+struct linker {
+    char started[MAX_HOOKS][NAME_MAX + 2];
+    int nstarted;
+};
+
+static void start_hook(struct linker *lk, const char *name, const char *link)
+{
+    char hook[PATH_MAX];
+    snprintf(hook, sizeof(hook), "%s/%s", PORT_HOOKS, name);
+    if (access(hook, X_OK) != 0)
+        return;
+    for (int k = 0; k < lk->nstarted; k++)
+        if (strcmp(lk->started[k], name) == 0)
+            return;
+    if (lk->nstarted < MAX_HOOKS)
+        snprintf(lk->started[lk->nstarted++], NAME_MAX + 2, "%s", name);
+    pid_t pid = fork();
+    if (pid == 0) {
+        setsid();
+        execl(hook, hook, link, (char *)NULL);
+        fprintf(stderr, "kvmpy-ga: %s: %s\n", hook, strerror(errno));
+        _exit(127);
+    }
+    if (pid < 0)
+        fprintf(stderr, "kvmpy-ga: fork for %s: %s\n", hook, strerror(errno));
+}
+
+/* A port name is one path component, as udev's $attr{name} is used. */
+static bool good_port_name(const char *name)
+{
+    return name[0] && strcmp(name, ".") != 0 && strcmp(name, "..") != 0 && !strchr(name, '/');
+}
+
+static void link_ports(struct linker *lk)
+{
+    DIR *dir = opendir(PORTS_CLASS);
+    if (!dir)
+        return;
+    struct dirent *entry;
+    while ((entry = readdir(dir))) {
+        if (entry->d_name[0] == '.')
+            continue;
+        char path[PATH_MAX], name[NAME_MAX + 2];
+        snprintf(path, sizeof(path), "%s/%s/name", PORTS_CLASS, entry->d_name);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            continue; /* no name (yet): the attribute comes with PORT_NAME */
+        ssize_t n = read(fd, name, sizeof(name) - 1);
+        close(fd);
+        if (n <= 0)
+            continue;
+        name[n] = 0;
+        name[strcspn(name, "\n")] = 0;
+        if (!good_port_name(name))
+            continue;
+        char link[PATH_MAX], target[PATH_MAX], current[PATH_MAX];
+        snprintf(link, sizeof(link), "%s/%s", PORTS_DIR, name);
+        snprintf(target, sizeof(target), "../%s", entry->d_name);
+        ssize_t len = readlink(link, current, sizeof(current) - 1);
+        if (len < 0 || (size_t)len != strlen(target) || memcmp(current, target, (size_t)len)) {
+            mkdir(PORTS_DIR, 0755);
+            unlink(link);
+            if (symlink(target, link) < 0) {
+                fprintf(stderr, "kvmpy-ga: %s: %s\n", link, strerror(errno));
+                continue;
+            }
+        }
+        start_hook(lk, name, link);
+    }
+    closedir(dir);
+}
+
+static int link_ports_forever(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = SIG_IGN;
+    sa.sa_flags = SA_NOCLDWAIT; /* hooks are never waited for */
+    sigaction(SIGCHLD, &sa, NULL);
+    static struct linker lk;
+    /* Listen first, then scan: a name that arrives in between is seen either way. */
+    int sock = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_KOBJECT_UEVENT);
+    struct sockaddr_nl addr;
+    memset(&addr, 0, sizeof(addr));
+    addr.nl_family = AF_NETLINK;
+    addr.nl_groups = 1;
+    if (sock < 0 || bind(sock, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
+        fprintf(stderr, "kvmpy-ga: uevent socket: %s\n", strerror(errno));
+        link_ports(&lk);
+        return 1;
+    }
+    link_ports(&lk);
+    for (;;) {
+        char msg[8192];
+        ssize_t n = recv(sock, msg, sizeof(msg) - 1, 0);
+        if (n < 0) {
+            if (errno == EINTR || errno == ENOBUFS) { /* ENOBUFS: events lost, rescan */
+                link_ports(&lk);
+                continue;
+            }
+            fprintf(stderr, "kvmpy-ga: uevent: %s\n", strerror(errno));
+            return 1;
+        }
+        msg[n] = 0;
+        /* "ACTION@DEVPATH\0KEY=VALUE\0...": only virtio-ports events matter. */
+        for (ssize_t off = 0; off < n; off += (ssize_t)strlen(msg + off) + 1) {
+            if (strcmp(msg + off, "SUBSYSTEM=virtio-ports") == 0) {
+                link_ports(&lk);
+                break;
+            }
+        }
+    }
+}
+
 int main(int argc, char **argv)
 {
     const char *path = DEFAULT_PORT;
     for (int k = 1; k < argc; k++) {
         if (strcmp(argv[k], "-p") == 0 && k + 1 < argc) {
             path = argv[++k];
+        } else if (strcmp(argv[k], "--link-ports") == 0 && argc == 2) {
+            return link_ports_forever();
         } else {
-            fprintf(stderr, "usage: kvmpy-ga [-p PORT]  (default %s; '-': stdin/stdout)\n",
-                    DEFAULT_PORT);
+            fprintf(stderr, "usage: kvmpy-ga [-p PORT]  (default %s; '-': stdin/stdout)\n"
+                            "       kvmpy-ga --link-ports\n", DEFAULT_PORT);
             return 2;
         }
     }
