@@ -71,7 +71,7 @@ class VirtioNineP(VirtioDevice):
     queue_sizes = (QUEUE_SIZE,)
     state: VirtioNinePState
 
-    mount_tag = Property(str, "", "a string (the tag the guest mounts)")
+    mount_tag = Property(str, "", "a string (the tag the guest mounts)", name="mount_tag")
     fsdev = Property(str, "", "ID of the -fsdev to export")
 
     def __init__(self, server: Server | None = None,
