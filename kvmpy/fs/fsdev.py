@@ -36,8 +36,6 @@ _FSDEV_KEYS = ("fsdriver", "path", "security_model", "writeout", "readonly", "mu
 _VIRTFS_KEYS = ("fsdriver", "path", "mount_tag", "security_model", "writeout", "readonly",
                 "multidevs", "socket", "sock_fd", "fmode", "dmode", "id")
 _ID = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*\Z")
-_SECURITY_HINT = ("Valid options are: security_model="
-                  "[passthrough|mapped-xattr|mapped-file|none]")
 
 
 @dataclass
@@ -88,6 +86,9 @@ def _parse(spec: str, keys: tuple[str, ...], option: str) -> dict[str, str]:
         if key not in keys:
             raise ConfigError(f"Invalid parameter '{key}'")
     props = dict(opts.props)
+    for key in ("fmode", "dmode", "sock_fd"):        # QEMU_OPT_NUMBER: checked when parsed
+        if key in props:
+            _number(key, props[key])
     if "readonly" in props:
         props["readonly"] = "on" if _bool("readonly", props["readonly"]) else "off"
     return props
@@ -113,15 +114,14 @@ def _build(props: dict[str, str]) -> FsDev:
     readonly = props.get("readonly") == "on"
     model = props.get("security_model")
     if model is None:
-        raise ConfigError("security_model property not set. " + _SECURITY_HINT)
+        raise ConfigError("security_model property not set")
     if model == "mapped":
         model = "mapped-xattr"
     if model not in SECURITY_MODELS:
-        raise ConfigError(f"invalid security_model property '{model}'. " + _SECURITY_HINT)
+        raise ConfigError(f"invalid security_model property '{model}'")
     multidevs = props.get("multidevs", "warn")
     if multidevs not in ("remap", "forbid", "warn"):
-        raise ConfigError(f"invalid multidevs property '{multidevs}'. "
-                          "Valid options are: multidevs=[remap|forbid|warn]")
+        raise ConfigError(f"invalid multidevs property '{multidevs}'")
     path = props.get("path")
     if path is None:
         raise ConfigError("path property not set")
