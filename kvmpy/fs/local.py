@@ -52,6 +52,8 @@ class Node:
     parent: Node | None
     name: bytes
     refs: int = 0
+    dev: int = 0          # identity of the inode behind ``fd``
+    ino: int = 0
 
 
 class Attr(NamedTuple):
@@ -278,6 +280,8 @@ class Local:
         host_mode = self.fsdev.fmode if self.mapped else mode & 0o7777
         fd = hostio.openat2(parent.fd, name, flags | os.O_CREAT | os.O_EXCL, host_mode)
         try:
+            if self.mapped:
+                os.fchmod(fd, host_mode)         # exactly fmode, whatever the umask
             pfd = self._finish(parent, name, stat.S_IFREG | (mode & 0o7777), uid, gid)
         except OSError:
             os.close(fd)

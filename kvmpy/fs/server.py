@@ -95,7 +95,12 @@ class Server:
         self.max_fids = DEFAULT_MAX_FIDS
         self.max_host_fds = _default_fd_budget()
         self.local = Local(fsdev)
-        self.root = Node(self.local.root_fd, None, b"", refs=1)
+        root_st = os.fstat(self.local.root_fd)
+        self.root = Node(self.local.root_fd, None, b"", refs=1, dev=root_st.st_dev,
+                         ino=root_st.st_ino)
+        # Live nodes by (parent dev, parent ino, name), so that a rename or unlink by name
+        # moves or orphans every node reached by that name (QEMU v9fs_fix_path).
+        self._named: dict[tuple[int, int, bytes], list[Node]] = {}
         self.msize = 0
         self.fids: dict[int, _Fid] = {}
         self.host_fds = 0
@@ -186,18 +191,64 @@ class Server:
             raise _fail(errno.ENFILE)
 
     def _new_node(self, fd: int, parent: Node, name: bytes) -> Node:
+        """A node for ``fd``, reached as ``name`` in ``parent``; owns ``fd`` from here on."""
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            os.close(fd)
+            raise
         self.host_fds += 1
         parent.refs += 1
-        return Node(fd, parent, name)
+        node = Node(fd, parent, name, dev=st.st_dev, ino=st.st_ino)
+        self._named.setdefault((parent.dev, parent.ino, name), []).append(node)
+        return node
+
+    def _forget_name(self, node: Node) -> None:
+        if node.parent is None:
+            return
+        key = (node.parent.dev, node.parent.ino, node.name)
+        nodes = self._named.get(key)
+        if nodes is None:
+            return
+        try:
+            nodes.remove(node)
+        except ValueError:
+            return
+        if not nodes:
+            del self._named[key]
 
     def _unref(self, node: Node | None) -> None:
         while node is not None:
             node.refs -= 1
             if node.refs > 0 or node.parent is None:
                 return
+            self._forget_name(node)
             os.close(node.fd)
             self.host_fds -= 1
             node = node.parent
+
+    def _renamed(self, olddir: Node, oldname: bytes, ident: tuple[int, int], newdir: Node,
+                 newname: bytes) -> None:
+        """After a rename on the host: nodes of the moved inode follow it; nodes of the
+        file it replaced lose their name."""
+        if (olddir.dev, olddir.ino, oldname) == (newdir.dev, newdir.ino, newname):
+            return
+        self._unlinked(newdir, newname)       # the file replaced, if any
+        moved = self._named.pop((olddir.dev, olddir.ino, oldname), [])
+        for node in moved:
+            if (node.dev, node.ino) != ident:
+                node.name = b""
+                continue
+            old_parent = node.parent
+            newdir.refs += 1
+            node.parent = newdir
+            node.name = newname
+            self._named.setdefault((newdir.dev, newdir.ino, newname), []).append(node)
+            self._unref(old_parent)
+
+    def _unlinked(self, dirnode: Node, name: bytes) -> None:
+        for node in self._named.pop((dirnode.dev, dirnode.ino, name), []):
+            node.name = b""
 
     def _release(self, fid: _Fid) -> None:
         if fid.fd >= 0:
@@ -446,6 +497,8 @@ class Server:
             dirfd, name = self.local.locate(fid.node)
             is_dir = stat.S_ISDIR(os.fstat(fid.node.fd).st_mode)
             self.local.unlink(dirfd, name, is_dir)
+            if fid.node.parent is not None:
+                self._unlinked(fid.node.parent, name)
         finally:
             self._release(fid)
         return p.message(p.TREMOVE + 1, tag)
@@ -622,12 +675,11 @@ class Server:
             raise _fail(errno.EINVAL)
         node = fid.node
         olddir, oldname = self.local.locate(node)
+        parent = node.parent
+        if parent is None:                        # locate() refuses the root already
+            raise _fail(errno.EBUSY)
         self.local.rename(olddir, oldname, dfid.node.fd, name)
-        old_parent = node.parent
-        dfid.node.refs += 1
-        node.parent = dfid.node
-        node.name = name
-        self._unref(old_parent)
+        self._renamed(parent, oldname, (node.dev, node.ino), dfid.node, name)
         return p.message(p.TRENAME + 1, tag)
 
     def _renameat(self, tag: int, r: p.Reader, room: int) -> bytes:
@@ -639,7 +691,9 @@ class Server:
         self._check_name(newname, errno.EISDIR)
         if self.local.mapped_file and (is_metadata_name(oldname) or is_metadata_name(newname)):
             raise _fail(errno.EINVAL)
+        st = os.stat(oldname, dir_fd=olddir.node.fd, follow_symlinks=False)
         self.local.rename(olddir.node.fd, oldname, newdir.node.fd, newname)
+        self._renamed(olddir.node, oldname, (st.st_dev, st.st_ino), newdir.node, newname)
         return p.message(p.TRENAMEAT + 1, tag)
 
     def _unlinkat(self, tag: int, r: p.Reader, room: int) -> bytes:
@@ -654,6 +708,7 @@ class Server:
         if flags & ~p.AT_REMOVEDIR:
             raise _fail(errno.EINVAL)
         self.local.unlink(fid.node.fd, name, bool(flags & p.AT_REMOVEDIR))
+        self._unlinked(fid.node, name)
         return p.message(p.TUNLINKAT + 1, tag)
 
     # -- locks ---------------------------------------------------------------------------

@@ -226,3 +226,17 @@ def test_readonly_refuses_every_mutation(env: Env) -> None:
     c.fsync(4)
     c.statfs(0)
     assert _tree(env.share) == before
+
+
+def test_mapped_file_metadata_found_after_a_rename_through_another_fid(env: Env) -> None:
+    c = env.client(model="mapped-file")
+    c.walk(0, 1)
+    c.lcreate(1, "f", O_RDWR | O_CREAT, 0o640, gid=77)
+    c.mkdir(0, "d", 0o700)
+    c.walk(0, 2, "d")
+    c.walk(0, 3, "f")
+    c.renameat(0, "f", 2, "g")
+    attr = c.getattr(3)               # the fid walked before the move
+    assert (attr.mode, attr.gid) == (stat.S_IFREG | 0o640, 77)
+    c.setattr(3, 0x4, gid=78)
+    assert "virtfs.gid=78" in (env.share / "d" / ".virtfs_metadata" / "g").read_text()

@@ -467,3 +467,31 @@ def test_reset_and_close_release_every_fd(env: Env) -> None:
     server.close()
     env.servers.remove(server)
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_fids_follow_renames_made_through_other_fids(env: Env) -> None:
+    (env.share / "a").write_bytes(b"A")
+    (env.share / "d").mkdir()
+    c = env.client()
+    c.walk(0, 1, "a")                 # the guest's dentry fid for "a"
+    c.walk(0, 2, "d")
+    c.renameat(0, "a", 2, "b")        # mv a d/b (Linux sends Trenameat)
+    c.link(0, 1, "hard")              # ln d/b hard, with the fid walked before the move
+    assert os.stat(env.share / "hard").st_ino == os.stat(env.share / "d" / "b").st_ino
+    c.rename(1, 0, "c")               # and the fid can still name its file
+    assert (env.share / "c").read_bytes() == b"A"
+    assert not (env.share / "d" / "b").exists()
+    # A file replaced by a rename loses its name: removing through its old fid removes
+    # nothing else.
+    (env.share / "x").write_bytes(b"X")
+    c.walk(0, 3, "x")
+    c.renameat(0, "c", 0, "x")
+    with pytest.raises(NinePError) as exc:
+        c.remove(3)
+    assert errno_of(exc) == errno.ENOENT
+    assert (env.share / "x").read_bytes() == b"A"
+    # Renaming a name onto itself changes nothing.
+    c.walk(0, 4, "x")
+    c.renameat(0, "x", 0, "x")
+    c.link(0, 4, "x2")
+    assert os.path.samefile(env.share / "x", env.share / "x2")
