@@ -9,13 +9,26 @@ from typing import TYPE_CHECKING, Any
 from kvmpy.errors import AccelError, ConfigError, KvmpyError, StateError
 
 if TYPE_CHECKING:
+    from kvmpy.guest_agent import (
+        ExecResult,
+        GuestAgent,
+        GuestAgentCommandError,
+        GuestAgentError,
+        GuestAgentProtocolError,
+        GuestAgentTimeout,
+    )
     from kvmpy.process import ProcessVM
     from kvmpy.vm import VM
 
 __version__ = "0.1.0"
 
-__all__ = ["VM", "AccelError", "ConfigError", "KvmpyError", "ProcessVM", "StateError",
-           "__version__"]
+__all__ = ["VM", "AccelError", "ConfigError", "ExecResult", "GuestAgent",
+           "GuestAgentCommandError", "GuestAgentError", "GuestAgentProtocolError",
+           "GuestAgentTimeout", "KvmpyError", "ProcessVM", "StateError", "__version__"]
+
+_GUEST_AGENT_NAMES = frozenset({"ExecResult", "GuestAgent", "GuestAgentCommandError",
+                                "GuestAgentError", "GuestAgentProtocolError",
+                                "GuestAgentTimeout"})
 
 
 def __getattr__(name: str) -> Any:
@@ -28,4 +41,8 @@ def __getattr__(name: str) -> Any:
         from kvmpy.process import ProcessVM
 
         return ProcessVM
+    if name in _GUEST_AGENT_NAMES:
+        from kvmpy import guest_agent
+
+        return getattr(guest_agent, name)
     raise AttributeError(f"module 'kvmpy' has no attribute '{name}'")

@@ -1,8 +1,10 @@
 """pytest fixtures for VM lifecycle tests (registered through the ``pytest11`` entry point).
 
 ``vm_factory(**options)`` creates :class:`kvmpy.VM` objects (``process=True`` for
-:class:`kvmpy.ProcessVM`) that are always torn down; ``vm`` is one launched VM on the bundled
-guest.  When a test fails, the console log of each of its VMs is attached to the report.
+:class:`kvmpy.ProcessVM`; ``agent=True`` for a guest agent port) that are always torn down;
+``vm`` is one launched VM on the bundled guest; ``guest`` is the answering guest agent of one
+(``guest.exec(["uname", "-r"])``).  When a test fails, the console log of each of its VMs is
+attached to the report.
 """
 
 from __future__ import annotations
@@ -45,6 +47,15 @@ def vm_factory(request: pytest.FixtureRequest) -> Iterator[VmFactory]:
 def vm(vm_factory: VmFactory) -> Any:
     """A launched ``kvmpy.VM`` of the virt board booting the bundled guest."""
     return vm_factory(machine="virt")
+
+
+@pytest.fixture
+def guest(vm_factory: VmFactory) -> Any:
+    """The guest agent (:class:`kvmpy.GuestAgent`) of a launched ``kvmpy.VM`` booting the bundled
+    guest with ``agent=True``, once it answers."""
+    machine = vm_factory(machine="virt", agent=True)
+    machine.guest.wait_ready()
+    return machine.guest
 
 
 @pytest.hookimpl(hookwrapper=True)
