@@ -395,8 +395,35 @@ class Local:
 
     # -- xattrs --------------------------------------------------------------------------
 
-    def _hidden(self, name: bytes) -> bool:
-        return self.mapped_xattr and name.startswith(XATTR_PREFIX)
+    def _host_xattr(self, name: bytes, reserved_errno: int) -> bytes:
+        """The host name of guest xattr ``name``.  As QEMU's xattr tables (9p-xattr.c):
+        only ``user.*`` and ``system.posix_acl_*`` exist for the guest (``security.*`` or
+        ``trusted.*`` on a host file would be host privileges), mapped-xattr keeps POSIX
+        ACLs in ``user.virtfs.system.posix_acl_*`` and reserves ``user.virtfs.*``, and
+        ``none`` has no ACLs."""
+        if name.startswith(b"user."):
+            if self.mapped_xattr and name.startswith(XATTR_PREFIX):
+                raise OSError(reserved_errno, os.strerror(reserved_errno))
+            return name
+        if name.startswith(_ACL_PREFIX) and self.model != "none":
+            if not self.mapped_xattr:
+                return name
+            if name in _MAPPED_ACLS:
+                return XATTR_PREFIX + name
+        raise OSError(errno.EOPNOTSUPP, "unsupported xattr namespace")
+
+    def _guest_xattr(self, host: bytes) -> bytes | None:
+        """The name the guest sees for host xattr ``host`` (None: hidden)."""
+        if self.mapped_xattr:
+            if host.startswith(XATTR_PREFIX):
+                rest = host[len(XATTR_PREFIX):]
+                return rest if rest in _MAPPED_ACLS else None
+            return host if host.startswith(b"user.") else None
+        if host.startswith(b"user."):
+            return host
+        if host.startswith(_ACL_PREFIX) and self.model != "none":
+            return host
+        return None
 
     @staticmethod
     def _xattr_target(node: Node) -> str:
@@ -405,24 +432,33 @@ class Local:
         return proc_path(node.fd)
 
     def getxattr(self, node: Node, name: bytes) -> bytes:
-        if self._hidden(name):
-            raise OSError(errno.ENODATA, "no such attribute")
-        return os.getxattr(self._xattr_target(node), name)
+        host = self._host_xattr(name, errno.ENODATA)
+        return os.getxattr(self._xattr_target(node), host)
 
     def listxattr(self, node: Node) -> bytes:
-        names = os.listxattr(self._xattr_target(node))
-        return b"".join(os.fsencode(n) + b"\0" for n in names
-                        if not self._hidden(os.fsencode(n)))
+        out = []
+        for text in os.listxattr(self._xattr_target(node)):
+            name = self._guest_xattr(os.fsencode(text))
+            if name is not None:
+                out.append(name + b"\0")
+        return b"".join(out)
 
     def setxattr(self, node: Node, name: bytes, value: bytes, flags: int) -> None:
-        if self._hidden(name):
-            raise OSError(errno.EACCES, "reserved attribute")
-        os.setxattr(self._xattr_target(node), name, value, flags)
+        host = self._host_xattr(name, errno.EACCES)
+        os.setxattr(self._xattr_target(node), host, value, flags)
 
     def removexattr(self, node: Node, name: bytes) -> None:
-        if self._hidden(name):
-            raise OSError(errno.EACCES, "reserved attribute")
-        os.removexattr(self._xattr_target(node), name)
+        host = self._host_xattr(name, errno.EACCES)
+        try:
+            os.removexattr(self._xattr_target(node), host)
+        except OSError as exc:
+            # QEMU mp_pacl_removexattr: removing an absent mapped ACL is not an error.
+            if not (exc.errno == errno.ENODATA and host != name):
+                raise
+
+
+_ACL_PREFIX = b"system.posix_acl_"
+_MAPPED_ACLS = (b"system.posix_acl_access", b"system.posix_acl_default")
 
 
 def _get_xattr_meta(fd: int) -> dict[bytes, int]:

@@ -407,3 +407,22 @@ def test_random_bytes_get_an_answer(data: bytes) -> None:
             assert size == len(reply) and rtype % 2 == 1
         finally:
             server.close()
+
+
+@pytest.mark.parametrize("model", ["passthrough", "none", "mapped-xattr", "mapped-file"])
+def test_only_user_and_acl_xattrs_reach_the_host(env: Env, model: str) -> None:
+    (env.share / "f").write_bytes(b"")
+    os.setxattr(env.share / "f", "trusted.host", b"t")
+    c = env.client(model=model)
+    c.walk(0, 1, "f")
+    for name in ("security.capability", "trusted.x", "security.selinux", "system.foo",
+                 "btrfs.compression", "nonamespace"):
+        assert err(c.xattrwalk, 1, 2, name) == errno.EOPNOTSUPP
+        c.walk(1, 2)
+        c.xattrcreate(2, name, 1)
+        c.write(2, 0, b"x")
+        assert err(c.clunk, 2) == errno.EOPNOTSUPP
+    assert err(c.xattrwalk, 1, 2, "trusted.host") == errno.EOPNOTSUPP
+    c.set_xattr(1, 2, "user.ok", b"1")
+    assert c.get_xattr(1, 2, "") == b"user.ok\0"
+    assert sorted(os.listxattr(env.share / "f")) == ["trusted.host", "user.ok"]

@@ -240,3 +240,38 @@ def test_mapped_file_metadata_found_after_a_rename_through_another_fid(env: Env)
     assert (attr.mode, attr.gid) == (stat.S_IFREG | 0o640, 77)
     c.setattr(3, 0x4, gid=78)
     assert "virtfs.gid=78" in (env.share / "d" / ".virtfs_metadata" / "g").read_text()
+
+
+# struct posix_acl_xattr_header + entries: USER_OBJ rw-, GROUP_OBJ r--, OTHER r--
+ACL_0644 = struct.pack("<I", 2) + struct.pack("<HHI", 1, 6, 0xFFFFFFFF) \
+    + struct.pack("<HHI", 4, 4, 0xFFFFFFFF) + struct.pack("<HHI", 32, 4, 0xFFFFFFFF)
+
+
+def test_mapped_xattr_keeps_posix_acls_in_user_virtfs(env: Env) -> None:
+    (env.share / "f").write_bytes(b"")
+    os.chmod(env.share / "f", 0o600)
+    c = env.client(model="mapped-xattr")
+    c.walk(0, 1, "f")
+    c.set_xattr(1, 2, "system.posix_acl_access", ACL_0644)
+    assert os.getxattr(env.share / "f", "user.virtfs.system.posix_acl_access") == ACL_0644
+    assert "system.posix_acl_access" not in os.listxattr(env.share / "f")
+    assert stat.S_IMODE(os.stat(env.share / "f").st_mode) == 0o600
+    assert c.get_xattr(1, 2, "system.posix_acl_access") == ACL_0644
+    assert c.get_xattr(1, 2, "") == b"system.posix_acl_access\0"
+    c.set_xattr(1, 2, "system.posix_acl_access", b"")
+    c.set_xattr(1, 2, "system.posix_acl_default", b"")   # absent: still no error (QEMU)
+    assert c.get_xattr(1, 2, "") == b""
+    assert err(c.xattrwalk, 1, 2, "system.posix_acl_other") == errno.EOPNOTSUPP
+
+
+def test_passthrough_acls_are_host_acls_and_none_has_none(env: Env) -> None:
+    (env.share / "f").write_bytes(b"")
+    os.chmod(env.share / "f", 0o600)
+    c = env.client()
+    c.walk(0, 1, "f")
+    c.set_xattr(1, 2, "system.posix_acl_access", ACL_0644)
+    assert stat.S_IMODE(os.stat(env.share / "f").st_mode) == 0o644
+    n = env.client(model="none")
+    n.walk(0, 1, "f")
+    assert err(n.xattrwalk, 1, 2, "system.posix_acl_access") == errno.EOPNOTSUPP
+    assert n.get_xattr(1, 2, "") == b""
