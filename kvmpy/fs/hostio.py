@@ -89,7 +89,7 @@ def fstatfs(fd: int) -> dict[str, int]:
             "ffree": buf.f_ffree, "fsid": fsid, "namelen": buf.f_namelen}
 
 
-_DIRENT = struct.Struct("<QqHB")          # d_ino, d_off, d_reclen, d_type, then d_name
+_DIRENT = struct.Struct("<QQHB")          # d_ino, d_off, d_reclen, d_type, then d_name
 
 
 class DirReader:

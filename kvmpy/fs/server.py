@@ -5,10 +5,10 @@ partial-walk rule, Rlerror for everything unsupported) and Linux's ``net/9p`` cl
 Errors are host errno values, which on Linux are the numbers the Linux client expects.
 
 Qid paths: a file on the share's own device gets its inode number; a file on another device
-mounted inside the share gets ``1 << 63 | n``, with ``n`` counting the distinct
-(device, inode) pairs seen (QEMU's ``multidevs=remap`` idea, kept in a table for the life of
-the server).  Qid versions are 0.  Readdir entries carry the inode number from the directory
-(as QEMU does without remap).
+mounted inside the share gets ``1 << 63 | prefix << 48 | (inode & (1 << 48) - 1)``, with one
+15-bit prefix per (device, inode >> 48) pair seen, kept for the life of the server (QEMU's
+``multidevs=remap`` suffix map, used whatever ``multidevs`` says).  Qid versions are 0.
+Readdir entries carry the inode number from the directory (as QEMU does without remap).
 
 Resources the guest controls are bounded: at most ``max_fids`` fids and ``max_host_fds``
 host descriptors (ENFILE beyond), read/readdir counts clamped to msize and the reply room,
@@ -61,6 +61,8 @@ _STATFS = struct.Struct("<IIQQQQQQI")
 _LOCK_TYPES = {p.LOCK_TYPE_RDLCK: fcntl.F_RDLCK, p.LOCK_TYPE_WRLCK: fcntl.F_WRLCK,
                p.LOCK_TYPE_UNLCK: fcntl.F_UNLCK}
 _FLOCK = struct.Struct("hhqqi4x")                  # struct flock (Linux, 64-bit)
+_LOW48 = (1 << 48) - 1
+_MAX_PREFIXES = 1 << 15
 
 
 def _fail(code: int) -> OSError:
@@ -258,14 +260,20 @@ class Server:
         self._unref(fid.node)
 
     def _qid_path(self, dev: int, ino: int) -> int:
-        if dev == self.local.root_dev:
-            return ino & 0xFFFFFFFFFFFFFFFF
-        key = (dev, ino)
-        path = self._remap.get(key)
-        if path is None:
-            path = (1 << 63) | len(self._remap)
-            self._remap[key] = path
-        return path
+        """Inode numbers of the share's own device as they are; others remapped to
+        ``1 << 63 | prefix << 48 | low 48 bits of the inode`` with one prefix per
+        (device, high inode bits), as QEMU's multidevs=remap (qid_path_suffixmap)."""
+        if dev == self.local.root_dev and ino < 1 << 63:
+            return ino
+        key = (dev, ino >> 48)
+        prefix = self._remap.get(key)
+        if prefix is None:
+            if len(self._remap) >= _MAX_PREFIXES:
+                log.guest_error("9p: too many devices under the share; qid paths may collide")
+                return ino & 0xFFFFFFFFFFFFFFFF
+            prefix = len(self._remap)
+            self._remap[key] = prefix
+        return 1 << 63 | prefix << 48 | (ino & _LOW48)
 
     def _qid(self, st: os.stat_result, mode: int) -> bytes:
         qtype = p.QTDIR if stat.S_ISDIR(mode) else p.QTSYMLINK if stat.S_ISLNK(mode) else 0
@@ -588,7 +596,7 @@ class Server:
         full = False
         while not full:
             entries = self._dirs.read(fid.fd, pos)
-            if not entries:
+            if not entries or entries[-1][1] == pos:
                 break
             for ino, off, dtype, name in entries:
                 size = 24 + len(name)

@@ -495,3 +495,31 @@ def test_fids_follow_renames_made_through_other_fids(env: Env) -> None:
     c.renameat(0, "x", 0, "x")
     c.link(0, 4, "x2")
     assert os.path.samefile(env.share / "x", env.share / "x2")
+
+
+def test_qid_paths_of_another_device_are_remapped(env: Env) -> None:
+    import subprocess
+    mnt = env.share / "mnt"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "none", str(mnt)], capture_output=True,
+                      check=False).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        (mnt / "a").write_bytes(b"a")
+        (mnt / "b").write_bytes(b"b")
+        c = env.client()
+        qa = c.walk(0, 1, "mnt", "a")[1]
+        qb = c.walk(0, 2, "mnt", "b")[1]
+        qm = c.walk(0, 3, "mnt")[0]
+        for q, path in ((qa, mnt / "a"), (qb, mnt / "b"), (qm, mnt)):
+            assert q.path == 1 << 63 | (os.stat(path).st_ino & ((1 << 48) - 1))
+        assert len({qa.path, qb.path, qm.path}) == 3
+        assert c.getattr(1).qid == qa                    # stable
+        assert c.getattr(2).qid == qb
+        for fid in (1, 2, 3):
+            c.clunk(fid)
+        for server in env.servers:
+            server.close()
+        env.servers.clear()
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
