@@ -79,6 +79,7 @@ class _Fid:
     xattr_name: bytes = b""
     xattr_flags: int = 0
     xattr_size: int = 0
+    xattr_copied: int = 0
 
 
 def _default_fd_budget() -> int:
@@ -477,10 +478,11 @@ class Server:
             return p.message(p.TWRITE + 1, tag, _U32.pack(n))
         if fid.kind == XATTR_CREATE:
             # QEMU v9fs_xattr_write: bytes go at ``offset`` within the declared size.
-            if offset > fid.xattr_size or offset != len(fid.xattr):
+            if offset > fid.xattr_size:
                 raise _fail(errno.ENOSPC)
             n = min(count, fid.xattr_size - offset)
-            fid.xattr += data[:n]
+            fid.xattr[offset:offset + n] = data[:n]
+            fid.xattr_copied += n
             return p.message(p.TWRITE + 1, tag, _U32.pack(n))
         if fid.kind == DIR:
             raise _fail(errno.EISDIR)
@@ -533,9 +535,7 @@ class Server:
         body = _GETATTR.pack(
             attr.mode, attr.uid, attr.gid, st.st_nlink, attr.rdev, st.st_size,
             self._iounit(st), st.st_blocks,
-            int(st.st_atime), st.st_atime_ns % 1_000_000_000,
-            int(st.st_mtime), st.st_mtime_ns % 1_000_000_000,
-            int(st.st_ctime), st.st_ctime_ns % 1_000_000_000,
+            *_timespec(st.st_atime_ns), *_timespec(st.st_mtime_ns), *_timespec(st.st_ctime_ns),
             0, 0, 0, 0)
         return p.message(p.TGETATTR + 1, tag,
                          _U64.pack(p.STATS_BASIC) + self._qid(st, attr.mode) + body)
@@ -794,18 +794,25 @@ class Server:
         fid.xattr_name = name
         fid.xattr_flags = flags
         fid.xattr_size = size
-        fid.xattr = bytearray()
+        fid.xattr = bytearray(size)               # at most XATTR_SIZE_MAX
+        fid.xattr_copied = 0
         return p.message(p.TXATTRCREATE + 1, tag)
 
     def _commit_xattr(self, fid: _Fid) -> None:
         """Clunk of a Txattrcreate fid: set the value written (QEMU v9fs_xattr_fid_clunk:
         a short value is EINVAL, an empty one removes the attribute)."""
-        if len(fid.xattr) != fid.xattr_size:
+        if fid.xattr_copied != fid.xattr_size:
             raise _fail(errno.EINVAL)
         if fid.xattr_size:
             self.local.setxattr(fid.node, fid.xattr_name, bytes(fid.xattr), fid.xattr_flags)
         else:
             self.local.removexattr(fid.node, fid.xattr_name)
+
+
+def _timespec(ns: int) -> tuple[int, int]:
+    """(tv_sec as u64, tv_nsec) of a host time; times before 1970 wrap as in C."""
+    sec, nsec = divmod(ns, 1_000_000_000)
+    return sec & 0xFFFFFFFFFFFFFFFF, nsec
 
 
 def _ns(sec: int, nsec: int) -> int:

@@ -523,3 +523,22 @@ def test_qid_paths_of_another_device_are_remapped(env: Env) -> None:
         env.servers.clear()
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_times_before_1970_and_xattr_pieces_out_of_order(env: Env) -> None:
+    (env.share / "old").write_bytes(b"")
+    os.utime(env.share / "old", ns=(-1_500_000_000, -2_000_000_000))
+    c = env.client()
+    c.walk(0, 1, "old")
+    attr = c.getattr(1)
+    assert attr.atime == ((1 << 64) - 2, 500_000_000)
+    assert attr.mtime == ((1 << 64) - 2, 0)
+    c.walk(0, 2, "old")
+    c.xattrcreate(2, "user.v", 6)
+    assert c.write(2, 3, b"def") == 3
+    assert c.write(2, 0, b"abc") == 3
+    with pytest.raises(NinePError) as exc:
+        c.write(2, 7, b"x")
+    assert errno_of(exc) == errno.ENOSPC
+    c.clunk(2)
+    assert os.getxattr(env.share / "old", "user.v") == b"abcdef"
