@@ -11,7 +11,7 @@ import ctypes
 import os
 import platform
 import struct
-from typing import Any
+from typing import Any, NoReturn
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
@@ -37,29 +37,35 @@ class _OpenHow(ctypes.Structure):
                 ("resolve", ctypes.c_uint64)]
 
 
-def _raise(name: str) -> None:
+def _raise(name: str) -> NoReturn:
     err = ctypes.get_errno()
     raise OSError(err, f"{name}: {os.strerror(err)}")
 
 
-class _Openat2State:
-    available = True
+def _probe_openat2() -> bool:
+    """Whether the kernel (and any seccomp filter) lets openat2 through."""
+    how = _OpenHow(os.O_PATH | os.O_CLOEXEC, 0, RESOLVE_BENEATH)
+    fd = int(_syscall(SYS_OPENAT2, -100, b".", ctypes.byref(how), ctypes.sizeof(how)))
+    if fd < 0:
+        return False
+    os.close(fd)
+    return True
+
+
+HAVE_OPENAT2 = _probe_openat2()
 
 
 def openat2(dirfd: int, name: bytes, flags: int, mode: int = 0,
             resolve: int = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS) -> int:
-    """``openat2(dirfd, name, {flags, mode, resolve})``; falls back to ``openat`` with
-    ``O_NOFOLLOW`` once the kernel says ENOSYS (the callers pass single path components)."""
-    if _Openat2State.available:
+    """``openat2(dirfd, name, {flags, mode, resolve})``; on a kernel without it, ``openat``
+    with ``O_NOFOLLOW`` (the callers pass single, checked path components)."""
+    if HAVE_OPENAT2:
         how = _OpenHow(flags | os.O_CLOEXEC, mode if flags & (os.O_CREAT | os.O_TMPFILE) else 0,
                        resolve)
         fd = int(_syscall(SYS_OPENAT2, dirfd, name, ctypes.byref(how), ctypes.sizeof(how)))
-        if fd >= 0:
-            return fd
-        err = ctypes.get_errno()
-        if err not in (38, 1):         # ENOSYS, or EPERM from a seccomp filter
-            raise OSError(err, os.strerror(err))
-        _Openat2State.available = False
+        if fd < 0:
+            _raise("openat2")
+        return fd
     return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dirfd)
 
 

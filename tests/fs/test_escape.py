@@ -15,11 +15,22 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kvmpy.fs import hostio
 from tests.fs.client import Client, NinePError, msg
 from tests.fs.conftest import SECRET, Env
 
 O_RDONLY, O_WRONLY, O_RDWR, O_CREAT, O_TRUNC, O_DIRECTORY = 0, 1, 2, 0o100, 0o1000, 0o200000
 QTSYMLINK = 0x02
+
+
+@pytest.fixture(autouse=True, params=["openat2", "openat"])
+def lookup_call(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs with openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS) and with the
+    openat(O_NOFOLLOW) path older kernels take."""
+    if request.param == "openat2" and not hostio.HAVE_OPENAT2:
+        pytest.skip("this kernel has no openat2")
+    monkeypatch.setattr(hostio, "HAVE_OPENAT2", request.param == "openat2")
+    return str(request.param)
 
 
 def err(call: object, *args: object) -> int:
