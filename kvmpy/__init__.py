@@ -18,13 +18,14 @@ if TYPE_CHECKING:
         GuestAgentTimeout,
     )
     from kvmpy.process import ProcessVM
+    from kvmpy.runner import run
     from kvmpy.vm import VM
 
 __version__ = "0.1.0"
 
 __all__ = ["VM", "AccelError", "ConfigError", "ExecResult", "GuestAgent",
            "GuestAgentCommandError", "GuestAgentError", "GuestAgentProtocolError",
-           "GuestAgentTimeout", "KvmpyError", "ProcessVM", "StateError", "__version__"]
+           "GuestAgentTimeout", "KvmpyError", "ProcessVM", "StateError", "__version__", "run"]
 
 _GUEST_AGENT_NAMES = frozenset({"ExecResult", "GuestAgent", "GuestAgentCommandError",
                                 "GuestAgentError", "GuestAgentProtocolError",
@@ -41,6 +42,10 @@ def __getattr__(name: str) -> Any:
         from kvmpy.process import ProcessVM
 
         return ProcessVM
+    if name == "run":  # kvmpy.run([...], share="."): see kvmpy.runner
+        from kvmpy.runner import run
+
+        return run
     if name in _GUEST_AGENT_NAMES:
         from kvmpy import guest_agent
 

@@ -23,7 +23,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -131,9 +131,14 @@ class _WakingBackend:
 class System:
     """One VM. Build it with :meth:`create` (phases 2-5), then :meth:`run` (phase 6)."""
 
-    def __init__(self, config: VMConfig, console: Chardev | None = None) -> None:
+    def __init__(self, config: VMConfig, console: Chardev | None = None,
+                 chardevs: Mapping[str, Chardev] | None = None) -> None:
+        """``console``: the serial console's chardev instead of what ``-serial`` says;
+        ``chardevs``: Python objects as chardevs by id, for devices that name them
+        (``virtserialport,chardev=ID``) as they name ``-chardev`` ones."""
         self.config = config
         self._console = console
+        self._own_chardevs = dict(chardevs or {})
         self.lock = threading.RLock()
         self.bus = MmioBus()
         self.ram: GuestRAM | None = None
@@ -241,6 +246,10 @@ class System:
         opener = getattr(chardev_pkg, "open_backends", None)
         if opener is not None:
             self.chardevs, self.serials, self.monitors = opener(self)
+        for chardev_id, chardev in self._own_chardevs.items():
+            if chardev_id in self.chardevs:
+                raise ConfigError(f"Duplicate ID '{chardev_id}' for chardev")
+            self.chardevs[chardev_id] = chardev
         if self._console is not None:
             self.serials = [self._console]
         for serial in self.serials:

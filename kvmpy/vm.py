@@ -56,6 +56,11 @@ class ConsoleLog:
         """True once no more output can arrive (expect then stops waiting)."""
         return False
 
+    def output(self, start: int = 0) -> bytes:
+        """The console output from byte ``start`` on, undecoded."""
+        with self._cond:
+            return bytes(self._output[start:])
+
     @property
     def log(self) -> str:
         """The whole console output so far, decoded leniently."""
@@ -154,10 +159,13 @@ class VM:
     """
 
     def __init__(self, args: Sequence[str] | None = None, *, agent: bool = False,
-                 **options: Any) -> None:
+                 chardevs: Mapping[str, Chardev] | None = None, **options: Any) -> None:
+        """``chardevs``: Python objects (:class:`kvmpy.chardev.base.Chardev`) that devices
+        name as chardevs by id, e.g. ``virtserialport,chardev=ID``."""
         from kvmpy.system import System
 
         self.args = _build_args(args, options)
+        self._chardevs = dict(chardevs or {})
         self._agent_chardev = AgentChardev() if agent else None
         if agent:
             self.args += agent_device_args(AGENT_CHARDEV_ID)
@@ -189,9 +197,12 @@ class VM:
                             else self.args)
         config.serial = []
         config.nographic = False
-        system = System(config, console=self.console)
+        chardevs = dict(self._chardevs)
         if self._agent_chardev is not None:
-            _add_chardev(system, AGENT_CHARDEV_ID, self._agent_chardev)
+            if AGENT_CHARDEV_ID in chardevs:
+                raise ConfigError(f"Duplicate ID '{AGENT_CHARDEV_ID}' for chardev")
+            chardevs[AGENT_CHARDEV_ID] = self._agent_chardev
+        system = System(config, console=self.console, chardevs=chardevs)
         system.add_event_listener(self._on_event)
         try:
             system.create()
@@ -408,20 +419,6 @@ class VM:
         if stepper is None:
             raise KvmpyError("single-stepping needs the tcg accelerator")
         stepper(count)
-
-
-def _add_chardev(system: Any, chardev_id: str, chardev: Chardev) -> None:
-    """Make the Python object ``chardev`` the chardev ``chardev_id`` of ``system``, for the
-    devices that name it (added when the System opens the command line's chardevs)."""
-    open_chardevs = system._open_chardevs
-
-    def open_with_chardev() -> None:
-        open_chardevs()
-        if chardev_id in system.chardevs:
-            raise ConfigError(f"Duplicate ID '{chardev_id}' for chardev")
-        system.chardevs[chardev_id] = chardev
-
-    system._open_chardevs = open_with_chardev
 
 
 def _matches(event: Mapping[str, Any], match: Mapping[str, Any]) -> bool:

@@ -96,6 +96,10 @@ def _notice_no_display(config: VMConfig) -> None:
 def main(argv: list[str] | None = None) -> int:
     """``kvmpy [options]``: returns the process exit status."""
     args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["run"]:  # ``kvmpy run [OPTIONS] -- COMMAND``: see kvmpy.runner
+        from kvmpy.runner import main as run_main
+
+        return run_main(args[1:])
     try:
         result = parse_command_line(args)
         if result.output is not None:
