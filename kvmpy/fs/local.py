@@ -219,11 +219,7 @@ class Local:
                 values[b"gid"] = gid
             self.set_meta(node, values)
             return
-        try:
-            hostio.fchown_empty(node.fd, -1 if uid is None else uid, -1 if gid is None else gid)
-        except OSError:
-            if self.model != "none":
-                raise
+        hostio.fchown_empty(node.fd, -1 if uid is None else uid, -1 if gid is None else gid)
 
     # -- creation ------------------------------------------------------------------------
 

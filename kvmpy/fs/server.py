@@ -7,7 +7,8 @@ Errors are host errno values, which on Linux are the numbers the Linux client ex
 Qid paths: a file on the share's own device gets its inode number; a file on another device
 mounted inside the share gets ``1 << 63 | prefix << 48 | (inode & (1 << 48) - 1)``, with one
 15-bit prefix per (device, inode >> 48) pair seen, kept for the life of the server (QEMU's
-``multidevs=remap`` suffix map, used whatever ``multidevs`` says).  Qid versions are 0.
+``multidevs=remap`` suffix map, also for the default ``warn``, whose collisions kvmpy has
+no reason to keep; ``multidevs=forbid`` answers ENODEV as QEMU).  Qid versions are 0.
 Readdir entries carry the inode number from the directory (as QEMU does without remap).
 
 Resources the guest controls are bounded: at most ``max_fids`` fids and ``max_host_fds``
@@ -111,6 +112,7 @@ class Server:
         self._view = memoryview(self._buf)
         self._dirs = hostio.DirReader()
         self._remap: dict[tuple[int, int], int] = {}
+        self._multidev_reported = False
         self._handlers: dict[int, Callable[[int, p.Reader, int], bytes]] = {
             p.TVERSION: self._version, p.TATTACH: self._attach, p.TWALK: self._walk,
             p.TLOPEN: self._lopen, p.TLCREATE: self._lcreate, p.TREAD: self._read,
@@ -266,6 +268,13 @@ class Server:
         (device, high inode bits), as QEMU's multidevs=remap (qid_path_suffixmap)."""
         if dev == self.local.root_dev and ino < 1 << 63:
             return ino
+        if self.fsdev.multidevs == "forbid":
+            if not self._multidev_reported:
+                self._multidev_reported = True
+                log.warn_report("9p: Multiple devices detected in same VirtFS export. Access "
+                                "of guest to additional devices is (partly) denied due to "
+                                "virtfs option 'multidevs=forbid' being effective.")
+            raise _fail(errno.ENODEV)
         key = (dev, ino >> 48)
         prefix = self._remap.get(key)
         if prefix is None:

@@ -516,6 +516,17 @@ def test_qid_paths_of_another_device_are_remapped(env: Env) -> None:
         assert len({qa.path, qb.path, qm.path}) == 3
         assert c.getattr(1).qid == qa                    # stable
         assert c.getattr(2).qid == qb
+        from kvmpy.fs import FsDev, Server
+        from tests.fs.client import Client
+        forbid = Server(FsDev(id="f", path=str(env.share), security_model="passthrough",
+                              multidevs="forbid"))
+        env.servers.append(forbid)
+        f = Client(forbid)
+        f.version()
+        f.attach(0)
+        with pytest.raises(NinePError) as exc:
+            f.walk(0, 1, "mnt")
+        assert errno_of(exc) == errno.ENODEV
         for fid in (1, 2, 3):
             c.clunk(fid)
         for server in env.servers:
