@@ -1071,21 +1071,20 @@ static int cmd_exec(struct request *rq)
         if (!ag->procs[k].used)
             p = &ag->procs[k];
     if (!p) {
-        ERR(rq, "Guest agent command failed, error was '%s'",
-            "too many processes not collected by guest-exec-status");
+        ERR(rq, "too many processes not collected by guest-exec-status (%d)", MAX_PROCS);
         goto out;
     }
     if (pipe2(status_pipe, O_CLOEXEC) < 0 || (has_input && pipe2(in_pipe, O_CLOEXEC) < 0) ||
         (capture && (pipe2(out_pipe, O_CLOEXEC) < 0 || pipe2(err_pipe, O_CLOEXEC) < 0))) {
-        ERR(rq, "Guest agent command failed, error was 'Failed to create pipe for "
-                "communicating with child process (%s)'", strerror(errno));
+        ERR(rq, "Failed to create pipe for communicating with child process (%s)",
+            strerror(errno));
         p = NULL;
         goto out;
     }
     const char *search = env_path(envp);
     pid_t pid = fork();
     if (pid < 0) {
-        ERR(rq, "Guest agent command failed, error was 'Failed to fork (%s)'", strerror(errno));
+        ERR(rq, "Failed to fork (%s)", strerror(errno));
         p = NULL;
         goto out;
     }
@@ -1123,8 +1122,9 @@ static int cmd_exec(struct request *rq)
         int st;
         while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
         }
-        ERR(rq, "Guest agent command failed, error was 'Failed to execute child process "
-                "\xe2\x80\x9c%s\xe2\x80\x9d (%s)'", path, strerror(child_errno));
+        /* glib's g_spawn message, as qemu-ga 10 passes it on. */
+        ERR(rq, "Failed to execute child process \xe2\x80\x9c%s\xe2\x80\x9d (%s)", path,
+            strerror(child_errno));
         p = NULL;
         goto out;
     }

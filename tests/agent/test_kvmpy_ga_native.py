@@ -170,9 +170,8 @@ def test_exec_files_and_info(agent: tuple[GuestAgent, PipeTransport], tmp_path: 
     assert client.exec(["env"], env={"A": "1", "B": "x y"}).stdout == b"A=1\nB=x y\n"
     with pytest.raises(GuestAgentCommandError) as info:
         client.exec(["/nonexistent/program"])
-    assert info.value.desc == ("Guest agent command failed, error was 'Failed to execute child "
-                               "process \u201c/nonexistent/program\u201d (No such file or "
-                               "directory)'")
+    assert info.value.desc == ("Failed to execute child process \u201c/nonexistent/program\u201d "
+                               "(No such file or directory)")
     big = client.exec(["head", "-c", str(17 << 20), "/dev/zero"])
     assert (len(big.stdout), big.stdout_truncated) == (16 << 20, True)
     data = os.urandom(300_000)
