@@ -32,6 +32,7 @@ from kvmpy.fs import hostio
 from kvmpy.fs import protocol as p
 from kvmpy.fs.fsdev import FsDev
 from kvmpy.fs.local import XATTR_SIZE_MAX, Local, Node, is_metadata_name
+from kvmpy.fs.nodes import NodeTable, fail
 
 DEFAULT_MAX_MSIZE = 512 * 1024
 DEFAULT_MAX_FIDS = 65536
@@ -62,12 +63,9 @@ _STATFS = struct.Struct("<IIQQQQQQI")
 _LOCK_TYPES = {p.LOCK_TYPE_RDLCK: fcntl.F_RDLCK, p.LOCK_TYPE_WRLCK: fcntl.F_WRLCK,
                p.LOCK_TYPE_UNLCK: fcntl.F_UNLCK}
 _FLOCK = struct.Struct("hhqqi4x")                  # struct flock (Linux, 64-bit)
-_LOW48 = (1 << 48) - 1
-_MAX_PREFIXES = 1 << 15
 
 
-def _fail(code: int) -> OSError:
-    return OSError(code, os.strerror(code))
+_fail = fail
 
 
 @dataclass(eq=False)
@@ -97,22 +95,16 @@ class Server:
         self.fsdev = fsdev
         self.max_msize = max(p.MIN_MSIZE, max_msize)
         self.max_fids = DEFAULT_MAX_FIDS
-        self.max_host_fds = _default_fd_budget()
         self.local = Local(fsdev)
         root_st = os.fstat(self.local.root_fd)
         self.root = Node(self.local.root_fd, None, b"", refs=1, dev=root_st.st_dev,
                          ino=root_st.st_ino)
-        # Live nodes by (parent dev, parent ino, name), so that a rename or unlink by name
-        # moves or orphans every node reached by that name (QEMU v9fs_fix_path).
-        self._named: dict[tuple[int, int, bytes], list[Node]] = {}
+        self.nodes = NodeTable(self.root, _default_fd_budget(), fsdev.multidevs)
         self.msize = 0
         self.fids: dict[int, _Fid] = {}
-        self.host_fds = 0
         self._buf = bytearray(self.max_msize)
         self._view = memoryview(self._buf)
         self._dirs = hostio.DirReader()
-        self._remap: dict[tuple[int, int], int] = {}
-        self._multidev_reported = False
         self._handlers: dict[int, Callable[[int, p.Reader, int], bytes]] = {
             p.TVERSION: self._version, p.TATTACH: self._attach, p.TWALK: self._walk,
             p.TLOPEN: self._lopen, p.TLCREATE: self._lcreate, p.TREAD: self._read,
@@ -176,6 +168,19 @@ class Server:
     # -- helpers -------------------------------------------------------------------------
 
     @property
+    def host_fds(self) -> int:
+        """Host fds held for the guest (nodes and open files; the share root not counted)."""
+        return self.nodes.host_fds
+
+    @property
+    def max_host_fds(self) -> int:
+        return self.nodes.max_host_fds
+
+    @max_host_fds.setter
+    def max_host_fds(self, value: int) -> None:
+        self.nodes.max_host_fds = value
+
+    @property
     def _msize(self) -> int:
         return self.msize or self.max_msize
 
@@ -191,103 +196,15 @@ class Server:
         if len(self.fids) >= self.max_fids:
             raise _fail(errno.EMFILE)
 
-    def _charge(self) -> None:
-        if self.host_fds >= self.max_host_fds:
-            raise _fail(errno.ENFILE)
-
-    def _new_node(self, fd: int, parent: Node, name: bytes) -> Node:
-        """A node for ``fd``, reached as ``name`` in ``parent``; owns ``fd`` from here on."""
-        try:
-            st = os.fstat(fd)
-        except OSError:
-            os.close(fd)
-            raise
-        self.host_fds += 1
-        parent.refs += 1
-        node = Node(fd, parent, name, dev=st.st_dev, ino=st.st_ino)
-        self._named.setdefault((parent.dev, parent.ino, name), []).append(node)
-        return node
-
-    def _forget_name(self, node: Node) -> None:
-        if node.parent is None:
-            return
-        key = (node.parent.dev, node.parent.ino, node.name)
-        nodes = self._named.get(key)
-        if nodes is None:
-            return
-        try:
-            nodes.remove(node)
-        except ValueError:
-            return
-        if not nodes:
-            del self._named[key]
-
-    def _unref(self, node: Node | None) -> None:
-        while node is not None:
-            node.refs -= 1
-            if node.refs > 0 or node.parent is None:
-                return
-            self._forget_name(node)
-            os.close(node.fd)
-            self.host_fds -= 1
-            node = node.parent
-
-    def _renamed(self, olddir: Node, oldname: bytes, ident: tuple[int, int], newdir: Node,
-                 newname: bytes) -> None:
-        """After a rename on the host: nodes of the moved inode follow it; nodes of the
-        file it replaced lose their name."""
-        if (olddir.dev, olddir.ino, oldname) == (newdir.dev, newdir.ino, newname):
-            return
-        self._unlinked(newdir, newname)       # the file replaced, if any
-        moved = self._named.pop((olddir.dev, olddir.ino, oldname), [])
-        for node in moved:
-            if (node.dev, node.ino) != ident:
-                node.name = b""
-                continue
-            old_parent = node.parent
-            newdir.refs += 1
-            node.parent = newdir
-            node.name = newname
-            self._named.setdefault((newdir.dev, newdir.ino, newname), []).append(node)
-            self._unref(old_parent)
-
-    def _unlinked(self, dirnode: Node, name: bytes) -> None:
-        for node in self._named.pop((dirnode.dev, dirnode.ino, name), []):
-            node.name = b""
-
     def _release(self, fid: _Fid) -> None:
         if fid.fd >= 0:
-            os.close(fid.fd)
-            self.host_fds -= 1
+            self.nodes.closed(fid.fd)
             fid.fd = -1
-        self._unref(fid.node)
-
-    def _qid_path(self, dev: int, ino: int) -> int:
-        """Inode numbers of the share's own device as they are; others remapped to
-        ``1 << 63 | prefix << 48 | low 48 bits of the inode`` with one prefix per
-        (device, high inode bits), as QEMU's multidevs=remap (qid_path_suffixmap)."""
-        if dev == self.local.root_dev and ino < 1 << 63:
-            return ino
-        if self.fsdev.multidevs == "forbid":
-            if not self._multidev_reported:
-                self._multidev_reported = True
-                log.warn_report("9p: Multiple devices detected in same VirtFS export. Access "
-                                "of guest to additional devices is (partly) denied due to "
-                                "virtfs option 'multidevs=forbid' being effective.")
-            raise _fail(errno.ENODEV)
-        key = (dev, ino >> 48)
-        prefix = self._remap.get(key)
-        if prefix is None:
-            if len(self._remap) >= _MAX_PREFIXES:
-                log.guest_error("9p: too many devices under the share; qid paths may collide")
-                return ino & 0xFFFFFFFFFFFFFFFF
-            prefix = len(self._remap)
-            self._remap[key] = prefix
-        return 1 << 63 | prefix << 48 | (ino & _LOW48)
+        self.nodes.unref(fid.node)
 
     def _qid(self, st: os.stat_result, mode: int) -> bytes:
         qtype = p.QTDIR if stat.S_ISDIR(mode) else p.QTSYMLINK if stat.S_ISLNK(mode) else 0
-        return struct.pack("<BIQ", qtype, 0, self._qid_path(st.st_dev, st.st_ino))
+        return struct.pack("<BIQ", qtype, 0, self.nodes.qid_path(st.st_dev, st.st_ino))
 
     def _node_qid(self, node: Node) -> bytes:
         if self.local.mapped:
@@ -377,25 +294,25 @@ class Server:
                     nxt = cur
                     nxt.refs += 1
                 else:
-                    self._charge()
+                    self.nodes.charge()
                     fd = self.local.lookup(cur, name)
-                    nxt = self._new_node(fd, cur, name)
+                    nxt = self.nodes.new(fd, cur, name)
                     nxt.refs += 1
                 try:
                     qids.append(self._node_qid(nxt))
                 except OSError:
-                    self._unref(nxt)
+                    self.nodes.unref(nxt)
                     raise
-                self._unref(cur)
+                self.nodes.unref(cur)
                 cur = nxt
         except OSError:
             if not qids:
-                self._unref(cur)
+                self.nodes.unref(cur)
                 raise
         if len(qids) < nwname:
-            self._unref(cur)
+            self.nodes.unref(cur)
         elif newfid == fidnum:
-            self._unref(fid.node)
+            self.nodes.unref(fid.node)
             fid.node = cur
         else:
             self.fids[newfid] = _Fid(cur, fid.uid)
@@ -421,9 +338,9 @@ class Server:
         if self.fsdev.readonly and flags & _WRITE_FLAGS:
             raise _fail(errno.EROFS)
         host_flags = self._open_flags(flags)
-        self._charge()
+        self.nodes.charge()
         fd = self.local.open(fid.node, host_flags)
-        self.host_fds += 1
+        self.nodes.opened()
         fid.fd = fd
         st = os.fstat(fd)
         fid.kind = DIR if stat.S_ISDIR(st.st_mode) else FILE
@@ -440,15 +357,14 @@ class Server:
         if fid.kind != PATH:
             raise _fail(errno.EINVAL)
         host_flags = self._open_flags(flags) & ~os.O_DIRECTORY
-        if self.host_fds + 2 > self.max_host_fds:
-            raise _fail(errno.ENFILE)
+        self.nodes.charge(2)
         pfd, fd = self.local.create(fid.node, name, host_flags, mode, fid.uid, gid)
-        node = self._new_node(pfd, fid.node, name)
+        node = self.nodes.new(pfd, fid.node, name)
         node.refs += 1
-        self._unref(fid.node)
+        self.nodes.unref(fid.node)
         fid.node = node
         fid.fd = fd
-        self.host_fds += 1
+        self.nodes.opened()
         fid.kind = FILE
         body = self._node_qid(node) + _U32.pack(self._iounit(os.fstat(fd)))
         return p.message(p.TLCREATE + 1, tag, body)
@@ -517,7 +433,7 @@ class Server:
             is_dir = stat.S_ISDIR(os.fstat(fid.node.fd).st_mode)
             self.local.unlink(dirfd, name, is_dir)
             if fid.node.parent is not None:
-                self._unlinked(fid.node.parent, name)
+                self.nodes.unlinked(fid.node.parent, name)
         finally:
             self._release(fid)
         return p.message(p.TREMOVE + 1, tag)
@@ -618,7 +534,7 @@ class Server:
                 if mapped:
                     dtype = hostio.DT_UNKNOWN
                 qid = struct.pack("<BIQ", _DT_TO_QT.get(dtype, 0), 0,
-                                  self._qid_path(root_dev, ino))
+                                  self.nodes.qid_path(root_dev, ino))
                 parts.append(qid + struct.pack("<QBH", off, dtype, len(name)) + name)
                 used += size
         data = b"".join(parts)
@@ -645,7 +561,7 @@ class Server:
         mode = r.u32()
         gid = r.u32()
         self._check_create_name(name)
-        self._charge()
+        self.nodes.charge()
         pfd = self.local.mkdir(fid.node, name, mode, fid.uid, gid)
         return self._created(tag, p.TMKDIR, fid.node, name, pfd)
 
@@ -654,7 +570,7 @@ class Server:
         name = r.string()
         mode, major, minor, gid = r.u32(), r.u32(), r.u32(), r.u32()
         self._check_create_name(name)
-        self._charge()
+        self.nodes.charge()
         pfd = self.local.mknod(fid.node, name, mode, os.makedev(major, minor), fid.uid, gid)
         return self._created(tag, p.TMKNOD, fid.node, name, pfd)
 
@@ -666,7 +582,7 @@ class Server:
         self._check_create_name(name)
         if not target or b"\0" in target:
             raise _fail(errno.EINVAL if target else errno.ENOENT)
-        self._charge()
+        self.nodes.charge()
         pfd = self.local.symlink(fid.node, name, target, fid.uid, gid)
         return self._created(tag, p.TSYMLINK, fid.node, name, pfd)
 
@@ -696,7 +612,7 @@ class Server:
         if parent is None:                        # locate() refuses the root already
             raise _fail(errno.EBUSY)
         self.local.rename(olddir, oldname, dfid.node.fd, name)
-        self._renamed(parent, oldname, (node.dev, node.ino), dfid.node, name)
+        self.nodes.renamed(parent, oldname, (node.dev, node.ino), dfid.node, name)
         return p.message(p.TRENAME + 1, tag)
 
     def _renameat(self, tag: int, r: p.Reader, room: int) -> bytes:
@@ -710,7 +626,7 @@ class Server:
             raise _fail(errno.EINVAL)
         st = os.stat(oldname, dir_fd=olddir.node.fd, follow_symlinks=False)
         self.local.rename(olddir.node.fd, oldname, newdir.node.fd, newname)
-        self._renamed(olddir.node, oldname, (st.st_dev, st.st_ino), newdir.node, newname)
+        self.nodes.renamed(olddir.node, oldname, (st.st_dev, st.st_ino), newdir.node, newname)
         return p.message(p.TRENAMEAT + 1, tag)
 
     def _unlinkat(self, tag: int, r: p.Reader, room: int) -> bytes:
@@ -725,7 +641,7 @@ class Server:
         if flags & ~p.AT_REMOVEDIR:
             raise _fail(errno.EINVAL)
         self.local.unlink(fid.node.fd, name, bool(flags & p.AT_REMOVEDIR))
-        self._unlinked(fid.node, name)
+        self.nodes.unlinked(fid.node, name)
         return p.message(p.TUNLINKAT + 1, tag)
 
     # -- locks ---------------------------------------------------------------------------
