@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from kvmpy import log
 from kvmpy.errors import ConfigError
 from kvmpy.hw.virtio.device import VirtioDevice
-from kvmpy.hw.virtio.virtqueue import VirtqElement, VirtqueueError
+from kvmpy.hw.virtio.virtqueue import VirtqElement, Virtqueue, VirtqueueError
 from kvmpy.qom import Property, register_type
 
 if TYPE_CHECKING:
@@ -243,13 +243,30 @@ class VirtioNineP(VirtioDevice):
                               f"has {elem.in_size}")
             return
         try:
-            written = vq.write_in(elem, reply)
+            written = _scatter(vq, elem, reply)
             vq.push(elem, written)
         except VirtqueueError as exc:
             self.virtio_error(f"queue 0: {exc}")
             return
         self.served += 1
         self.notify(0)
+
+
+def _scatter(vq: Virtqueue, elem: VirtqElement, data: bytes) -> int:
+    """``data`` into the writable buffers of ``elem`` (a read's reply spans one buffer per
+    guest page: this is the device's hot loop).  The buffers were checked to lie in guest
+    RAM when the chain was walked."""
+    view, base = vq.ram.view, vq.ram.base
+    source = memoryview(data)
+    done, total = 0, len(data)
+    for addr, length in elem.in_:
+        if done >= total:
+            break
+        take = min(length, total - done)
+        start = addr - base
+        view[start:start + take] = source[done:done + take]
+        done += take
+    return done
 
 
 def _answer(server: Server, request: bytes, room: int) -> bytes:
