@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import stat
 import struct
@@ -387,7 +388,16 @@ class Local:
             raise OSError(errno.ELOOP, "is a symlink")
         if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
             raise OSError(errno.ENXIO, "special file")
-        return os.open(proc_path(node.fd), flags | os.O_CLOEXEC)
+        # O_NONBLOCK so that a host lease on the file cannot stall the server in open()
+        # (QEMU openat_file); dropped again unless the guest asked for it.
+        fd = os.open(proc_path(node.fd), flags | os.O_CLOEXEC | os.O_NONBLOCK)
+        if not flags & os.O_NONBLOCK:
+            try:
+                fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+            except OSError:
+                os.close(fd)
+                raise
+        return fd
 
     # -- xattrs --------------------------------------------------------------------------
 

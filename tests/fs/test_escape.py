@@ -437,3 +437,24 @@ def test_only_user_and_acl_xattrs_reach_the_host(env: Env, model: str) -> None:
     c.set_xattr(1, 2, "user.ok", b"1")
     assert c.get_xattr(1, 2, "") == b"user.ok\0"
     assert sorted(os.listxattr(env.share / "f")) == ["trusted.host", "user.ok"]
+
+
+def test_a_host_lease_does_not_stall_open(env: Env) -> None:
+    import fcntl
+    import signal
+    (env.share / "leased").write_bytes(b"x")
+    previous = signal.signal(signal.SIGIO, signal.SIG_IGN)    # the lease break notice
+    holder = os.open(env.share / "leased", os.O_RDONLY)
+    try:
+        fcntl.fcntl(holder, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+        c = env.client()
+        c.walk(0, 1, "leased")
+        # Without O_NONBLOCK this open would wait for the lease-break time (45 s).
+        assert err(c.lopen, 1, O_WRONLY) == errno.EAGAIN
+        fcntl.fcntl(holder, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        c.lopen(1, O_WRONLY)
+        c.write(1, 0, b"y")                       # blocking mode again: a plain write
+    finally:
+        os.close(holder)
+        signal.signal(signal.SIGIO, previous)
+    assert (env.share / "leased").read_bytes() == b"y"
