@@ -3,6 +3,7 @@ the same path (read-only unless asked), its output streamed back and its exit st
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -118,3 +119,18 @@ def test_run_from_a_subdirectory_of_the_share(tmp_path: Path) -> None:
                        cwd=sub)
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"{sub}\ntop\n"
+
+
+def test_readme_guest_agent_example_runs_as_written(tmp_path: Path) -> None:
+    readme = Path(__file__).resolve().parents[2] / "README.md"
+    if not readme.is_file():
+        pytest.skip("README.md is not next to the tests (running outside a checkout)")
+    section = readme.read_text().split("## Running commands in a guest", 1)[1]
+    match = re.search(r"```python\n(.*?)```", section, re.S)
+    assert match is not None, "no python block in the section"
+    script = tmp_path / "example.py"
+    script.write_text(match.group(1))
+    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=kvmpy_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout == "0 b'1\\n'\n"
