@@ -515,6 +515,7 @@ class Server:
         hide = self.local.mapped_file
         mapped = self.local.mapped
         root_dev = self.local.root_dev
+        at_root = fid.node is self.root
         parts: list[bytes] = []
         used = 0
         pos = offset
@@ -533,6 +534,8 @@ class Server:
                     continue
                 if mapped:
                     dtype = hostio.DT_UNKNOWN
+                if at_root and name == b"..":
+                    ino = self.root.ino           # not the inode of the share's parent
                 qid = struct.pack("<BIQ", _DT_TO_QT.get(dtype, 0), 0,
                                   self.nodes.qid_path(root_dev, ino))
                 parts.append(qid + struct.pack("<QBH", off, dtype, len(name)) + name)

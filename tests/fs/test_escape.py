@@ -119,6 +119,14 @@ def test_dotdot_never_leaves_the_root(env: Env) -> None:
     assert c.walk(5, 6, "..") == [root]
 
 
+def test_readdir_of_the_root_does_not_show_the_parent_inode(env: Env) -> None:
+    c = env.client()
+    c.walk(0, 1)
+    c.lopen(1, O_RDONLY | O_DIRECTORY)
+    entries = {e[3]: e[0].path for e in c.readdir(1, 0, 4096)}
+    assert entries[b".."] == entries[b"."] == os.stat(env.share).st_ino
+
+
 def test_dotdot_uses_the_walked_parent_not_the_host_path(env: Env) -> None:
     (env.share / "a").mkdir()
     (env.share / "a" / "b").mkdir()
