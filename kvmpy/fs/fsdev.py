@@ -78,14 +78,18 @@ def _number(key: str, value: str) -> int:
     return number
 
 
-def _parse(spec: str, keys: tuple[str, ...], option: str) -> dict[str, str]:
+def _parse(spec: str, keys: tuple[str, ...]) -> dict[str, str]:
     opts = keyval.parse(spec, "fsdriver", qemuopts=True, known_keys=keys)
-    if opts.help or opts.help_prop is not None:
-        raise ConfigError(f"{option}: help is not available here")
-    for key in opts.props:
+    props = dict(opts.props)
+    # QEMU has no help for these options: "help" is just a value (-fsdev help: "fsdev: No
+    # id specified"; security_model=help: "invalid security_model property 'help'").
+    if opts.help:
+        props.setdefault("fsdriver", "help")
+    if opts.help_prop is not None:
+        props[opts.help_prop] = "help"
+    for key in props:
         if key not in keys:
             raise ConfigError(f"Invalid parameter '{key}'")
-    props = dict(opts.props)
     for key in ("fmode", "dmode", "sock_fd"):        # QEMU_OPT_NUMBER: checked when parsed
         if key in props:
             _number(key, props[key])
@@ -150,7 +154,7 @@ def _build(props: dict[str, str]) -> FsDev:
 
 def parse_fsdev(spec: str) -> FsDev:
     """The ``-fsdev`` argument text -> FsDev; ConfigError with QEMU's words."""
-    return _build(_parse(spec, _FSDEV_KEYS, "-fsdev"))
+    return _build(_parse(spec, _FSDEV_KEYS))
 
 
 def parse_virtfs(spec: str) -> tuple[FsDev, str, str]:
@@ -158,7 +162,7 @@ def parse_virtfs(spec: str) -> tuple[FsDev, str, str]:
 
     As QEMU, the fsdev's id is ``id=`` if given, else the mount tag; the device that QEMU
     adds is ``virtio-9p-pci,fsdev=<id>,mount_tag=<tag>``."""
-    props = _parse(spec, _VIRTFS_KEYS, "-virtfs")
+    props = _parse(spec, _VIRTFS_KEYS)
     if not props.get("fsdriver") or "mount_tag" not in props:
         raise ConfigError("Usage: -virtfs fsdriver,mount_tag=tag")
     tag = props.pop("mount_tag")

@@ -60,6 +60,8 @@ FSDEV_ERRORS = [
      "Parameter 'readonly' expects 'on' or 'off'"),
     ("local,id=f,path=/tmp,security_model=none,multidevs=x", "invalid multidevs property 'x'"),
     ("local,id=f,security_model=none", "path property not set"),
+    ("help", "fsdev: No id specified"),
+    ("local,id=f,path=/tmp,security_model=help", "invalid security_model property 'help'"),
 ]
 
 VIRTFS_ERRORS = [
@@ -70,6 +72,7 @@ VIRTFS_ERRORS = [
      "mount tag 'abcdefghijabcdefghijabcdefghijab' (32 bytes) is longer than maximum "
      "(31 bytes)"),
     ("local,mount_tag=t,path=/tmp,security_model=none,foo=bar", "Invalid parameter 'foo'"),
+    ("help", "Usage: -virtfs fsdriver,mount_tag=tag"),
 ]
 
 
@@ -101,7 +104,7 @@ QEMU = shutil.which("qemu-system-riscv64")
 
 @pytest.mark.skipif(QEMU is None, reason="qemu-system-riscv64 is not installed")
 @pytest.mark.parametrize(("option", "spec", "message"),
-                         [("-fsdev", s, m) for s, m in FSDEV_ERRORS[:8]]
+                         [("-fsdev", s, m) for s, m in FSDEV_ERRORS[:8] + FSDEV_ERRORS[-2:]]
                          + [("-virtfs", s, m) for s, m in VIRTFS_ERRORS])
 def test_errors_match_qemu(option: str, spec: str, message: str) -> None:
     assert QEMU is not None
