@@ -15,6 +15,14 @@ does not wait for it) it brings ``lo`` up and, when the board has a NIC, ``eth0`
 busybox ``udhcpc``: address, default route and ``/etc/resolv.conf`` from the lease, then the line
 :data:`DHCP_BOUND` on the console.  With ``-nic user,hostfwd=tcp::8080-:80``, ``httpd -h DIR`` in
 the guest answers on the host's port 8080.
+
+The kernel's built-in command line (used when ``-append`` gives none) is ``console=ttyS0``:
+the early messages come out of the log buffer when ttyS0 registers, and each line once (hvc0,
+the SBI console, stays a tty).  With a virtio-serial device, ``kvmpy-ga --link-ports`` links
+every named port as ``/dev/virtio-ports/NAME`` (what udev does elsewhere) and starts the hook
+``/etc/virtio-ports/NAME`` of a port when it appears: for ``org.qemu.guest_agent.0`` that is
+kvmpy's guest agent, ``/sbin/kvmpy-ga`` (see :mod:`kvmpy.guest_agent`; its log is
+``/run/kvmpy-ga.log``).  ``/etc/os-release`` names the guest (``ID=kvmpy``).
 """
 
 from __future__ import annotations
