@@ -28,8 +28,7 @@ import stat
 import struct
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from kvmpy.fs import hostio
 from kvmpy.fs.fsdev import FsDev
@@ -43,18 +42,49 @@ _O_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAPPED_XATTR_FORMAT = {b"uid": "=I", b"gid": "=I", b"mode": "=I", b"rdev": "=Q"}
 
 
-@dataclass(eq=False)
+class Reopener(Protocol):
+    """Gives a node whose fd was reclaimed a new one (see :class:`kvmpy.fs.nodes.NodeTable`)."""
+
+    def reopen(self, node: Node) -> int: ...
+
+
 class Node:
     """A host file the guest reached: an O_PATH fd, and the directory node and name it was
     reached by (for name-based calls and ``..``).  Shared by fids; ``refs`` counts holders
-    (fids and child nodes)."""
+    (fids and child nodes).
 
-    fd: int
-    parent: Node | None
-    name: bytes
-    refs: int = 0
-    dev: int = 0          # identity of the inode behind ``fd``
-    ino: int = 0
+    With a ``pool``, the fd may be closed to stay within the fd budget; reading ``fd`` then
+    opens the same name again beneath the parent and checks it is still the same inode
+    (``dev``, ``ino``), else ESTALE."""
+
+    __slots__ = ("_fd", "dev", "ino", "name", "parent", "pool", "refs", "stamp")
+
+    def __init__(self, fd: int, parent: Node | None, name: bytes, refs: int = 0,
+                 dev: int = 0, ino: int = 0, pool: Reopener | None = None) -> None:
+        self._fd = fd
+        self.parent = parent
+        self.name = name
+        self.refs = refs
+        self.dev = dev
+        self.ino = ino
+        self.pool = pool
+        self.stamp = 0
+
+    @property
+    def fd(self) -> int:
+        fd = self._fd
+        if fd >= 0 or self.pool is None:
+            return fd
+        return self.pool.reopen(self)
+
+    @property
+    def raw_fd(self) -> int:
+        """The fd as held now (-1 when reclaimed), without reopening."""
+        return self._fd
+
+    @raw_fd.setter
+    def raw_fd(self, fd: int) -> None:
+        self._fd = fd
 
 
 class Attr(NamedTuple):

@@ -7,8 +7,10 @@ import errno
 import os
 
 from kvmpy import log
+from kvmpy.fs import hostio
 from kvmpy.fs.local import Node
 
+_O_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 _LOW48 = (1 << 48) - 1
 _MAX_PREFIXES = 1 << 15
 
@@ -22,7 +24,11 @@ class NodeTable:
 
     A node is referenced by fids and by its children; when the last reference goes, its fd is
     closed and its parent loses one reference.  The root node (``parent is None``) belongs to
-    the caller and is never closed here."""
+    the caller and is never closed here.
+
+    When the budget is reached, the fds of the least recently used named nodes are closed
+    (QEMU reclaims open fds the same way, v9fs_reclaim_fd); a node opens its name again when
+    next used (:meth:`reopen`)."""
 
     def __init__(self, root: Node, max_host_fds: int, multidevs: str) -> None:
         self.root = root
@@ -33,13 +39,67 @@ class NodeTable:
         self._named: dict[tuple[int, int, bytes], list[Node]] = {}
         self._prefixes: dict[tuple[int, int], int] = {}
         self._multidev_reported = False
+        self._holding: set[Node] = set()          # nodes whose fd is open (root excluded)
+        self._clock = 0
+        self.reclaimed = 0                         # fds closed to stay within the budget
 
     # -- host fd budget ------------------------------------------------------------------
 
     def charge(self, count: int = 1) -> None:
-        """ENFILE unless ``count`` more host fds fit in the budget."""
+        """Make room for ``count`` more host fds (reclaiming node fds); ENFILE if there is
+        none.  Callers read node fds only after this, never keep one across it."""
         if self.host_fds + count > self.max_host_fds:
-            raise fail(errno.ENFILE)
+            self._reclaim(self.host_fds + count - self.max_host_fds)
+            if self.host_fds + count > self.max_host_fds:
+                raise fail(errno.ENFILE)
+
+    def trim(self) -> None:
+        """Back within the budget after reopens; called between messages, when no caller
+        holds a node's fd number."""
+        if self.host_fds > self.max_host_fds:
+            self._reclaim(self.host_fds - self.max_host_fds)
+
+    def _reclaim(self, need: int) -> None:
+        candidates = sorted((n for n in self._holding if n.name), key=lambda n: n.stamp)
+        count = min(len(candidates), max(need, self.max_host_fds // 4))
+        for node in candidates[:count]:
+            os.close(node.raw_fd)
+            node.raw_fd = -1
+            self._holding.discard(node)
+            self.host_fds -= 1
+            self.reclaimed += 1
+
+    def reopen(self, node: Node) -> int:
+        """Open a reclaimed node's name again beneath its parent (ancestors first), checking
+        each is still the inode it was; ESTALE otherwise."""
+        chain = []
+        cur: Node | None = node
+        while cur is not None and cur.raw_fd < 0:
+            chain.append(cur)
+            cur = cur.parent
+        for item in reversed(chain):
+            parent = item.parent
+            if parent is None or not item.name:
+                raise fail(errno.ESTALE)
+            fd = hostio.openat2(parent.raw_fd, item.name, _O_PATH_FLAGS)
+            try:
+                st = os.fstat(fd)
+            except OSError:
+                os.close(fd)
+                raise
+            if (st.st_dev, st.st_ino) != (item.dev, item.ino):
+                os.close(fd)
+                raise fail(errno.ESTALE)
+            item.raw_fd = fd
+            self.touch(item)
+            self._holding.add(item)
+            self.host_fds += 1
+        return node.raw_fd
+
+    def touch(self, node: Node) -> None:
+        """Mark ``node`` as used now (the fids' operations call this)."""
+        self._clock += 1
+        node.stamp = self._clock
 
     def opened(self) -> None:
         """One more host fd outside the nodes (an open file of a fid)."""
@@ -51,18 +111,21 @@ class NodeTable:
 
     # -- nodes ---------------------------------------------------------------------------
 
-    def new(self, fd: int, parent: Node, name: bytes) -> Node:
-        """A node for ``fd``, reached as ``name`` in ``parent``, with no references yet;
-        it owns ``fd`` from here on."""
-        try:
-            st = os.fstat(fd)
-        except OSError:
-            os.close(fd)
-            raise
+    def new(self, fd: int, parent: Node, name: bytes, st: os.stat_result | None = None) -> Node:
+        """A node for ``fd`` (whose ``fstat`` is ``st`` when the caller has it), reached as
+        ``name`` in ``parent``, with no references yet; it owns ``fd`` from here on."""
+        if st is None:
+            try:
+                st = os.fstat(fd)
+            except OSError:
+                os.close(fd)
+                raise
         self.host_fds += 1
         parent.refs += 1
-        node = Node(fd, parent, name, dev=st.st_dev, ino=st.st_ino)
+        node = Node(fd, parent, name, dev=st.st_dev, ino=st.st_ino, pool=self)
         self._named.setdefault((parent.dev, parent.ino, name), []).append(node)
+        self._holding.add(node)
+        self.touch(node)
         return node
 
     @staticmethod
@@ -76,8 +139,11 @@ class NodeTable:
             if node.refs > 0 or node.parent is None:
                 return
             self._forget_name(node)
-            os.close(node.fd)
-            self.host_fds -= 1
+            if node.raw_fd >= 0:
+                os.close(node.raw_fd)
+                node.raw_fd = -1
+                self._holding.discard(node)
+                self.host_fds -= 1
             node = node.parent
 
     def _forget_name(self, node: Node) -> None:

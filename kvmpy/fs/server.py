@@ -135,6 +135,7 @@ class Server:
             return p.lerror(tag, errno.EOPNOTSUPP)
         if self.fsdev.readonly and mtype not in _READ_ONLY_OPS:
             return p.lerror(tag, errno.EROFS)
+        self.nodes.trim()
         try:
             reply = handler(tag, p.Reader(request, p.HEADER_SIZE, size), reply_room)
         except OSError as exc:
@@ -188,6 +189,7 @@ class Server:
         fid = self.fids.get(num)
         if fid is None:
             raise _fail(errno.ENOENT)
+        self.nodes.touch(fid.node)
         return fid
 
     def _check_new_fid(self, num: int) -> None:
@@ -296,8 +298,22 @@ class Server:
                 else:
                     self.nodes.charge()
                     fd = self.local.lookup(cur, name)
-                    nxt = self.nodes.new(fd, cur, name)
+                    try:
+                        st = os.fstat(fd)
+                    except OSError:
+                        os.close(fd)
+                        raise
+                    nxt = self.nodes.new(fd, cur, name, st)
                     nxt.refs += 1
+                    if not self.local.mapped:          # the fast path: one fstat per name
+                        try:
+                            qids.append(self._qid(st, st.st_mode))
+                        except OSError:
+                            self.nodes.unref(nxt)
+                            raise
+                        self.nodes.unref(cur)
+                        cur = nxt
+                        continue
                 try:
                     qids.append(self._node_qid(nxt))
                 except OSError:

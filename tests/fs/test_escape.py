@@ -279,7 +279,8 @@ def test_fid_reuse_and_clunked_fids(env: Env) -> None:
 
 
 def test_fid_and_fd_caps(env: Env) -> None:
-    (env.share / "f").write_bytes(b"f")
+    for i in range(10):
+        (env.share / f"f{i}").write_bytes(b"%d" % i)
     server = env.server()
     server.max_fids = 10
     c = Client(server)
@@ -289,14 +290,56 @@ def test_fid_and_fd_caps(env: Env) -> None:
         c.walk(0, i)
     assert err(c.walk, 0, 10) == errno.EMFILE
     assert err(c.attach, 10) == errno.EMFILE
-    c.clunk(9)
-    server.max_host_fds = server.host_fds + 2
-    c.walk(0, 9, "f")
-    c.lopen(9, O_RDONLY)
-    c.clunk(8)
-    assert err(c.walk, 0, 10, "f") == errno.ENFILE
-    c.clunk(9)
-    c.walk(0, 9, "f")
+    for i in range(1, 10):
+        c.clunk(i)
+    # Node fds are reclaimed to stay in the budget; open files are not.
+    server.max_host_fds = 4
+    opened = []
+    for i in range(1, 10):
+        try:
+            c.walk(0, i, f"f{i}")
+            c.lopen(i, O_RDONLY)
+        except NinePError as exc:
+            assert exc.errno == errno.ENFILE
+            break
+        opened.append(i)
+    assert len(opened) == 4
+    for i in opened:
+        assert c.read(i, 0, 10) == b"%d" % i
+        assert c.getattr(i).size == 1
+    c.clunk(opened[0])
+    c.walk(0, 9, "f9")
+
+
+def test_reclaimed_node_fds_come_back_only_for_the_same_inode(env: Env) -> None:
+    for i in range(40):
+        (env.share / f"f{i}").write_bytes(b"%d" % i)
+    (env.share / "d").mkdir()
+    (env.share / "d" / "inner").write_bytes(b"inner")
+    server = env.server()
+    c = Client(server)
+    c.version()
+    c.attach(0)
+    server.max_host_fds = 8
+    c.walk(0, 100, "d", "inner")
+    for i in range(40):
+        c.walk(0, i + 1, f"f{i}")
+    assert server.nodes.reclaimed > 0
+    assert server.host_fds <= 8
+    for i in range(40):                       # every fid still reaches its file
+        assert c.getattr(i + 1).qid.path == os.stat(env.share / f"f{i}").st_ino
+    # A guest rename is followed; a name the host swapped for a symlink is not reopened.
+    c.renameat(0, "f0", 0, "g0")
+    os.rename(env.share / "f1", env.share / "f1.old")
+    os.symlink(env.outside / "canary.txt", env.share / "f1")
+    os.rename(env.share / "d", env.share / "d.old")
+    os.symlink(env.outside, env.share / "d")
+    for i in range(2, 40):
+        c.getattr(i + 1)                      # push f0, f1 and d out of the budget
+    assert c.getattr(1).qid.path == os.stat(env.share / "g0").st_ino
+    assert err(c.getattr, 2) in (errno.ESTALE, errno.ELOOP)
+    assert err(c.lopen, 2, O_RDONLY) in (errno.ESTALE, errno.ELOOP)
+    assert err(c.getattr, 100) in (errno.ESTALE, errno.ELOOP, errno.ENOTDIR)
 
 
 def test_deep_walks_release_their_fds(env: Env) -> None:
