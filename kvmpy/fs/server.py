@@ -11,9 +11,12 @@ mounted inside the share gets ``1 << 63 | prefix << 48 | (inode & (1 << 48) - 1)
 no reason to keep; ``multidevs=forbid`` answers ENODEV as QEMU).  Qid versions are 0.
 Readdir entries carry the inode number from the directory (as QEMU does without remap).
 
-Resources the guest controls are bounded: at most ``max_fids`` fids and ``max_host_fds``
-host descriptors (ENFILE beyond), read/readdir counts clamped to msize and the reply room,
-xattr values to 64 KiB.  Nothing is allocated from a size field the message does not back.
+Resources the guest controls are bounded: at most ``max_fids`` fids (EMFILE beyond, default
+65536) and about ``max_host_fds`` host descriptors (default half of RLIMIT_NOFILE): past it,
+the O_PATH fds of the least recently used walked files are closed and reopened on demand;
+only when open files alone fill the budget does an open or walk fail (ENFILE).  Read and
+readdir counts are clamped to msize and the reply room, xattr values to 64 KiB.  Nothing is
+allocated from a size field the message does not back.
 """
 
 from __future__ import annotations
