@@ -461,14 +461,17 @@ class GuestAgent:
 
     def exec(self, argv: Sequence[str] | str, input: bytes | str | None = None,
              env: Mapping[str, str] | Sequence[str] | None = None,
-             timeout: float = DEFAULT_TIMEOUT, capture_output: bool = True) -> ExecResult:
+             timeout: float = DEFAULT_TIMEOUT, capture_output: bool | str = True
+             ) -> ExecResult:
         """Run ``argv`` in the guest and wait for it (``guest-exec`` + ``guest-exec-status``).
 
         ``argv[0]`` is searched in PATH when it has no slash.  ``input`` is the program's
         stdin (else /dev/null).  ``env`` replaces the whole environment (as qga does; without
         it the program inherits the agent's).  Raises GuestAgentTimeout when the program has
         not ended within ``timeout`` s (it is left running), GuestAgentCommandError when it
-        cannot be started.
+        cannot be started.  ``capture_output`` may also be a mode of qemu-ga 8.0 and later:
+        ``"none"``, ``"stdout"``, ``"stderr"``, ``"separated"``, ``"merged"`` (stderr into
+        stdout).
         """
         args = [argv] if isinstance(argv, str) else list(argv)
         if not args:

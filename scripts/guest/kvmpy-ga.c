@@ -1024,7 +1024,7 @@ static int cmd_exec(struct request *rq)
     struct agent *ag = rq->ag;
     const char *path = NULL, *input_b64 = NULL;
     size_t input_b64_len = 0;
-    bool capture = false;
+    bool capture = false, capture_out = false, capture_err = false, merge = false;
     char **args = NULL, **envp = NULL;
     int has_input;
     if (args_allowed(rq, names) < 0 || arg_str(rq, "path", true, &path, NULL) < 0 ||
@@ -1035,15 +1035,27 @@ static int cmd_exec(struct request *rq)
         free(args);
         return -1;
     }
+    /* A boolean, or (qemu-ga 8.0 and later) a mode: none, stdout, stderr, separated (as
+     * true), merged (stderr into the stdout capture). */
     int c = arg_find(rq, "capture-output");
     if (c >= 0 && rq->nodes[c].type == J_STRING) {
-        /* Newer qemu-ga also takes a mode name; "none" is false, the rest capture both. */
-        capture = strcmp(rq->nodes[c].s, "none") != 0;
+        const char *mode = rq->nodes[c].s;
+        capture_out = !strcmp(mode, "stdout") || !strcmp(mode, "separated");
+        capture_err = !strcmp(mode, "stderr") || !strcmp(mode, "separated");
+        merge = !strcmp(mode, "merged");
+        if (!capture_out && !capture_err && !merge && strcmp(mode, "none")) {
+            free(args);
+            free(envp);
+            return ERR(rq, "Parameter 'capture-output' does not accept value '%s'", mode);
+        }
     } else if (arg_bool(rq, "capture-output", &capture) < 0) {
         free(args);
         free(envp);
         return -1;
+    } else {
+        capture_out = capture_err = capture;
     }
+    capture = capture_out || capture_err || merge;
     int result = -1;
     unsigned char *input = NULL;
     size_t input_len = 0;
@@ -1075,7 +1087,8 @@ static int cmd_exec(struct request *rq)
         goto out;
     }
     if (pipe2(status_pipe, O_CLOEXEC) < 0 || (has_input && pipe2(in_pipe, O_CLOEXEC) < 0) ||
-        (capture && (pipe2(out_pipe, O_CLOEXEC) < 0 || pipe2(err_pipe, O_CLOEXEC) < 0))) {
+        ((capture_out || merge) && pipe2(out_pipe, O_CLOEXEC) < 0) ||
+        (capture_err && !merge && pipe2(err_pipe, O_CLOEXEC) < 0)) {
         ERR(rq, "Failed to create pipe for communicating with child process (%s)",
             strerror(errno));
         p = NULL;
@@ -1095,8 +1108,8 @@ static int cmd_exec(struct request *rq)
         signal(SIGPIPE, SIG_DFL);
         int null = open("/dev/null", O_RDWR | O_CLOEXEC);
         int in = has_input ? in_pipe[0] : null;
-        int out = capture ? out_pipe[1] : null;
-        int err = capture ? err_pipe[1] : null;
+        int out = out_pipe[1] >= 0 ? out_pipe[1] : null;
+        int err = merge ? out_pipe[1] : err_pipe[1] >= 0 ? err_pipe[1] : null;
         if (in < 0 || out < 0 || err < 0 || dup2(in, 0) < 0 || dup2(out, 1) < 0 ||
             dup2(err, 2) < 0) {
             int e = errno ? errno : EBADF;

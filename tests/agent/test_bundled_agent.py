@@ -15,7 +15,13 @@ from typing import Any
 import pytest
 
 from kvmpy import guests
-from kvmpy.guest_agent import AGENT_PORT_NAME, GuestAgent, GuestAgentCommandError
+from kvmpy.errors import KvmpyError
+from kvmpy.guest_agent import (
+    AGENT_PORT_NAME,
+    GuestAgent,
+    GuestAgentCommandError,
+    GuestAgentTimeout,
+)
 
 BOOT_TIMEOUT = 180.0
 
@@ -51,6 +57,10 @@ def test_exec_output_status_input_environment_signals(booted: Any) -> None:
     assert (big.stderr, big.stderr_truncated) == (b"small\n", False)
     with pytest.raises(GuestAgentCommandError, match="No such file or directory"):
         guest.exec(["/no/such/program"])
+    # A program that outlives its timeout: the call ends, the agent goes on.
+    with pytest.raises(GuestAgentTimeout, match="still running"):
+        guest.exec(["sleep", "30"], timeout=0.5)
+    assert guest.exec(["echo", "after"]).stdout == b"after\n"
     # The port was linked by name, as udev does.
     link = guest.exec(["readlink", f"/dev/virtio-ports/{AGENT_PORT_NAME}"]).stdout
     assert re.fullmatch(rb"\.\./vport\d+p\d+\n", link), link
@@ -109,6 +119,17 @@ def test_a_socket_port_of_ones_own(tmp_path: Path) -> None:
     with VM(args) as vm:
         vm.guest.wait_ready(BOOT_TIMEOUT)
         assert vm.guest.exec(["echo", "hi"]).stdout == b"hi\n"
+
+
+def test_a_vm_without_an_agent_port_says_so() -> None:
+    from kvmpy.process import ProcessVM
+    from kvmpy.vm import VM
+
+    with pytest.raises(KvmpyError, match="no guest agent port"):
+        _ = VM(machine="virt").guest
+    with ProcessVM(machine="virt", memory="256M") as vm, \
+            pytest.raises(KvmpyError, match="no guest agent port"):
+        _ = vm.guest
 
 
 def test_the_plugin_guest_fixture(guest: GuestAgent) -> None:

@@ -168,6 +168,14 @@ def test_exec_files_and_info(agent: tuple[GuestAgent, PipeTransport], tmp_path: 
     assert (result.returncode, result.stdout, result.stderr) == (3, b"in\x00put", b"err\n")
     assert client.exec(["sh", "-c", "kill -TERM $$"]).returncode == -15
     assert client.exec(["env"], env={"A": "1", "B": "x y"}).stdout == b"A=1\nB=x y\n"
+    streams = ["sh", "-c", "echo o; echo e >&2"]
+    for mode, out, err in [("none", b"", b""), ("stdout", b"o\n", b""), ("stderr", b"", b"e\n"),
+                           ("separated", b"o\n", b"e\n"), ("merged", b"o\ne\n", b""),
+                           (False, b"", b"")]:
+        result = client.exec(streams, capture_output=mode)
+        assert (result.stdout, result.stderr) == (out, err), mode
+    with pytest.raises(GuestAgentCommandError, match="does not accept value 'both'"):
+        client.exec(streams, capture_output="both")
     with pytest.raises(GuestAgentCommandError) as info:
         client.exec(["/nonexistent/program"])
     assert info.value.desc == ("Failed to execute child process \u201c/nonexistent/program\u201d "
