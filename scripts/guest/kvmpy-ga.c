@@ -1147,6 +1147,11 @@ static int cmd_exec(struct request *rq)
     p->capture = capture;
     p->out.fd = out_pipe[0];
     p->err.fd = err_pipe[0];
+    /* The agent's ends never block it (the child's stay blocking). */
+    if (p->out.fd >= 0)
+        fcntl(p->out.fd, F_SETFL, O_NONBLOCK);
+    if (p->err.fd >= 0)
+        fcntl(p->err.fd, F_SETFL, O_NONBLOCK);
     p->in_fd = in_pipe[1];
     out_pipe[0] = err_pipe[0] = in_pipe[1] = -1;
     if (p->in_fd >= 0) {
@@ -1814,6 +1819,7 @@ static void start_hook(struct linker *lk, const char *name, const char *link)
     pid_t pid = fork();
     if (pid == 0) {
         setsid();
+        signal(SIGCHLD, SIG_DFL); /* an ignored SIGCHLD would survive exec */
         execl(hook, hook, link, (char *)NULL);
         fprintf(stderr, "kvmpy-ga: %s: %s\n", hook, strerror(errno));
         _exit(127);
@@ -1942,6 +1948,7 @@ int main(int argc, char **argv)
         ag.port_mode = true;
     }
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGCHLD, SIG_DFL); /* children's statuses are collected, never discarded */
     sigset_t chld;
     sigemptyset(&chld);
     sigaddset(&chld, SIGCHLD);

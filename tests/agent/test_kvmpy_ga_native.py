@@ -8,6 +8,7 @@ import json
 import os
 import select
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -64,9 +65,12 @@ class PipeTransport:
 
 @pytest.fixture
 def agent(agent_binary: Path, tmp_path: Path) -> Iterator[tuple[GuestAgent, PipeTransport]]:
+    # Started with SIGCHLD ignored (which exec keeps): the agent must still see its
+    # children's exit statuses.
     proc = subprocess.Popen([str(agent_binary), "-p", "-"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
-                            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+                            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+                            preexec_fn=lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN))
     transport = PipeTransport(proc)
     client = GuestAgent(transport, timeout=10)
     yield client, transport
