@@ -455,7 +455,13 @@ def test_fuzzed_messages_never_escape_or_raise(env: Env, model: str, fd_budget: 
             assert rtype % 2 == 1
             assert len(reply) <= max(room, 11)
             assert SECRET not in reply
+        # Whatever failed on the way, a reset gives every host fd back.
+        server.reset()
+        assert server.host_fds == 0
+        assert len(os.listdir("/proc/self/fd")) == fds_before
 
+    server.reset()
+    fds_before = len(os.listdir("/proc/self/fd"))
     run()
 
 
