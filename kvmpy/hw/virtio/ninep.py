@@ -115,7 +115,7 @@ class VirtioNineP(VirtioDevice):
             raise ConfigError(f"mount tag '{tag}' ({size} bytes) is longer than maximum "
                               f"({MAX_TAG_LEN - 1} bytes)")
         if not os.path.isdir(fsdev.path):
-            reason = os.strerror(20 if os.path.exists(fsdev.path) else 2)
+            reason = os.strerror(errno.ENOTDIR if os.path.exists(fsdev.path) else errno.ENOENT)
             raise ConfigError(f"cannot initialize fsdev '{fsdev_id}': failed to open "
                               f"'{fsdev.path}': {reason}")
         from kvmpy.fs.server import Server
