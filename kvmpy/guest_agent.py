@@ -424,7 +424,10 @@ class GuestAgent:
                                         f"{timeout} s{extra}")
             if not line.strip(b" \t\r" + _SENTINEL):
                 continue
-            answer = self._decode(line.lstrip(_SENTINEL))
+            if line.startswith(_SENTINEL):  # a late answer to an earlier guest-sync-delimited
+                ignored += 1
+                continue
+            answer = self._decode(line)
             if not isinstance(answer, dict) or not ("return" in answer or "error" in answer):
                 raise GuestAgentProtocolError(
                     f"{command}: the guest agent answered something that is not a qga "

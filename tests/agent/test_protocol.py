@@ -122,10 +122,12 @@ def test_stale_answers_before_the_sync_answer_are_dropped(agent_on: StartAgent) 
         if request["execute"] == "guest-sync-delimited":
             return (b'{"return": {"pid": 7}}\n' b'garbage\n' b'\xff{"return": 1}\n'
                     + b"half a line from before" + good_answer(request, resync))
-        return good_answer(request, resync)
+        # A late answer to an earlier sync, and one to another request, before the right one.
+        return (b'\xff{"return": 2}\n' + json.dumps({"return": {"a": 1}, "id": -5}).encode()
+                + b"\n" + json.dumps({"return": {"b": 2}, "id": request["id"]}).encode() + b"\n")
 
     client, _ = agent_on(stale_first)
-    client.ping()
+    assert client.info() == {"b": 2}
 
 
 def test_an_error_answer_raises_with_its_class_and_text(agent_on: StartAgent) -> None:
