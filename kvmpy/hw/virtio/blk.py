@@ -2,7 +2,7 @@
 
 One request queue.  A request is a 16-byte header (type u32, reserved u32, sector u64),
 data buffers, and a 1-byte status the device writes: 0 OK, 1 IOERR, 2 UNSUPP.  Requests run
-synchronously against a raw image file (:class:`RawImage`); sectors are 512 bytes.
+synchronously against a disk image (:mod:`kvmpy.block`: raw or qcow2); sectors are 512 bytes.
 
 Features and config space are QEMU 7.2's defaults (checked against qemu-system-riscv64):
 SEG_MAX, GEOMETRY (guessed from the size, as QEMU does for a disk without a partition
@@ -14,19 +14,19 @@ driver (CONFIG_WCE), every write is followed by a flush.
 
 from __future__ import annotations
 
-import errno
-import os
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from kvmpy import log
+from kvmpy.block import open_drive
+from kvmpy.block.base import BlockImage
+from kvmpy.block.raw import RawImage as RawImage  # re-exported: its home was here
 from kvmpy.errors import ConfigError
-from kvmpy.hostfile import NotAFileError, open_host_file
 from kvmpy.hw.virtio.device import VirtioDevice
 from kvmpy.hw.virtio.virtqueue import VirtqElement, Virtqueue
-from kvmpy.qom import Property, parse_bool, register_type
+from kvmpy.qom import Property, register_type
 
 VIRTIO_ID_BLOCK = 2
 SECTOR = 512
@@ -69,156 +69,6 @@ CONFIG_SIZE = 57
 """QEMU 7.2's config size with these features: up to ``write_zeroes_may_unmap``."""
 
 
-class RawImage:
-    """A raw disk image file opened for the VM's lifetime.
-
-    With ``snapshot`` (QEMU's ``-snapshot`` / ``snapshot=on``) the file is opened read-only
-    and the guest's writes stay in memory, in 64 KiB chunks copied on first write, and are
-    lost when the VM ends.
-    """
-
-    CHUNK = 64 * 1024
-
-    def __init__(self, path: str, read_only: bool = False, snapshot: bool = False) -> None:
-        self.path = path
-        self.read_only = read_only
-        self.overlay: dict[int, bytearray] | None = {} if snapshot else None
-        try:
-            host = open_host_file(path, os.O_RDONLY if read_only or snapshot else os.O_RDWR)
-        except NotAFileError as exc:  # QEMU's words (block/file-posix.c); a FIFO hangs QEMU
-            raise ConfigError(f"'file' driver requires '{path}' to be a regular file") from exc
-        except OSError as exc:
-            raise ConfigError(f"Could not open '{path}': {exc.strerror}") from exc
-        self.fd, self.size = host.fd, host.size  # a device's size is lseek(SEEK_END)'s
-
-    def _file_read(self, offset: int, buf: memoryview) -> None:
-        done = 0
-        while done < len(buf):
-            n = os.preadv(self.fd, [buf[done:]], offset + done)
-            if n <= 0:  # past the end of the file
-                buf[done:] = bytes(len(buf) - done)
-                return
-            done += n
-
-    def _file_write(self, offset: int, buf: memoryview) -> None:
-        done = 0
-        while done < len(buf):
-            done += os.pwritev(self.fd, [buf[done:]], offset + done)
-
-    def _pieces(self, offset: int, length: int) -> list[tuple[int, int, int, int]]:
-        """(chunk, offset in chunk, offset in buffer, length) covering the range."""
-        pieces = []
-        pos = 0
-        while pos < length:
-            chunk, inner = divmod(offset + pos, self.CHUNK)
-            n = min(self.CHUNK - inner, length - pos)
-            pieces.append((chunk, inner, pos, n))
-            pos += n
-        return pieces
-
-    def _read_at(self, offset: int, buf: memoryview) -> None:
-        if self.overlay is None:
-            self._file_read(offset, buf)
-            return
-        for chunk, inner, pos, n in self._pieces(offset, len(buf)):
-            data = self.overlay.get(chunk)
-            if data is not None:
-                buf[pos:pos + n] = data[inner:inner + n]
-            else:
-                self._file_read(chunk * self.CHUNK + inner, buf[pos:pos + n])
-
-    def _write_at(self, offset: int, buf: memoryview) -> None:
-        if self.overlay is None:
-            self._file_write(offset, buf)
-            return
-        for chunk, inner, pos, n in self._pieces(offset, len(buf)):
-            data = self.overlay.get(chunk)
-            if data is None:
-                data = bytearray(self.CHUNK)
-                self._file_read(chunk * self.CHUNK, memoryview(data))
-                self.overlay[chunk] = data
-            data[inner:inner + n] = buf[pos:pos + n]
-
-    def pread(self, offset: int, length: int) -> bytes:
-        data = bytearray(length)
-        self._read_at(offset, memoryview(data))
-        return bytes(data)
-
-    def pwrite(self, offset: int, data: bytes) -> None:
-        self._write_at(offset, memoryview(data))
-
-    def readinto(self, offset: int, buffers: list[memoryview]) -> None:
-        """Fill ``buffers`` (guest RAM) from ``offset``; past the end of the file reads 0.
-        Without an overlay a request is one ``preadv`` (per IOV_MAX buffers)."""
-        if self.overlay is not None:
-            for buf in buffers:
-                self._read_at(offset, buf)
-                offset += len(buf)
-            return
-        for batch in _batches(buffers):
-            total = sum(map(len, batch))
-            done = _vectored(os.preadv, self.fd, batch, offset, total)
-            if done < total:  # past the end of the file: zeros
-                for buf in _advance(batch, done):
-                    buf[:] = bytes(len(buf))
-            offset += total
-
-    def writefrom(self, offset: int, buffers: list[memoryview]) -> None:
-        """Write ``buffers`` (guest RAM) at ``offset``, one ``pwritev`` per IOV_MAX
-        buffers without an overlay."""
-        if self.overlay is not None:
-            for buf in buffers:
-                self._write_at(offset, buf)
-                offset += len(buf)
-            return
-        for batch in _batches(buffers):
-            total = sum(map(len, batch))
-            if _vectored(os.pwritev, self.fd, batch, offset, total) < total:
-                raise OSError(errno.EIO, "short write")
-            offset += total
-
-    def flush(self) -> None:
-        if self.overlay is None:
-            os.fsync(self.fd)
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-
-IOV_MAX = 1024
-
-
-def _batches(buffers: list[memoryview]) -> list[list[memoryview]]:
-    return [buffers[i:i + IOV_MAX] for i in range(0, len(buffers), IOV_MAX)] or [[]]
-
-
-def _advance(buffers: list[memoryview], done: int) -> list[memoryview]:
-    """What is left of ``buffers`` after the first ``done`` bytes."""
-    rest = []
-    for buf in buffers:
-        if done >= len(buf):
-            done -= len(buf)
-            continue
-        rest.append(buf[done:])
-        done = 0
-    return rest
-
-
-def _vectored(call: Any, fd: int, buffers: list[memoryview], offset: int,
-              total: int) -> int:
-    """``preadv``/``pwritev`` of ``total`` bytes until everything is transferred or the
-    file ends (a return of 0); returns the bytes transferred."""
-    done = call(fd, buffers, offset) if total else 0
-    while 0 < done < total:  # short (a signal, or the end of the file): go on from there
-        n = call(fd, _advance(buffers, done), offset + done)
-        if n <= 0:
-            break
-        done += n
-    return max(done, 0)
-
-
 @dataclass
 class VirtioBlkState:
     writeback: int = 1
@@ -248,7 +98,7 @@ class VirtioBlk(VirtioDevice):
     write_zeroes = Property(bool, True, "on/off", name="write-zeroes")
     bootindex = Property(int, -1, "boot order (virt boots from its firmware; accepted)")
 
-    def __init__(self, image: RawImage | None = None, **props: object) -> None:
+    def __init__(self, image: BlockImage | None = None, **props: object) -> None:
         super().__init__()
         self.set_properties(props)
         if image is None:
@@ -418,18 +268,7 @@ class VirtioBlk(VirtioDevice):
         return VIRTIO_BLK_S_OK
 
 
-def _open_drive(props: Mapping[str, str], snapshot: bool = False) -> RawImage:
-    """Open a ``-drive`` (raw format only) for a virtio-blk device; ``snapshot`` is the
+def _open_drive(props: Mapping[str, str], snapshot: bool = False) -> BlockImage:
+    """Open a ``-drive`` (raw or qcow2) for a virtio-blk device; ``snapshot`` is the
     global ``-snapshot``."""
-    path = props.get("file")
-    if not path:
-        raise ConfigError(f"drive {props.get('id', '')}: 'file' is required")
-    fmt = props.get("format", "raw")
-    if fmt != "raw":
-        raise ConfigError(f"drive {props.get('id', '')}: format '{fmt}' is not supported "
-                          "(only raw)")
-    def flag(name: str, default: bool = False) -> bool:
-        text = props.get(name)
-        return default if text is None else parse_bool(name, text)
-
-    return RawImage(path, flag("readonly"), flag("snapshot", snapshot))
+    return open_drive(props, snapshot)

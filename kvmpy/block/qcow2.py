@@ -1,0 +1,590 @@
+"""The qcow2 image format (QEMU's docs/interop/qcow2.txt), versions 2 and 3.
+
+A guest offset is found through two levels of tables: the L1 table (in memory, read at open)
+points at L2 tables, whose 8-byte entries give the host offset of each data cluster, or say
+that it is unallocated (read from the backing image, or zeros), all zeros (the v3 zero flag),
+or compressed (deflate, or zstd when the header says so).  Every cluster of the file is
+counted in the refcount blocks the refcount table points at.
+
+Writes allocate clusters at the end of the file and never reuse freed ones while the image is
+open, so a cluster that might still be referenced is never overwritten.  Metadata is written
+through (no dirty cache) in an order that leaves a consistent image whenever the process dies:
+
+* a new cluster's refcount is stored before anything points at it;
+* a data cluster's contents (with the old contents copied in for a partial write: from the
+  backing image, a compressed or shared cluster) are written before its L2 entry;
+* a new L2 table or refcount block is written before the L1 or refcount table entry that
+  points at it, and a grown refcount table before the header names it;
+* refcounts are only decremented after the last pointer to the cluster is gone.
+
+A crash can so leave leaked clusters (``qemu-img check`` reports them as leaks, and ``-r
+leaks`` repairs them), never a cluster referenced without its refcount.  A guest flush is an
+``fdatasync``.  A table entry that points where it cannot (unaligned, into the header or other
+metadata, past the end of the file) marks the image corrupt as QEMU does, and that request and
+every later one fail with EIO; the guest sees an I/O error, the VMM goes on.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+import threading
+import zlib
+from collections.abc import Callable
+
+from kvmpy import log
+from kvmpy.block.base import BlockImage
+from kvmpy.block.qcow2_header import (
+    COMPRESSION_ZSTD,
+    INCOMPAT_CORRUPT,
+    INCOMPAT_DIRTY,
+    OFF_AUTOCLEAR,
+    OFF_INCOMPAT,
+    OFF_REFTABLE,
+    Header,
+    Qcow2Error,
+    get_refcount,
+    parse_header,
+    set_refcount,
+)
+from kvmpy.errors import ConfigError
+from kvmpy.hostfile import NotAFileError, open_host_file
+
+OFFSET_MASK = 0x00FFFFFFFFFFFE00
+REFT_OFFSET_MASK = 0xFFFFFFFFFFFFFE00
+COPIED = 1 << 63
+COMPRESSED = 1 << 62
+ZERO = 1
+CACHE_BYTES = 32 << 20
+_Q = struct.Struct(">Q")
+
+# Cluster kinds of a guest range (see _extents)
+UNALLOCATED, ZEROS, DATA, COMPRESSED_DATA = range(4)
+
+
+class Corruption(Exception):
+    """Metadata that points where it cannot; the image gets marked corrupt."""
+
+
+class Qcow2Image:
+    """A qcow2 image open for the VM's lifetime, with the interface of ``RawImage``
+    (``size``, ``read_only``, ``pread``/``pwrite``, ``readinto``/``writefrom``, ``flush``,
+    ``close``).  ``backing`` opens the backing file (a path and a format or None); the
+    default refuses images that have one."""
+
+    def __init__(self, path: str, read_only: bool = False,
+                 backing: Callable[[str, str | None], BlockImage] | None = None) -> None:
+        self.path = path
+        self.read_only = read_only
+        self.fd = -1
+        try:
+            host = open_host_file(path, os.O_RDONLY if read_only else os.O_RDWR)
+        except NotAFileError as exc:
+            raise ConfigError(f"'file' driver requires '{path}' to be a regular file") from exc
+        except OSError as exc:
+            raise ConfigError(f"Could not open '{path}': {exc.strerror}") from exc
+        self.fd = host.fd
+        self.file_size = host.size
+        self.backing: BlockImage | None = None
+        try:
+            self._open(backing)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, backing: Callable[[str, str | None], BlockImage] | None) -> None:
+        try:
+            h = parse_header(self.fd, not self.read_only)
+        except OSError as exc:
+            raise ConfigError(f"Could not read qcow2 header: {exc.strerror}") from exc
+        self.header: Header = h
+        self.size = h.size
+        self.cluster_bits = cb = h.cluster_bits
+        self.cs = 1 << cb
+        self.l2_bits = cb - 3
+        self.refcount_order = h.refcount_order
+        self.rb_bits = cb + 3 - h.refcount_order  # log2(entries per refcount block)
+        self.refcount_max = (1 << (1 << h.refcount_order)) - 1
+        self.csize_shift = 62 - (cb - 8)
+        self.csize_mask = (1 << (cb - 8)) - 1
+        self.dirty = bool(h.incompatible & INCOMPAT_DIRTY)
+        self.broken = False
+        self.lock = threading.RLock()
+        raw_l1 = self._pread_exact(h.l1_table_offset, h.l1_size * 8)
+        self.l1: list[int] = list(struct.unpack(f">{h.l1_size}Q", raw_l1))
+        self.l1_offset = h.l1_table_offset
+        n = h.refcount_table_clusters * self.cs // 8
+        self.reftable: list[int] = list(struct.unpack(f">{n}Q",
+                                           self._pread_exact(h.refcount_table_offset, n * 8)))
+        self.reftable_offset = h.refcount_table_offset
+        self.l2_cache: dict[int, bytearray] = {}
+        self.rb_cache: dict[int, bytearray] = {}
+        self.cache_bytes = 0
+        self.decompressed: tuple[int, bytes] | None = None
+        self._scan()
+        if h.backing_file:
+            if backing is None:
+                raise Qcow2Error(f"qcow2: '{self.path}' has a backing file")
+            name = h.backing_file
+            if ":" in name.split("/", 1)[0] and not os.path.exists(name):
+                raise Qcow2Error(f"Could not open backing file: backing file name '{name}' "
+                                 "(a protocol or json: name) is not supported by kvmpy")
+            full = name if os.path.isabs(name) else os.path.join(os.path.dirname(self.path),
+                                                                 name)
+            try:
+                self.backing = backing(full, h.backing_format)
+            except ConfigError as exc:
+                raise Qcow2Error(f"Could not open backing file: {exc}") from exc
+        if not self.read_only and h.version == 3 and h.autoclear:
+            # Features kvmpy does not keep up to date (bitmaps) are declared stale.
+            self._pwrite(_Q.pack(0), OFF_AUTOCLEAR)
+
+    # -- file access ------------------------------------------------------------------------
+
+    def _pread_exact(self, offset: int, length: int) -> bytes:
+        data = os.pread(self.fd, length, offset) if length else b""
+        while len(data) < length:
+            more = os.pread(self.fd, length - len(data), offset + len(data))
+            if not more:
+                return data + bytes(length - len(data))  # past the end: zeros
+            data += more
+        return data
+
+    def _pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
+        view = memoryview(data)
+        done = 0
+        while done < len(view):
+            done += os.pwrite(self.fd, view[done:], offset + done)
+        self.file_size = max(self.file_size, offset + len(view))
+
+    def _cache(self, cache: dict[int, bytearray], offset: int, data: bytearray) -> None:
+        if self.cache_bytes + len(data) > CACHE_BYTES:
+            self.l2_cache.clear()
+            self.rb_cache.clear()
+            self.cache_bytes = 0
+        cache[offset] = data
+        self.cache_bytes += len(data)
+
+    def _scan(self) -> None:
+        """The metadata clusters (for the overlap check) and the first cluster nothing
+        uses: new clusters go after it and after the end of the file."""
+        cs, cb = self.cs, self.cluster_bits
+        h = self.header
+        meta = {0}
+        meta.update(range(self.l1_offset >> cb, (self.l1_offset + len(self.l1) * 8 + cs - 1)
+                          >> cb))
+        meta.update(range(self.reftable_offset >> cb,
+                          (self.reftable_offset >> cb) + h.refcount_table_clusters))
+        refblocks = set()
+        top = -(-self.file_size // cs)
+        width = 1 << self.refcount_order
+        for index, entry in enumerate(self.reftable):
+            off = entry & REFT_OFFSET_MASK
+            if not off or off % cs or (off >> cb) in meta:
+                continue
+            refblocks.add(off >> cb)
+            block = self._pread_exact(off, cs).rstrip(b"\0")
+            if block:
+                last = (len(block) * 8 - 1) // width  # an upper bound of the last used entry
+                top = max(top, (index << self.rb_bits) + last + 1)
+        meta |= refblocks
+        # An L2 table must not sit on other metadata; one that does is left out, and
+        # using it is a corruption.
+        l2s = set()
+        for entry in self.l1:
+            off = entry & OFFSET_MASK
+            if off and not off % cs and (off >> cb) not in meta:
+                l2s.add(off >> cb)
+        meta |= l2s
+        self.l2s = l2s
+        self.meta = meta
+        self.next_free = max(top, max(meta) + 1)
+
+    # -- corruption -------------------------------------------------------------------------
+
+    def _corrupt(self, message: str) -> OSError:
+        """Mark the image corrupt (QEMU's ``qcow2_signal_corruption``); every later request
+        fails.  Returns the EIO to raise."""
+        if not self.broken:
+            self.broken = True
+            log.stderr_line(f"kvmpy: qcow2: Marking image as corrupt: {message}; further "
+                            "corruption events will be suppressed")
+            if not self.read_only:
+                try:
+                    flags = self.header.incompatible | INCOMPAT_CORRUPT
+                    if self.header.version == 3:
+                        self._pwrite(_Q.pack(flags), OFF_INCOMPAT)
+                        os.fdatasync(self.fd)
+                except OSError:
+                    pass
+        log.guest_error(f"qcow2 {self.path}: {message}")
+        return OSError(errno.EIO, f"qcow2: {message}")
+
+    def _check_cluster(self, offset: int, what: str, write: bool) -> None:
+        if offset % self.cs:
+            raise Corruption(f"{what} offset {offset:#x} unaligned")
+        if (offset >> self.cluster_bits) in self.meta:
+            raise Corruption(f"{what} at {offset:#x} overlaps with metadata")
+        if write and offset >= self.file_size:
+            raise Corruption(f"{what} at {offset:#x} is past the end of the image file")
+
+    # -- refcounts --------------------------------------------------------------------------
+
+    def _refblock(self, index: int) -> tuple[int, bytearray]:
+        """(offset, contents) of the refcount block covering block index ``index``,
+        allocating it if there is none."""
+        if index >= len(self.reftable):
+            self._grow_reftable(index)
+        off = self.reftable[index] & REFT_OFFSET_MASK
+        if not off:
+            off = self._new_refblock(index)
+        block = self.rb_cache.get(off)
+        if block is None:
+            if off % self.cs or off >= self.file_size:
+                raise Corruption(f"refcount block {index} offset {off:#x} invalid")
+            block = bytearray(self._pread_exact(off, self.cs))
+            self._cache(self.rb_cache, off, block)
+        return off, block
+
+    def _refcount(self, cluster: int) -> int:
+        index = cluster >> self.rb_bits
+        if index >= len(self.reftable) or not self.reftable[index] & REFT_OFFSET_MASK:
+            return 0
+        _, block = self._refblock(index)
+        return get_refcount(block, cluster & ((1 << self.rb_bits) - 1), self.refcount_order)
+
+    def _update_refcount(self, cluster: int, delta: int) -> None:
+        off, block = self._refblock(cluster >> self.rb_bits)
+        slot = cluster & ((1 << self.rb_bits) - 1)
+        value = get_refcount(block, slot, self.refcount_order) + delta
+        if value < 0 or value > self.refcount_max:
+            if self.dirty:  # lazy refcounts: stale counts are expected, qemu repairs them
+                return
+            raise Corruption(f"refcount of cluster {cluster} would become {value}")
+        start, end = set_refcount(block, slot, self.refcount_order, value)
+        self._pwrite(block[start:end], off + start)
+
+    def _new_refblock(self, index: int) -> int:
+        """Allocate the refcount block for block index ``index`` (its table entry is 0)."""
+        cluster = self.next_free
+        self.next_free += 1
+        off = cluster << self.cluster_bits
+        block = bytearray(self.cs)
+        if cluster >> self.rb_bits == index:  # it counts itself
+            set_refcount(block, cluster & ((1 << self.rb_bits) - 1), self.refcount_order, 1)
+            self._pwrite(block, off)
+        else:
+            self._pwrite(block, off)
+            self._update_refcount(cluster, 1)
+        self.meta.add(cluster)
+        self._cache(self.rb_cache, off, block)
+        self.reftable[index] = off
+        self._pwrite(_Q.pack(off), self.reftable_offset + index * 8)
+        return off
+
+    def _grow_reftable(self, index: int) -> None:
+        """A refcount table with room for block ``index``: a new table and the refcount
+        blocks for every new index, placed at the end and counting themselves, then the
+        header switched to it (QEMU's ``qcow2_refcount_area``)."""
+        old_n = len(self.reftable)
+        start = self.next_free
+        per_cluster = self.cs // 8
+        hi = max(index, start >> self.rb_bits)
+        while True:
+            entries = max(hi + 1, old_n * 2)
+            entries = -(-entries // per_cluster) * per_cluster
+            table_clusters = entries // per_cluster
+            end = start + table_clusters + (hi - old_n + 1)
+            new_hi = max(hi, (end - 1) >> self.rb_bits)
+            if new_hi == hi:
+                break
+            hi = new_hi
+        if entries * 8 > 8 << 20:
+            raise OSError(errno.EFBIG, "qcow2: refcount table too large")
+        table = self.reftable + [0] * (entries - old_n)
+        mask = (1 << self.rb_bits) - 1
+        blocks_at = start + table_clusters
+        for i in range(old_n, hi + 1):
+            cluster = blocks_at + i - old_n
+            block = bytearray(self.cs)
+            for c in range(max(start, i << self.rb_bits), min(end, (i + 1) << self.rb_bits)):
+                set_refcount(block, c & mask, self.refcount_order, 1)
+            off = cluster << self.cluster_bits
+            self._pwrite(block, off)
+            self._cache(self.rb_cache, off, block)
+            table[i] = off
+            self.meta.add(cluster)
+        new_off = start << self.cluster_bits
+        self._pwrite(struct.pack(f">{entries}Q", *table), new_off)
+        self._pwrite(struct.pack(">QI", new_off, table_clusters), OFF_REFTABLE)
+        old_off, old_clusters = self.reftable_offset, -(-old_n * 8 // self.cs)
+        self.reftable, self.reftable_offset = table, new_off
+        self.header.refcount_table_clusters = table_clusters
+        self.meta.update(range(start, start + table_clusters))
+        self.next_free = end
+        for c in range(old_off >> self.cluster_bits, (old_off >> self.cluster_bits)
+                       + old_clusters):
+            self.meta.discard(c)
+            if not self.dirty:
+                self._update_refcount(c, -1)
+
+    def _alloc(self) -> int:
+        """A new cluster at the end of the image, its refcount 1 on disk; its offset."""
+        cluster = self.next_free
+        self.next_free += 1
+        self._update_refcount(cluster, 1)
+        return cluster << self.cluster_bits
+
+    def _release(self, offset: int, length: int) -> None:
+        """Drop one reference to the host clusters of ``[offset, offset + length)``."""
+        if self.dirty:
+            return
+        for c in range(offset >> self.cluster_bits,
+                       ((offset + length - 1) >> self.cluster_bits) + 1):
+            self._update_refcount(c, -1)
+
+    # -- L1 and L2 --------------------------------------------------------------------------
+
+    def _l2_table(self, off: int) -> bytearray:
+        table = self.l2_cache.get(off)
+        if table is None:
+            table = bytearray(self._pread_exact(off, self.cs))
+            self._cache(self.l2_cache, off, table)
+        return table
+
+    def _l2_for_read(self, l1_index: int) -> int:
+        """The offset of the L2 table for ``l1_index`` (0: none)."""
+        if l1_index >= len(self.l1):
+            return 0
+        off = self.l1[l1_index] & OFFSET_MASK
+        if off and ((off >> self.cluster_bits) not in self.l2s or off % self.cs
+                    or off >= self.file_size):
+            raise Corruption(f"L2 table offset {off:#x} unaligned or overlapping "
+                             f"(L1 index: {l1_index:#x})")
+        return off
+
+    def _l2_for_write(self, l1_index: int) -> int:
+        """The offset of a writable L2 table for ``l1_index``: allocated if missing,
+        copied if shared with an internal snapshot (no COPIED flag)."""
+        if l1_index >= len(self.l1):
+            raise Corruption(f"write past the L1 table (index {l1_index:#x})")
+        entry = self.l1[l1_index]
+        old = self._l2_for_read(l1_index)
+        if old and entry & COPIED:
+            return old
+        new = self._alloc()
+        contents = self._l2_table(old) if old else bytearray(self.cs)
+        copy = bytearray(contents)
+        self._pwrite(copy, new)
+        self.meta.add(new >> self.cluster_bits)
+        self.l2s.add(new >> self.cluster_bits)
+        self._cache(self.l2_cache, new, copy)
+        self.l1[l1_index] = new | COPIED
+        self._pwrite(_Q.pack(new | COPIED), self.l1_offset + l1_index * 8)
+        if old:
+            self._release(old, self.cs)  # still in a snapshot's L1 table: stays metadata
+        return new
+
+    def _entry(self, guest: int) -> tuple[int, int, int]:
+        """(L2 table offset or 0, index in it, entry) of the cluster at ``guest``."""
+        cluster = guest >> self.cluster_bits
+        l1_index, l2_index = cluster >> self.l2_bits, cluster & ((1 << self.l2_bits) - 1)
+        table_off = self._l2_for_read(l1_index)
+        if not table_off:
+            return 0, l2_index, 0
+        return table_off, l2_index, _Q.unpack_from(self._l2_table(table_off), l2_index * 8)[0]
+
+    def _kind(self, entry: int) -> tuple[int, int]:
+        """(kind, host offset) of an L2 entry."""
+        if entry & COMPRESSED:
+            return COMPRESSED_DATA, entry & ((1 << self.csize_shift) - 1)
+        host = entry & OFFSET_MASK
+        if entry & ZERO:
+            return ZEROS, host
+        if not host:
+            return UNALLOCATED, 0
+        self._check_cluster(host, "data cluster", False)
+        return DATA, host
+
+    def _decompress(self, entry: int) -> bytes:
+        host = entry & ((1 << self.csize_shift) - 1)
+        if self.decompressed is not None and self.decompressed[0] == entry:
+            return self.decompressed[1]
+        sectors = ((entry >> self.csize_shift) & self.csize_mask) + 1
+        length = sectors * 512 - (host & 511)
+        if host >= self.file_size or (host >> self.cluster_bits) in self.meta:
+            raise Corruption(f"compressed cluster at {host:#x} is outside the image data")
+        data = self._pread_exact(host, length)
+        try:
+            if self.header.compression_type == COMPRESSION_ZSTD:
+                out = _zstd_decompress(data, self.cs)
+            else:
+                inflater = zlib.decompressobj(-15)
+                out = inflater.decompress(data, self.cs)
+        except zlib.error as exc:
+            raise OSError(errno.EIO, f"qcow2: bad compressed cluster at {host:#x}: {exc}") \
+                from exc
+        if len(out) != self.cs:
+            raise OSError(errno.EIO, f"qcow2: compressed cluster at {host:#x} is short")
+        self.decompressed = (entry, out)
+        return out
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def _read(self, offset: int, out: memoryview) -> None:
+        pos, length = 0, len(out)
+        while pos < length:
+            guest = offset + pos
+            inner = guest & (self.cs - 1)
+            n = min(self.cs - inner, length - pos)
+            _, _, entry = self._entry(guest)
+            kind, host = self._kind(entry)
+            if kind == DATA:
+                # Contiguous clusters go in one read.
+                while pos + n < length:
+                    _, _, nxt = self._entry(offset + pos + n)
+                    nkind, nhost = self._kind(nxt)
+                    if nkind != DATA or nhost != host + inner + n:
+                        break
+                    n += min(self.cs, length - pos - n)
+                got = os.preadv(self.fd, [out[pos:pos + n]], host + inner)
+                if got < n:
+                    out[pos + max(got, 0):pos + n] = bytes(n - max(got, 0))
+            elif kind == COMPRESSED_DATA:
+                out[pos:pos + n] = self._decompress(entry)[inner:inner + n]
+            elif kind == UNALLOCATED and self.backing is not None:
+                self._backing_read(guest, out[pos:pos + n])
+            else:
+                out[pos:pos + n] = bytes(n)
+            pos += n
+
+    def _backing_read(self, offset: int, out: memoryview) -> None:
+        if self.backing is None:
+            out[:] = bytes(len(out))
+            return
+        avail = max(0, min(len(out), self.backing.size - offset))
+        if avail:
+            self.backing.readinto(offset, [out[:avail]])
+        if avail < len(out):
+            out[avail:] = bytes(len(out) - avail)
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def _write(self, offset: int, data: memoryview) -> None:
+        pos, length = 0, len(data)
+        while pos < length:
+            guest = offset + pos
+            inner = guest & (self.cs - 1)
+            n = min(self.cs - inner, length - pos)
+            self._write_cluster(guest - inner, inner, data[pos:pos + n])
+            pos += n
+
+    def _write_cluster(self, base: int, inner: int, data: memoryview) -> None:
+        _, _, entry = self._entry(base)
+        kind, host = self._kind(entry)
+        if kind == DATA and entry & COPIED:
+            self._check_cluster(host, "data cluster", True)
+            self._pwrite(data, host + inner)
+            return
+        if kind == ZEROS and host and entry & COPIED:  # preallocated zeros: in place
+            self._check_cluster(host, "data cluster", True)
+            cluster = bytearray(self.cs)
+            cluster[inner:inner + len(data)] = data
+            self._pwrite(cluster, host)
+            self._set_l2(base, host | COPIED)
+            return
+        full = inner == 0 and len(data) == self.cs
+        old_contents: bytes | None = None
+        if not full:
+            if kind == DATA:
+                old_contents = self._pread_exact(host, self.cs)
+            elif kind == COMPRESSED_DATA:
+                old_contents = self._decompress(entry)
+            elif kind == UNALLOCATED and self.backing is not None \
+                    and base < self.backing.size:
+                buf = bytearray(self.cs)
+                self._backing_read(base, memoryview(buf))
+                old_contents = bytes(buf)
+        new = self._alloc()
+        if old_contents is None:
+            self._pwrite(data, new + inner)
+            if new + self.cs > self.file_size:  # the whole cluster inside the file
+                os.ftruncate(self.fd, new + self.cs)
+                self.file_size = new + self.cs
+        else:
+            cluster = bytearray(old_contents)
+            cluster[inner:inner + len(data)] = data
+            self._pwrite(cluster, new)
+        self._set_l2(base, new | COPIED)
+        if kind == DATA or (kind == ZEROS and host):
+            self._release(host, self.cs)
+        elif kind == COMPRESSED_DATA:
+            coff = entry & ((1 << self.csize_shift) - 1)
+            sectors = ((entry >> self.csize_shift) & self.csize_mask) + 1
+            self._release(coff, sectors * 512 - (coff & 511))
+
+    def _set_l2(self, guest: int, entry: int) -> None:
+        cluster = guest >> self.cluster_bits
+        l1_index, l2_index = cluster >> self.l2_bits, cluster & ((1 << self.l2_bits) - 1)
+        table_off = self._l2_for_write(l1_index)
+        table = self._l2_table(table_off)
+        _Q.pack_into(table, l2_index * 8, entry)
+        self._pwrite(table[l2_index * 8:l2_index * 8 + 8], table_off + l2_index * 8)
+
+    # -- the image interface ----------------------------------------------------------------
+
+    def _guard(self, fn: Callable[[], None]) -> None:
+        with self.lock:
+            if self.broken:
+                raise OSError(errno.EIO, "qcow2: image is marked corrupt")
+            try:
+                fn()
+            except Corruption as exc:
+                raise self._corrupt(str(exc)) from None
+
+    def readinto(self, offset: int, buffers: list[memoryview]) -> None:
+        """Fill ``buffers`` (guest RAM) from guest offset ``offset``."""
+        def run() -> None:
+            pos = offset
+            for buf in buffers:
+                self._read(pos, buf.cast("B") if buf.format != "B" else buf)
+                pos += len(buf)
+        self._guard(run)
+
+    def writefrom(self, offset: int, buffers: list[memoryview]) -> None:
+        """Write ``buffers`` (guest RAM) at guest offset ``offset``."""
+        if self.read_only:
+            raise OSError(errno.EROFS, "read-only image")
+        data = memoryview(b"".join(buffers)) if len(buffers) != 1 else buffers[0]
+        self._guard(lambda: self._write(offset, data))
+
+    def pread(self, offset: int, length: int) -> bytes:
+        out = bytearray(length)
+        self.readinto(offset, [memoryview(out)])
+        return bytes(out)
+
+    def pwrite(self, offset: int, data: bytes) -> None:
+        self.writefrom(offset, [memoryview(data)])
+
+    def flush(self) -> None:
+        if not self.read_only and self.fd >= 0:
+            os.fdatasync(self.fd)
+
+    def close(self) -> None:
+        if self.backing is not None:
+            self.backing.close()
+            self.backing = None
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _zstd_decompress(data: bytes, size: int) -> bytes:
+    try:
+        import zstandard  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        raise OSError(errno.ENOTSUP, "qcow2: zstd-compressed clusters need the Python "
+                      "'zstandard' module") from None
+    out: bytes = zstandard.ZstdDecompressor().decompressobj().decompress(data)
+    return out[:size]
