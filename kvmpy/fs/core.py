@@ -96,8 +96,8 @@ class ServerCore:
             return p.lerror(tag, errno.EOPNOTSUPP)
         if self.fsdev.readonly and mtype not in _READ_ONLY_OPS:
             return p.lerror(tag, errno.EROFS)
-        self.nodes.trim()
         try:
+            self.nodes.trim()
             reply = handler(tag, p.Reader(request, p.HEADER_SIZE, size), reply_room)
         except OSError as exc:
             return p.lerror(tag, exc.errno or errno.EIO)
