@@ -11,7 +11,7 @@ import ctypes
 import os
 import platform
 import struct
-from typing import Any, NoReturn
+from typing import NoReturn
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
@@ -114,7 +114,7 @@ class DirReader:
         n = int(_syscall(SYS_GETDENTS64, fd, self._buf, self._size))
         if n < 0:
             _raise("getdents64")
-        raw: Any = self._buf.raw
+        raw = ctypes.string_at(self._buf, n)      # only the bytes the kernel filled
         out: list[tuple[int, int, int, bytes]] = []
         pos = 0
         while pos < n:
