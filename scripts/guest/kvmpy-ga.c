@@ -553,19 +553,18 @@ static void base64_encode(struct buf *b, const unsigned char *data, size_t len)
     b->data[b->len] = 0;
 }
 
-static int b64val(unsigned char c)
+/* Decoding table: 0..63 for the alphabet, B64_PAD for '=', B64_SKIP for '\n', else invalid. */
+enum { B64_INVALID = 64, B64_PAD, B64_SKIP };
+
+static void b64_table(unsigned char table[256])
 {
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+')
-        return 62;
-    if (c == '/')
-        return 63;
-    return -1;
+    static const char alphabet[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    memset(table, B64_INVALID, 256);
+    for (int k = 0; k < 64; k++)
+        table[(unsigned char)alphabet[k]] = (unsigned char)k;
+    table['='] = B64_PAD;
+    table['\n'] = B64_SKIP;
 }
 
 /* Decode into out (at least len * 3 / 4 + 3 bytes); NULL and *error when malformed.
@@ -577,30 +576,33 @@ static unsigned char *base64_decode(const char *s, size_t len, size_t *out_len,
         *error = "Base64 data contains embedded NUL characters";
         return NULL;
     }
-    for (size_t i = 0; i < len; i++) {
-        if (b64val((unsigned char)s[i]) < 0 && s[i] != '=' && s[i] != '\n') {
-            *error = "Base64 data contains invalid characters";
-            return NULL;
-        }
-    }
+    unsigned char table[256];
+    b64_table(table);
     unsigned char *out = malloc(len / 4 * 3 + 4);
     if (!out)
         die("out of memory");
     uint32_t acc = 0;
     int bits = 0;
     size_t n = 0;
+    bool padded = false;
     for (size_t i = 0; i < len; i++) {
-        if (s[i] == '=')
-            break;
-        int v = b64val((unsigned char)s[i]);
-        if (v < 0)
-            continue;
-        acc = (acc << 6) | (uint32_t)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            out[n++] = (unsigned char)(acc >> bits);
-            acc &= (1u << bits) - 1;
+        unsigned v = table[(unsigned char)s[i]];
+        if (v < 64) {
+            if (padded)
+                continue; /* after '=': validated, not decoded */
+            acc = (acc << 6) | v;
+            bits += 6;
+            if (bits >= 8) {
+                bits -= 8;
+                out[n++] = (unsigned char)(acc >> bits);
+                acc &= (1u << bits) - 1;
+            }
+        } else if (v == B64_PAD) {
+            padded = true;
+        } else if (v == B64_INVALID) {
+            free(out);
+            *error = "Base64 data contains invalid characters";
+            return NULL;
         }
     }
     *out_len = n;
@@ -639,7 +641,8 @@ struct agent {
     int in_fd, out_fd;
     bool port_mode;          /* a virtio port: EOF means no host, not the end */
     bool stdin_eof;
-    struct buf out;          /* responses not written yet */
+    struct buf out;          /* responses; out.data[out_head..out.len) not written yet */
+    size_t out_head;
     /* framing of the request stream */
     struct buf req;
     int depth;
@@ -669,19 +672,19 @@ struct request {
 /* Responses                                                                                   */
 /* ------------------------------------------------------------------------------------------ */
 
-static void finish_response(struct request *rq, const char *body)
+/* Queue {KEY: VALUE[, "id": ID]} and a newline (after 0xFF for guest-sync-delimited). */
+static void queue_response(struct request *rq, const char *key, const char *value, size_t len)
 {
-    struct agent *ag = rq->ag;
+    struct buf *out = &rq->ag->out;
     if (rq->delimited)
-        buf_add(&ag->out, "\xff", 1);
-    buf_str(&ag->out, body);
+        buf_add(out, "\xff", 1);
+    buf_printf(out, "{\"%s\": ", key);
+    buf_add(out, value, len);
     if (rq->id >= 0) {
-        ag->out.len--; /* reopen the object for the id */
-        buf_str(&ag->out, ", \"id\": ");
-        json_node(&ag->out, rq->nodes, rq->id);
-        buf_str(&ag->out, "}");
+        buf_str(out, ", \"id\": ");
+        json_node(out, rq->nodes, rq->id);
     }
-    buf_str(&ag->out, "\n");
+    buf_str(out, "}\n");
 }
 
 static int error_reply(struct request *rq, const char *klass, const char *fmt, ...)
@@ -695,13 +698,13 @@ static int error_reply(struct request *rq, const char *klass, const char *fmt, .
     vsnprintf(desc, sizeof(desc), fmt, ap);
     va_end(ap);
     struct buf body = {0};
-    buf_str(&body, "{\"error\": {\"class\": ");
+    buf_str(&body, "{\"class\": ");
     json_cstring(&body, klass);
     buf_str(&body, ", \"desc\": ");
     json_cstring(&body, desc);
-    buf_str(&body, "}}");
+    buf_str(&body, "}");
     rq->delimited = false;
-    finish_response(rq, body.data);
+    queue_response(rq, "error", body.data, body.len);
     buf_free(&body);
     return -1;
 }
@@ -711,12 +714,10 @@ static int error_reply(struct request *rq, const char *klass, const char *fmt, .
 /* The "return" value is built in rq->resp; this wraps and queues it. */
 static int return_reply(struct request *rq)
 {
-    struct buf body = {0};
-    buf_str(&body, "{\"return\": ");
-    buf_add(&body, rq->resp->data ? rq->resp->data : "{}", rq->resp->data ? rq->resp->len : 2);
-    buf_str(&body, "}");
-    finish_response(rq, body.data);
-    buf_free(&body);
+    if (rq->resp->len)
+        queue_response(rq, "return", rq->resp->data, rq->resp->len);
+    else
+        queue_response(rq, "return", "{}", 2);
     return 0;
 }
 
@@ -1536,9 +1537,33 @@ static void frame_end(struct agent *ag)
     frame_reset(ag);
 }
 
+static void req_add(struct agent *ag, const unsigned char *data, size_t len)
+{
+    if (ag->overflow)
+        return;
+    if (ag->req.len + len > MAX_REQUEST) {
+        ag->overflow = true;
+        buf_free(&ag->req);
+        return;
+    }
+    buf_add(&ag->req, data, len);
+}
+
 static void feed(struct agent *ag, const unsigned char *data, size_t len)
 {
     for (size_t i = 0; i < len; i++) {
+        if (ag->in_string && !ag->escape) {
+            /* Inside a string only '"', '\\' and 0xFF matter: take the run before them whole
+             * (base64 file data is nearly all of a big request). */
+            size_t end = i;
+            while (end < len && data[end] != '"' && data[end] != '\\' && data[end] != 0xFF)
+                end++;
+            if (end > i) {
+                req_add(ag, data + i, end - i);
+                i = end - 1;
+                continue;
+            }
+        }
         unsigned char c = data[i];
         if (c == 0xFF) { /* resynchronisation: drop whatever was partial */
             frame_reset(ag);
@@ -1562,14 +1587,7 @@ static void feed(struct agent *ag, const unsigned char *data, size_t len)
             }
             ag->started = true;
         }
-        if (!ag->overflow) {
-            if (ag->req.len >= MAX_REQUEST) {
-                ag->overflow = true;
-                buf_free(&ag->req);
-            } else {
-                buf_add(&ag->req, &c, 1);
-            }
-        }
+        req_add(ag, &c, 1);
         if (ag->in_string) {
             if (ag->escape)
                 ag->escape = false;
@@ -1685,8 +1703,9 @@ static void read_port(struct agent *ag)
 static void write_port(struct agent *ag)
 {
     /* The virtio console driver takes at most 32 KiB per write. */
-    size_t len = ag->out.len < 32768 ? ag->out.len : 32768;
-    ssize_t n = write(ag->out_fd, ag->out.data, len);
+    size_t pending = ag->out.len - ag->out_head;
+    size_t len = pending < 32768 ? pending : 32768;
+    ssize_t n = write(ag->out_fd, ag->out.data + ag->out_head, len);
     if (n < 0 && (errno == EINTR || errno == EAGAIN))
         return;
     if (n < 0) {
@@ -1696,7 +1715,13 @@ static void write_port(struct agent *ag)
         now_plus_ms(&ag->retry_at, PORT_RETRY_MS);
         return;
     }
-    buf_drop_front(&ag->out, (size_t)n);
+    ag->out_head += (size_t)n;
+    if (ag->out_head == ag->out.len) {
+        ag->out.len = ag->out_head = 0;
+    } else if (ag->out_head > (1u << 20) && ag->out_head > ag->out.len / 2) {
+        buf_drop_front(&ag->out, ag->out_head); /* now and then, not per write */
+        ag->out_head = 0;
+    }
 }
 
 static void do_shutdown(struct agent *ag)
@@ -1720,7 +1745,8 @@ static void run(struct agent *ag)
     for (;;) {
         if (ag->shutdown_requested)
             do_shutdown(ag);
-        if (ag->stdin_eof && ag->out.len == 0)
+        size_t unsent = ag->out.len - ag->out_head;
+        if (ag->stdin_eof && unsent == 0)
             return;
         int n = 0, timeout = -1;
         if (ag->waiting_host) {
@@ -1728,11 +1754,11 @@ static void run(struct agent *ag)
             if (timeout == 0)
                 ag->waiting_host = false;
         }
-        if (!ag->waiting_host && !ag->stdin_eof && ag->out.len < OUTPUT_BACKLOG) {
+        if (!ag->waiting_host && !ag->stdin_eof && unsent < OUTPUT_BACKLOG) {
             fds[n] = (struct pollfd){ag->in_fd, POLLIN, 0};
             owner[n++] = &ag->in_fd;
         }
-        if (!ag->waiting_host && ag->out.len) {
+        if (!ag->waiting_host && unsent) {
             fds[n] = (struct pollfd){ag->out_fd, POLLOUT, 0};
             owner[n++] = &ag->out_fd;
         }
