@@ -165,7 +165,7 @@ class ServerCore:
 
     def _qid(self, st: os.stat_result, mode: int) -> bytes:
         qtype = p.QTDIR if stat.S_ISDIR(mode) else p.QTSYMLINK if stat.S_ISLNK(mode) else 0
-        return struct.pack("<BIQ", qtype, 0, self.nodes.qid_path(st.st_dev, st.st_ino))
+        return p.QID.pack(qtype, 0, self.nodes.qid_path(st.st_dev, st.st_ino))
 
     def _node_qid(self, node: Node) -> bytes:
         if self.local.mapped:

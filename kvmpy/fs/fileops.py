@@ -167,7 +167,7 @@ class FileOps(ServerCore):
                     dtype = hostio.DT_UNKNOWN
                 if at_root and name == b"..":
                     ino = self.root.ino           # not the inode of the share's parent
-                qid = struct.pack("<BIQ", _DT_TO_QT.get(dtype, 0), 0,
+                qid = p.QID.pack(_DT_TO_QT.get(dtype, 0), 0,
                                   self.nodes.qid_path(root_dev, ino))
                 parts.append(qid + struct.pack("<QBH", off, dtype, len(name)) + name)
                 used += size

@@ -9,7 +9,6 @@ which the server answers with ``Rlerror(EINVAL)``.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 # Message types (9p.h enum p9_msg_t); an R-message is its T-message + 1.
 TLERROR = 6
@@ -105,26 +104,11 @@ _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _HEADER = struct.Struct("<IBH")
-_QID = struct.Struct("<BIQ")
+QID = struct.Struct("<BIQ")          # type[1] version[4] path[8]
 
 
 class ProtocolError(Exception):
     """A message that does not parse (too short, a string running past the end)."""
-
-
-@dataclass(frozen=True)
-class Qid:
-    """A file's server-unique identity: type (QT*), version, path."""
-
-    type: int
-    version: int
-    path: int
-
-    def pack(self) -> bytes:
-        return _QID.pack(self.type, self.version, self.path)
-
-
-QID_SIZE = _QID.size
 
 
 class Reader:
@@ -165,26 +149,15 @@ class Reader:
         pos = self._take(n)
         return memoryview(self.data)[pos:pos + n]
 
-    def remaining(self) -> int:
-        return self.end - self.pos
-
 
 def pack_string(value: bytes) -> bytes:
     """``len[2] bytes``; the caller keeps ``value`` under 64 KiB."""
     return _U16.pack(len(value)) + value
 
 
-def pack_header(size: int, mtype: int, tag: int) -> bytes:
-    return _HEADER.pack(size, mtype, tag)
-
-
 def message(mtype: int, tag: int, body: bytes = b"") -> bytes:
     """A whole message: header + body."""
     return _HEADER.pack(HEADER_SIZE + len(body), mtype, tag) + body
-
-
-def pack_header_into(buf: bytearray, size: int, mtype: int, tag: int) -> None:
-    _HEADER.pack_into(buf, 0, size, mtype, tag)
 
 
 def parse_header(data: bytes | memoryview) -> tuple[int, int, int]:
