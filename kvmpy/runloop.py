@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from kvmpy import log
 from kvmpy.accel.exits import (
+    DebugExit,
     HaltExit,
     InternalErrorExit,
     IntrExit,
@@ -65,6 +66,9 @@ def handle_exit(system: System, vcpu: Vcpu, exit_: VcpuExit) -> bool:
             system.request_reset("guest-reset", guest=True)
         else:
             system.report_guest_panic()
+        return True
+    if isinstance(exit_, DebugExit):
+        system.debug_exception(vcpu, exit_)
         return True
     if isinstance(exit_, InternalErrorExit):
         system.report_internal_error(f"hart {vcpu.index}: {exit_.message}")
@@ -160,6 +164,10 @@ class Driver:
             while not self._running and not self._quit:
                 self._cond.wait()
             self._parked -= 1
+            for vcpu in self.vcpus:  # the kicks were for the pause that just ended
+                cancel = getattr(vcpu, "cancel_kick", None)
+                if cancel is not None:
+                    cancel()
             return not self._quit
 
 
@@ -177,11 +185,16 @@ class RoundRobinDriver(Driver):
 
     def _loop(self) -> None:
         alive = [True] * len(self.vcpus)
+        first = 0  # after a stop, the round goes on with the next hart (fair to all harts)
         try:
             while self._wait_until_running():
                 idle = True
                 deadline: int | None = None
-                for i, vcpu in enumerate(self.vcpus):
+                n = len(self.vcpus)
+                order = [(first + k) % n for k in range(n)]
+                first = 0
+                for i in order:
+                    vcpu = self.vcpus[i]
                     if not alive[i] or getattr(vcpu, "stopped", False):
                         continue
                     exit_ = vcpu.run()
@@ -193,6 +206,7 @@ class RoundRobinDriver(Driver):
                     idle = False
                     alive[i] = handle_exit(self.system, vcpu, exit_)
                     if not self._running:
+                        first = (i + 1) % len(self.vcpus)
                         break
                 if idle and self._running:
                     self._idle(deadline)

@@ -170,6 +170,8 @@ class System:
         self._quit_event: asyncio.Event | None = None
         self._pending_timers: list[tuple[int, Callable[[], None]]] = []
         self._closed = False
+        self.gdbstub: Any = None
+        """The gdb stub (``-gdb``, ``-s``, HMP ``gdbserver``), told of debug exits."""
 
     # -- phases 2 to 5 -------------------------------------------------------------------
 
@@ -200,6 +202,10 @@ class System:
         self._apply_boot_state()
         driver_cls = ThreadPerVcpuDriver if self.accel.threaded_vcpus else RoundRobinDriver
         self.driver = driver_cls(self, list(self.accel.vcpus))
+        if config.gdb is not None:
+            from kvmpy.gdbstub import gdbserver_start
+
+            gdbserver_start(self, config.gdb, option=f"-gdb {config.gdb}")
         return self
 
     def _accel_choices(self) -> tuple[list[tuple[str, dict[str, str], str]], bool]:
@@ -320,15 +326,26 @@ class System:
     def running(self) -> bool:
         return self.status == "running"
 
-    def pause(self) -> None:
-        """QMP ``stop``: vCPUs stop; STOP event."""
+    def pause(self, state: str = "paused") -> None:
+        """QMP ``stop``: vCPUs stop; STOP event.  ``state``: the run state to enter
+        (``debug`` when a debugger stopped the VM, as QEMU's vm_stop(RUN_STATE_DEBUG))."""
         if self.status != "running":
             return
         assert self.driver is not None
         self.driver.pause()
         self._freeze_clock()
-        self._set_status("paused")
+        self._set_status(state)
         self.emit("STOP")
+
+    def debug_exception(self, vcpu: Vcpu, exit_: Any) -> None:
+        """A vCPU stopped for the debugger (breakpoint, watchpoint, step): no vCPU runs on,
+        and the gdb stub stops the VM from the main loop.  Safe from a vCPU thread."""
+        stub = self.gdbstub
+        if stub is None:
+            return
+        if self.driver is not None:
+            self.driver.stop_soon()
+        self._call_on_loop(lambda: stub.debug_exception(vcpu.index, exit_))
 
     def _freeze_clock(self) -> None:
         """Guest time stands still while the VM is stopped (QEMU's virtual clock)."""

@@ -76,6 +76,19 @@ class InternalErrorExit:
 
 
 @dataclass(slots=True)
+class DebugExit:
+    """A debugger event (``KVM_EXIT_DEBUG``): ``reason`` is ``"breakpoint"`` (before the
+    instruction at pc), ``"step"`` (one instruction done) or ``"watchpoint"`` (before the
+    access; ``address`` is the watchpoint's, ``access`` the accessed address, ``kind`` its
+    type ``"write"``, ``"read"`` or ``"access"``)."""
+
+    reason: str
+    address: int = 0
+    access: int = 0
+    kind: str = ""
+
+
+@dataclass(slots=True)
 class UnsupportedExit:
     """An exit reason this accelerator wrapper does not know; ``code`` is the raw value."""
 
@@ -89,5 +102,6 @@ VcpuExit = (
     | IntrExit
     | SystemEventExit
     | InternalErrorExit
+    | DebugExit
     | UnsupportedExit
 )

@@ -82,6 +82,8 @@ class TcgVcpu:
             return exits.HaltExit(None)
         if kind == core.EXIT_ERROR:
             return exits.InternalErrorExit(core.ffi.string(x.message).decode())
+        if kind == core.EXIT_DEBUG:
+            return _debug_exit(x)
         return exits.UnsupportedExit(int(kind))
 
     def step(self, n: int = 1) -> exits.VcpuExit:
@@ -104,7 +106,20 @@ class TcgVcpu:
             return exits.SbiExit(int(a[7]), int(a[6]), tuple(int(v) for v in a[0:6]))  # type: ignore[arg-type]
         if x.kind == core.EXIT_HALT:
             return exits.HaltExit(None if x.deadline_ns < 0 else int(x.deadline_ns))
+        if x.kind == core.EXIT_DEBUG:
+            return _debug_exit(x)
         return exits.HaltExit(None)
+
+    def set_single_step(self, on: bool) -> None:
+        """Debugger single-step: ``run()`` returns ``DebugExit("step")`` once one instruction
+        retired or a trap was taken (interrupts are held off meanwhile, as QEMU's
+        SSTEP_NOIRQ); an MMIO or SBI exit completed in between counts as the instruction."""
+        core.lib.tcg_set_single_step(self._engine, self.index, 1 if on else 0)
+
+    @property
+    def halted(self) -> bool:
+        """In WFI, waiting for an interrupt (QEMU's ``CPUState.halted``)."""
+        return self._get(core.REG_HALTED) != 0
 
     @property
     def instructions(self) -> int:
@@ -119,6 +134,10 @@ class TcgVcpu:
 
     def kick(self) -> None:
         core.lib.tcg_kick(self._engine, self.index)
+
+    def cancel_kick(self) -> None:
+        """Forget kicks of a pause that is over, so the hart's next turn is not empty."""
+        core.lib.tcg_cancel_kick(self._engine, self.index)
 
     def set_irq(self, irq: int, level: bool) -> None:
         core.lib.tcg_set_irq(self._engine, self.index, irq, 1 if level else 0)
@@ -176,6 +195,18 @@ class TcgVcpu:
     def hart_stop(self) -> None:
         core.lib.tcg_set_reg(self._engine, self.index, core.REG_STOPPED, 1)
         self._stopped = True
+
+
+_WATCH_KINDS = {core.WATCH_WRITE: "write", core.WATCH_READ: "read",
+                core.WATCH_ACCESS: "access"}
+
+
+def _debug_exit(x: Any) -> exits.DebugExit:
+    reason = int(x.value)
+    if reason == core.DEBUG_WATCHPOINT:
+        return exits.DebugExit("watchpoint", int(x.gpa), int(x.args[0]),
+                               _WATCH_KINDS.get(int(x.is_write), "access"))
+    return exits.DebugExit("step" if reason == core.DEBUG_STEP else "breakpoint")
 
 
 def _s64(v: int) -> int:
@@ -288,6 +319,36 @@ class TcgAccel(Accelerator):
         self._require_engine()
         ns = int(core.lib.tcg_mtime_to_ns(self.engine, mtime & _U64))
         return None if ns < 0 else ns
+
+    # -- debugger (gdbstub) -------------------------------------------------------------
+
+    def set_breakpoints(self, pcs: Sequence[int]) -> None:
+        """Replace the breakpoints: every hart stops (``DebugExit("breakpoint")``) before
+        executing an instruction at one of these virtual pcs.  Call with the harts paused."""
+        self._require_engine()
+        values = [pc & _U64 for pc in pcs]
+        if core.lib.tcg_set_breakpoints(self.engine, core.ffi.new("uint64_t[]", values or [0]),
+                                        len(values)) != 0:
+            raise AccelError(f"tcg: at most {core.lib.TCG_MAX_BREAKPOINTS} breakpoints")
+
+    def set_watchpoints(self, watchpoints: Sequence[tuple[int, int, str]]) -> None:
+        """Replace the watchpoints, ``(virtual address, length, "write"|"read"|"access")``:
+        a matching load or store stops its hart before it happens.  Call with harts paused."""
+        self._require_engine()
+        kinds = {v: k for k, v in _WATCH_KINDS.items()}
+        n = len(watchpoints)
+        addrs = core.ffi.new("uint64_t[]", [w[0] & _U64 for w in watchpoints] or [0])
+        lens = core.ffi.new("uint64_t[]", [w[1] & _U64 for w in watchpoints] or [0])
+        types = core.ffi.new("uint32_t[]", [kinds[w[2]] for w in watchpoints] or [0])
+        if core.lib.tcg_set_watchpoints(self.engine, addrs, lens, types, n) != 0:
+            raise AccelError(f"tcg: at most {core.lib.TCG_MAX_WATCHPOINTS} watchpoints")
+
+    def flush_code(self) -> None:
+        """Memory was written behind the harts' back (a debugger): decoded code and
+        translations are checked again."""
+        self._require_engine()
+        for vcpu in self.vcpus:
+            vcpu.flush_tlb()
 
     def _require_engine(self) -> None:
         if self.engine is None:

@@ -287,6 +287,12 @@ typedef struct hart {
     int resv_watch;
     int single_step; /* run() asked for fewer instructions than a block may hold */
 
+    /* debugger: one instruction per block with service() before each (breakpoints, step) */
+    int dbg_block;
+    int dbg_step;         /* tcg_set_single_step */
+    int step_trapped;     /* a trap was taken since the step began */
+    uint64_t step_mark;   /* insns when the step began */
+
     tcg_exit *exit;
 
     uint64_t jc_gen;
@@ -330,6 +336,12 @@ struct tcg_engine {
     uint32_t code_epoch;
     uint64_t gen_counter;
     uint64_t flush_gen; /* bumped when every block is forgotten (ops may be reused) */
+
+    /* debugger (tcg_set_breakpoints / tcg_set_watchpoints) */
+    int nbp, nwp;
+    uint64_t bp[TCG_MAX_BREAKPOINTS];
+    uint64_t wp_addr[TCG_MAX_WATCHPOINTS], wp_len[TCG_MAX_WATCHPOINTS];
+    uint32_t wp_type[TCG_MAX_WATCHPOINTS];
 };
 
 /* ---------------------------------------------------------------- small helpers --------- */
@@ -624,6 +636,7 @@ static void take_trap(hart *h, uint64_t cause, uint64_t tval)
     uint64_t code = cause & 63;
     int from = h->priv;
     uint64_t deleg = interrupt ? h->mideleg : h->medeleg;
+    h->step_trapped = 1;
     if (h->e->trace_flags & (1u << TCG_TRACE_INT))
         trace_emit(h->e, TCG_TRACE_INT, h->id, h->pc, cause, tval, (uint64_t)from);
     if (from <= PRV_S && ((deleg >> code) & 1)) {
@@ -1161,6 +1174,62 @@ static int data_priv(const hart *h)
     return h->priv;
 }
 
+/* ---------------------------------------------------------------- debugger ------------- */
+
+/* A watchpoint covers part of the virtual page of va: its accesses must take mem_slow. */
+static int watched_page(const tcg_engine *e, uint64_t va)
+{
+    uint64_t page = va & PAGE_MASK;
+    for (int i = 0; i < e->nwp; i++) {
+        uint64_t a = e->wp_addr[i], end = a + e->wp_len[i];
+        if (a < page + PAGE_SIZE && end > page)
+            return 1;
+    }
+    return 0;
+}
+
+/* A load (ACC_R) or store (ACC_W) of [va, va+size) hits a watchpoint: stop before it, as
+ * QEMU does for RISC-V (gdb_stop_before_watchpoint); the instruction runs again on resume. */
+static int watch_hit(hart *h, uint64_t va, unsigned size, int acc)
+{
+    tcg_engine *e = h->e;
+    uint32_t want = acc == ACC_W ? TCG_WATCH_WRITE : TCG_WATCH_READ;
+    for (int i = 0; i < e->nwp; i++) {
+        uint64_t a = e->wp_addr[i], end = a + e->wp_len[i];
+        if (!(e->wp_type[i] & want) || va >= end || va + size <= a)
+            continue;
+        tcg_exit *x = h->exit;
+        x->kind = TCG_EXIT_DEBUG;
+        x->value = TCG_DEBUG_WATCHPOINT;
+        x->gpa = a;
+        x->size = size;
+        x->is_write = e->wp_type[i];
+        x->args[0] = va;
+        x->args[1] = (uint64_t)i;
+        return 1;
+    }
+    return 0;
+}
+
+static int debug_stop(hart *h, uint64_t reason)
+{
+    h->exit->kind = TCG_EXIT_DEBUG;
+    h->exit->value = reason;
+    return 1;
+}
+
+/* service() with breakpoints or a step set: 1 when the hart must stop before its next insn. */
+static int debug_check(hart *h)
+{
+    if (h->dbg_step)
+        return (h->insns != h->step_mark || h->step_trapped) ? debug_stop(h, TCG_DEBUG_STEP) : 0;
+    tcg_engine *e = h->e;
+    for (int i = 0; i < e->nbp; i++)
+        if (e->bp[i] == h->pc)
+            return debug_stop(h, TCG_DEBUG_BREAKPOINT);
+    return 0;
+}
+
 static void tlb_fill(hart *h, int acc, uint64_t va, uint64_t pa, int level, int priv)
 {
     tcg_engine *e = h->e;
@@ -1168,6 +1237,8 @@ static void tlb_fill(hart *h, int acc, uint64_t va, uint64_t pa, int level, int 
     int writable;
     uint8_t *host = phys_host(e, ppage, &avail, &writable);
     if (!host || avail < PAGE_SIZE || page_has_hole(e, ppage))
+        return;
+    if (e->nwp && acc != ACC_X && watched_page(e, va))
         return;
     int perm = pmp_perm(h, ppage, PAGE_SIZE, priv);
     if (perm < 0)
@@ -1268,6 +1339,8 @@ static int misaligned_access(hart *h, uint64_t va, unsigned size, int acc, uint6
 static int mem_slow(hart *h, uint64_t va, unsigned size, int acc, uint64_t *val, const op *o,
                     int sign, int fp)
 {
+    if (unlikely(h->e->nwp) && watch_hit(h, va, size, acc))
+        return ST_EXIT;
     if (va & (size - 1))
         return misaligned_access(h, va, size, acc, val);
     int priv = data_priv(h);
@@ -1324,6 +1397,8 @@ static int mem_slow(hart *h, uint64_t va, unsigned size, int acc, uint64_t *val,
 /* Host pointer for an atomic access (LR/SC/AMO) to RAM, or a trap. */
 static int amo_addr(hart *h, uint64_t va, unsigned size, int acc, uint8_t **host, uint64_t *pa_out)
 {
+    if (unlikely(h->e->nwp) && watch_hit(h, va, size, acc))
+        return ST_EXIT;
     if (va & (size - 1)) {
         take_trap(h, acc == ACC_R ? EXC_LOAD_MISALIGNED : EXC_STORE_MISALIGNED, va);
         return ST_TRAP;
@@ -1357,8 +1432,9 @@ static int exec_amo(hart *h, const op *o)
     uint8_t *p;
     uint64_t pa;
     if (funct5 == 2) { /* LR */
-        if (amo_addr(h, va, size, ACC_R, &p, &pa))
-            return ST_TRAP;
+        int st = amo_addr(h, va, size, ACC_R, &p, &pa);
+        if (st)
+            return st;
         uint64_t v;
         if (size == 4) {
             uint32_t t;
@@ -1372,8 +1448,9 @@ static int exec_amo(hart *h, const op *o)
         h->resv_pa = pa;
         return ST_OK;
     }
-    if (amo_addr(h, va, size, ACC_W, &p, &pa))
-        return ST_TRAP;
+    int st = amo_addr(h, va, size, ACC_W, &p, &pa);
+    if (st)
+        return st;
     tcg_engine *e = h->e;
     if (funct5 == 3) { /* SC */
         int ok = h->resv_valid && h->resv_pa == pa;
@@ -2893,9 +2970,11 @@ static int service(hart *h)
         update_timer_bits(h);
         schedule_timer_check(h);
     }
-    uint64_t irq = pending_interrupt(h);
+    uint64_t irq = h->dbg_step ? 0 : pending_interrupt(h);
     if (irq)
         take_trap(h, irq, 0);
+    if (h->dbg_block && debug_check(h))
+        return 1;
     if (e->trace_len + TRACE_MARGIN > TRACE_CAP) {
         h->exit->kind = TCG_EXIT_TRACE;
         return 1;
@@ -2905,6 +2984,8 @@ static int service(hart *h)
         return 1;
     }
     h->limit = h->next_timer_check < h->run_end ? h->next_timer_check : h->run_end;
+    if (h->dbg_block)
+        h->limit = h->insns; /* back here before the next instruction */
     return 0;
 }
 
@@ -3553,7 +3634,8 @@ int tcg_run(tcg_engine *e, int hartid, uint64_t max_insns, tcg_exit *out)
 
     h->run_start = h->insns;
     h->run_end = h->insns + (max_insns ? max_insns : 1);
-    h->single_step = max_insns < BLOCK_MAX;
+    h->dbg_block = e->nbp > 0 || h->dbg_step;
+    h->single_step = max_insns < BLOCK_MAX || h->dbg_block;
     if (h->single_step)
         jc_flush(h);
     if (h->halted) {
@@ -3627,6 +3709,11 @@ void tcg_kick(tcg_engine *e, int hartid)
     ATOMIC_STORE(&h->attention, 1u);
 }
 
+void tcg_cancel_kick(tcg_engine *e, int hartid)
+{
+    ATOMIC_STORE(&e->harts[hartid]->kicked, 0u);
+}
+
 void tcg_set_irq(tcg_engine *e, int hartid, int irq, int level)
 {
     if (irq < 0 || irq > 63)
@@ -3662,6 +3749,7 @@ int tcg_get_reg(tcg_engine *e, int hartid, int reg, uint64_t *value)
     case TCG_REG_SBI_TIMECMP: *value = h->sbi_timecmp; return 0;
     case TCG_REG_STOPPED: *value = (uint64_t)h->stopped; return 0;
     case TCG_REG_INSTRET: *value = h->insns; return 0;
+    case TCG_REG_HALTED: *value = (uint64_t)h->halted; return 0;
     default: break;
     }
     if (reg >= TCG_REG_CSR && reg < TCG_REG_CSR + 4096) {
@@ -3748,3 +3836,46 @@ void tcg_write_mtime(tcg_engine *e, uint64_t value)
 }
 
 int64_t tcg_mtime_to_ns(tcg_engine *e, uint64_t mtime) { return mtime_to_ns(e, mtime); }
+
+/* ---------------------------------------------------------------- debugger interface ---- */
+
+int tcg_set_breakpoints(tcg_engine *e, const uint64_t *pcs, int n)
+{
+    if (n < 0 || n > TCG_MAX_BREAKPOINTS)
+        return -1;
+    for (int i = 0; i < n; i++)
+        e->bp[i] = pcs[i];
+    e->nbp = n;
+    for (int k = 0; k < e->num_harts; k++)
+        set_attention(e->harts[k]);
+    return 0;
+}
+
+int tcg_set_watchpoints(tcg_engine *e, const uint64_t *addrs, const uint64_t *lens,
+                        const uint32_t *types, int n)
+{
+    if (n < 0 || n > TCG_MAX_WATCHPOINTS)
+        return -1;
+    for (int i = 0; i < n; i++) {
+        e->wp_addr[i] = addrs[i];
+        e->wp_len[i] = lens[i] ? lens[i] : 1;
+        e->wp_type[i] = types[i] & TCG_WATCH_ACCESS;
+    }
+    e->nwp = n;
+    for (int k = 0; k < e->num_harts; k++) { /* watched pages leave the TLB */
+        tlb_flush_all(e->harts[k]);
+        set_attention(e->harts[k]);
+    }
+    return 0;
+}
+
+void tcg_set_single_step(tcg_engine *e, int hartid, int on)
+{
+    if (hartid < 0 || hartid >= e->num_harts)
+        return;
+    hart *h = e->harts[hartid];
+    h->dbg_step = on != 0;
+    h->step_mark = h->insns;
+    h->step_trapped = 0;
+    set_attention(h);
+}

@@ -27,6 +27,23 @@ typedef struct tcg_engine tcg_engine;
 #define TCG_EXIT_STOPPED 4    /* the hart is powered off (SBI HSM) */
 #define TCG_EXIT_TRACE 5      /* the trace buffer is full: drain it and run again */
 #define TCG_EXIT_ERROR 6      /* message */
+#define TCG_EXIT_DEBUG 7      /* value = TCG_DEBUG_*; a watchpoint: gpa = its address, size =
+                                 the access's, is_write = its TCG_WATCH_* type, args[0] = the
+                                 accessed virtual address, args[1] = its index */
+
+/* TCG_EXIT_DEBUG reasons.  A breakpoint and a watchpoint stop before the instruction (or the
+ * access) executes; a single step stops after one instruction, or after a trap was taken
+ * instead (pc is then the trap vector). */
+#define TCG_DEBUG_BREAKPOINT 1
+#define TCG_DEBUG_STEP 2
+#define TCG_DEBUG_WATCHPOINT 3
+
+/* watchpoint types (bit 0: writes, bit 1: reads) */
+#define TCG_WATCH_WRITE 1
+#define TCG_WATCH_READ 2
+#define TCG_WATCH_ACCESS 3
+#define TCG_MAX_BREAKPOINTS 256
+#define TCG_MAX_WATCHPOINTS 32
 
 typedef struct tcg_exit {
     uint32_t kind;
@@ -66,6 +83,7 @@ typedef struct tcg_trace_rec {
 #define TCG_REG_SBI_TIMECMP 67
 #define TCG_REG_STOPPED 68
 #define TCG_REG_INSTRET 69
+#define TCG_REG_HALTED 70     /* read-only: in WFI, waiting for an interrupt */
 #define TCG_REG_CSR 4096
 
 /* Harts of one engine must not run concurrently (round-robin on one thread); tcg_kick and
@@ -84,6 +102,8 @@ int tcg_run(tcg_engine *e, int hart, uint64_t max_insns, tcg_exit *out);
 void tcg_complete_mmio_read(tcg_engine *e, int hart, uint64_t value);
 void tcg_complete_sbi(tcg_engine *e, int hart, int64_t error, int64_t value);
 void tcg_kick(tcg_engine *e, int hart);
+/* Forget a kick that arrived while the hart was not running (the pause it was for is over). */
+void tcg_cancel_kick(tcg_engine *e, int hart);
 void tcg_set_irq(tcg_engine *e, int hart, int irq, int level);
 int tcg_get_reg(tcg_engine *e, int hart, int reg, uint64_t *value);
 int tcg_set_reg(tcg_engine *e, int hart, int reg, uint64_t value);
@@ -97,6 +117,19 @@ int64_t tcg_mtime_to_ns(tcg_engine *e, uint64_t mtime);
 const char *tcg_isa_extension(int index);
 uint64_t tcg_misa(void);
 int tcg_csr_number(const char *name);
+
+/* Debugger support (gdbstub).  Breakpoints are virtual pcs checked before each instruction of
+ * every hart; watchpoints are virtual address ranges checked on every load/store (their pages
+ * are kept out of the soft TLB).  Both replace the whole previous set; call them while no hart
+ * runs.  With no breakpoint, watchpoint or step set, the interpreter runs as without them.
+ * Return -1 when n exceeds TCG_MAX_*. */
+int tcg_set_breakpoints(tcg_engine *e, const uint64_t *pcs, int n);
+int tcg_set_watchpoints(tcg_engine *e, const uint64_t *addrs, const uint64_t *lens,
+                        const uint32_t *types, int n);
+/* Single-step mode of one hart: tcg_run stops (TCG_DEBUG_STEP) once one instruction retired
+ * or a trap was taken since this call; interrupts are not taken meanwhile, and breakpoints are
+ * not checked (QEMU's SSTEP_NOIRQ, and "single-step overrides breakpoints"). */
+void tcg_set_single_step(tcg_engine *e, int hart, int on);
 /* CDEF-END */
 
 #endif

@@ -1,0 +1,121 @@
+"""The riscv64 target description gdb reads (``qXfer:features:read``), and register numbers.
+
+The same features, register names, types and numbers as QEMU 7.2's ``rv64`` CPU: the core
+(x0..x31, pc: gdb registers 0..32), the FPU (f0..f31: 33..64, always 64 bits), the
+``virtual`` feature (``priv``: 65), and the CSR feature QEMU generates at CPU creation
+(register 66 + CSR number), listed here as QEMU 7.2 lists it for ``-M virt``.  CSRs in that
+list that the hart does not implement (the hypervisor and trigger CSRs) read as zero.
+"""
+
+from __future__ import annotations
+
+CORE_REGS = 33
+FPU_BASE = 33
+PRIV_REG = 65
+CSR_BASE = 66
+CSR_COUNT = 4096
+
+ABI_NAMES = ("zero", "ra", "sp", "gp", "tp", "t0", "t1", "t2", "fp", "s1",
+             "a0", "a1", "a2", "a3", "a4", "a5", "a6", "a7",
+             "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9", "s10", "s11",
+             "t3", "t4", "t5", "t6")
+_CORE_TYPES = {"ra": "code_ptr", "sp": "data_ptr", "gp": "data_ptr", "tp": "data_ptr",
+               "fp": "data_ptr"}
+FPU_NAMES = ("ft0", "ft1", "ft2", "ft3", "ft4", "ft5", "ft6", "ft7", "fs0", "fs1",
+             "fa0", "fa1", "fa2", "fa3", "fa4", "fa5", "fa6", "fa7",
+             "fs2", "fs3", "fs4", "fs5", "fs6", "fs7", "fs8", "fs9", "fs10", "fs11",
+             "ft8", "ft9", "ft10", "ft11")
+
+QEMU_CSRS: tuple[tuple[str, int], ...] = (
+    ("sstatus", 0x100), ("sie", 0x104), ("stvec", 0x105), ("scounteren", 0x106),
+    ("senvcfg", 0x10a), ("sscratch", 0x140), ("sepc", 0x141), ("scause", 0x142), ("stval", 0x143),
+    ("sip", 0x144), ("satp", 0x180), ("vsstatus", 0x200), ("vsie", 0x204), ("vstvec", 0x205),
+    ("vsscratch", 0x240), ("vsepc", 0x241), ("vscause", 0x242), ("vstval", 0x243),
+    ("vsip", 0x244), ("vsatp", 0x280), ("mstatus", 0x300), ("misa", 0x301), ("medeleg", 0x302),
+    ("mideleg", 0x303), ("mie", 0x304), ("mtvec", 0x305), ("mcounteren", 0x306),
+    ("menvcfg", 0x30a), ("mcountinhibit", 0x320), ("mhpmevent3", 0x323), ("mhpmevent4", 0x324),
+    ("mhpmevent5", 0x325), ("mhpmevent6", 0x326), ("mhpmevent7", 0x327), ("mhpmevent8", 0x328),
+    ("mhpmevent9", 0x329), ("mhpmevent10", 0x32a), ("mhpmevent11", 0x32b), ("mhpmevent12", 0x32c),
+    ("mhpmevent13", 0x32d), ("mhpmevent14", 0x32e), ("mhpmevent15", 0x32f),
+    ("mhpmevent16", 0x330), ("mhpmevent17", 0x331), ("mhpmevent18", 0x332),
+    ("mhpmevent19", 0x333), ("mhpmevent20", 0x334), ("mhpmevent21", 0x335),
+    ("mhpmevent22", 0x336), ("mhpmevent23", 0x337), ("mhpmevent24", 0x338),
+    ("mhpmevent25", 0x339), ("mhpmevent26", 0x33a), ("mhpmevent27", 0x33b),
+    ("mhpmevent28", 0x33c), ("mhpmevent29", 0x33d), ("mhpmevent30", 0x33e),
+    ("mhpmevent31", 0x33f), ("mscratch", 0x340), ("mepc", 0x341), ("mcause", 0x342),
+    ("mtval", 0x343), ("mip", 0x344), ("mtinst", 0x34a), ("mtval2", 0x34b), ("pmpcfg0", 0x3a0),
+    ("pmpcfg1", 0x3a1), ("pmpcfg2", 0x3a2), ("pmpcfg3", 0x3a3), ("pmpaddr0", 0x3b0),
+    ("pmpaddr1", 0x3b1), ("pmpaddr2", 0x3b2), ("pmpaddr3", 0x3b3), ("pmpaddr4", 0x3b4),
+    ("pmpaddr5", 0x3b5), ("pmpaddr6", 0x3b6), ("pmpaddr7", 0x3b7), ("pmpaddr8", 0x3b8),
+    ("pmpaddr9", 0x3b9), ("pmpaddr10", 0x3ba), ("pmpaddr11", 0x3bb), ("pmpaddr12", 0x3bc),
+    ("pmpaddr13", 0x3bd), ("pmpaddr14", 0x3be), ("pmpaddr15", 0x3bf), ("hstatus", 0x600),
+    ("hedeleg", 0x602), ("hideleg", 0x603), ("hie", 0x604), ("htimedelta", 0x605),
+    ("hcounteren", 0x606), ("hgeie", 0x607), ("henvcfg", 0x60a), ("htval", 0x643), ("hip", 0x644),
+    ("hvip", 0x645), ("htinst", 0x64a), ("hgatp", 0x680), ("tselect", 0x7a0), ("tdata1", 0x7a1),
+    ("tdata2", 0x7a2), ("tdata3", 0x7a3), ("tinfo", 0x7a4), ("mcycle", 0xb00),
+    ("minstret", 0xb02), ("mhpmcounter3", 0xb03), ("mhpmcounter4", 0xb04),
+    ("mhpmcounter5", 0xb05), ("mhpmcounter6", 0xb06), ("mhpmcounter7", 0xb07),
+    ("mhpmcounter8", 0xb08), ("mhpmcounter9", 0xb09), ("mhpmcounter10", 0xb0a),
+    ("mhpmcounter11", 0xb0b), ("mhpmcounter12", 0xb0c), ("mhpmcounter13", 0xb0d),
+    ("mhpmcounter14", 0xb0e), ("mhpmcounter15", 0xb0f), ("mhpmcounter16", 0xb10),
+    ("mhpmcounter17", 0xb11), ("mhpmcounter18", 0xb12), ("hgeip", 0xe12), ("mvendorid", 0xf11),
+    ("marchid", 0xf12), ("mimpid", 0xf13), ("mhartid", 0xf14), ("mconfigptr", 0xf15),
+)
+"""(name, CSR number) of QEMU 7.2's generated ``riscv-csr.xml`` for its default rv64 CPU."""
+
+CSR_NAMES = dict((num, name) for name, num in QEMU_CSRS)
+
+_HEADER = '<?xml version="1.0"?><!DOCTYPE feature SYSTEM "gdb-target.dtd">'
+
+
+def _cpu_xml() -> str:
+    regs = "".join(f'<reg name="{name}" bitsize="64" type="{_CORE_TYPES.get(name, "int")}"/>'
+                   for name in ABI_NAMES)
+    return (f'{_HEADER}<feature name="org.gnu.gdb.riscv.cpu">{regs}'
+            '<reg name="pc" bitsize="64" type="code_ptr"/></feature>')
+
+
+def _fpu_xml() -> str:
+    regs = "".join(f'<reg name="{name}" bitsize="64" type="riscv_double"/>'
+                   for name in FPU_NAMES)
+    return (f'{_HEADER}<feature name="org.gnu.gdb.riscv.fpu">'
+            '<union id="riscv_double"><field name="float" type="ieee_single"/>'
+            f'<field name="double" type="ieee_double"/></union>{regs}</feature>')
+
+
+def _csr_xml() -> str:
+    regs = "".join(f'<reg name="{name}" bitsize="64" regnum="{CSR_BASE + num}"/>'
+                   for name, num in QEMU_CSRS)
+    return f'{_HEADER}<feature name="org.gnu.gdb.riscv.csr">{regs}</feature>'
+
+
+TARGET_XML = ('<?xml version="1.0"?><!DOCTYPE target SYSTEM "gdb-target.dtd"><target>'
+              "<architecture>riscv:rv64</architecture>"
+              '<xi:include href="riscv-64bit-cpu.xml"/>'
+              '<xi:include href="riscv-64bit-fpu.xml"/>'
+              '<xi:include href="riscv-64bit-virtual.xml"/>'
+              '<xi:include href="riscv-csr.xml"/></target>')
+
+FEATURES: dict[str, str] = {
+    "target.xml": TARGET_XML,
+    "riscv-64bit-cpu.xml": _cpu_xml(),
+    "riscv-64bit-fpu.xml": _fpu_xml(),
+    "riscv-64bit-virtual.xml": (f'{_HEADER}<feature name="org.gnu.gdb.riscv.virtual">'
+                                '<reg name="priv" bitsize="64"/></feature>'),
+    "riscv-csr.xml": _csr_xml(),
+}
+"""Annex name -> document, as QEMU 7.2 serves them to gdb."""
+
+
+def register_name(regnum: int) -> str | None:
+    """The vCPU register name (``Vcpu.get_reg``) of gdb register ``regnum``, or None for a
+    number QEMU answers with an error."""
+    if regnum < 32:
+        return f"x{regnum}"
+    if regnum == 32:
+        return "pc"
+    if FPU_BASE <= regnum < FPU_BASE + 32:
+        return f"f{regnum - FPU_BASE}"
+    if regnum == PRIV_REG:
+        return "priv"
+    return CSR_NAMES.get(regnum - CSR_BASE)
