@@ -14,8 +14,10 @@ before that answer is stale and dropped.
     -device virtio-serial-pci,id=kvmpy-ga-serial
     -device virtserialport,id=kvmpy-ga-port,chardev=kvmpy-ga,name=org.qemu.guest_agent.0
 
-In-process the chardev ``kvmpy-ga`` is a Python object (:class:`AgentChardev`); in the child
-process it is a unix socket in the VM's temporary directory.  A VM whose arguments already have
+They come before the VM's other options, so that ports of one's own can go on the same bus:
+``-device virtserialport,bus=kvmpy-ga-serial.0,chardev=...,name=...``.  In-process the chardev
+``kvmpy-ga`` is a Python object (:class:`AgentChardev`); in the child process it is the unix
+socket ``agent.sock`` in the VM's temporary directory.  A VM whose arguments already have
 such a port on a ``-chardev socket,path=...`` gets a client on that socket.
 
 Every call has a timeout; an agent that answers nothing, garbage, other ids or lines longer than

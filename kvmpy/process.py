@@ -144,12 +144,13 @@ class ProcessVM:
         qmp_path = os.path.join(self.temp_dir, "qmp.sock")
         console_path = os.path.join(self.temp_dir, "console.sock")
         self._log_path = os.path.join(self.temp_dir, "output.log")
-        self.command = [*self.binary, *self.args, "-display", "none",
-                        "-qmp", f"unix:{qmp_path},server=on,wait=off"]
-        if self.agent:
+        agent: list[str] = []
+        if self.agent:  # first, so that ports of one's own can go on its bus
             agent_path = os.path.join(self.temp_dir, "agent.sock")
-            self.command += ["-chardev", f"socket,id={AGENT_CHARDEV_ID},path={agent_path},"
-                                         "server=on,wait=off", *agent_device_args()]
+            agent = ["-chardev", f"socket,id={AGENT_CHARDEV_ID},path={agent_path},"
+                                 "server=on,wait=off", *agent_device_args()]
+        self.command = [*self.binary, *agent, *self.args, "-display", "none",
+                        "-qmp", f"unix:{qmp_path},server=on,wait=off"]
         with_console = "-serial" not in self.args and "-nographic" not in self.args
         if with_console:
             # wait=on: kvmpy waits for this client before it starts, so the console log

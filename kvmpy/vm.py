@@ -168,7 +168,8 @@ class VM:
         self._chardevs = dict(chardevs or {})
         self._agent_chardev = AgentChardev() if agent else None
         if agent:
-            self.args += agent_device_args(AGENT_CHARDEV_ID)
+            # First, so that ports of one's own can go on its bus (kvmpy-ga-serial.0).
+            self.args[:0] = agent_device_args(AGENT_CHARDEV_ID)
         self._guest: GuestAgent | None = None
         self.console = Console()
         self.memory = Memory(self)

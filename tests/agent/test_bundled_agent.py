@@ -108,6 +108,24 @@ def test_reboot_and_the_agent_answers_again() -> None:
         assert vm.guest.exec(["ls", "/tmp"]).stdout == b""  # a new boot: /tmp is empty
 
 
+def test_every_named_port_is_linked(tmp_path: Path) -> None:
+    from kvmpy.vm import VM
+
+    out = tmp_path / "stdout.txt"
+    extra = ["-chardev", f"file,id=out,path={out}",
+             "-device", "virtserialport,bus=kvmpy-ga-serial.0,chardev=out,name=kvmpy.stdout",
+             "-chardev", "null,id=con", "-device", "virtconsole,bus=kvmpy-ga-serial.0,chardev=con"]
+    with VM(machine="virt", memory="256M", agent=True, extra_args=extra) as vm:
+        vm.guest.wait_ready(BOOT_TIMEOUT)
+        listing = vm.guest.exec(["ls", "/dev/virtio-ports"]).stdout
+        assert listing.split() == [b"kvmpy.stdout", AGENT_PORT_NAME.encode()]  # not the console
+        written = vm.guest.exec(["sh", "-c",
+                                 "echo through-the-port >/dev/virtio-ports/kvmpy.stdout"])
+        assert written.returncode == 0, written.stderr
+        vm.shutdown()
+    assert out.read_text() == "through-the-port\n"
+
+
 def test_a_socket_port_of_ones_own(tmp_path: Path) -> None:
     from kvmpy.vm import VM
 
