@@ -21,9 +21,6 @@ import tempfile
 from pathlib import Path
 from types import ModuleType
 
-from elftools.elf.dynamic import DynamicSection
-from elftools.elf.elffile import ELFFile
-
 from kvmpy import guests
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,6 +68,11 @@ def userland() -> ModuleType:
 
 def _elf_needs(path: Path) -> tuple[list[str], str | None]:
     """(DT_NEEDED names, PT_INTERP path) of an ELF file."""
+    try:
+        from elftools.elf.dynamic import DynamicSection
+        from elftools.elf.elffile import ELFFile
+    except ImportError as exc:
+        raise Unavailable("pyelftools is not installed") from exc
     with open(path, "rb") as f:
         elf = ELFFile(f)
         needed: list[str] = []
