@@ -149,6 +149,26 @@ def _net_command(system: System, name: str, args: list[str]) -> str:
     return ""
 
 
+def _gdbserver(system: System, args: list[str]) -> str:
+    """``gdbserver [device]``: QEMU 7.2 refuses a second stub while one runs (the old one
+    keeps serving); ``none`` stops it."""
+    from kvmpy.gdbstub import DEFAULT_DEVICE, gdbserver_start
+
+    device = args[0] if args else DEFAULT_DEVICE
+    lines = []
+    if device != "none" and system.gdbstub is not None:
+        lines.append(f"a gdbserver already runs on device '{system.gdbstub.device}'")
+    else:
+        try:
+            gdbserver_start(system, device)
+        except KvmpyError as exc:
+            lines.append(str(exc))
+        else:
+            return ("Disabled gdbserver" if device == "none"
+                    else f"Waiting for gdb connection on device '{device}'")
+    return "\n".join([*lines, f"Could not open gdbserver on device '{device}'"])
+
+
 def _hostfwd(system: System, name: str, args: list[str]) -> str:
     """``hostfwd_add`` / ``hostfwd_remove``: two string arguments, the first optional."""
     from kvmpy.net import user
@@ -333,6 +353,8 @@ def _dispatch(system: System, state: HmpState, name: str, args: list[str]) -> st
         return _hostfwd(system, name, args)
     if name in ("set_link", "netdev_add", "netdev_del"):
         return _net_command(system, name, args)
+    if name == "gdbserver":
+        return _gdbserver(system, args)
     if name == "x":
         return _memory_dump(system, state, args, physical=False)
     if name == "xp":
@@ -348,6 +370,8 @@ def _dispatch(system: System, state: HmpState, name: str, args: list[str]) -> st
 HELP = [  # name, parameters, description: as QEMU's hmp-commands.hx
     ("c|cont", "", "resume emulation"),
     ("cpu", "index", "set the default CPU"),
+    ("gdbserver", "[device]", "start gdbserver on given device (default 'tcp::1234'), stop "
+     "with 'none'"),
     ("help|?", "[cmd]", "show the help"),
     ("hostfwd_add", "[netdev_id] [tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport",
      "redirect TCP or UDP connections from host to guest (requires -net user)"),
