@@ -108,8 +108,8 @@ class FileOps(ServerCore):
             if offset >= 1 << 63:
                 raise fail(errno.EINVAL)
             n = os.pwrite(fid.fd, data, offset)
-            if self.fsdev.writeout == "immediate":
-                os.fdatasync(fid.fd)
+            if self.fsdev.writeout == "immediate" and n:
+                hostio.sync_range(fid.fd, offset, n)
             return p.message(p.TWRITE + 1, tag, U32.pack(n))
         if fid.kind == XATTR_CREATE:
             # QEMU v9fs_xattr_write: bytes go at ``offset`` within the declared size.

@@ -75,6 +75,21 @@ def fchown_empty(fd: int, uid: int, gid: int) -> None:
         _raise("fchownat")
 
 
+SYNC_FILE_RANGE_WAIT_BEFORE = 1
+SYNC_FILE_RANGE_WRITE = 2
+SYNC_FILE_RANGE_WAIT_AFTER = 4
+_libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64,
+                                  ctypes.c_uint]
+
+
+def sync_range(fd: int, offset: int, count: int) -> None:
+    """Write ``count`` bytes at ``offset`` out to the device and wait (QEMU's
+    writeout=immediate: sync_file_range with WAIT_BEFORE | WRITE | WAIT_AFTER)."""
+    flags = SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER
+    if _libc.sync_file_range(fd, offset, count, flags) != 0:
+        _raise("sync_file_range")
+
+
 class _Statfs(ctypes.Structure):
     _fields_ = [("f_type", ctypes.c_long), ("f_bsize", ctypes.c_long),
                 ("f_blocks", ctypes.c_ulong), ("f_bfree", ctypes.c_ulong),

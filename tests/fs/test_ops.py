@@ -553,3 +553,19 @@ def test_times_before_1970_and_xattr_pieces_out_of_order(env: Env) -> None:
     assert errno_of(exc) == errno.ENOSPC
     c.clunk(2)
     assert os.getxattr(env.share / "old", "user.v") == b"abcdef"
+
+
+def test_writeout_immediate_writes_through(env: Env) -> None:
+    from kvmpy.fs import FsDev, Server
+    from tests.fs.client import Client
+    server = Server(FsDev(id="f", path=str(env.share), security_model="passthrough",
+                          writeout="immediate"))
+    env.servers.append(server)
+    c = Client(server)
+    c.version()
+    c.attach(0)
+    c.walk(0, 1)
+    c.lcreate(1, "synced", O_RDWR | O_CREAT, 0o644)
+    assert c.write(1, 4096, b"x" * 5000) == 5000
+    assert c.write(1, 0, b"") == 0
+    assert (env.share / "synced").read_bytes() == bytes(4096) + b"x" * 5000
