@@ -547,8 +547,9 @@ def _read_meta_file(dirfd: int, name: bytes) -> dict[bytes, int]:
 def _remove_meta_dir(dirfd: int) -> None:
     """Remove ``<dir>/.virtfs_metadata`` when the directory holds nothing else, so that a
     directory the guest sees as empty can be removed (QEMU local_unlinkat_common)."""
-    if any(os.fsencode(e) != METADATA_DIR for e in os.listdir(dirfd)):
-        return
+    with os.scandir(dirfd) as entries:            # stops at the first other entry
+        if any(os.fsencode(e.name) != METADATA_DIR for e in entries):
+            return
     try:
         mfd = hostio.openat2(dirfd, METADATA_DIR, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
