@@ -235,7 +235,7 @@ class GdbStub:
         tid = self._tid(self.c_cpu)
         hit, self._watch_hit = self._watch_hit, None
         if status == "debug" and hit is not None:
-            self._send(f"T05thread:{tid};{_WATCH_PREFIX[hit.kind]}watch:{hit.address:x};")
+            self._send(f"T05thread:{tid};{_WATCH_PREFIX[hit.kind]}watch:{hit.address:016x};")
             return
         self._send(f"T{_STOP_SIGNALS.get(status, SIGUNKNOWN):02x}thread:{tid};")
 
@@ -499,11 +499,11 @@ class GdbStub:
         if not self.has_xml:
             self._send(b"")
             return
-        regnum_text, eq, value_text = args.partition("=")
-        if not eq:
+        match = re.match(r"([0-9a-fA-F]+).", args)  # "n=r", any separator as QEMU's parser
+        if match is None:
             self._send(b"E22")
             return
-        regnum = _hex(regnum_text)
+        regnum, value_text = int(match.group(1), 16), args[match.end():]
         try:
             data = binascii.unhexlify(value_text[:len(value_text) // 2 * 2])
         except binascii.Error:
@@ -588,7 +588,7 @@ class GdbStub:
     def cmd_insert(self, args: str, raw: bytes) -> None:
         try:
             kind, addr, length = self._bp_params(args)
-        except (ValueError, ParseError):
+        except ValueError:  # fewer than three parameters (one that does not parse: empty)
             self._send(b"E22")
             return
         if kind not in (0, 1) and kind not in _WATCH_TYPES:
@@ -622,7 +622,7 @@ class GdbStub:
     def cmd_remove(self, args: str, raw: bytes) -> None:
         try:
             kind, addr, length = self._bp_params(args)
-        except (ValueError, ParseError):
+        except ValueError:  # fewer than three parameters (one that does not parse: empty)
             self._send(b"E22")
             return
         if kind not in (0, 1) and kind not in _WATCH_TYPES:
