@@ -73,6 +73,8 @@ class VMConfig:
     icount_shift: int | None = None
     drives: list[OptionSpec] = field(default_factory=list)
     """``-drive`` options (``driver`` is the ``id``; ``props`` hold every key, ``id`` too)."""
+    snapshot: bool = False
+    """``-snapshot``: every drive's writes go to a temporary overlay."""
     netdevs: list[OptionSpec] = field(default_factory=list)
     """Network back-ends (``driver`` is the type, ``user``; ``props`` hold ``id`` and the
     rest), from ``-netdev``, ``-nic`` and ``-net``."""

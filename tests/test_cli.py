@@ -322,10 +322,10 @@ def test_user_errors_are_one_line(capsys: pytest.CaptureFixture[str], argv: list
     assert err == message + "\n"
 
 
-NOT_BUILT = [["-gdb", "tcp::1234"], ["-s"], ["-netdev", "vde,id=n0"], ["-blockdev", "x"],
+NOT_BUILT = [["-netdev", "vde,id=n0"], ["-blockdev", "x"],
              ["-drive", "file=disk.img,if=scsi"], ["disk.img"], ["-display", "gtk"],
              ["-vga", "std"],
-             ["-icount", "shift=auto"], ["-snapshot"], ["-d", "trace:foo*"],
+             ["-icount", "shift=auto"], ["-d", "trace:foo*"],
              ["-serial", "pipe:/tmp/p"], ["-m", "1G,slots=2,maxmem=4G"]]
 
 

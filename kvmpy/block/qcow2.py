@@ -572,6 +572,11 @@ class Qcow2Image:
             os.fdatasync(self.fd)
 
     def close(self) -> None:
+        if self.fd >= 0 and not self.read_only:
+            try:
+                os.fdatasync(self.fd)
+            except OSError as exc:
+                log.stderr_line(f"kvmpy: qcow2: flushing '{self.path}' failed: {exc.strerror}")
         if self.backing is not None:
             self.backing.close()
             self.backing = None

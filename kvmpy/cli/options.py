@@ -54,9 +54,11 @@ OPTIONS: list[Option] = [
            "add device (based on driver); prop=value,... sets driver properties;\n"
            "use '-device help' to print all possible drivers,\n"
            "use '-device driver,help' to print all possible properties", _GROUPS[0], "device"),
-    Option("drive", "if=none,id=ID,file=FILE[,format=raw][,readonly=on|off]",
+    Option("drive", "if=none,id=ID,file=FILE[,format=raw|qcow2][,readonly=on|off]",
            "use FILE as a drive image for -device virtio-blk-device,drive=ID",
            _GROUPS[0], "drive"),
+    Option("snapshot", None, "write to temporary files instead of disk image files",
+           _GROUPS[0], "snapshot"),
     Option("netdev", "type,id=str[,prop=value][,...]",
            "configure a network backend: user[,hostfwd=...][,restrict=on|off],\n"
            "tap,ifname=NAME|fd=N ('-netdev help' for the list)", _GROUPS[0], "netdev"),
@@ -123,7 +125,7 @@ OPTIONS: list[Option] = [
 NOT_BUILT: dict[str, bool] = {
     "blockdev": True, "hda": True, "hdb": True,
     "hdc": True, "hdd": True, "cdrom": True, "fda": True, "fdb": True, "mtdblock": True,
-    "sd": True, "pflash": True, "snapshot": False,
+    "sd": True, "pflash": True,
     "object": True, "global": True, "audiodev": True, "audio": True, "usb": False,
     "usbdevice": True, "boot": True, "rtc": True, "L": True, "action": True, "incoming": True,
     "loadvm": True, "trace": True, "plugin": True, "semihosting": False,

@@ -272,6 +272,9 @@ class _Parser:
                 qom.parse_bool(key, props[key])
         self.config.drives.append(OptionSpec(drive_id, props, f"-drive {arg}"))
 
+    def opt_snapshot(self) -> None:
+        self.config.snapshot = True
+
     def opt_netdev(self, arg: str) -> None:
         from kvmpy.net import options
 

@@ -123,10 +123,14 @@ class VirtioBlk(VirtioDevice):
             if drive_props.get("id") == drive_id:
                 snapshot = bool(getattr(system.config, "snapshot", False))
                 try:
-                    return {"image": _open_drive(drive_props, snapshot)}
+                    image = _open_drive(drive_props, snapshot)
                 except ConfigError as exc:  # reported against the -drive option, as QEMU
                     exc.option = exc.option or getattr(spec, "text", None) or None
                     raise
+                at_close = getattr(system, "at_close", None)
+                if at_close is not None:  # flushed and closed when the VM ends
+                    at_close(image.close)
+                return {"image": image}
         raise ConfigError(f"Property 'virtio-blk-device.drive' can't find value '{drive_id}'")
 
     @property
