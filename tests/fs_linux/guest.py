@@ -58,7 +58,8 @@ def boot(vmm: str, args: Sequence[str]) -> ProcessVM:
     import kvmpy.guests as guests
 
     binary, extra = vmm_binary(vmm)
-    vm = ProcessVM(["-M", "virt", "-m", "512M", "-kernel", str(guests.kernel_path()),
+    vm = ProcessVM(["-M", "virt", "-m", "512M", "-smp", "2",
+                    "-kernel", str(guests.kernel_path()),
                     "-initrd", str(guests.initrd_path()), "-append", "console=ttyS0",
                     *extra, *args], binary=binary)
     vm.launch()

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+import kvmpy.guests as guests
+
 from ..support import kvmpy_env
 from .guest import (
     MOUNT_OPTIONS,
@@ -198,7 +200,22 @@ def test_linux_client(tmp_path: Path, vmm: str, device: str) -> None:
         ok(vm, f"umount /mnt/m && mount -t 9p -o {MOUNT_OPTIONS} maptag /mnt/m")
         assert ok(vm, "stat -c '%u %g %a' /mnt/m/owned") == "1234 5678 640\n"
 
-        ok(vm, "umount /mnt/t /mnt/ro /mnt/m")
+        # -- two harts reading at once, and readers killed while they read ---------------------
+        sums = ok(vm, "cd /mnt/t && (md5sum sparse.img & md5sum small/dir0/f0.txt & "
+                      "md5sum sparse.img & wait)")
+        digest = hashlib.md5((tree / "sparse.img").read_bytes()).hexdigest()
+        assert sums.count(f"{digest}  sparse.img") == 2, sums
+        sh(vm, "timeout -s KILL 1 sh -c 'while :; do cat /mnt/t/sparse.img >/dev/null; done'")
+        sh(vm, "timeout -s KILL 1 sh -c 'while :; do find /mnt/t >/dev/null; done'")
+        assert ok(vm, "md5sum /mnt/t/sparse.img").split()[0] == digest
+
+        # -- a reboot: the device is reset and serves the next boot --------------------------
+        vm.console.send("reboot\n")
+        vm.console.expect(re.escape(guests.BANNER), timeout=120)
+        vm.console.expect(re.escape(guests.PROMPT), timeout=120)
+        ok(vm, "dmesg -n 1")
+        ok(vm, f"mount -t 9p -o {MOUNT_OPTIONS} treetag /mnt")
+        assert ok(vm, "cat /mnt/new.txt") == "guest-data\nmore\n"
         vm.console.send("poweroff\n")
         assert vm.wait(60) == 0
     finally:
@@ -218,8 +235,6 @@ echo from-guest > /written-by-guest
 
 @pytest.mark.parametrize("vmm", ["kvmpy", "qemu"])
 def test_host_directory_as_root_file_system(tmp_path: Path, vmm: str) -> None:
-    import kvmpy.guests as guests
-
     binary, extra = vmm_binary(vmm)
     root = tmp_path / "root"
     for name in ("bin", "proc", "dev"):
