@@ -111,6 +111,12 @@ class Qcow2Image:
         self.dirty = bool(h.incompatible & INCOMPAT_DIRTY)
         self.broken = False
         self.lock = threading.RLock()
+        for offset, length, what in ((h.l1_table_offset, h.l1_size * 8,
+                                      "Could not read L1 table"),
+                                     (h.refcount_table_offset, h.refcount_table_clusters
+                                      * self.cs, "Could not initialize refcount handling")):
+            if offset + length > self.file_size:
+                raise Qcow2Error(f"{what}: Input/output error")
         raw_l1 = self._pread_exact(h.l1_table_offset, h.l1_size * 8)
         self.l1: list[int] = list(struct.unpack(f">{h.l1_size}Q", raw_l1))
         self.l1_offset = h.l1_table_offset
@@ -167,8 +173,9 @@ class Qcow2Image:
         self.cache_bytes += len(data)
 
     def _scan(self) -> None:
-        """The metadata clusters (for the overlap check) and the first cluster nothing
-        uses: new clusters go after it and after the end of the file."""
+        """The metadata clusters (for the overlap check) and where new clusters go: after
+        the end of the file and after all metadata.  (A refcount past the end of the file
+        is a leak from a crash: such a cluster is skipped when allocating.)"""
         cs, cb = self.cs, self.cluster_bits
         h = self.header
         meta = {0}
@@ -176,30 +183,23 @@ class Qcow2Image:
                           >> cb))
         meta.update(range(self.reftable_offset >> cb,
                           (self.reftable_offset >> cb) + h.refcount_table_clusters))
+        # A refcount block or L2 table must be inside the file and not sit on other
+        # metadata; one that does is left out, and using it is a corruption.
         refblocks = set()
-        top = -(-self.file_size // cs)
-        width = 1 << self.refcount_order
-        for index, entry in enumerate(self.reftable):
+        for entry in self.reftable:
             off = entry & REFT_OFFSET_MASK
-            if not off or off % cs or (off >> cb) in meta:
-                continue
-            refblocks.add(off >> cb)
-            block = self._pread_exact(off, cs).rstrip(b"\0")
-            if block:
-                last = (len(block) * 8 - 1) // width  # an upper bound of the last used entry
-                top = max(top, (index << self.rb_bits) + last + 1)
+            if off and not off % cs and off < self.file_size and (off >> cb) not in meta:
+                refblocks.add(off >> cb)
         meta |= refblocks
-        # An L2 table must not sit on other metadata; one that does is left out, and
-        # using it is a corruption.
         l2s = set()
         for entry in self.l1:
             off = entry & OFFSET_MASK
-            if off and not off % cs and (off >> cb) not in meta:
+            if off and not off % cs and off < self.file_size and (off >> cb) not in meta:
                 l2s.add(off >> cb)
         meta |= l2s
-        self.l2s = l2s
+        self.l2s, self.refblocks = l2s, refblocks
         self.meta = meta
-        self.next_free = max(top, max(meta) + 1)
+        self.next_free = max(-(-self.file_size // cs), max(meta) + 1)
 
     # -- corruption -------------------------------------------------------------------------
 
@@ -241,7 +241,8 @@ class Qcow2Image:
             off = self._new_refblock(index)
         block = self.rb_cache.get(off)
         if block is None:
-            if off % self.cs or off >= self.file_size:
+            if (off >> self.cluster_bits) not in self.refblocks or off % self.cs \
+                    or off >= self.file_size:
                 raise Corruption(f"refcount block {index} offset {off:#x} invalid")
             block = bytearray(self._pread_exact(off, self.cs))
             self._cache(self.rb_cache, off, block)
@@ -267,8 +268,7 @@ class Qcow2Image:
 
     def _new_refblock(self, index: int) -> int:
         """Allocate the refcount block for block index ``index`` (its table entry is 0)."""
-        cluster = self.next_free
-        self.next_free += 1
+        cluster = self._take()
         off = cluster << self.cluster_bits
         block = bytearray(self.cs)
         if cluster >> self.rb_bits == index:  # it counts itself
@@ -278,6 +278,7 @@ class Qcow2Image:
             self._pwrite(block, off)
             self._update_refcount(cluster, 1)
         self.meta.add(cluster)
+        self.refblocks.add(cluster)
         self._cache(self.rb_cache, off, block)
         self.reftable[index] = off
         self._pwrite(_Q.pack(off), self.reftable_offset + index * 8)
@@ -315,6 +316,7 @@ class Qcow2Image:
             self._cache(self.rb_cache, off, block)
             table[i] = off
             self.meta.add(cluster)
+            self.refblocks.add(cluster)
         new_off = start << self.cluster_bits
         self._pwrite(struct.pack(f">{entries}Q", *table), new_off)
         self._pwrite(struct.pack(">QI", new_off, table_clusters), OFF_REFTABLE)
@@ -329,10 +331,17 @@ class Qcow2Image:
             if not self.dirty:
                 self._update_refcount(c, -1)
 
+    def _take(self) -> int:
+        """The next free cluster at the end of the image (skipping leaked ones)."""
+        while True:
+            cluster = self.next_free
+            self.next_free += 1
+            if not self._refcount(cluster):
+                return cluster
+
     def _alloc(self) -> int:
         """A new cluster at the end of the image, its refcount 1 on disk; its offset."""
-        cluster = self.next_free
-        self.next_free += 1
+        cluster = self._take()
         self._update_refcount(cluster, 1)
         return cluster << self.cluster_bits
 

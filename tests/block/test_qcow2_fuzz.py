@@ -1,0 +1,112 @@
+"""Property tests: random write/read sequences against a bytearray model (then ``qemu-img
+check``), and damaged headers and tables, which must give a one-line ConfigError at open or
+an OSError at access, never another exception and never a write to another file."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kvmpy.block import create_image, open_image
+from kvmpy.errors import ConfigError
+from tests.block.conftest import check, need_qemu_img
+
+SIZE = 1 << 20
+
+ops = st.lists(st.one_of(
+    st.tuples(st.just("write"), st.integers(0, SIZE - 1), st.integers(1, 70_000),
+              st.integers(0, 255)),
+    st.tuples(st.just("read"), st.integers(0, SIZE - 1), st.integers(1, 70_000),
+              st.just(0)),
+    st.tuples(st.just("reopen"), st.just(0), st.just(0), st.just(0)),
+), min_size=1, max_size=25)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=ops, cluster_bits=st.sampled_from([9, 12, 16]),
+       refcount_order=st.sampled_from([0, 4, 6]), with_backing=st.booleans())
+def test_random_io_matches_a_model(ops: list[tuple[str, int, int, int]], cluster_bits: int,
+                                   refcount_order: int, with_backing: bool) -> None:
+    need_qemu_img()
+    with tempfile.TemporaryDirectory() as tmp:
+        model = bytearray(SIZE)
+        backing = None
+        if with_backing:
+            model[:] = bytes(range(256)) * (SIZE // 256)
+            Path(tmp, "base.raw").write_bytes(model)
+            backing = "base.raw"
+        path = os.path.join(tmp, "t.qcow2")
+        create_image(path, SIZE, cluster_bits=cluster_bits, refcount_order=refcount_order,
+                     backing_file=backing, backing_format="raw" if backing else None)
+        image = open_image(path, "qcow2")
+        try:
+            for kind, offset, length, byte in ops:
+                length = min(length, SIZE - offset)
+                if kind == "write":
+                    image.pwrite(offset, bytes([byte]) * length)
+                    model[offset:offset + length] = bytes([byte]) * length
+                elif kind == "read":
+                    assert image.pread(offset, length) == model[offset:offset + length]
+                else:
+                    image.close()
+                    image = open_image(path, "qcow2")
+            assert image.pread(0, SIZE) == model
+        finally:
+            image.close()
+        result = check(Path(path))
+        assert result.get("leaks", 0) == 0
+
+
+def _fresh_image(tmp: str) -> tuple[str, str]:
+    """A small image with data in it and a backing file: (image, backing)."""
+    base = os.path.join(tmp, "base.raw")
+    Path(base).write_bytes(b"\x5a" * 65536)
+    path = os.path.join(tmp, "f.qcow2")
+    create_image(path, 1 << 20, cluster_bits=12, backing_file="base.raw",
+                 backing_format="raw")
+    image = open_image(path, "qcow2")
+    for offset in (0, 5000, 300_000, 700_000):
+        image.pwrite(offset, b"\xa5" * 3000)
+    image.close()
+    return path, base
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(damage=st.lists(st.tuples(st.integers(0, 8 * 4096 - 1), st.integers(0, 255)),
+                       min_size=1, max_size=8),
+       writable=st.booleans(), where=st.lists(st.integers(0, (1 << 20) - 1), max_size=6))
+def test_damaged_images_fail_cleanly(damage: list[tuple[int, int]], writable: bool,
+                                     where: list[int]) -> None:
+    """Bytes of the header, refcount table, refcount block, L1 and L2 tables (the first
+    eight 4 KiB clusters) replaced."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path, base = _fresh_image(tmp)
+        with open(path, "r+b") as f:
+            for offset, value in damage:
+                f.seek(offset)
+                f.write(bytes([value]))
+        sums = hashlib.sha256(Path(base).read_bytes()).hexdigest()
+        try:
+            image = open_image(path, "qcow2", read_only=not writable)
+        except ConfigError as exc:
+            assert "\n" not in str(exc) and str(exc)
+            return
+        try:
+            for offset in where:
+                try:
+                    image.pread(offset, 5000)
+                    if writable:
+                        image.pwrite(offset, b"\x77" * 5000)
+                except OSError:
+                    pass
+        finally:
+            image.close()
+        assert hashlib.sha256(Path(base).read_bytes()).hexdigest() == sums
+        assert sorted(os.listdir(tmp)) == ["base.raw", "f.qcow2"]
+        # a damaged image may grow, but not without bound
+        assert os.path.getsize(path) < 64 << 20
