@@ -40,7 +40,10 @@ def translate(system: System, hart: int, vaddr: int) -> int:
     assert system.accel is not None
     vcpu = system.accel.vcpus[hart]
     priv = vcpu.get_reg("priv")
-    mstatus = vcpu.get_reg("mstatus")
+    try:
+        mstatus = vcpu.get_reg("mstatus")
+    except KvmpyError:  # no M-mode state (KVM): sstatus holds SUM and MXR
+        mstatus = vcpu.get_reg("sstatus")
     if priv == _PRV_M and mstatus & _MSTATUS_MPRV:
         priv = (mstatus >> 11) & 3
     satp = vcpu.get_reg("satp")

@@ -113,6 +113,7 @@ class GdbStub:
         self._watch_hit: DebugExit | None = None
         self._hmp_state: Any = None
         self._closed = False
+        self._told_no_guest_debug = False
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -123,7 +124,7 @@ class GdbStub:
     @property
     def guest_debug(self) -> bool:
         """Whether the accelerator can stop harts at breakpoints, watchpoints and steps."""
-        return hasattr(self.system.accel, "set_breakpoints")
+        return callable(getattr(self.system.accel, "set_breakpoints", None))
 
     def start(self) -> None:
         self.system.add_event_listener(self._on_vm_event)
@@ -251,9 +252,12 @@ class GdbStub:
         self.waiting = True
         system = self.system
         if not self.guest_debug:
+            # SIGINT, not SIGTRAP: gdb must not take it for a finished step (a "next" would
+            # step again forever); the O packet says why on gdb's console.
             self._console(_NO_GUEST_DEBUG.removeprefix("kvmpy: gdbstub: ") + "\n")
-            stderr_line(_NO_GUEST_DEBUG)
-            self._stop_reply()
+            self._say_no_guest_debug()
+            self.waiting = False
+            self._send(f"T{SIGINT:02x}thread:{self._tid(self.c_cpu)};")
             return
         if system.status in ("shutdown", "internal-error", "guest-panicked"):
             return
@@ -283,11 +287,16 @@ class GdbStub:
             system.status = "debug"
             system.emit("STOP")
 
+    def _say_no_guest_debug(self) -> None:
+        if not self._told_no_guest_debug:  # once per stub: gdb retries each breakpoint
+            self._told_no_guest_debug = True
+            stderr_line(_NO_GUEST_DEBUG)
+
     # -- debug state ----------------------------------------------------------------------
 
     def _apply_debug_state(self) -> None:
         accel: Any = self.system.accel
-        if not hasattr(accel, "set_breakpoints"):
+        if not self.guest_debug:
             return
         driver = self.system.driver
         running = self.system.running and driver is not None
@@ -595,7 +604,7 @@ class GdbStub:
             self._send(b"")
             return
         if not self.guest_debug:
-            stderr_line(_NO_GUEST_DEBUG)
+            self._say_no_guest_debug()
             self._send(b"E22")
             return
         if kind in (0, 1):
