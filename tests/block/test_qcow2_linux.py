@@ -1,0 +1,85 @@
+"""The bundled Linux guest writes to a qcow2 disk on virtio-blk-pci; the image then passes
+``qemu-img check`` and ``qemu-img dd`` shows what the guest wrote."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kvmpy import qom
+from kvmpy.process import ProcessVM
+from kvmpy.registry_init import load_types
+from tests.block.conftest import check, create, qemu_img, qemu_io
+
+BOOT_TIMEOUT = 180.0
+CMD_TIMEOUT = 120.0
+MiB = 1 << 20
+
+
+def _skip_reason() -> str | None:
+    load_types()
+    for info in qom.object_class_get_list("accel"):
+        if getattr(info.cls, "name", None) == "tcg":
+            accel: Any = info.cls
+            reason: str | None = accel.unavailable_reason()
+            return None if reason is None else f"interpreter accelerator unavailable: {reason}"
+    return "the tcg accelerator is not registered in this build"
+
+
+@pytest.fixture
+def guest() -> Iterator[Any]:
+    reason = _skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    import kvmpy.guests as guests
+
+    vms: list[ProcessVM] = []
+
+    def start(*args: str) -> ProcessVM:
+        vm = ProcessVM(["-M", "virt", "-m", "256M", "-kernel", str(guests.kernel_path()),
+                        "-initrd", str(guests.initrd_path()), "-append", "console=ttyS0",
+                        "-accel", "tcg", *args])
+        vms.append(vm)
+        vm.launch()
+        vm.console.expect(re.escape(guests.PROMPT), timeout=BOOT_TIMEOUT)
+        return vm
+
+    yield start
+    for vm in vms:
+        if vm.is_running():
+            vm.kill()
+
+
+def sh(vm: ProcessVM, command: str) -> str:
+    vm.console.send(f"echo @@$((6*7))@@; {command}; echo @@$((6*8))@@\n")
+    match = vm.console.expect(r"(?s)@@42@@\r?\n(.*?)@@48@@", timeout=CMD_TIMEOUT)
+    return str(match.group(1)).replace("\r", "")
+
+
+def test_guest_writes_a_qcow2_disk(guest: Any, tmp_path: Path) -> None:
+    disk = create(tmp_path / "disk.qcow2", 32 * MiB, "cluster_size=65536")
+    qemu_io(disk, "write -P 0x6b 0 512")  # something for the guest to read first
+    vm = guest("-drive", f"file={disk},format=qcow2,if=none,id=d0",
+               "-device", "virtio-blk-pci,drive=d0")
+    assert sh(vm, "head -c 4 /dev/vda") == "kkkk"
+    sh(vm, "printf kvmpy-qcow2-guest | dd of=/dev/vda bs=512 seek=4096 conv=fsync")
+    # 1 MiB of random data, 100 KiB in: partial clusters at both ends
+    sh(vm, "dd if=/dev/urandom of=/tmp/r bs=64k count=16 2>/dev/null; "
+           "dd if=/tmp/r of=/dev/vda bs=1024 seek=100 conv=fsync 2>/dev/null; sync")
+    guest_md5 = sh(vm, "md5sum /tmp/r").split()[0]
+    assert sh(vm, "dd if=/dev/vda bs=1024 skip=100 count=1024 2>/dev/null | md5sum"
+              ).split()[0] == guest_md5
+    vm.shutdown()
+    check(disk)
+    qemu_img("dd", "-f", "qcow2", "-O", "raw", "bs=512", "skip=4096", "count=4097",
+             f"if={disk}", f"of={tmp_path / 'sector.raw'}")
+    assert (tmp_path / "sector.raw").read_bytes().startswith(b"kvmpy-qcow2-guest")
+    qemu_img("convert", "-O", "raw", disk, tmp_path / "all.raw")
+    data = (tmp_path / "all.raw").read_bytes()
+    assert hashlib.md5(data[100 * 1024:100 * 1024 + MiB]).hexdigest() == guest_md5
+    assert data[:512] == b"k" * 512
