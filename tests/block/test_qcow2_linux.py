@@ -83,3 +83,16 @@ def test_guest_writes_a_qcow2_disk(guest: Any, tmp_path: Path) -> None:
     data = (tmp_path / "all.raw").read_bytes()
     assert hashlib.md5(data[100 * 1024:100 * 1024 + MiB]).hexdigest() == guest_md5
     assert data[:512] == b"k" * 512
+
+
+def test_snapshot_writes_are_gone_after_the_vm(guest: Any, tmp_path: Path) -> None:
+    disk = create(tmp_path / "disk.qcow2", 8 * MiB)
+    qemu_io(disk, "write -P 0x6b 0 64k")
+    before = hashlib.sha256(disk.read_bytes()).hexdigest()
+    vm = guest("-drive", f"file={disk},format=qcow2,if=virtio", "-snapshot")
+    sh(vm, "printf temporary | dd of=/dev/vda bs=512 seek=1 conv=fsync")
+    assert sh(vm, "dd if=/dev/vda bs=512 skip=1 count=1 2>/dev/null | head -c 9") == \
+        "temporary"
+    vm.shutdown()
+    assert hashlib.sha256(disk.read_bytes()).hexdigest() == before
+    check(disk)

@@ -1,0 +1,67 @@
+"""``-drive`` errors for disk images, word for word as qemu-system-riscv64 7.2 prints them
+(only the program name differs), each on one line."""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.block.conftest import create
+
+QEMU = shutil.which("qemu-system-riscv64")
+ROOT = Path(__file__).resolve().parents[2]
+MiB = 1 << 20
+
+
+def _error_line(argv: list[str], program: str) -> str:
+    done = subprocess.run([*argv, "-M", "virt", "-S", "-display", "none", "-monitor", "none",
+                           "-serial", "none", "-nodefaults"], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+    assert done.returncode == 1, done.stderr
+    lines = [line for line in done.stderr.splitlines() if "-drive" in line]
+    assert len(lines) == 1, done.stderr
+    return lines[0].replace(f"{program}: ", "", 1)
+
+
+def _patch(path: Path, offset: int, fmt: str, value: int) -> Path:
+    with path.open("r+b") as f:
+        f.seek(offset)
+        f.write(struct.pack(fmt, value))
+    return path
+
+
+def _cases(tmp: Path) -> list[str]:
+    (tmp / "raw.img").write_bytes(bytes(MiB))
+    feature = _patch(create(tmp / "feature.qcow2", MiB), 72, ">Q", 0x100)
+    corrupt = _patch(create(tmp / "corrupt.qcow2", MiB), 72, ">Q", 0x2)
+    version = _patch(create(tmp / "v4.qcow2", MiB), 4, ">I", 4)
+    backing = create(tmp / "backed.qcow2", MiB, backing=create(tmp / "gone.qcow2", MiB))
+    (tmp / "gone.qcow2").unlink()
+    return [
+        f"file={tmp}/missing.qcow2,format=qcow2,if=virtio",
+        f"file={tmp}/missing.qcow2,if=virtio",
+        f"file={tmp}/raw.img,format=vmdkx,if=virtio",
+        f"file={tmp}/raw.img,format=qcow2,if=virtio",
+        f"file={feature},if=virtio",
+        f"file={corrupt},format=qcow2,if=virtio",
+        f"file={version},if=none,id=d0",
+        f"file={backing},if=virtio",
+        f"file={tmp},if=virtio",
+    ]
+
+
+def test_drive_errors_match_qemu(tmp_path: Path) -> None:
+    if QEMU is None:
+        pytest.skip("qemu-system-riscv64 (the oracle) is not installed")
+    for drive in _cases(tmp_path):
+        argv = ["-drive", drive]
+        if "if=none" in drive:
+            argv += ["-device", "virtio-blk-pci,drive=d0"]
+        ours = _error_line([sys.executable, "-m", "kvmpy", "-accel", "tcg", *argv], "kvmpy")
+        theirs = _error_line([QEMU, *argv], "qemu-system-riscv64")
+        assert ours == theirs
