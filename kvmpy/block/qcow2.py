@@ -39,9 +39,12 @@ from kvmpy.block.qcow2_header import (
     COMPRESSION_ZSTD,
     INCOMPAT_CORRUPT,
     INCOMPAT_DIRTY,
+    MAX_L1_BYTES,
     OFF_AUTOCLEAR,
     OFF_INCOMPAT,
+    OFF_L1,
     OFF_REFTABLE,
+    OFF_SIZE,
     Header,
     Qcow2Error,
     get_refcount,
@@ -575,6 +578,43 @@ class Qcow2Image:
 
     def pwrite(self, offset: int, data: bytes) -> None:
         self.writefrom(offset, [memoryview(data)])
+
+    def resize(self, size: int) -> None:
+        """Grow the virtual disk to ``size`` bytes (QEMU's ``qcow2_co_truncate`` without
+        preallocation).  A bigger L1 table is written at the end of the file first, the
+        header then points at it, and the size changes last; shrinking is refused."""
+        if self.read_only:
+            raise OSError(errno.EROFS, "read-only image")
+        if size < self.size:
+            raise OSError(errno.ENOTSUP, "qcow2: shrinking an image is not supported")
+        self._guard(lambda: self._grow_l1(size))
+
+    def _grow_l1(self, size: int) -> None:
+        per_l2 = 1 << (self.cluster_bits + self.l2_bits)
+        needed = -(-size // per_l2)
+        if needed > len(self.l1):
+            entries = max(needed, len(self.l1) * 3 // 2)
+            if entries * 8 > MAX_L1_BYTES:
+                raise OSError(errno.EFBIG, "qcow2: L1 table too large")
+            clusters = -(-(entries * 8) // self.cs)
+            start = self._take()  # contiguous clusters: none is used past next_free
+            self.next_free = start + clusters
+            for c in range(start, start + clusters):
+                self._update_refcount(c, 1)
+            table = self.l1 + [0] * (entries - len(self.l1))
+            new_off = start << self.cluster_bits
+            self._pwrite(struct.pack(f">{entries}Q", *table).ljust(clusters * self.cs,
+                                                                    b"\0"), new_off)
+            self._pwrite(struct.pack(">IQ", entries, new_off), OFF_L1)
+            old_off, old_clusters = self.l1_offset, -(-(len(self.l1) * 8) // self.cs)
+            self.l1, self.l1_offset = table, new_off
+            self.meta.update(range(start, start + clusters))
+            for c in range(old_off >> self.cluster_bits,
+                           (old_off >> self.cluster_bits) + old_clusters):
+                self.meta.discard(c)
+                self._release(c << self.cluster_bits, self.cs)
+        self._pwrite(struct.pack(">Q", size), OFF_SIZE)
+        self.size = self.header.size = size
 
     def flush(self) -> None:
         if not self.read_only and self.fd >= 0:

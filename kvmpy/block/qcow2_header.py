@@ -47,6 +47,7 @@ OFF_INCOMPAT = 72
 OFF_AUTOCLEAR = 88
 OFF_REFTABLE = 48  # refcount_table_offset (u64), then refcount_table_clusters (u32)
 OFF_L1 = 36  # l1_size (u32), then l1_table_offset (u64)
+OFF_SIZE = 24
 
 
 class Qcow2Error(ConfigError):

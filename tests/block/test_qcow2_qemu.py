@@ -249,3 +249,18 @@ def test_refused_features_say_so(tmp_path: Path) -> None:
     image = open_image(str(corrupt), read_only=True)  # a corrupt image may be read
     assert image.pread(0, 512) == bytes(512)
     image.close()
+
+
+def test_resize_grows_the_l1_table(tmp_path: Path) -> None:
+    path = create(tmp_path / "g.qcow2", MiB, "cluster_size=512")
+    qemu_io(path, "write -P 0x44 0 1M")
+    image = open_image(str(path))
+    assert isinstance(image, Qcow2Image)
+    old_l1 = len(image.l1)
+    image.resize(64 * MiB)
+    image.pwrite(64 * MiB - 5000, b"\x45" * 5000)
+    assert len(image.l1) > old_l1
+    image.close()
+    check(path)
+    assert '"virtual-size": 67108864' in qemu_img("info", "--output=json", path).stdout
+    qemu_io(path, "read -P 0x44 0 1M", "read -P 0 1M 1M", "read -P 0x45 67103864 5000")
