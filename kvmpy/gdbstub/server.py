@@ -157,6 +157,7 @@ class GdbStub:
         elif event == CHR_EVENT_CLOSED:
             # The VM stays as it is (paused or running); gdb's breakpoints go with gdb.
             self.connected = False
+            self.attached = False
             self.waiting = False
             self._clear_debug_state()
 
@@ -214,7 +215,10 @@ class GdbStub:
 
     def debug_exception(self, hart: int, exit_: DebugExit) -> None:
         """A hart stopped for gdb (called on the main loop): stop the VM in ``debug``."""
-        if not self.attached:
+        if not (self.attached and self.connected):  # gdb left meanwhile: run on
+            driver = self.system.driver
+            if self.system.running and driver is not None:
+                driver.resume()  # undo the vCPU thread's stop request
             return
         self.c_cpu = self.g_cpu = hart
         self._watch_hit = exit_ if exit_.reason == "watchpoint" else None

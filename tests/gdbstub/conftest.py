@@ -88,9 +88,8 @@ def run_gdb(port: int, elf: Path, commands: list[str], timeout: float = 120) -> 
     args = [GDB or "gdb-multiarch", "-nx", "-batch"]
     for line in script:
         args += ["-ex", line]
-    proc = subprocess.run([*args, str(elf)], capture_output=True, text=True, timeout=timeout,
-                          check=False)
-    return proc.stdout + proc.stderr
+    proc = subprocess.run([*args, str(elf)], capture_output=True, timeout=timeout, check=False)
+    return (proc.stdout + proc.stderr).decode(errors="replace")
 
 
 class Rsp:

@@ -10,6 +10,7 @@ to 0, so its mip shows MTIP; the pc, x and f registers must agree.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -87,3 +88,20 @@ def test_monitor_registers_filter_keeps_the_general_registers() -> None:
             " hstatus  0000000200000000\n x0/zero  0000000000000000 x1/ra    000000008000020e")
     assert monitor_registers(text) == (" pc       000000008000004e\n"
                                        " x0/zero  0000000000000000 x1/ra    000000008000020e")
+
+
+def test_large_transfers_use_the_whole_packet_size(tmp_path: Path) -> None:
+    """gdb fills kvmpy's PacketSize (0x4000): 0x2000-byte reads, 0x3fe0-byte binary writes."""
+    first, second = tmp_path / "first.bin", tmp_path / "second.bin"
+    with vmm("kvmpy", MACHINE) as v:
+        text = run_gdb(v.port, GDBTEST, [
+            "set debug remote 1",
+            f"dump binary memory {first} 0x80000000 0x80010000",
+            f"restore {first} binary 0x80100000",
+            "set debug remote 0",
+            f"dump binary memory {second} 0x80100000 0x80110000",
+            "kill"])
+    assert "Sending packet: $m80000000,2000#" in text
+    assert re.search(r"Sending packet: \$X80103fd0,3fe0:", text)
+    assert len(first.read_bytes()) == 0x10000
+    assert first.read_bytes() == second.read_bytes()
