@@ -165,8 +165,8 @@ class GdbStub:
         for event in self._reader.feed(data):
             try:
                 self._on_event(event)
-            except Exception:  # a bug in kvmpy: never take the VMM down with it
-                _log.exception("gdbstub: failed to handle %r", event)
+            except Exception as exc:  # a bug in kvmpy: never take the VMM down with it
+                _log.error("gdbstub: failed to handle %r: %s", event, exc)
                 self._send(b"E22")
 
     def _on_event(self, event: Any) -> None:
@@ -457,7 +457,9 @@ class GdbStub:
                 if states[hart] is None:
                     states[hart] = action
         steps = [i for i, s in enumerate(states) if s == "s"]
-        if steps:
+        if not text:
+            self._send(b"")  # no action at all
+        elif steps:
             self._step(steps[0])
         elif any(s == "c" for s in states):
             self._continue()

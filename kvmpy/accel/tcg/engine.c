@@ -18,6 +18,12 @@
  *
  * Misaligned loads and stores to RAM are emulated here (as if by bytes), the behaviour Linux
  * and OpenSBI accept; misaligned atomics raise address-misaligned exceptions.
+ *
+ * Debugger support costs nothing while unused.  With breakpoints or a single step set, a hart
+ * runs one-instruction blocks and goes through service() before each instruction, which
+ * compares pc with the breakpoints (or ends the step once an instruction retired or a trap was
+ * taken).  Pages holding a watchpoint never enter the data TLB, so their loads and stores take
+ * mem_slow(), which stops before a matching access.
  */
 #define _POSIX_C_SOURCE 199309L
 #include "engine.h"
