@@ -113,6 +113,7 @@ class Qcow2Image:
         self.csize_mask = (1 << (cb - 8)) - 1
         self.dirty = bool(h.incompatible & INCOMPAT_DIRTY)
         self.broken = False
+        self.zstd_warned = False
         self.lock = threading.RLock()
         for offset, length, what in ((h.l1_table_offset, h.l1_size * 8,
                                       "Could not read L1 table"),
@@ -430,7 +431,14 @@ class Qcow2Image:
         data = self._pread_exact(host, length)
         try:
             if self.header.compression_type == COMPRESSION_ZSTD:
-                out = _zstd_decompress(data, self.cs)
+                try:
+                    out = _zstd_decompress(data, self.cs)
+                except OSError as exc:
+                    if not self.zstd_warned:
+                        self.zstd_warned = True
+                        log.stderr_line(f"kvmpy: {self.path}: {exc.strerror}; reads of "
+                                        "compressed clusters fail")
+                    raise
             else:
                 inflater = zlib.decompressobj(-15)
                 out = inflater.decompress(data, self.cs)
@@ -554,6 +562,9 @@ class Qcow2Image:
                 fn()
             except Corruption as exc:
                 raise self._corrupt(str(exc)) from None
+            except OSError as exc:
+                log.guest_error(f"qcow2 {self.path}: I/O error: {exc}")
+                raise
 
     def readinto(self, offset: int, buffers: list[memoryview]) -> None:
         """Fill ``buffers`` (guest RAM) from guest offset ``offset``."""

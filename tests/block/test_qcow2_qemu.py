@@ -10,6 +10,7 @@ import os
 import random
 import struct
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -264,3 +265,22 @@ def test_resize_grows_the_l1_table(tmp_path: Path) -> None:
     check(path)
     assert '"virtual-size": 67108864' in qemu_img("info", "--output=json", path).stdout
     qemu_io(path, "read -P 0x44 0 1M", "read -P 0 1M 1M", "read -P 0x45 67103864 5000")
+
+
+def test_zstd_compressed_clusters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "src.raw"
+    src.write_bytes(b"\x12" * MiB + random.Random(1).randbytes(MiB))
+    path = tmp_path / "z.qcow2"
+    qemu_img("convert", "-c", "-f", "raw", "-O", "qcow2", "-o", "compression_type=zstd",
+             src, path)
+    monkeypatch.setitem(sys.modules, "zstandard", None)  # as if it were not installed
+    image = open_image(str(path))
+    with pytest.raises(OSError, match="zstandard"):
+        image.pread(0, 512)
+    image.close()
+    monkeypatch.undo()
+    pytest.importorskip("zstandard", reason="the Python 'zstandard' module reads zstd "
+                        "clusters and is not installed")
+    image = open_image(str(path))
+    assert image.pread(0, 2 * MiB) == src.read_bytes()
+    image.close()
