@@ -59,6 +59,23 @@ def test_indirect_descriptors(kind: str, ram: GuestRAM) -> None:
     assert ram.read(a1, 4) + ram.read(a2, 4) == b"\xAA" * 8
 
 
+def test_indirect_table_longer_than_qemus_limit_is_refused(kind: str, ram: GuestRAM) -> None:
+    """An indirect table's length is the guest's u32: a chain past 1024 descriptors (QEMU's
+    VIRTQUEUE_MAX_SIZE) breaks the device instead of being walked under the big lock."""
+    rng = VirtioRng(entropy=lambda n: b"\xAA" * n)
+    _, drv, _ = make_transport(kind, ram, rng)
+    drv.probe()
+    count = 2000
+    entries = b"".join(struct.pack("<QIHH", 0, 0, 1, i + 1) for i in range(count - 1))
+    table, _ = drv.add_buffer(entries + struct.pack("<QIHH", 0, 0, 0, 0), False)
+    ram.write(drv.desc, struct.pack("<QIHH", table, 16 * count, 4, 0))
+    ram.write_int(drv.avail + 4, 2, 0)
+    ram.write_int(drv.avail + 2, 2, 1)
+    drv.notify(0)
+    assert rng.broken
+    assert ram.read_int(drv.used + 2, 2) == 0  # nothing returned
+
+
 def test_event_idx_steers_interrupts(kind: str, ram: GuestRAM) -> None:
     _, drv, irq = make_transport(kind, ram, VirtioRng())
     assert drv.probe() >> 29 & 1

@@ -147,8 +147,12 @@ class Virtqueue:
         view = self.ram.view
         table_off = self._offset(table, 16 * size)
         seen = 0
+        most = min(size, VIRTQUEUE_MAX_SIZE)  # an indirect table's length is the guest's u32
         while True:
-            if seen >= size:
+            if seen >= most:
+                if size > VIRTQUEUE_MAX_SIZE:
+                    raise VirtqueueError(f"descriptor chain longer than {VIRTQUEUE_MAX_SIZE} "
+                                         "descriptors")
                 raise VirtqueueError("descriptor chain loops or is longer than its table")
             seen += 1
             addr, length, flags, nxt = _DESC.unpack_from(view, table_off + 16 * index)
