@@ -224,7 +224,9 @@ class Local:
             if self.mapped:
                 old = self.getattr(node).mode
                 self.set_meta(node, {b"mode": stat.S_IFMT(old) | (mode & 0o7777)})
-            elif not stat.S_ISLNK(st.st_mode):
+            elif stat.S_ISLNK(st.st_mode):  # QEMU's fchmodat_nofollow: a link has no mode
+                raise OSError(errno.ELOOP, "is a symlink")
+            else:
                 os.chmod(path, mode & 0o7777)
         if times is not None:
             now = time.time_ns()
@@ -237,6 +239,8 @@ class Local:
         if size is not None:
             if stat.S_ISDIR(st.st_mode):
                 raise OSError(errno.EISDIR, "is a directory")
+            if stat.S_ISLNK(st.st_mode):  # QEMU opens it O_NOFOLLOW to truncate
+                raise OSError(errno.ELOOP, "is a symlink")
             if not stat.S_ISREG(st.st_mode):
                 raise OSError(errno.EINVAL, "not a regular file")
             os.truncate(path, size)

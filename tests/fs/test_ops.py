@@ -569,3 +569,23 @@ def test_writeout_immediate_writes_through(env: Env) -> None:
     assert c.write(1, 4096, b"x" * 5000) == 5000
     assert c.write(1, 0, b"") == 0
     assert (env.share / "synced").read_bytes() == bytes(4096) + b"x" * 5000
+
+
+def test_setattr_of_a_symlink_as_qemu(env: Env) -> None:
+    """Mode and size changes on a symlink fid answer ELOOP (QEMU opens and chmods with
+    O_NOFOLLOW) and leave the link's target alone; times change the link itself."""
+    (env.share / "target").write_text("data")
+    os.chmod(env.share / "target", 0o644)
+    os.symlink("target", env.share / "link")
+    c = env.client()
+    c.walk(0, 1, "link")
+    for valid, kwargs in ((0x1, {"mode": 0o600}), (0x8, {"size": 1})):
+        with pytest.raises(NinePError) as exc:
+            c.setattr(1, valid, **kwargs)  # type: ignore[arg-type]
+        assert errno_of(exc) == errno.ELOOP
+    assert (env.share / "target").read_text() == "data"
+    assert stat.S_IMODE(os.stat(env.share / "target").st_mode) == 0o644
+    target_mtime = os.stat(env.share / "target").st_mtime_ns
+    c.setattr(1, 0x20 | 0x100, mtime=(12345, 0))  # MTIME | MTIME_SET
+    assert os.lstat(env.share / "link").st_mtime_ns == 12345 * 10**9
+    assert os.stat(env.share / "target").st_mtime_ns == target_mtime
