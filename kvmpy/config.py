@@ -74,6 +74,8 @@ class VMConfig:
     drives: list[OptionSpec] = field(default_factory=list)
     """``-drive`` options (``driver`` is the ``id``; ``props`` hold every key, ``id`` too)."""
     snapshot: bool = False
+    blockdevs: list[str] = field(default_factory=list)
+    """``-blockdev`` options as given (JSON or keyval), checked by the parser."""
     """``-snapshot``: every drive's writes go to a temporary overlay."""
     netdevs: list[OptionSpec] = field(default_factory=list)
     """Network back-ends (``driver`` is the type, ``user``; ``props`` hold ``id`` and the

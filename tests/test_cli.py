@@ -322,7 +322,7 @@ def test_user_errors_are_one_line(capsys: pytest.CaptureFixture[str], argv: list
     assert err == message + "\n"
 
 
-NOT_BUILT = [["-netdev", "vde,id=n0"], ["-blockdev", "x"],
+NOT_BUILT = [["-netdev", "vde,id=n0"],
              ["-drive", "file=disk.img,if=scsi"], ["disk.img"], ["-display", "gtk"],
              ["-vga", "std"],
              ["-icount", "shift=auto"], ["-d", "trace:foo*"],

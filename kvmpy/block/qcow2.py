@@ -74,10 +74,12 @@ class Qcow2Image:
     """A qcow2 image open for the VM's lifetime, with the interface of ``RawImage``
     (``size``, ``read_only``, ``pread``/``pwrite``, ``readinto``/``writefrom``, ``flush``,
     ``close``).  ``backing`` opens the backing file (a path and a format or None); the
-    default refuses images that have one."""
+    default refuses images that have one.  With ``always_call_backing`` it is asked even when
+    the header names none (``-blockdev``'s ``backing``), and may return None: no backing."""
 
     def __init__(self, path: str, read_only: bool = False,
-                 backing: Callable[[str, str | None], BlockImage] | None = None) -> None:
+                 backing: Callable[[str, str | None], BlockImage | None] | None = None,
+                 *, always_call_backing: bool = False) -> None:
         self.path = path
         self.read_only = read_only
         self.fd = -1
@@ -91,12 +93,13 @@ class Qcow2Image:
         self.file_size = host.size
         self.backing: BlockImage | None = None
         try:
-            self._open(backing)
+            self._open(backing, always_call_backing)
         except BaseException:
             self.close()
             raise
 
-    def _open(self, backing: Callable[[str, str | None], BlockImage] | None) -> None:
+    def _open(self, backing: Callable[[str, str | None], BlockImage | None] | None,
+              always_call_backing: bool) -> None:
         try:
             h = parse_header(self.fd, not self.read_only)
         except OSError as exc:
@@ -133,15 +136,15 @@ class Qcow2Image:
         self.cache_bytes = 0
         self.decompressed: tuple[int, bytes] | None = None
         self._scan()
-        if h.backing_file:
+        if h.backing_file or (always_call_backing and backing is not None):
             if backing is None:
                 raise Qcow2Error(f"qcow2: '{self.path}' has a backing file")
-            name = h.backing_file
+            name = h.backing_file or ""
             if ":" in name.split("/", 1)[0] and not os.path.exists(name):
                 raise Qcow2Error(f"Could not open backing file: backing file name '{name}' "
                                  "(a protocol or json: name) is not supported by kvmpy")
-            full = name if os.path.isabs(name) else os.path.join(os.path.dirname(self.path),
-                                                                 name)
+            full = name if not name or os.path.isabs(name) else \
+                os.path.join(os.path.dirname(self.path), name)
             try:
                 self.backing = backing(full, h.backing_format)
             except ConfigError as exc:

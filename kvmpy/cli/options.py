@@ -57,6 +57,9 @@ OPTIONS: list[Option] = [
     Option("drive", "if=none,id=ID,file=FILE[,format=raw|qcow2][,readonly=on|off]",
            "use FILE as a drive image for -device virtio-blk-device,drive=ID",
            _GROUPS[0], "drive"),
+    Option("blockdev", "[driver=]driver[,node-name=N][,read-only=on|off][,file=...]",
+           "configure a block backend (file, raw, qcow2; JSON or keyval)", _GROUPS[0],
+           "blockdev"),
     Option("snapshot", None, "write to temporary files instead of disk image files",
            _GROUPS[0], "snapshot"),
     Option("netdev", "type,id=str[,prop=value][,...]",
@@ -123,7 +126,7 @@ OPTIONS: list[Option] = [
 
 # QEMU options that exist but whose feature kvmpy does not have: name -> takes an argument.
 NOT_BUILT: dict[str, bool] = {
-    "blockdev": True, "hda": True, "hdb": True,
+    "hda": True, "hdb": True,
     "hdc": True, "hdd": True, "cdrom": True, "fda": True, "fdb": True, "mtdblock": True,
     "sd": True, "pflash": True,
     "object": True, "global": True, "audiodev": True, "audio": True, "usb": False,

@@ -272,6 +272,15 @@ class _Parser:
                 qom.parse_bool(key, props[key])
         self.config.drives.append(OptionSpec(drive_id, props, f"-drive {arg}"))
 
+    def opt_blockdev(self, arg: str) -> None:
+        from kvmpy.block.blockdev import BlockGraph
+
+        graph = BlockGraph()
+        for text in self.config.blockdevs:
+            graph.add(text)
+        graph.add(arg)
+        self.config.blockdevs.append(arg)
+
     def opt_snapshot(self) -> None:
         self.config.snapshot = True
 

@@ -22,6 +22,7 @@ from typing import Any
 from kvmpy import log
 from kvmpy.block import open_drive
 from kvmpy.block.base import BlockImage
+from kvmpy.block.blockdev import open_blockdev
 from kvmpy.block.raw import RawImage as RawImage  # re-exported: its home was here
 from kvmpy.errors import ConfigError
 from kvmpy.hw.virtio.device import VirtioDevice
@@ -131,6 +132,9 @@ class VirtioBlk(VirtioDevice):
                 if at_close is not None:  # flushed and closed when the VM ends
                     at_close(image.close)
                 return {"image": image}
+        node = open_blockdev(list(getattr(system.config, "blockdevs", ())), drive_id)
+        if node is not None:
+            return {"image": node}
         raise ConfigError(f"Property 'virtio-blk-device.drive' can't find value '{drive_id}'")
 
     @property
