@@ -4,9 +4,11 @@ leave the VM as it was and kvmpy listening."""
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import time
+from pathlib import Path
 
 import pytest
 from elftools.elf.elffile import ELFFile
@@ -185,3 +187,42 @@ def test_kill_ends_kvmpy(kvmpy_vm) -> None:  # type: ignore[no-untyped-def]
     assert "Terminated via GDBstub" in err
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", kvmpy_vm.port), 1).close()
+
+
+class Qmp:
+    """A minimal QMP client on a unix socket: commands and the events seen meanwhile."""
+
+    def __init__(self, path: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect(path)
+        self.file = self.sock.makefile("rwb")
+        self.events: list[str] = []
+        json.loads(self.file.readline())  # greeting
+        self.command("qmp_capabilities")
+
+    def command(self, name: str) -> dict[str, object]:
+        self.file.write(json.dumps({"execute": name}).encode() + b"\n")
+        self.file.flush()
+        while True:
+            reply = json.loads(self.file.readline())
+            if "event" in reply:
+                self.events.append(reply["event"])
+            else:
+                return dict(reply["return"])
+
+
+def test_gdb_stops_are_vm_stops(tmp_path: Path) -> None:
+    """A breakpoint stops the whole VM in QEMU's ``debug`` run state, with QMP's events."""
+    path = tmp_path / "qmp.sock"
+    with vmm("kvmpy", [*MACHINE, "-qmp", f"unix:{path},server=on,wait=off"]) as v:
+        qmp = Qmp(str(path))
+        assert qmp.command("query-status")["status"] == "prelaunch"
+        client = Rsp(v.port)
+        assert client.ask(f"Z0,{COMPUTE:x},2") == b"OK"
+        assert client.ask("c") == b"T05thread:01;"
+        assert qmp.command("query-status") == {"status": "debug", "singlestep": False,
+                                               "running": False}
+        assert client.ask("s") == b"T05thread:01;"
+        assert qmp.command("query-status")["status"] == "debug"
+        assert qmp.events == ["RESUME", "STOP", "RESUME", "STOP"]
+        client.close()
