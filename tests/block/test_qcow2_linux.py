@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,3 +97,30 @@ def test_snapshot_writes_are_gone_after_the_vm(guest: Any, tmp_path: Path) -> No
     vm.shutdown()
     assert hashlib.sha256(disk.read_bytes()).hexdigest() == before
     check(disk)
+
+
+def test_libvirt_blockdev_graph(guest: Any, tmp_path: Path) -> None:
+    """The nodes libvirt passes for a qcow2 disk over a raw backing file."""
+    (tmp_path / "base.raw").write_bytes(b"B" * (4 * MiB))
+    disk = create(tmp_path / "top.qcow2", 4 * MiB, backing=tmp_path / "base.raw",
+                  backing_fmt="raw")
+    nodes = [
+        {"driver": "file", "filename": str(tmp_path / "base.raw"),
+         "node-name": "libvirt-2-storage", "auto-read-only": True, "discard": "unmap"},
+        {"node-name": "libvirt-2-format", "read-only": True, "driver": "raw",
+         "file": "libvirt-2-storage"},
+        {"driver": "file", "filename": str(disk), "node-name": "libvirt-1-storage",
+         "auto-read-only": True, "discard": "unmap"},
+        {"node-name": "libvirt-1-format", "read-only": False, "driver": "qcow2",
+         "file": "libvirt-1-storage", "backing": "libvirt-2-format"},
+    ]
+    args = [arg for node in nodes for arg in ("-blockdev", json.dumps(node))]
+    vm = guest(*args, "-device", "virtio-blk-pci,drive=libvirt-1-format,id=virtio-disk0")
+    assert sh(vm, "head -c 4 /dev/vda") == "BBBB"
+    sh(vm, "printf libvirt | dd of=/dev/vda bs=1 seek=1000 conv=fsync 2>/dev/null")
+    vm.shutdown()
+    check(disk)
+    qemu_io(disk, "read -P 0x42 0 1000", "read -P 0x42 1007 64k")
+    qemu_img("convert", "-O", "raw", disk, tmp_path / "out.raw")
+    assert (tmp_path / "out.raw").read_bytes()[1000:1007] == b"libvirt"
+    assert (tmp_path / "base.raw").read_bytes() == b"B" * (4 * MiB)
