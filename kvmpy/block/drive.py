@@ -115,13 +115,20 @@ def open_snapshot(path: str, fmt: str | None) -> Qcow2Image:
     base = open_image(path, fmt, True)
     size, base_fmt = base.size, "qcow2" if isinstance(base, Qcow2Image) else "raw"
     base.close()
-    fd, overlay = tempfile.mkstemp(prefix="vl.", suffix=".qcow2",
-                                   dir=os.environ.get("TMPDIR", "/var/tmp"))
+    tmpdir = os.environ.get("TMPDIR", "/var/tmp")
+    try:
+        fd, overlay = tempfile.mkstemp(prefix="vl.", suffix=".qcow2", dir=tmpdir)
+    except OSError as exc:
+        raise ConfigError(f"Could not create temporary overlay in '{tmpdir}': "
+                          f"{exc.strerror}") from exc
     os.close(fd)
     try:
         create_image(overlay, size, backing_file=os.path.abspath(path),
                      backing_format=base_fmt)
         return Qcow2Image(overlay, False, lambda name, fmt: open_image(name, fmt, True))
+    except OSError as exc:
+        raise ConfigError(f"Could not create temporary overlay '{overlay}': "
+                          f"{exc.strerror}") from exc
     finally:
         os.unlink(overlay)
 

@@ -26,6 +26,7 @@ every later one fail with EIO; the guest sees an I/O error, the VMM goes on.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import os
 import struct
@@ -455,8 +456,15 @@ class Qcow2Image:
 
     # -- reads ------------------------------------------------------------------------------
 
-    def _read(self, offset: int, out: memoryview) -> None:
-        pos, length = 0, len(out)
+    def _read(self, offset: int, buffers: list[memoryview]) -> None:
+        """Fill ``buffers`` (consecutive) from guest offset ``offset``; host-contiguous data
+        clusters go in one ``preadv``."""
+        starts = []
+        length = 0
+        for buf in buffers:
+            starts.append(length)
+            length += len(buf)
+        pos = 0
         while pos < length:
             guest = offset + pos
             inner = guest & (self.cs - 1)
@@ -464,33 +472,32 @@ class Qcow2Image:
             _, _, entry = self._entry(guest)
             kind, host = self._kind(entry)
             if kind == DATA:
-                # Contiguous clusters go in one read.
                 while pos + n < length:
                     _, _, nxt = self._entry(offset + pos + n)
                     nkind, nhost = self._kind(nxt)
                     if nkind != DATA or nhost != host + inner + n:
                         break
                     n += min(self.cs, length - pos - n)
-                got = os.preadv(self.fd, [out[pos:pos + n]], host + inner)
+            out = _slices(buffers, starts, pos, n)
+            if kind == DATA:
+                got = _preadv_all(self.fd, out, host + inner)
                 if got < n:
-                    out[pos + max(got, 0):pos + n] = bytes(n - max(got, 0))
+                    _fill(out, got, bytes(n - got))
             elif kind == COMPRESSED_DATA:
-                out[pos:pos + n] = self._decompress(entry)[inner:inner + n]
+                _fill(out, 0, self._decompress(entry)[inner:inner + n])
             elif kind == UNALLOCATED and self.backing is not None:
-                self._backing_read(guest, out[pos:pos + n])
+                self._backing_read(guest, out)
             else:
-                out[pos:pos + n] = bytes(n)
+                _fill(out, 0, bytes(n))
             pos += n
 
-    def _backing_read(self, offset: int, out: memoryview) -> None:
-        if self.backing is None:
-            out[:] = bytes(len(out))
-            return
-        avail = max(0, min(len(out), self.backing.size - offset))
-        if avail:
-            self.backing.readinto(offset, [out[:avail]])
-        if avail < len(out):
-            out[avail:] = bytes(len(out) - avail)
+    def _backing_read(self, offset: int, out: list[memoryview]) -> None:
+        total = sum(map(len, out))
+        avail = 0 if self.backing is None else max(0, min(total, self.backing.size - offset))
+        if avail and self.backing is not None:
+            self.backing.readinto(offset, _slices(out, _starts(out), 0, avail))
+        if avail < total:
+            _fill(out, avail, bytes(total - avail))
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -527,7 +534,7 @@ class Qcow2Image:
             elif kind == UNALLOCATED and self.backing is not None \
                     and base < self.backing.size:
                 buf = bytearray(self.cs)
-                self._backing_read(base, memoryview(buf))
+                self._backing_read(base, [memoryview(buf)])
                 old_contents = bytes(buf)
         new = self._alloc()
         if old_contents is None:
@@ -571,12 +578,8 @@ class Qcow2Image:
 
     def readinto(self, offset: int, buffers: list[memoryview]) -> None:
         """Fill ``buffers`` (guest RAM) from guest offset ``offset``."""
-        def run() -> None:
-            pos = offset
-            for buf in buffers:
-                self._read(pos, buf.cast("B") if buf.format != "B" else buf)
-                pos += len(buf)
-        self._guard(run)
+        views = [buf if buf.format == "B" else buf.cast("B") for buf in buffers]
+        self._guard(lambda: self._read(offset, views))
 
     def writefrom(self, offset: int, buffers: list[memoryview]) -> None:
         """Write ``buffers`` (guest RAM) at guest offset ``offset``."""
@@ -646,6 +649,60 @@ class Qcow2Image:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def _starts(buffers: list[memoryview]) -> list[int]:
+    starts, pos = [], 0
+    for buf in buffers:
+        starts.append(pos)
+        pos += len(buf)
+    return starts
+
+
+def _slices(buffers: list[memoryview], starts: list[int], pos: int, n: int
+            ) -> list[memoryview]:
+    """The pieces of ``buffers`` (starting at ``starts``) that hold bytes
+    ``[pos, pos + n)`` of their concatenation."""
+    out = []
+    i = bisect.bisect_right(starts, pos) - 1
+    end = pos + n
+    while pos < end and i < len(buffers):
+        buf = buffers[i]
+        lo = pos - starts[i]
+        hi = min(len(buf), end - starts[i])
+        if hi > lo:
+            out.append(buf[lo:hi])
+            pos = starts[i] + hi
+        i += 1
+    return out
+
+
+def _fill(out: list[memoryview], skip: int, data: bytes) -> None:
+    """Copy ``data`` into ``out`` (viewed as one range) from byte ``skip`` on."""
+    done = 0
+    for view in out:
+        if skip >= len(view):
+            skip -= len(view)
+            continue
+        n = min(len(view) - skip, len(data) - done)
+        view[skip:skip + n] = data[done:done + n]
+        done += n
+        skip = 0
+        if done >= len(data):
+            return
+
+
+def _preadv_all(fd: int, out: list[memoryview], offset: int) -> int:
+    """``preadv`` until everything is read or the file ends; returns the bytes read."""
+    total = sum(map(len, out))
+    done = 0
+    while done < total:
+        rest = _slices(out, _starts(out), done, total - done)
+        got = os.preadv(fd, rest[:1024], offset + done)
+        if got <= 0:
+            break
+        done += got
+    return done
 
 
 def _zstd_decompress(data: bytes, size: int) -> bytes:

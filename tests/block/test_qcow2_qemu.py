@@ -93,7 +93,14 @@ def test_reads_what_qemu_io_wrote(tmp_path: Path) -> None:
             "write -P 0x11 8M 4k", "discard 8M 64k", "write -P 0x22 15M 1M")
     qemu_img("convert", "-O", "raw", path, tmp_path / "ref.raw")
     image = open_image(str(path))
-    assert image.pread(0, 16 * MiB) == (tmp_path / "ref.raw").read_bytes()
+    reference = (tmp_path / "ref.raw").read_bytes()
+    assert image.pread(0, 16 * MiB) == reference
+    # scattered into many buffers (guest pages, odd sizes) across every kind of cluster
+    for size in (4096, 1000, 70_000):
+        buffers = [memoryview(bytearray(size)) for _ in range(16 * MiB // size)]
+        image.readinto(0, buffers)
+        joined = b"".join(bytes(b) for b in buffers)
+        assert joined == reference[:len(joined)]
     image.close()
 
 
@@ -145,6 +152,9 @@ def test_backing_chain_three_deep(tmp_path: Path) -> None:
         image.pwrite(offset, bytes([byte]) * n)
         model[offset:offset + n] = bytes([byte]) * n
     assert image.pread(0, size) == model
+    buffers = [memoryview(bytearray(3000)) for _ in range(size // 3000)]
+    image.readinto(0, buffers)
+    assert b"".join(bytes(b) for b in buffers) == model[:len(buffers) * 3000]
     image.close()
     assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sums} == sums
     check(top)
