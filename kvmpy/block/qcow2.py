@@ -507,7 +507,20 @@ class Qcow2Image:
             guest = offset + pos
             inner = guest & (self.cs - 1)
             n = min(self.cs - inner, length - pos)
-            self._write_cluster(guest - inner, inner, data[pos:pos + n])
+            _, _, entry = self._entry(guest)
+            kind, host = self._kind(entry)
+            if kind == DATA and entry & COPIED:  # in place; contiguous clusters at once
+                self._check_cluster(host, "data cluster", True)
+                while pos + n < length:
+                    _, _, nxt = self._entry(offset + pos + n)
+                    nkind, nhost = self._kind(nxt)
+                    if nkind != DATA or not nxt & COPIED or nhost != host + inner + n:
+                        break
+                    self._check_cluster(nhost, "data cluster", True)
+                    n += min(self.cs, length - pos - n)
+                self._pwrite(data[pos:pos + n], host + inner)
+            else:
+                self._write_cluster(guest - inner, inner, data[pos:pos + n])
             pos += n
 
     def _write_cluster(self, base: int, inner: int, data: memoryview) -> None:
