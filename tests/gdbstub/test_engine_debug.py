@@ -174,3 +174,36 @@ def test_nothing_set_runs_to_the_end(vm: tuple[System, Any, Console]) -> None:
         if system.exit_code or b"len=8" in out.read_bytes():
             break
     assert out.read_bytes().startswith(b"gdbtest: total=45 len=8")
+
+
+def instruction_starts(start: int, count: int) -> list[int]:
+    """The first ``count`` instruction addresses from ``start`` (by their length bits)."""
+    code = GDBTEST.read_bytes()
+    with GDBTEST.open("rb") as f:
+        text = ELFFile(f).get_section_by_name(".text")
+        offset, base = int(text["sh_offset"]), int(text["sh_addr"])
+    out, pc = [], start
+    while len(out) < count:
+        out.append(pc)
+        half = code[offset + pc - base]
+        pc += 4 if half & 3 == 3 else 2
+    return out
+
+
+def test_breakpoint_in_the_middle_of_a_block(vm: tuple[System, Any, Console]) -> None:
+    """A breakpoint on the third instruction of add(), hit on every call: the block that
+    starts at add() ends before it, also once cached."""
+    system, vcpu, _ = vm
+    accel: Any = system.accel
+    add3 = instruction_starts(SYM["add"], 3)[2]
+    accel.set_breakpoints([add3, SYM["compute"]])
+    assert run_until_debug(system, vcpu) == DebugExit("breakpoint")
+    assert vcpu.get_reg("pc") == SYM["compute"]
+    accel.set_breakpoints([add3])
+    for call in range(3):
+        assert run_until_debug(system, vcpu) == DebugExit("breakpoint")
+        assert vcpu.get_reg("pc") == add3
+        assert vcpu.get_reg("a1") == call  # add(total, i)
+        vcpu.set_single_step(True)
+        assert run_until_debug(system, vcpu) == DebugExit("step")
+        vcpu.set_single_step(False)

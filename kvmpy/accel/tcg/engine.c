@@ -19,10 +19,10 @@
  * Misaligned loads and stores to RAM are emulated here (as if by bytes), the behaviour Linux
  * and OpenSBI accept; misaligned atomics raise address-misaligned exceptions.
  *
- * Debugger support costs nothing while unused.  With breakpoints or a single step set, a hart
- * runs one-instruction blocks and goes through service() before each instruction, which
- * compares pc with the breakpoints (or ends the step once an instruction retired or a trap was
- * taken).  Pages holding a watchpoint never enter the data TLB, so their loads and stores take
+ * Debugger support costs nothing while unused.  With breakpoints set, blocks end before each
+ * breakpoint, are not chained, and a hart goes through service() before each block, which
+ * compares pc with the breakpoints; a single step runs one-instruction blocks and ends once an
+ * instruction retired or a trap was taken.  Pages holding a watchpoint never enter the data TLB, so their loads and stores take
  * mem_slow(), which stops before a matching access.
  */
 #define _POSIX_C_SOURCE 199309L
@@ -2603,14 +2603,26 @@ static void emit_in_asm(hart *h, block *b)
     }
 }
 
-/* Decode a block at vpc from host memory `host` (`room` bytes readable in this page). */
+static int is_breakpoint(const tcg_engine *e, uint64_t pc)
+{
+    for (int i = 0; i < e->nbp; i++)
+        if (e->bp[i] == pc)
+            return 1;
+    return 0;
+}
+
+/* Decode a block at vpc from host memory `host` (`room` bytes readable in this page); with
+ * breakpoints (`bps`), the block ends before an instruction that has one, so that every
+ * breakpoint is at the start of a block, where service() looks. */
 static int decode_into(op *ops, int max, uint64_t vpc, const uint8_t *host, uint32_t room,
-                       uint32_t *nbytes)
+                       uint32_t *nbytes, const tcg_engine *bps)
 {
     int n = 0;
     uint32_t off = 0;
     while (n < max) {
         if (off + 2 > room)
+            break;
+        if (bps && n > 0 && is_breakpoint(bps, vpc + off))
             break;
         uint16_t lo;
         memcpy(&lo, host + off, 2);
@@ -2722,7 +2734,7 @@ static block *lookup_block(hart *h)
         memcpy(h->scratch_code + 2, host2, 2);
         block *b = &h->scratch.b;
         uint32_t nb;
-        b->n = (uint32_t)decode_into(b->ops, 1, pc, h->scratch_code, 4, &nb);
+        b->n = (uint32_t)decode_into(b->ops, 1, pc, h->scratch_code, 4, &nb, NULL);
         b->nbytes = nb;
         b->code = h->scratch_code;
         b->vpc = pc;
@@ -2736,7 +2748,7 @@ static block *lookup_block(hart *h)
     if (!cacheable) { /* one instruction at a time, decoded again each time */
         block *b = &h->scratch.b;
         uint32_t nb;
-        b->n = (uint32_t)decode_into(b->ops, 1, pc, host, (uint32_t)avail, &nb);
+        b->n = (uint32_t)decode_into(b->ops, 1, pc, host, (uint32_t)avail, &nb, NULL);
         b->nbytes = nb;
         b->code = host;
         b->vpc = pc;
@@ -2749,7 +2761,8 @@ static block *lookup_block(hart *h)
     }
     op tmp[BLOCK_MAX + 1];
     uint32_t nbytes;
-    int n = decode_into(tmp, BLOCK_MAX, pc, host, (uint32_t)avail, &nbytes);
+    int n = decode_into(tmp, BLOCK_MAX, pc, host, (uint32_t)avail, &nbytes,
+                        e->nbp ? e : NULL);
     size_t size = sizeof(block) + (size_t)(n + 1) * sizeof(op);
     block *b = arena_alloc(e, size + nbytes);
     if (!b) {
@@ -3146,7 +3159,8 @@ next_block:
         jc_entry *j = &h->jc[(pc >> 1) & (JC_SIZE - 1)];
         if (likely(j->key == key && j->gen == h->jc_gen)) {
             b = j->b;
-            if (link_from && link_target == pc && ((link_from->pc ^ pc) & PAGE_MASK) == 0)
+            if (link_from && link_target == pc && ((link_from->pc ^ pc) & PAGE_MASK) == 0 &&
+                !h->dbg_block)
                 link_from->chain = b;
         } else {
             b = lookup_block(h);
@@ -3164,7 +3178,8 @@ next_block:
                 j->b = b;
                 j->gen = h->jc_gen;
                 if (link_from && link_target == pc && link_gen == h->e->flush_gen &&
-                    ((link_from->pc ^ pc) & PAGE_MASK) == 0 && !h->single_step)
+                    ((link_from->pc ^ pc) & PAGE_MASK) == 0 && !h->single_step &&
+                    !h->dbg_block)
                     link_from->chain = b;
             } else if (h->e->trace_flags & (1u << TCG_TRACE_EXEC)) {
                 trace_emit(h->e, TCG_TRACE_EXEC, h->id, pc, (uint64_t)h->priv, 0, 0);
@@ -3641,7 +3656,7 @@ int tcg_run(tcg_engine *e, int hartid, uint64_t max_insns, tcg_exit *out)
     h->run_start = h->insns;
     h->run_end = h->insns + (max_insns ? max_insns : 1);
     h->dbg_block = e->nbp > 0 || h->dbg_step;
-    h->single_step = max_insns < BLOCK_MAX || h->dbg_block;
+    h->single_step = max_insns < BLOCK_MAX || h->dbg_step;
     if (h->single_step)
         jc_flush(h);
     if (h->halted) {
@@ -3852,6 +3867,7 @@ int tcg_set_breakpoints(tcg_engine *e, const uint64_t *pcs, int n)
     for (int i = 0; i < n; i++)
         e->bp[i] = pcs[i];
     e->nbp = n;
+    code_flush_all(e); /* blocks end before breakpoints and are not chained meanwhile */
     for (int k = 0; k < e->num_harts; k++)
         set_attention(e->harts[k]);
     return 0;
