@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kvmpy.block import create_image, open_image
+from kvmpy.block import Qcow2Image, create_image, open_image
 from kvmpy.errors import ConfigError
 from tests.block.conftest import check, need_qemu_img
 
 SIZE = 1 << 20
+EXAMPLES = int(os.environ.get("KVMPY_QCOW2_FUZZ_EXAMPLES", "300"))
+"""Damaged images tried per run (raise it for a longer fuzzing session)."""
 
 ops = st.lists(st.one_of(
     st.tuples(st.just("write"), st.integers(0, SIZE - 1), st.integers(1, 70_000),
@@ -76,7 +80,7 @@ def _fresh_image(tmp: str) -> tuple[str, str]:
     return path, base
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(damage=st.lists(st.tuples(st.integers(0, 8 * 4096 - 1), st.integers(0, 255)),
                        min_size=1, max_size=8),
        writable=st.booleans(), where=st.lists(st.integers(0, (1 << 20) - 1), max_size=6))
@@ -110,3 +114,34 @@ def test_damaged_images_fail_cleanly(damage: list[tuple[int, int]], writable: bo
         assert sorted(os.listdir(tmp)) == ["base.raw", "f.qcow2"]
         # a damaged image may grow, but not without bound
         assert os.path.getsize(path) < 64 << 20
+
+
+def test_l2_entry_into_metadata_marks_the_image_corrupt(tmp_path: Path) -> None:
+    """An L2 entry that points a guest cluster at the refcount table: the write is refused
+    with EIO instead of overwriting metadata, and the image is marked corrupt as QEMU
+    marks it (it can then only be opened read-only)."""
+    path = str(tmp_path / "c.qcow2")
+    create_image(path, 1 << 20, cluster_bits=12)
+    image = open_image(path, "qcow2")
+    image.pwrite(0, b"\x11" * 4096)
+    assert isinstance(image, Qcow2Image)
+    l2 = image.l1[0] & ((1 << 56) - 512)
+    image.close()
+    with open(path, "r+b") as f:
+        f.seek(1 * 4096)
+        reftable = f.read(4096)
+        f.seek(l2)
+        f.write(struct.pack(">Q", (1 << 63) | 4096))  # guest cluster 0 -> the refcount table
+    image = open_image(path, "qcow2")
+    with pytest.raises(OSError):
+        image.pwrite(0, b"\x22" * 512)
+    with pytest.raises(OSError):  # every later request fails too
+        image.pread(8192, 512)
+    image.close()
+    with open(path, "rb") as f:
+        f.seek(4096)
+        assert f.read(4096) == reftable
+        f.seek(72)
+        assert struct.unpack(">Q", f.read(8))[0] & 2  # the corrupt bit
+    with pytest.raises(ConfigError, match="Image is corrupt"):
+        open_image(path, "qcow2")
