@@ -150,8 +150,11 @@ def parse_header(fd: int, writable: bool) -> Header:
                          "kvmpy; convert the image with 'qemu-img convert -O qcow2'")
     if h.refcount_order > 6:
         raise Qcow2Error("Reference count entry width too large; may not exceed 64 bits")
+    if h.crypt_method == 1:
+        raise Qcow2Error("Use of AES-CBC encrypted qcow2 images is no longer supported in "
+                         "system emulators")
     if h.crypt_method:
-        raise Qcow2Error("qcow2: encrypted images are not supported by kvmpy")
+        raise Qcow2Error("qcow2: encrypted (LUKS) images are not supported by kvmpy")
     if h.refcount_table_clusters == 0:
         raise Qcow2Error("Image does not contain a reference count table")
     _validate_table(h.refcount_table_offset, h.refcount_table_clusters, h.cluster_size,

@@ -40,6 +40,7 @@ def _cases(tmp: Path) -> list[str]:
     feature = _patch(create(tmp / "feature.qcow2", MiB), 72, ">Q", 0x100)
     corrupt = _patch(create(tmp / "corrupt.qcow2", MiB), 72, ">Q", 0x2)
     version = _patch(create(tmp / "v4.qcow2", MiB), 4, ">I", 4)
+    aes = _patch(create(tmp / "aes.qcow2", MiB), 32, ">I", 1)
     backing = create(tmp / "backed.qcow2", MiB, backing=create(tmp / "gone.qcow2", MiB))
     (tmp / "gone.qcow2").unlink()
     return [
@@ -50,6 +51,7 @@ def _cases(tmp: Path) -> list[str]:
         f"file={feature},if=virtio",
         f"file={corrupt},format=qcow2,if=virtio",
         f"file={version},if=none,id=d0",
+        f"file={aes},if=virtio",
         f"file={backing},if=virtio",
         f"file={tmp},if=virtio",
     ]

@@ -38,7 +38,8 @@ def random_writes(image: object, raw: Path, size: int, seed: int, count: int = 1
     raw.write_bytes(model)
 
 
-V3_SHAPES = [(cs, bits) for cs in (512, 4096, 65536, 2 * MiB) for bits in (1, 8, 16, 64)]
+V3_SHAPES = [(cs, bits) for cs in (512, 4096, 65536, 2 * MiB) for bits in (1, 8, 16, 64)] + \
+    [(4096, bits) for bits in (2, 4, 32)]
 
 
 @pytest.mark.parametrize(("cluster_size", "refcount_bits"), V3_SHAPES,
@@ -294,3 +295,14 @@ def test_zstd_compressed_clusters(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     image = open_image(str(path))
     assert image.pread(0, 2 * MiB) == src.read_bytes()
     image.close()
+
+
+def test_readonly_drive_refuses_writes(tmp_path: Path) -> None:
+    path = create(tmp_path / "ro.qcow2", MiB)
+    before = path.read_bytes()
+    image = open_drive({"file": str(path), "format": "qcow2", "readonly": "on"})
+    assert image.read_only
+    with pytest.raises(OSError):
+        image.pwrite(0, b"x" * 512)
+    image.close()
+    assert path.read_bytes() == before
