@@ -710,7 +710,7 @@ def _preadv_all(fd: int, out: list[memoryview], offset: int) -> int:
     total = sum(map(len, out))
     done = 0
     while done < total:
-        rest = _slices(out, _starts(out), done, total - done)
+        rest = out if not done else _slices(out, _starts(out), done, total - done)
         got = os.preadv(fd, rest[:1024], offset + done)
         if got <= 0:
             break

@@ -67,3 +67,42 @@ def test_drive_errors_match_qemu(tmp_path: Path) -> None:
         ours = _error_line([sys.executable, "-m", "kvmpy", "-accel", "tcg", *argv], "kvmpy")
         theirs = _error_line([QEMU, *argv], "qemu-system-riscv64")
         assert ours == theirs
+
+
+def _warning(argv: list[str]) -> list[str]:
+    """The probing warning a VMM prints at start (it then runs on: stopped after it)."""
+    proc = subprocess.Popen([*argv, "-M", "virt", "-S", "-display", "none", "-monitor",
+                             "none", "-serial", "none", "-nodefaults"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    lines: list[str] = []
+    try:
+        for line in proc.stderr:
+            if line.startswith("WARNING") or lines:
+                lines.append(line.rstrip("\n"))
+            if len(lines) == 3:
+                break
+    finally:
+        proc.kill()
+        proc.wait()
+    return lines
+
+
+def test_raw_probing_warns_as_qemu_and_guards_sector_0(tmp_path: Path) -> None:
+    from kvmpy.block import open_image
+    from kvmpy.block.drive import ProbedRawImage
+
+    raw = tmp_path / "disk.img"
+    raw.write_bytes(bytes(MiB))
+    image = open_image(str(raw))
+    assert isinstance(image, ProbedRawImage)
+    image.pwrite(0, b"\x01" * 512)
+    with pytest.raises(OSError):  # would turn the probed raw image into a qcow2 one
+        image.pwrite(0, b"QFI\xfb" + bytes(508))
+    image.close()
+    assert raw.read_bytes()[:4] == b"\x01" * 4
+    if QEMU is None:
+        pytest.skip("qemu-system-riscv64 (the oracle) is not installed")
+    drive = ["-drive", f"file={raw},if=virtio"]
+    ours = _warning([sys.executable, "-m", "kvmpy", "-accel", "tcg", *drive])
+    assert len(ours) == 3 and ours == _warning([QEMU, *drive])
