@@ -36,6 +36,7 @@ from collections.abc import Callable
 
 from kvmpy import log
 from kvmpy.block.base import BlockImage
+from kvmpy.block.lock import lock_image
 from kvmpy.block.qcow2_header import (
     COMPRESSION_ZSTD,
     INCOMPAT_CORRUPT,
@@ -94,6 +95,8 @@ class Qcow2Image:
         self.file_size = host.size
         self.backing: BlockImage | None = None
         try:
+            if host.kind == "file":
+                lock_image(self.fd, not read_only)
             self._open(backing, always_call_backing)
         except BaseException:
             self.close()

@@ -106,3 +106,43 @@ def test_raw_probing_warns_as_qemu_and_guards_sector_0(tmp_path: Path) -> None:
     drive = ["-drive", f"file={raw},if=virtio"]
     ours = _warning([sys.executable, "-m", "kvmpy", "-accel", "tcg", *drive])
     assert len(ours) == 3 and ours == _warning([QEMU, *drive])
+
+
+def test_image_locks_are_qemus(tmp_path: Path) -> None:
+    """Two writers of one image are refused, between kvmpy and QEMU both ways."""
+    import time
+
+    from kvmpy.block import open_image
+    from kvmpy.errors import ConfigError
+    from tests.block.conftest import qemu_img
+
+    disk = create(tmp_path / "locked.qcow2", MiB)
+    writer = open_image(str(disk), "qcow2")
+    with pytest.raises(ConfigError, match='Failed to get "write" lock'):
+        open_image(str(disk), "qcow2")
+    with pytest.raises(ConfigError, match='Failed to get shared "write" lock'):
+        open_image(str(disk), "qcow2", read_only=True)
+    refused = qemu_img("info", disk, check=False)
+    assert refused.returncode == 1 and 'Failed to get shared "write" lock' in refused.stderr
+    writer.close()
+    reader = open_image(str(disk), "qcow2", read_only=True)
+    open_image(str(disk), "qcow2", read_only=True).close()  # readers share
+    reader.close()
+    if QEMU is None:
+        pytest.skip("qemu-system-riscv64 (the oracle) is not installed")
+    qemu = subprocess.Popen([QEMU, "-M", "virt", "-S", "-display", "none", "-monitor", "none",
+                             "-serial", "none", "-nodefaults", "-drive",
+                             f"file={disk},if=virtio"], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        inode = f":{disk.stat().st_ino} "
+        while not any(inode in line for line in Path("/proc/locks").read_text().splitlines()):
+            assert qemu.poll() is None and time.monotonic() < deadline, \
+                "QEMU never locked the image"
+            time.sleep(0.1)
+        with pytest.raises(ConfigError) as info:
+            open_image(str(disk), "qcow2")
+        assert str(info.value) == 'Failed to get "write" lock'
+    finally:
+        qemu.kill()
+        qemu.wait()
