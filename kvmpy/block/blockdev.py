@@ -156,15 +156,18 @@ class BlockGraph:
         read_only = read_only or _flag(child, "read-only")
         if driver == "raw":
             return RawImage(path, read_only)
+        locking = child.get("locking", "auto") != "off"
+        share = _flag(node, "force-share")
         if "backing" not in node:
-            return open_image(path, "qcow2", read_only)
+            return open_image(path, "qcow2", read_only, locking=locking, force_share=share)
         backing_ref = node["backing"] or None  # keyval writes null as an empty value
 
         def backing(_name: str, _fmt: str | None) -> BlockImage | None:
             if backing_ref is None:
                 return None
             return self._open(self._resolve(backing_ref), True, depth + 1)
-        return Qcow2Image(path, read_only, backing, always_call_backing=True)
+        return Qcow2Image(path, read_only, backing, always_call_backing=True, locking=locking,
+                          force_share=share)
 
 
 def _node_names(tree: dict[str, Any], out: list[str]) -> None:

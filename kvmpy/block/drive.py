@@ -78,7 +78,8 @@ class ProbedRawImage(RawImage):
 
 
 def open_image(path: str, fmt: str | None = None, read_only: bool = False, *,
-               chain: tuple[str, ...] = (), warn_probe: bool = True) -> BlockImage:
+               chain: tuple[str, ...] = (), warn_probe: bool = True, locking: bool = True,
+               force_share: bool = False) -> BlockImage:
     """A :class:`RawImage` or :class:`Qcow2Image` for ``path``; ``fmt`` None probes.
     ``chain`` are the real paths of the images above this one (a backing file)."""
     probed = fmt is None
@@ -102,8 +103,8 @@ def open_image(path: str, fmt: str | None = None, read_only: bool = False, *,
 
         def backing(name: str, backing_fmt: str | None) -> BlockImage:
             return open_image(name, backing_fmt, True, chain=(*chain, real),
-                              warn_probe=False)
-        return Qcow2Image(path, read_only, backing)
+                              warn_probe=False, locking=locking, force_share=force_share)
+        return Qcow2Image(path, read_only, backing, locking=locking, force_share=force_share)
     if fmt in OTHER_FORMATS:
         raise ConfigError(f"'{path}': image format '{fmt}' is not supported by kvmpy "
                           "(raw, qcow2)")
@@ -146,6 +147,13 @@ def open_drive(props: Mapping[str, str], snapshot: bool = False) -> BlockImage:
         return default if text is None else parse_bool(name, text)
 
     fmt = props.get("format")
+    locking = props.get("file.locking", "auto")
+    if locking not in ("on", "off", "auto"):
+        raise ConfigError(f"invalid parameter value: {locking}")
+    force_share = flag("force-share")
+    if force_share and not flag("readonly"):
+        raise ConfigError("force-share=on can only be used with read-only images")
     if flag("snapshot", snapshot) and not flag("readonly"):
         return open_snapshot(path, fmt)
-    return open_image(path, fmt, flag("readonly"))
+    return open_image(path, fmt, flag("readonly"), locking=locking != "off",
+                      force_share=force_share)

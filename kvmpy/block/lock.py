@@ -31,10 +31,11 @@ def _conflicts(fd: int, byte: int) -> bool:
     return bool(_FLOCK.unpack(result)[0] != fcntl.F_UNLCK)
 
 
-def lock_image(fd: int, write: bool) -> None:
-    """Lock the image open as ``fd`` for reading or writing; a conflict is QEMU's error."""
+def lock_image(fd: int, write: bool, force_share: bool = False) -> None:
+    """Lock the image open as ``fd`` for reading or writing; a conflict is QEMU's error.
+    ``force_share`` (a reader's ``force-share=on``) lets others write."""
     held = (WRITE, RESIZE) if write else (CONSISTENT_READ,)
-    unshared = (WRITE, RESIZE)
+    unshared: tuple[int, ...] = () if force_share else (WRITE, RESIZE)
     byte = 0
     try:
         for bit in held:

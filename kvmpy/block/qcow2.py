@@ -77,11 +77,14 @@ class Qcow2Image:
     (``size``, ``read_only``, ``pread``/``pwrite``, ``readinto``/``writefrom``, ``flush``,
     ``close``).  ``backing`` opens the backing file (a path and a format or None); the
     default refuses images that have one.  With ``always_call_backing`` it is asked even when
-    the header names none (``-blockdev``'s ``backing``), and may return None: no backing."""
+    the header names none (``-blockdev``'s ``backing``), and may return None: no backing.
+    The image is locked as QEMU locks it unless ``locking`` is off (``file.locking=off``);
+    ``force_share`` is ``force-share=on``."""
 
     def __init__(self, path: str, read_only: bool = False,
                  backing: Callable[[str, str | None], BlockImage | None] | None = None,
-                 *, always_call_backing: bool = False) -> None:
+                 *, always_call_backing: bool = False, locking: bool = True,
+                 force_share: bool = False) -> None:
         self.path = path
         self.read_only = read_only
         self.fd = -1
@@ -95,8 +98,8 @@ class Qcow2Image:
         self.file_size = host.size
         self.backing: BlockImage | None = None
         try:
-            if host.kind == "file":
-                lock_image(self.fd, not read_only)
+            if host.kind == "file" and locking:
+                lock_image(self.fd, not read_only, force_share)
             self._open(backing, always_call_backing)
         except BaseException:
             self.close()

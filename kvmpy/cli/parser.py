@@ -31,7 +31,7 @@ _DISPLAYS_NOT_BUILT = ("gtk", "sdl", "curses", "vnc", "egl-headless", "spice-app
 _SMP_KEYS = ("cpus", "maxcpus", "sockets", "dies", "clusters", "cores", "threads")
 _DRIVE_KEYS = frozenset({"file", "if", "format", "id", "readonly", "snapshot", "cache", "aio",
                          "media", "index", "discard", "werror", "rerror", "node-name",
-                         "auto-read-only", "bus", "unit"})
+                         "auto-read-only", "bus", "unit", "file.locking", "force-share"})
 _MAX_ICOUNT_SHIFT = 10
 
 

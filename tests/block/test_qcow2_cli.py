@@ -54,6 +54,8 @@ def _cases(tmp: Path) -> list[str]:
         f"file={aes},if=virtio",
         f"file={backing},if=virtio",
         f"file={tmp},if=virtio",
+        f"file={tmp}/raw.img,format=raw,if=virtio,force-share=on",
+        f"file={tmp}/raw.img,format=raw,if=virtio,file.locking=maybe",
     ]
 
 
@@ -124,6 +126,13 @@ def test_image_locks_are_qemus(tmp_path: Path) -> None:
         open_image(str(disk), "qcow2", read_only=True)
     refused = qemu_img("info", disk, check=False)
     assert refused.returncode == 1 and 'Failed to get shared "write" lock' in refused.stderr
+    from kvmpy.block import open_drive
+
+    shared = open_drive({"file": str(disk), "format": "qcow2", "readonly": "on",
+                         "force-share": "on"})  # lets the writer go on, as in QEMU
+    shared.close()
+    unlocked = open_drive({"file": str(disk), "format": "qcow2", "file.locking": "off"})
+    unlocked.close()
     writer.close()
     reader = open_image(str(disk), "qcow2", read_only=True)
     open_image(str(disk), "qcow2", read_only=True).close()  # readers share
