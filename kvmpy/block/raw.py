@@ -15,7 +15,8 @@ class RawImage:
 
     With ``snapshot`` (QEMU's ``-snapshot`` / ``snapshot=on``) the file is opened read-only
     and the guest's writes stay in memory, in 64 KiB chunks copied on first write, and are
-    lost when the VM ends.
+    lost when the VM ends.  (A ``-drive`` with ``snapshot=on`` uses a temporary qcow2 overlay
+    instead, as QEMU does: :func:`kvmpy.block.drive.open_snapshot`.)
     """
 
     CHUNK = 64 * 1024
