@@ -1,5 +1,7 @@
 /* Zicsr semantics, the ID CSRs, Zicntr/Zihpm counters: cycle/instret progress,
- * mcountinhibit, writable mhpmcounter/mhpmevent, mcounteren/scounteren gating in S and U. */
+ * mcountinhibit, writable mhpmcounter/mhpmevent, mcounteren/scounteren gating in S and U,
+ * read-only cycle/instret aliases.  (Exact values after a write to minstret, inhibited
+ * counters after they ran once, and mcountinhibit bit 1 are in spec_strict.) */
 #include "test.h"
 
 	.text
@@ -170,4 +172,29 @@ main:
 	j 2f
 1:	CHECK_CAUSE CAUSE_ILLEGAL
 2:
+
+	TEST 10         /* mcycle is writable; cycle/instret/hpmcounter3 are read-only aliases
+	                   (0xCxx): a write is illegal even in M-mode, a read (rs1 = x0) is not */
+	li t0, 5000000
+	csrw mcycle, t0
+	csrr a0, mcycle
+	bltu a0, t0, fail
+	EXPECT_TRAP
+	csrw cycle, t0
+	CHECK_CAUSE CAUSE_ILLEGAL
+	EXPECT_TRAP
+	csrw instret, t0
+	CHECK_CAUSE CAUSE_ILLEGAL
+	EXPECT_TRAP
+	csrsi instret, 1
+	CHECK_CAUSE CAUSE_ILLEGAL
+	EXPECT_TRAP
+	csrw hpmcounter3, t0
+	CHECK_CAUSE CAUSE_ILLEGAL
+	ld s0, trap_count
+	csrrs a0, instret, zero
+	csrrc a0, cycle, zero
+	ld s1, trap_count
+	CHECKR s0, s1
+
 	j pass

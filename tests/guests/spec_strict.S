@@ -106,6 +106,56 @@ main:
 	sub t0, s1, s0
 	CHECK t0, 2
 
+	TEST 7          /* a write to minstret is done instead of the writing instruction's
+	                   increment: the next instruction reads exactly the value written
+	                   (Zicsr, "CSR Instructions"); QEMU 7.2 reads the value + 1 even
+	                   with -icount (host ticks later without) */
+	li t0, 1000000
+	csrw minstret, t0
+	csrr a0, minstret
+	CHECKR a0, t0
+	li t0, 2000000
+	csrrw a1, minstret, t0
+	rdinstret a0
+	CHECKR a0, t0
+
+	TEST 8          /* an inhibited counter holds exactly the value written to it, and the
+	                   aliases read it too (privileged spec 3.1.13); QEMU 7.2 stops it only
+	                   until it was first uninhibited (test 5 of csr_counters passes there,
+	                   this one does not: counter->started is never cleared) */
+	li t0, 5
+	csrw mcountinhibit, t0
+	li t0, 0x123456789
+	csrw minstret, t0
+	csrr a0, minstret
+	CHECKR a0, t0
+	rdinstret a0
+	CHECKR a0, t0
+	li t1, 0x987654321
+	csrw mcycle, t1
+	nop
+	csrr a0, mcycle
+	CHECKR a0, t1
+	rdcycle a0
+	CHECKR a0, t1
+	csrr a0, minstret
+	CHECKR a0, t0
+	csrw mcountinhibit, zero    /* counting resumes from the values held */
+	nop
+	csrr a0, minstret
+	bleu a0, t0, fail
+	li t2, 0x10000
+	add t2, t2, t0
+	bgeu a0, t2, fail
+
+	TEST 9          /* mcountinhibit bit 1 (there is no time bit) is read-only zero
+	                   (privileged spec 3.1.13); QEMU 7.2 keeps every bit written */
+	li t0, 2
+	csrw mcountinhibit, t0
+	csrr a0, mcountinhibit
+	andi a0, a0, 2
+	CHECK a0, 0
+	csrw mcountinhibit, zero
 	j pass
 
 	.data

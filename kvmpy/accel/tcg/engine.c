@@ -2859,6 +2859,12 @@ static int exec_csr(hart *h, const op *o)
         uint64_t v = is_rw ? src : (kind == SYS_CSRRS || kind == SYS_CSRRSI) ? base | src : base & ~src;
         if (csr_write(h, csr, v))
             return -1;
+        /* A write to minstret/mcycle is done instead of this instruction's increment (the
+         * next instruction reads the value written: Zicsr, "CSR Instructions"). */
+        if (csr == 0xB00)
+            h->cycle_off--;
+        else if (csr == 0xB02)
+            h->instret_off--;
     }
     h->x[o->rd] = old;
     return 0;
