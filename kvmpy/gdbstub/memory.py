@@ -120,18 +120,23 @@ def _write_physical(system: System, gpa: int, data: bytes) -> None:
 
 
 def read(system: System, hart: int, addr: int, size: int, physical: bool) -> bytes:
+    """With software breakpoints (KVM) patched in, the original instructions are read."""
+    hide = getattr(system.accel, "hide_breakpoints", None)
     out = bytearray()
     for vaddr, n in _chunks(addr, size):
         gpa = vaddr if physical else translate(system, hart, vaddr)
-        out += _read_physical(system, gpa, n)
+        data = _read_physical(system, gpa, n)
+        out += data if hide is None else hide(gpa, data)
     return bytes(out)
 
 
 def write(system: System, hart: int, addr: int, data: bytes, physical: bool) -> None:
+    under = getattr(system.accel, "write_under_breakpoints", None)
     done = 0
     for vaddr, n in _chunks(addr, len(data)):
         gpa = vaddr if physical else translate(system, hart, vaddr)
-        _write_physical(system, gpa, data[done:done + n])
+        chunk = data[done:done + n]
+        _write_physical(system, gpa, chunk if under is None else under(gpa, chunk))
         done += n
     flush = getattr(system.accel, "flush_code", None)
     if flush is not None and data:

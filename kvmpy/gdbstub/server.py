@@ -9,7 +9,9 @@ replies follow the VM's STOP event, so a QMP ``stop`` or a guest shutdown also r
 
 Stepping runs only the stepped hart (the others stay stopped meanwhile, a schedule QEMU's
 round-robin TCG may also produce).  Breakpoints and watchpoints need the accelerator's debug
-support (the interpreter); without it (RISC-V KVM in Linux 6.1 has no KVM_SET_GUEST_DEBUG)
+support: the interpreter has all; RISC-V KVM with KVM_SET_GUEST_DEBUG (Linux 6.10+) has
+software breakpoints (``ebreak`` patched into guest memory, hidden from ``m`` reads) and steps
+by temporary breakpoints, but no watchpoints (``E22``).  Without it (RISC-V KVM in Linux 6.1)
 ``Z`` packets fail with ``E22`` and a step is refused with a console message, while registers
 and memory work as usual.
 """
@@ -109,6 +111,7 @@ class GdbStub:
         self._query_cpu: int | None = None
         self.phy_mem_mode = False
         self.breakpoints: Counter[int] = Counter()
+        self.breakpoint_kinds: dict[int, int] = {}
         self.watchpoints: list[tuple[int, int, str]] = []
         self._watch_hit: DebugExit | None = None
         self._hmp_state: Any = None
@@ -124,9 +127,15 @@ class GdbStub:
     @property
     def guest_debug(self) -> bool:
         """Whether the accelerator can stop harts at breakpoints, watchpoints and steps."""
-        return callable(getattr(self.system.accel, "set_breakpoints", None))
+        accel = self.system.accel
+        if hasattr(accel, "set_sw_breakpoints"):  # KVM: when the kernel has guest debugging
+            return bool(getattr(accel, "guest_debug", False))
+        return callable(getattr(accel, "set_breakpoints", None))
 
     def start(self) -> None:
+        set_translator = getattr(self.system.accel, "set_debug_translator", None)
+        if set_translator is not None:
+            set_translator(lambda hart, vaddr: memory.translate(self.system, hart, vaddr))
         self.system.add_event_listener(self._on_vm_event)
         self.chardev.set_handlers(self._receive, lambda: PACKET_SIZE * 4, self._on_chr_event)
         if self.chardev.connected:  # a unix server with wait=on accepted gdb already
@@ -308,7 +317,11 @@ class GdbStub:
             assert driver is not None
             driver.pause()
         try:
-            accel.set_breakpoints(sorted(self.breakpoints))
+            if hasattr(accel, "set_sw_breakpoints"):
+                accel.set_sw_breakpoints(
+                    {a: self.breakpoint_kinds.get(a, 0) for a in self.breakpoints}, self.g_cpu)
+            else:
+                accel.set_breakpoints(sorted(self.breakpoints))
             accel.set_watchpoints(self.watchpoints)
         finally:
             if running:
@@ -615,6 +628,7 @@ class GdbStub:
             return
         if kind in (0, 1):
             self.breakpoints[addr] += 1
+            self.breakpoint_kinds[addr] = length
         else:
             if length == 0 or addr + length - 1 > _U64:
                 stderr_line(f"kvmpy: tried to set invalid watchpoint at {addr:x}, "
@@ -624,7 +638,8 @@ class GdbStub:
             self.watchpoints.append((addr, length, _WATCH_TYPES[kind]))
         try:
             self._apply_debug_state()
-        except KvmpyError:
+        except KvmpyError as exc:
+            _log.debug("gdbstub: %s", exc)
             if kind in (0, 1):
                 self.breakpoints[addr] -= 1
                 self.breakpoints += Counter()

@@ -316,6 +316,12 @@ class Vcpu(_Fd):
         arg.irq = irq
         self.ioctl(abi.KVM_INTERRUPT, arg, "KVM_INTERRUPT")
 
+    def set_guest_debug(self, control: int) -> None:
+        """``KVM_SET_GUEST_DEBUG`` with ``control`` (riscv64: no arch part)."""
+        arg = ffi.new("uint32_t[2]")
+        arg[0] = control & 0xFFFFFFFF
+        self.ioctl(abi.KVM_SET_GUEST_DEBUG, arg, "KVM_SET_GUEST_DEBUG")
+
     def get_mp_state(self) -> int:
         arg = ffi.new("struct kvm_mp_state *")
         self.ioctl(abi.KVM_GET_MP_STATE, arg, "KVM_GET_MP_STATE")

@@ -26,7 +26,9 @@ from typing import TYPE_CHECKING, ClassVar
 from kvmpy import log
 from kvmpy.accel.base import IRQ_S_EXT, PRV_M, PRV_S, PRV_U, AccelCaps, Accelerator, Vcpu
 from kvmpy.accel.exits import (
+    DebugExit,
     InternalErrorExit,
+    IntrExit,
     MmioExit,
     UnsupportedExit,
     VcpuExit,
@@ -34,7 +36,8 @@ from kvmpy.accel.exits import (
 from kvmpy.accel.kvm import abi, onereg
 from kvmpy.accel.kvm.kvm import Kvm, KvmIoctlError, Vm
 from kvmpy.accel.kvm.kvm import Vcpu as VcpuFd
-from kvmpy.errors import AccelError
+from kvmpy.accel.kvm.swbreak import SwBreakpoints, instruction_length, next_pcs
+from kvmpy.errors import AccelError, KvmpyError
 from kvmpy.qom import register_type
 
 if TYPE_CHECKING:
@@ -59,6 +62,15 @@ FIRMWARE_REFUSAL = "Machine mode firmware is not supported in combination with K
 """QEMU 7.2's words (hw/riscv/virt.c) for ``-bios default|FILE`` under KVM: a KVM guest starts
 in S-mode, so only ``-bios none`` or kvmpy's ``builtin`` SBI (provided in-kernel) can run."""
 _get_ident = threading.get_ident
+_EXC_BREAKPOINT = 3
+_SSTATUS_SIE = 1 << 1
+_SSTATUS_SPIE = 1 << 5
+_SSTATUS_SPP = 1 << 8
+STEP_TIMEOUT = 5.0
+"""Seconds a debugger step may run before the hart is stopped wherever it is (a step that
+waits on a hart gdb keeps stopped, or never comes back from a trap)."""
+NO_WATCHPOINTS = ("kvm: watchpoints need hardware triggers, which RISC-V KVM does not give "
+                  "to the VMM (software breakpoints only)")
 
 
 # -- selection --------------------------------------------------------------------------------
@@ -164,6 +176,10 @@ class KvmRiscvVcpu:
         self._thread: int | None = None
         self._kick_signal = True
         self._mtimecmp = _U64
+        self.accel: KvmAccel | None = None
+        self._step_targets: set[int] = set()
+        self._step_timer: threading.Timer | None = None
+        self._step_expired = False
 
     # running
 
@@ -184,13 +200,95 @@ class KvmRiscvVcpu:
         while True:
             if isinstance(exit_, InternalErrorExit):
                 return InternalErrorExit(f"{exit_.message}\n{self.register_dump()}")
-            if not (isinstance(exit_, UnsupportedExit) and exit_.code == abi.KVM_EXIT_RISCV_CSR):
+            if exit_.__class__ is IntrExit and self._step_expired:
+                return DebugExit("step")
+            if isinstance(exit_, UnsupportedExit) and exit_.code == abi.KVM_EXIT_DEBUG:
+                debug = self._debug_exit()
+                if debug is not None:
+                    return debug
+            elif isinstance(exit_, UnsupportedExit) and exit_.code == abi.KVM_EXIT_RISCV_CSR:
+                self._complete_csr()
+            else:
                 return exit_
-            self._complete_csr()
             try:
                 exit_ = self._fd_run()
             except KvmIoctlError as exc:
                 return InternalErrorExit(f"{exc}\n{self.register_dump()}")
+
+    def _debug_exit(self) -> DebugExit | None:
+        """``KVM_EXIT_DEBUG``: an ``ebreak`` at pc. One of the debugger's stops the hart;
+        the guest's own goes to the guest as the breakpoint exception KVM did not delegate
+        (None: run on)."""
+        pc = self.get_reg("pc")
+        if pc in self._step_targets:
+            return DebugExit("step")
+        if self.accel is not None and pc in self.accel.sw_breakpoints.patches:
+            return DebugExit("breakpoint")
+        self.inject_breakpoint(pc)
+        return None
+
+    def inject_breakpoint(self, pc: int) -> None:
+        """The trap the hart takes for ``ebreak`` at ``pc`` (privileged spec 3.1.6.1, 4.1.1):
+        sepc = pc, scause = 3, stval = pc, SPP = the mode it ran in, SPIE = SIE, SIE = 0,
+        S-mode, pc = stvec's base (exceptions never vector)."""
+        sstatus = self.get_reg("sstatus")
+        user = self.get_reg("priv") == PRV_U
+        sstatus = (sstatus & ~(_SSTATUS_SPP | _SSTATUS_SPIE | _SSTATUS_SIE)) \
+            | (0 if user else _SSTATUS_SPP) | (_SSTATUS_SPIE if sstatus & _SSTATUS_SIE else 0)
+        self.set_reg("sepc", pc)
+        self.set_reg("scause", _EXC_BREAKPOINT)
+        self.set_reg("stval", pc)
+        self.set_reg("sstatus", sstatus)
+        self.set_reg("priv", PRV_S)
+        self.set_reg("pc", self.get_reg("stvec") & ~3 & _U64)
+
+    def set_single_step(self, on: bool) -> None:
+        """Debugger single-step without hardware help: temporary breakpoints where the
+        instruction at pc may lead (:func:`next_pcs`), the breakpoint at pc itself lifted
+        meanwhile; ``run()`` returns ``DebugExit("step")`` at one of them, or after
+        :data:`STEP_TIMEOUT` wherever the hart is (interrupts stay enabled: their handlers run
+        within the step, as with QEMU's ``sstep`` flags 0)."""
+        accel = self.accel
+        if accel is None or not accel.guest_debug:
+            raise AccelError("kvm: single-step needs KVM_SET_GUEST_DEBUG")
+        bps = accel.sw_breakpoints
+        if not on:
+            if self._step_timer is not None:
+                self._step_timer.cancel()
+                self._step_timer = None
+            self._step_targets = set()
+            self._step_expired = False
+            bps.remove_owner("step")
+            bps.relower()
+            accel.sync_guest_debug()
+            return
+        pc = self.get_reg("pc")
+        raw = accel.read_virtual(self.index, pc, 2)
+        low = int.from_bytes(raw, "little")
+        if instruction_length(low) == 4:
+            raw = accel.read_virtual(self.index, pc, 4)
+        insn = int.from_bytes(raw, "little")
+        targets = next_pcs(insn, pc, self.get_reg, self.get_reg("priv") == PRV_U)
+        targets.discard(pc)  # `j .`: the step ends at the timeout
+        bps.lift(pc)
+        for target in set(targets):
+            try:
+                bps.insert(target, accel.translate(self.index, target), 0, "step")
+            except KvmpyError as exc:  # not mapped now: a trap will tell; the timeout ends it
+                _log.debug("kvm: hart %d: no step breakpoint at 0x%x: %s", self.index,
+                           target, exc)
+                targets.discard(target)
+        self._step_targets = targets
+        self._step_expired = False
+        accel.sync_guest_debug()
+        timer = threading.Timer(STEP_TIMEOUT, self._step_timeout)
+        timer.daemon = True
+        self._step_timer = timer
+        timer.start()
+
+    def _step_timeout(self) -> None:
+        self._step_expired = True
+        self.kick()
 
     def _complete_csr(self) -> None:
         csr = self.fd.kvm_run.riscv_csr
@@ -331,6 +429,20 @@ class KvmRiscvVcpu:
 
 # -- the accelerator --------------------------------------------------------------------------
 
+_SYS_RISCV_FLUSH_ICACHE = 259
+
+
+def flush_icache() -> None:
+    """``riscv_flush_icache`` on every host hart after a breakpoint patch (the guest fetches
+    through the instruction cache); nothing elsewhere (tests on x86)."""
+    if platform.machine() != "riscv64":
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall(_SYS_RISCV_FLUSH_ICACHE, ctypes.c_void_p(0), ctypes.c_void_p(_U64 >> 1),
+                 ctypes.c_ulong(0))
+
 
 def read_isa_extensions(vcpu: VcpuFd) -> tuple[str, ...]:
     """``riscv,isa`` after ``rv64``: letters from ``config.isa``, then each multi-letter
@@ -373,6 +485,13 @@ class KvmAccel(Accelerator):
         self._fds: list[VcpuFd] = []
         self._caps: AccelCaps | None = None
         self.dbcn_enabled = False
+        self._regions: list[GuestRAM] = []
+        self._guest_debug: bool | None = None
+        self._debug_enabled = False
+        self.sw_breakpoints = SwBreakpoints(self._read_physical, self._write_physical)
+        self.translate: Callable[[int, int], int] = lambda hart, vaddr: vaddr
+        """Guest-physical address of a virtual one as hart sees it (the gdb stub sets its
+        page walk with :meth:`set_debug_translator`)."""
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -418,12 +537,93 @@ class KvmAccel(Accelerator):
                 raise AccelError(f"kvm: {exc} (vCPU {len(self._fds)})") from exc
         return self._fds[index]
 
+    # -- guest debugging (gdb stub) ------------------------------------------------------
+
+    @property
+    def guest_debug(self) -> bool:
+        """Whether software breakpoints work: ``KVM_SET_GUEST_DEBUG`` (Linux 6.10+ on RISC-V)
+        accepted by vCPU 0 (with debugging off, which changes nothing)."""
+        if self._guest_debug is None:
+            if not self._fds:
+                return False
+            try:
+                self._fds[0].set_guest_debug(0)
+                self._guest_debug = True
+            except OSError as exc:
+                _log.debug("kvm: no guest debugging: %s", exc)
+                self._guest_debug = False
+        return self._guest_debug
+
+    def set_debug_translator(self, translate: Callable[[int, int], int]) -> None:
+        self.translate = translate
+
+    def _region(self, gpa: int, size: int) -> GuestRAM:
+        for region in self._regions:
+            if region.contains(gpa, size):
+                return region
+        raise AccelError(f"kvm: no guest memory at 0x{gpa:x} for a breakpoint")
+
+    def _read_physical(self, gpa: int, size: int) -> bytes:
+        return self._region(gpa, size).read(gpa, size)
+
+    def _write_physical(self, gpa: int, data: bytes) -> None:
+        self._region(gpa, len(data)).write(gpa, data)
+        flush_icache()
+
+    def read_virtual(self, hart: int, vaddr: int, size: int) -> bytes:
+        """Instruction bytes at ``vaddr`` (originals, not patches) for hart's translation."""
+        out = b""
+        while len(out) < size:
+            addr = vaddr + len(out)
+            n = min(size - len(out), 4096 - addr % 4096)
+            gpa = self.translate(hart, addr)
+            out += self.sw_breakpoints.hide(gpa, self._read_physical(gpa, n))
+        return out
+
+    def set_sw_breakpoints(self, kinds: dict[int, int], hart: int) -> None:
+        """The debugger's breakpoints: virtual address -> gdb's kind (2 or 4, 0 unknown),
+        translated as ``hart`` sees them. Vcpus must not run meanwhile."""
+        if not self.guest_debug:
+            raise AccelError("kvm: breakpoints need KVM_SET_GUEST_DEBUG")
+        bps = self.sw_breakpoints
+        for vaddr in bps.owned_by("gdb") - set(kinds):
+            bps.remove(vaddr, "gdb")
+        for vaddr, kind in kinds.items():
+            if vaddr not in bps.owned_by("gdb"):
+                bps.insert(vaddr, self.translate(hart, vaddr), kind, "gdb")
+        self.sync_guest_debug()
+
+    def set_watchpoints(self, watchpoints: Sequence[tuple[int, int, str]]) -> None:
+        if watchpoints:
+            raise AccelError(NO_WATCHPOINTS)
+
+    def sync_guest_debug(self) -> None:
+        """``KVM_SET_GUEST_DEBUG`` on every vCPU: ENABLE | USE_SW_BP while any breakpoint
+        is patched (an ``ebreak`` then exits to kvmpy), else off (the guest's own again)."""
+        want = bool(self.sw_breakpoints)
+        if want == self._debug_enabled:
+            return
+        control = abi.KVM_GUESTDBG_ENABLE | abi.KVM_GUESTDBG_USE_SW_BP if want else 0
+        try:
+            for fd in self._fds:
+                fd.set_guest_debug(control)
+        except OSError as exc:
+            raise AccelError(f"kvm: {exc}") from exc
+        self._debug_enabled = want
+
+    def hide_breakpoints(self, gpa: int, data: bytes) -> bytes:
+        return self.sw_breakpoints.hide(gpa, data)
+
+    def write_under_breakpoints(self, gpa: int, data: bytes) -> bytes:
+        return self.sw_breakpoints.write_under(gpa, data)
+
     def init_machine(self, ram: GuestRAM, num_harts: int,
                      roms: Sequence[GuestRAM] = ()) -> None:
         """Memory slot 0 over ``ram``, a read-only slot per ROM (stores to it exit as MMIO),
         vCPUs 0..num_harts-1 (id = hartid) with the debug console SBI extension (DBCN)
         forwarded to the VMM where the kernel has it."""
         vm = self._open_vm()
+        self._regions = [ram, *roms]
         for slot, (region, flags) in enumerate(
                 [(ram, 0), *((rom, abi.KVM_MEM_READONLY) for rom in roms)]):
             try:
@@ -447,9 +647,11 @@ class KvmAccel(Accelerator):
                 _log.debug("kvm: hart %d: DBCN not enabled: %s", index, exc)
             vcpu = KvmRiscvVcpu(fd, index, double_fp="d" in caps.isa_extensions)
             vcpu._kick_signal = kick_signal
+            vcpu.accel = self
             self.vcpus.append(vcpu)
 
     def close(self) -> None:
+        self.sw_breakpoints.patches.clear()  # restored by the gdb stub, which closes first
         self.vcpus = []
         for fd in self._fds:
             fd.close()
