@@ -111,6 +111,9 @@ class FakeVcpuFd:
         self.kvm_run: Any = self._run_buf
         self.sbi_ret: tuple[int, int] | None = None
         self.mmio_read_value: int | None = None
+        self.debug_supported = False
+        """KVM_SET_GUEST_DEBUG: EINVAL as in Linux 6.1's RISC-V KVM, unless set."""
+        self.debug_control: int | None = None
 
     def run(self) -> VcpuExit:
         item = self.script.pop(0)
@@ -132,6 +135,11 @@ class FakeVcpuFd:
 
     def interrupt(self, irq: int) -> None:
         self.interrupts.append(irq)
+
+    def set_guest_debug(self, control: int) -> None:
+        if not self.debug_supported:
+            raise KvmIoctlError("KVM_SET_GUEST_DEBUG", errno.EINVAL)
+        self.debug_control = control
 
     def get_mp_state(self) -> int:
         return self.mp_state
