@@ -15,13 +15,24 @@ forwarded port, every byte checked on both sides; lspci sees the host bridge and
 functions, the disk reads L1's marker and takes a write, the entropy source is virtio_rng, and
 their INTx interrupts (PLIC sources 32-35) are counted in /proc/interrupts. Nothing leaves L1
 (10.0.2.2 is L1's loopback, no name is looked up).
+
+Then gdb's remote protocol on kvmpy's `-gdb tcp:127.0.0.1:1234`, spoken raw (no gdb in L1), with
+the L2 kernel's symbol addresses ci/nested-kvm read from kvmpy/guests/vmlinux.xz
+(/ci/l2-symbols.json). With an L1 kernel that has KVM_SET_GUEST_DEBUG for RISC-V (6.10+): a Z0
+breakpoint at sys_newuname (`j __do_sys_newuname`) reads back as the original instruction, is
+hit by `uname` in L2 (T05, pc there), a step off it lands on __do_sys_newuname, it is hit again
+by the next `uname`, z0 removes it and `uname` completes; with a breakpoint elsewhere, an
+`ebreak` a user program in L2 executes is the guest's own (SIGTRAP, exit status 133), not a
+stop. Without it (6.1), Z0 is refused with E22.
 """
 
 from __future__ import annotations
 
+import binascii
 import contextlib
 import hashlib
 import itertools
+import json
 import os
 import platform
 import re
@@ -300,8 +311,154 @@ def check_net(c: Console) -> None:
     check_l1_to_guest(c)
 
 
+GDB_PORT = 1234
+SYMBOLS = "/ci/l2-symbols.json"  # L2 kernel symbol -> address, from ci/nested-kvm
+# A static riscv64 ELF whose one instruction at its entry is `ebreak`.
+EBREAK_ELF = (
+    b"\x7fELF\x02\x01\x01" + bytes(9)
+    + (2).to_bytes(2, "little") + (243).to_bytes(2, "little") + (1).to_bytes(4, "little")
+    + (0x10078).to_bytes(8, "little") + (64).to_bytes(8, "little") + bytes(8)
+    + bytes(4) + (64).to_bytes(2, "little") + (56).to_bytes(2, "little")
+    + (1).to_bytes(2, "little") + bytes(6)
+    + (1).to_bytes(4, "little") + (5).to_bytes(4, "little") + bytes(8)
+    + (0x10000).to_bytes(8, "little") * 2 + (124).to_bytes(8, "little") * 2
+    + (0x1000).to_bytes(8, "little")
+    + (0x00100073).to_bytes(4, "little")
+)
+
+
+class Rsp:
+    """gdb's remote serial protocol, the client side, with acknowledgements."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.buf = b""
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send(self, payload: str) -> None:
+        data = payload.encode()
+        self.sock.sendall(b"$%s#%02x" % (data, sum(data) & 0xFF))
+
+    def _fill(self, deadline: float) -> None:
+        self.sock.settimeout(max(0.1, deadline - time.monotonic()))
+        try:
+            chunk = self.sock.recv(65536)
+        except TimeoutError:
+            raise StepFailed("gdb stub: no answer in time") from None
+        if not chunk:
+            raise StepFailed("gdb stub closed the connection")
+        self.buf += chunk
+
+    def reply(self, timeout: float = 30) -> str:
+        """The next packet (acked), skipping acks and O (console) packets."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.buf = self.buf.lstrip(b"+")
+            start = self.buf.find(b"$")
+            end = self.buf.find(b"#", start + 1) if start >= 0 else -1
+            if start < 0 or end < 0 or len(self.buf) < end + 3:
+                self._fill(deadline)
+                continue
+            payload = self.buf[start + 1:end].decode("latin-1")
+            self.buf = self.buf[end + 3:]
+            self.sock.sendall(b"+")
+            if payload.startswith("O") and payload != "OK":
+                continue
+            return payload
+
+    def cmd(self, payload: str, timeout: float = 30) -> str:
+        self.send(payload)
+        return self.reply(timeout)
+
+    def pc(self) -> int:
+        return int.from_bytes(binascii.unhexlify(self.cmd("p20")), "little")
+
+
+def kernel_has_guest_debug() -> bool:
+    """RISC-V KVM handles breakpoints for userspace from Linux 6.10."""
+    m = re.match(r"(\d+)\.(\d+)", platform.release())
+    return m is not None and (int(m.group(1)), int(m.group(2))) >= (6, 10)
+
+
+def check_gdb(c: Console) -> None:
+    """Software breakpoints under -accel kvm, through kvmpy's gdb stub (see the docstring)."""
+    with open(SYMBOLS) as f:
+        syms = json.load(f)
+    bp, target, idle = syms["sys_newuname"], syms["__do_sys_newuname"], syms["sys_acct"]
+    g = Rsp(GDB_PORT)  # the VM stops on connect
+    try:
+        g.cmd("qSupported:multiprocess-;swbreak+")
+        if not g.cmd("?").startswith("T05"):
+            raise StepFailed("gdb: no stop reply to ?")
+        g.cmd("qXfer:features:read:target.xml:0,ffb")  # p packets need the description
+        original = g.cmd(f"m{bp:x},4")
+        answer = g.cmd(f"Z0,{bp:x},4")
+        if not kernel_has_guest_debug():
+            if answer != "E22":
+                raise StepFailed(f"gdb: Z0 without KVM_SET_GUEST_DEBUG answered {answer!r}")
+            say(f"gdb: Z0 refused with E22 (Linux {platform.release()} has no RISC-V guest debug)")
+            g.send("D")
+            g.reply()
+            return
+        if answer != "OK":
+            raise StepFailed(f"gdb: Z0 at sys_newuname answered {answer!r}")
+        if g.cmd(f"m{bp:x},4") != original:
+            raise StepFailed("gdb: the breakpoint's ebreak shows in memory reads")
+        g.send("c")
+        c.send("uname -s\n")
+        stop = g.reply(120)
+        pc = g.pc()
+        if not stop.startswith("T05") or pc != bp:
+            raise StepFailed(f"gdb: stop {stop!r} at 0x{pc:x}, not T05 at 0x{bp:x}")
+        say(f"gdb: breakpoint at sys_newuname hit: {stop}")
+        stop = g.cmd("s", 60)
+        pc = g.pc()
+        if not stop.startswith("T05") or pc != target:
+            raise StepFailed(f"gdb: step gave {stop!r} at 0x{pc:x}, not __do_sys_newuname "
+                             f"0x{target:x}")
+        say(f"gdb: step from the breakpoint (a jump) landed on __do_sys_newuname: {stop}")
+        g.send("c")
+        c.expect(rb"Linux\r?\n", 60)
+        c.send("uname -s\n")
+        stop = g.reply(120)
+        pc = g.pc()
+        if not stop.startswith("T05") or pc != bp:
+            raise StepFailed(f"gdb: second hit {stop!r} at 0x{pc:x}")
+        if g.cmd(f"z0,{bp:x},4") != "OK" or g.cmd(f"m{bp:x},4") != original:
+            raise StepFailed("gdb: z0 failed or left something else in memory")
+        g.send("c")
+        c.expect(rb"Linux\r?\n", 60)
+        say("gdb: hit again after the step, removed, uname completed")
+        g.send("\x03")
+        if not g.reply(60).startswith("T02"):
+            raise StepFailed("gdb: no T02 after ^C")
+        if g.cmd(f"Z0,{idle:x},2") != "OK":
+            raise StepFailed("gdb: Z0 at sys_acct refused")
+        g.send("c")
+        octal = "".join(f"\\{b:03o}" for b in EBREAK_ELF)
+        c.send(f"printf '{octal}' > /tmp/eb; chmod +x /tmp/eb; /tmp/eb; echo eb-rc=$?\n")
+        rc = int(c.expect(rb"eb-rc=(\d+)", 60).group(1))
+        if rc != 133:
+            raise StepFailed(f"gdb: the guest's own ebreak: exit status {rc}, not 133 (SIGTRAP)")
+        say("gdb: an ebreak of an L2 program went to the guest (SIGTRAP, exit status 133)")
+        g.send("\x03")
+        if not g.reply(60).startswith("T02"):
+            raise StepFailed("gdb: no T02 after ^C")
+        if g.cmd(f"z0,{idle:x},2") != "OK" or g.cmd("D") != "OK":
+            raise StepFailed("gdb: z0/D failed")
+    finally:
+        g.close()
+    c.send("echo gdb-done-$((6*7))\n")
+    c.expect(rb"gdb-done-42", 60)
+
+
 def boot_l2(timeout: float) -> None:
     argv = ["kvmpy", "-accel", "kvm", "-M", "virt", "-nographic"]
+    gdb = os.path.exists(SYMBOLS)
+    if gdb:
+        argv += ["-gdb", f"tcp:127.0.0.1:{GDB_PORT}"]
     pci = not os.path.exists("/l2/Image")
     if not pci:  # a guest given by ci/nested-kvm --l2-guest debian (no virtio modules in it)
         argv += ["-kernel", "/l2/Image", "-initrd", "/l2/initrd.cpio", "-append", "console=ttyS0"]
@@ -326,6 +483,10 @@ def boot_l2(timeout: float) -> None:
             t = time.monotonic()
             check_pci(c)
             say(f"L2 PCI checks passed in {time.monotonic() - t:.1f} s")
+        if gdb:
+            t = time.monotonic()
+            check_gdb(c)
+            say(f"L2 gdb checks passed in {time.monotonic() - t:.1f} s")
         c.send("poweroff -f\n")
         rc = c.wait(120)
         say(f"L2 powered off, kvmpy exit {rc} after {time.monotonic() - t0:.1f} s")
