@@ -152,6 +152,27 @@ enum { ACC_R = 0, ACC_W = 1, ACC_X = 2 };
 #define PMP_L 0x80u
 #define NUM_PMP 16
 
+/* Sdtrig (debug spec 1.0, as QEMU 7.2: two triggers of type 2 at reset) */
+#define NUM_TRIGGERS 2
+#define TD_TYPE(v) ((unsigned)((v) >> 60))
+#define TT_MCONTROL 2u
+#define TT_MCONTROL6 6u
+#define TT_DISABLED 15u
+#define MC_LOAD 1u
+#define MC_STORE 2u
+#define MC_EXEC 4u
+#define MC_U 8u
+#define MC_S 16u
+#define MC_M 64u
+#define MC_MODES (MC_U | MC_S | MC_M)
+#define MC2_SIZE ((3ull << 21) | (3ull << 16)) /* sizehi:sizelo */
+#define MC2_HIT (1ull << 20)
+#define MC6_SIZE (15ull << 16)
+#define MC6_HIT (1ull << 22)
+#define TCONTROL_MTE 8u
+#define TCONTROL_MPTE 128u
+#define TINFO_VALUE ((1ull << 24) | (1u << TT_MCONTROL) | (1u << TT_MCONTROL6) | (1u << TT_DISABLED))
+
 #define PAGE_SIZE 4096u
 #define PAGE_MASK (~(uint64_t)0xfff)
 
@@ -269,6 +290,12 @@ typedef struct hart {
     uint8_t pmpcfg[NUM_PMP];
     uint64_t pmpaddr[NUM_PMP];
     int pmp_active;
+    /* Sdtrig: tselect, tdata1/tdata2 of each trigger, tcontrol */
+    uint64_t tselect, tdata1[NUM_TRIGGERS], tdata2[NUM_TRIGGERS], tcontrol;
+    int trig_x;           /* an execute trigger is armed: one-insn blocks, service() checks */
+    int trig_rw;          /* a load/store trigger is armed: its pages stay out of the TLB */
+    uint64_t trig_mark;   /* insns at the last trigger trap, and how many came since */
+    unsigned trig_spins;
 
     /* execution state */
     uint64_t insns;       /* instructions retired */
@@ -291,7 +318,8 @@ typedef struct hart {
     int resv_valid;
     uint64_t resv_pa;
     int resv_watch;
-    int single_step; /* run() asked for fewer instructions than a block may hold */
+    int single_step; /* one-instruction blocks: run_small, a step or an execute trigger */
+    int run_small;   /* run() asked for fewer instructions than a block may hold */
 
     /* debugger: one instruction per block with service() before each (breakpoints, step) */
     int dbg_block;
@@ -661,6 +689,7 @@ static void take_trap(hart *h, uint64_t cause, uint64_t tval)
         h->mcause = cause;
         h->mepc = h->pc;
         h->mtval = tval;
+        h->tcontrol = (h->tcontrol & TCONTROL_MTE) ? TCONTROL_MPTE : 0; /* mpte = mte, mte = 0 */
         uint64_t s = h->mstatus;
         s = (s & ~MSTATUS_MPIE) | ((s & MSTATUS_MIE) ? MSTATUS_MPIE : 0);
         s = (s & ~MSTATUS_MPP) | ((uint64_t)from << 11);
@@ -794,6 +823,8 @@ static int counter_allowed(hart *h, unsigned idx)
 }
 
 static int fs_off(hart *h) { return (h->mstatus & MSTATUS_FS) == 0; }
+static uint64_t trig_legalize(uint64_t v);
+static void trig_update(hart *h);
 static void fp_sync_flags(hart *h);
 static uint32_t host_flags_take(void);
 
@@ -869,6 +900,12 @@ static int csr_read(hart *h, unsigned csr, uint64_t *v, int check)
     case 0x344: update_timer_bits(h); *v = read_mip(h); return 0;
     case 0x34A: case 0x34B: *v = 0; return 0;
     case 0xB00: case 0xB02: *v = read_counter(h, (int)(csr & 3)); return 0;
+    case 0x7A0: *v = h->tselect; return 0;
+    case 0x7A1: *v = h->tdata1[h->tselect]; return 0;
+    case 0x7A2: *v = h->tdata2[h->tselect]; return 0;
+    case 0x7A3: *v = 0; return 0; /* tdata3 (textra): no extra conditions */
+    case 0x7A4: *v = TINFO_VALUE; return 0;
+    case 0x7A5: *v = h->tcontrol; return 0;
     default:
         break;
     }
@@ -1007,6 +1044,14 @@ static int csr_write(hart *h, unsigned csr, uint64_t v)
     case 0x34A: case 0x34B: return 0;
     case 0xB00: case 0xB02: write_counter(h, (int)(csr & 3), v); return 0;
     case 0x301: return 0; /* misa is read-only here */
+    case 0x7A0: /* tselect: an index past the last trigger leaves it unchanged */
+        if (v < NUM_TRIGGERS)
+            h->tselect = v;
+        return 0;
+    case 0x7A1: h->tdata1[h->tselect] = trig_legalize(v); trig_update(h); return 0;
+    case 0x7A2: h->tdata2[h->tselect] = v; trig_update(h); return 0;
+    case 0x7A3: case 0x7A4: return 0;
+    case 0x7A5: h->tcontrol = v & (TCONTROL_MTE | TCONTROL_MPTE); return 0;
     default:
         break;
     }
@@ -1053,7 +1098,9 @@ static const struct {
     {"mconfigptr", 0xF15},
     {"mstatus", 0x300}, {"misa", 0x301}, {"medeleg", 0x302}, {"mideleg", 0x303},
     {"mie", 0x304}, {"mtvec", 0x305}, {"mcounteren", 0x306}, {"menvcfg", 0x30A},
-    {"mcountinhibit", 0x320}, {"mscratch", 0x340}, {"mepc", 0x341}, {"mcause", 0x342},
+    {"mcountinhibit", 0x320}, {"tselect", 0x7A0}, {"tdata1", 0x7A1}, {"tdata2", 0x7A2},
+    {"tdata3", 0x7A3}, {"tinfo", 0x7A4}, {"tcontrol", 0x7A5},
+    {"mscratch", 0x340}, {"mepc", 0x341}, {"mcause", 0x342},
     {"mtval", 0x343}, {"mip", 0x344}, {"mtinst", 0x34A}, {"mtval2", 0x34B},
     {"mcycle", 0xB00}, {"minstret", 0xB02},
 };
@@ -1236,6 +1283,139 @@ static int debug_check(hart *h)
     return 0;
 }
 
+/* ---------------------------------------------------------------- Sdtrig triggers ------ */
+
+/* The access size a trigger's size field asks for in bytes, 0 for any, -1 unsupported. */
+static int trig_size_bytes(unsigned code)
+{
+    static const int bytes[16] = {0, 1, 2, 4, -1, 8, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1};
+    return bytes[code & 15];
+}
+
+static unsigned trig_size_code(uint64_t v)
+{
+    if (TD_TYPE(v) == TT_MCONTROL)
+        return (unsigned)(((v >> 21) & 3) << 2 | ((v >> 16) & 3));
+    return (unsigned)((v >> 16) & 15);
+}
+
+/* tdata1 as written -> as kept (WARL).  Types 2 and 6 keep load/store/execute, u/s/m, match
+ * 0/2/3, size 0/1/2/3/5 and hit; chain, action (0: breakpoint exception), timing (before),
+ * select (address), dmode, maskmax and vu/vs read 0; an unsupported match or size reads 0.
+ * Any other type disables the trigger (type 15). */
+static uint64_t trig_legalize(uint64_t v)
+{
+    unsigned type = TD_TYPE(v);
+    if (type != TT_MCONTROL && type != TT_MCONTROL6)
+        return (uint64_t)TT_DISABLED << 60;
+    uint64_t r = ((uint64_t)type << 60) | (v & (MC_LOAD | MC_STORE | MC_EXEC | MC_MODES));
+    unsigned match = (unsigned)(v >> 7) & 15;
+    if (match == 2 || match == 3)
+        r |= (uint64_t)match << 7;
+    uint64_t size_bits = type == TT_MCONTROL ? MC2_SIZE : MC6_SIZE;
+    if (trig_size_bytes(trig_size_code(v)) >= 0)
+        r |= v & size_bits;
+    r |= v & (type == TT_MCONTROL ? MC2_HIT : MC6_HIT);
+    return r;
+}
+
+static int trig_armed(uint64_t v, unsigned what)
+{
+    unsigned type = TD_TYPE(v);
+    return (type == TT_MCONTROL || type == TT_MCONTROL6) && (v & MC_MODES) && (v & what);
+}
+
+/* One-instruction blocks and a service() before each: the run asked for fewer instructions
+ * than a block holds, gdb single-steps, or an execute trigger is armed. */
+static void dbg_mode_update(hart *h)
+{
+    int ss = h->run_small || h->dbg_step || h->trig_x;
+    if (ss && !h->single_step)
+        jc_flush(h);
+    h->single_step = ss;
+    h->dbg_block = h->e->nbp > 0 || h->dbg_step || h->trig_x;
+    set_attention(h);
+}
+
+/* After a write to tdata1/tdata2: which kinds are armed; the TLB forgets the pages. */
+static void trig_update(hart *h)
+{
+    int x = 0, rw = 0;
+    for (int i = 0; i < NUM_TRIGGERS; i++) {
+        x |= trig_armed(h->tdata1[i], MC_EXEC);
+        rw |= trig_armed(h->tdata1[i], MC_LOAD | MC_STORE);
+    }
+    if (rw || h->trig_rw)
+        tlb_flush_all(h);
+    h->trig_rw = rw;
+    h->trig_x = x;
+    dbg_mode_update(h);
+}
+
+/* The trigger may fire in the current mode: its u/s/m bit, and in M-mode tcontrol.mte. */
+static int trig_mode_ok(const hart *h, uint64_t v)
+{
+    if (h->priv == PRV_M)
+        return (v & MC_M) && (h->tcontrol & TCONTROL_MTE);
+    return (int)(v >> (3 + h->priv)) & 1;
+}
+
+/* Does value `val` (an address; `size` bytes accessed, 0 for an instruction) match? */
+static int trig_match(uint64_t v, uint64_t tdata2, uint64_t val, unsigned size)
+{
+    int want = trig_size_bytes(trig_size_code(v));
+    if (size && want > 0 && (unsigned)want != size)
+        return 0;
+    switch ((v >> 7) & 15) {
+    case 0: return val == tdata2;
+    case 2: return val >= tdata2;
+    case 3: return val < tdata2;
+    default: return 0;
+    }
+}
+
+/* Triggers of kind `what` matching `val`: set their hit bits, take the breakpoint exception
+ * (before the instruction or access, tval = the address). */
+static int trig_fire(hart *h, unsigned what, uint64_t val, unsigned size)
+{
+    int fired = 0;
+    for (int i = 0; i < NUM_TRIGGERS; i++) {
+        uint64_t v = h->tdata1[i];
+        if (!trig_armed(v, what) || !trig_mode_ok(h, v) || !trig_match(v, h->tdata2[i], val, size))
+            continue;
+        h->tdata1[i] |= TD_TYPE(v) == TT_MCONTROL ? MC2_HIT : MC6_HIT;
+        fired = 1;
+    }
+    if (fired)
+        take_trap(h, EXC_BREAKPOINT, val);
+    return fired;
+}
+
+/* A load/store trigger may match an access in the virtual page of va. */
+static int trig_page(const hart *h, uint64_t va)
+{
+    for (int i = 0; i < NUM_TRIGGERS; i++) {
+        uint64_t v = h->tdata1[i];
+        if (!trig_armed(v, MC_LOAD | MC_STORE))
+            continue;
+        if (((v >> 7) & 15) != 0 || ((h->tdata2[i] ^ va) & PAGE_MASK) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+static void trig_reset(hart *h)
+{
+    h->tselect = 0;
+    h->tcontrol = 0;
+    for (int i = 0; i < NUM_TRIGGERS; i++) {
+        h->tdata1[i] = (uint64_t)TT_MCONTROL << 60;
+        h->tdata2[i] = 0;
+    }
+    h->trig_x = h->trig_rw = 0;
+    h->trig_spins = 0;
+}
+
 static void tlb_fill(hart *h, int acc, uint64_t va, uint64_t pa, int level, int priv)
 {
     tcg_engine *e = h->e;
@@ -1245,6 +1425,8 @@ static void tlb_fill(hart *h, int acc, uint64_t va, uint64_t pa, int level, int 
     if (!host || avail < PAGE_SIZE || page_has_hole(e, ppage))
         return;
     if (e->nwp && acc != ACC_X && watched_page(e, va))
+        return;
+    if (h->trig_rw && acc != ACC_X && trig_page(h, va))
         return;
     int perm = pmp_perm(h, ppage, PAGE_SIZE, priv);
     if (perm < 0)
@@ -1347,6 +1529,8 @@ static int mem_slow(hart *h, uint64_t va, unsigned size, int acc, uint64_t *val,
 {
     if (unlikely(h->e->nwp) && watch_hit(h, va, size, acc))
         return ST_EXIT;
+    if (unlikely(h->trig_rw) && trig_fire(h, acc == ACC_W ? MC_STORE : MC_LOAD, va, size))
+        return ST_TRAP;
     if (va & (size - 1))
         return misaligned_access(h, va, size, acc, val);
     int priv = data_priv(h);
@@ -1437,6 +1621,11 @@ static int exec_amo(hart *h, const op *o)
     uint64_t va = h->x[o->rs1];
     uint8_t *p;
     uint64_t pa;
+    if (unlikely(h->trig_rw)) { /* an AMO both loads and stores */
+        unsigned what = funct5 == 2 ? MC_LOAD : funct5 == 3 ? MC_STORE : MC_LOAD | MC_STORE;
+        if (trig_fire(h, what, va, size))
+            return ST_TRAP;
+    }
     if (funct5 == 2) { /* LR */
         int st = amo_addr(h, va, size, ACC_R, &p, &pa);
         if (st)
@@ -2902,6 +3091,10 @@ static int exec_system(hart *h, const op *o)
         h->mstatus = s;
         h->priv = mpp;
         h->pc = h->mepc;
+        if (h->tcontrol & TCONTROL_MPTE) /* mte = mpte */
+            h->tcontrol |= TCONTROL_MTE;
+        else
+            h->tcontrol &= ~(uint64_t)TCONTROL_MTE;
         h->insns++;
         update_dmode(h);
         set_attention(h);
@@ -3007,6 +3200,20 @@ static int service(hart *h)
     if (h->insns >= h->run_end) {
         h->exit->kind = TCG_EXIT_NONE;
         return 1;
+    }
+    if (h->trig_x && trig_fire(h, MC_EXEC, h->pc, 0)) {
+        /* back here for the handler's first instruction; a trigger on the handler traps
+         * for ever, as it would on hardware, but the run still ends now and then */
+        if (h->insns != h->trig_mark) {
+            h->trig_mark = h->insns;
+            h->trig_spins = 0;
+        } else if (++h->trig_spins >= 256) {
+            h->trig_spins = 0;
+            h->exit->kind = TCG_EXIT_NONE;
+            return 1;
+        }
+        h->limit = h->insns;
+        return -1;
     }
     h->limit = h->next_timer_check < h->run_end ? h->next_timer_check : h->run_end;
     if (h->dbg_block)
@@ -3156,8 +3363,11 @@ next_block:
     tlb_w = h->tlb_w_cur;
     epoch = h->e->code_epoch;
     if (unlikely(h->insns >= h->limit || ATOMIC_LOAD(&h->attention))) {
-        if (service(h))
+        int sv = service(h);
+        if (sv > 0)
             return 0;
+        if (sv < 0)
+            goto next_block; /* a trap was taken before the instruction at pc */
     }
     {
         uint64_t pc = h->pc;
@@ -3482,6 +3692,7 @@ static void hart_reset(hart *h, uint64_t pc, int priv, uint64_t a0, uint64_t a1,
     h->cycle_off = h->instret_off = -h->insns;
     memset(h->pmpcfg, 0, sizeof(h->pmpcfg));
     memset(h->pmpaddr, 0, sizeof(h->pmpaddr));
+    trig_reset(h);
     if (e->builtin_fw) {
         /* what M-mode firmware leaves behind for an S-mode kernel */
         h->medeleg = 0xB1FFull;
@@ -3661,8 +3872,9 @@ int tcg_run(tcg_engine *e, int hartid, uint64_t max_insns, tcg_exit *out)
 
     h->run_start = h->insns;
     h->run_end = h->insns + (max_insns ? max_insns : 1);
-    h->dbg_block = e->nbp > 0 || h->dbg_step;
-    h->single_step = max_insns < BLOCK_MAX || h->dbg_step;
+    h->run_small = max_insns < BLOCK_MAX;
+    h->dbg_block = e->nbp > 0 || h->dbg_step || h->trig_x;
+    h->single_step = h->run_small || h->dbg_step || h->trig_x;
     if (h->single_step)
         jc_flush(h);
     if (h->halted) {
