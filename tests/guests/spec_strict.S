@@ -156,7 +156,49 @@ main:
 	andi a0, a0, 2
 	CHECK a0, 0
 	csrw mcountinhibit, zero
+	TEST 10         /* writing 0 to tdata1 disables the trigger (debug spec 1.0, tdata1);
+	                   QEMU 7.2 ignores the write and the trigger stays armed */
+	csrw tselect, zero
+	la t0, trig_fn
+	csrw tdata2, t0
+	li t0, (2 << 60) | (1 << 2) | (1 << 4)     /* mcontrol, execute, S */
+	csrw tdata1, t0
+	csrw tdata1, zero
+	ENTER_MODE 1
+	li a0, 0
+	call trig_fn
+	ENTER_M
+	CHECK a0, 1
+
+	TEST 11         /* mcontrol size 32-bit matches 32-bit accesses only (debug spec,
+	                   mcontrol.size); QEMU 7.2 watches 4 bytes, so a 64-bit load of
+	                   them fires too */
+	li t0, 2 << 60
+	csrw tdata1, t0
+	la s0, buf
+	csrw tdata2, s0
+	li t0, (2 << 60) | (3 << 16) | (1 << 4) | 1  /* mcontrol, 32-bit, S, load */
+	csrw tdata1, t0
+	ld s1, trap_count
+	ENTER_MODE 1
+	ld a1, 0(s0)
+	ENTER_M
+	ld s2, trap_count
+	CHECKR s1, s2
+	ENTER_MODE 1
+	EXPECT_TRAP
+	lw a1, 0(s0)
+	ENTER_M
+	CHECK_CAUSE CAUSE_BREAKPOINT
+	li t0, 2 << 60
+	csrw tdata1, t0
+	csrw tdata2, zero
+
 	j pass
+
+trig_fn:
+	addi a0, a0, 1
+	ret
 
 	.data
 	.balign 8
