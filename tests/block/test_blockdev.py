@@ -14,10 +14,13 @@ import pytest
 from kvmpy.block.blockdev import open_blockdev, parse_blockdev
 from kvmpy.errors import ConfigError
 from tests.block.conftest import check, create, qemu_io
+from tests.support import kvmpy_env
 
 MiB = 1 << 20
 QEMU = shutil.which("qemu-system-riscv64")
-ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+"""Where the VMMs run: not the repository root, whose kvmpy (its core unbuilt under CI)
+would shadow the installed one."""
 
 
 def libvirt_chain(tmp: Path) -> list[str]:
@@ -86,7 +89,7 @@ def test_parse_errors() -> None:
 def _error_line(argv: list[str], program: str) -> str:
     done = subprocess.run([*argv, "-M", "virt", "-S", "-display", "none", "-monitor", "none",
                            "-serial", "none", "-nodefaults"], capture_output=True, text=True,
-                          timeout=60, cwd=ROOT)
+                          timeout=60, cwd=HERE, env=kvmpy_env())
     assert done.returncode == 1, done.stderr
     return done.stderr.strip().splitlines()[-1].replace(f"{program}: ", "", 1)
 

@@ -12,16 +12,19 @@ from pathlib import Path
 import pytest
 
 from tests.block.conftest import create
+from tests.support import kvmpy_env
 
 QEMU = shutil.which("qemu-system-riscv64")
-ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+"""Where the VMMs run: not the repository root, whose kvmpy (its core unbuilt under CI)
+would shadow the installed one."""
 MiB = 1 << 20
 
 
 def _error_line(argv: list[str], program: str) -> str:
     done = subprocess.run([*argv, "-M", "virt", "-S", "-display", "none", "-monitor", "none",
                            "-serial", "none", "-nodefaults"], capture_output=True, text=True,
-                          timeout=60, cwd=ROOT)
+                          timeout=60, cwd=HERE, env=kvmpy_env())
     assert done.returncode == 1, done.stderr
     lines = [line for line in done.stderr.splitlines() if "-drive" in line]
     assert len(lines) == 1, done.stderr
@@ -74,7 +77,7 @@ def test_drive_errors_match_qemu(tmp_path: Path) -> None:
 def _warning(argv: list[str]) -> list[str]:
     """The probing warning a VMM prints at start (it then runs on: stopped after it)."""
     proc = subprocess.Popen([*argv, "-M", "virt", "-S", "-display", "none", "-monitor",
-                             "none", "-serial", "none", "-nodefaults"], cwd=ROOT,
+                             "none", "-serial", "none", "-nodefaults"], cwd=HERE, env=kvmpy_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     lines: list[str] = []
