@@ -341,6 +341,10 @@ class Rsp:
         data = payload.encode()
         self.sock.sendall(b"$%s#%02x" % (data, sum(data) & 0xFF))
 
+    def interrupt(self) -> None:
+        """^C: a raw 0x03 byte, not a packet."""
+        self.sock.sendall(b"\x03")
+
     def _fill(self, deadline: float) -> None:
         self.sock.settimeout(max(0.1, deadline - time.monotonic()))
         try:
@@ -431,7 +435,7 @@ def check_gdb(c: Console) -> None:
         g.send("c")
         c.expect(rb"Linux\r?\n", 60)
         say("gdb: hit again after the step, removed, uname completed")
-        g.send("\x03")
+        g.interrupt()
         if not g.reply(60).startswith("T02"):
             raise StepFailed("gdb: no T02 after ^C")
         if g.cmd(f"Z0,{idle:x},2") != "OK":
@@ -443,7 +447,7 @@ def check_gdb(c: Console) -> None:
         if rc != 133:
             raise StepFailed(f"gdb: the guest's own ebreak: exit status {rc}, not 133 (SIGTRAP)")
         say("gdb: an ebreak of an L2 program went to the guest (SIGTRAP, exit status 133)")
-        g.send("\x03")
+        g.interrupt()
         if not g.reply(60).startswith("T02"):
             raise StepFailed("gdb: no T02 after ^C")
         if g.cmd(f"z0,{idle:x},2") != "OK" or g.cmd("D") != "OK":
