@@ -21,7 +21,9 @@ the L2 kernel's symbol addresses ci/nested-kvm read from kvmpy/guests/vmlinux.xz
 (/ci/l2-symbols.json). With an L1 kernel that has KVM_SET_GUEST_DEBUG for RISC-V (6.10+): a Z0
 breakpoint at sys_newuname (`j __do_sys_newuname`) reads back as the original instruction, is
 hit by `uname` in L2 (T05, pc there), a step off it lands on __do_sys_newuname, it is hit again
-by the next `uname`, z0 removes it and `uname` completes; with a breakpoint elsewhere, an
+by the next `uname`, and again after gdb's own way of continuing from a breakpoint on riscv
+(software single step with Z0/z0 and vCont;c, as gdb-multiarch 13 does), z0 removes it and
+`uname` completes; with a breakpoint elsewhere, an
 `ebreak` a user program in L2 executes is the guest's own (SIGTRAP, exit status 133), not a
 stop. Without it (6.1), Z0 is refused with E22.
 """
@@ -430,6 +432,23 @@ def check_gdb(c: Console) -> None:
         pc = g.pc()
         if not stop.startswith("T05") or pc != bp:
             raise StepFailed(f"gdb: second hit {stop!r} at 0x{pc:x}")
+        # What gdb-multiarch does to continue from a breakpoint on riscv (software single
+        # step): remove it, a breakpoint at the next instruction, continue, swap them back.
+        replies = [g.cmd(f"z0,{bp:x},4"), g.cmd(f"m{bp:x},4"), g.cmd(f"Z0,{target:x},4")]
+        stop = g.cmd("vCont;c:p1.1", 60)
+        pc = g.pc()
+        replies += [g.cmd(f"z0,{target:x},4"), g.cmd(f"Z0,{bp:x},4")]
+        if replies != ["OK", original, "OK", "OK", "OK"] or not stop.startswith("T05") \
+                or pc != target:
+            raise StepFailed(f"gdb: gdb's step-over: {replies} {stop!r} at 0x{pc:x}")
+        g.send("vCont;c:p1.-1")
+        c.expect(rb"Linux\r?\n", 60)
+        c.send("uname -s\n")
+        stop = g.reply(120)
+        pc = g.pc()
+        if not stop.startswith("T05") or pc != bp:
+            raise StepFailed(f"gdb: third hit {stop!r} at 0x{pc:x}")
+        say("gdb: continued from it as gdb does (z0, Z0 at the next pc, vCont;c), hit again")
         if g.cmd(f"z0,{bp:x},4") != "OK" or g.cmd(f"m{bp:x},4") != original:
             raise StepFailed("gdb: z0 failed or left something else in memory")
         g.send("c")
