@@ -117,6 +117,7 @@ class GdbStub:
         self._hmp_state: Any = None
         self._closed = False
         self._told_no_guest_debug = False
+        self._told_no_watchpoints = False
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -639,6 +640,10 @@ class GdbStub:
         try:
             self._apply_debug_state()
         except KvmpyError as exc:
+            if kind not in (0, 1) and not self._told_no_watchpoints:  # once per stub
+                self._told_no_watchpoints = True
+                stderr_line(f"kvmpy: gdbstub: {exc}; gdb's software watchpoints "
+                            "(set can-use-hw-watchpoints 0) step instead")
             _log.debug("gdbstub: %s", exc)
             if kind in (0, 1):
                 self.breakpoints[addr] -= 1
