@@ -290,12 +290,6 @@ typedef struct hart {
     uint8_t pmpcfg[NUM_PMP];
     uint64_t pmpaddr[NUM_PMP];
     int pmp_active;
-    /* Sdtrig: tselect, tdata1/tdata2 of each trigger, tcontrol */
-    uint64_t tselect, tdata1[NUM_TRIGGERS], tdata2[NUM_TRIGGERS], tcontrol;
-    int trig_x;           /* an execute trigger is armed: one-insn blocks, service() checks */
-    int trig_rw;          /* a load/store trigger is armed: its pages stay out of the TLB */
-    uint64_t trig_mark;   /* insns at the last trigger trap, and how many came since */
-    unsigned trig_spins;
 
     /* execution state */
     uint64_t insns;       /* instructions retired */
@@ -319,7 +313,6 @@ typedef struct hart {
     uint64_t resv_pa;
     int resv_watch;
     int single_step; /* one-instruction blocks: run_small, a step or an execute trigger */
-    int run_small;   /* run() asked for fewer instructions than a block may hold */
 
     /* debugger: one instruction per block with service() before each (breakpoints, step) */
     int dbg_block;
@@ -331,6 +324,12 @@ typedef struct hart {
 
     uint64_t jc_gen;
     jc_entry jc[JC_SIZE];
+
+    int run_small; /* run() asked for fewer instructions than a block may hold */
+    /* Sdtrig: tselect, tdata1/tdata2 of each trigger, tcontrol */
+    uint64_t tselect, tdata1[NUM_TRIGGERS], tdata2[NUM_TRIGGERS], tcontrol;
+    int trig_x;  /* an execute trigger is armed: one-insn blocks, service() checks */
+    int trig_rw; /* a load/store trigger is armed: its pages stay out of the TLB */
     tlb_entry tlb_r[TLB_MODES][TLB_SIZE];
     tlb_entry tlb_w[TLB_MODES][TLB_SIZE];
     tlb_entry tlb_x[TLB_MODES][TLB_SIZE];
@@ -1413,7 +1412,6 @@ static void trig_reset(hart *h)
         h->tdata2[i] = 0;
     }
     h->trig_x = h->trig_rw = 0;
-    h->trig_spins = 0;
 }
 
 static void tlb_fill(hart *h, int acc, uint64_t va, uint64_t pa, int level, int priv)
@@ -3201,19 +3199,14 @@ static int service(hart *h)
         h->exit->kind = TCG_EXIT_NONE;
         return 1;
     }
-    if (h->trig_x && trig_fire(h, MC_EXEC, h->pc, 0)) {
-        /* back here for the handler's first instruction; a trigger on the handler traps
-         * for ever, as it would on hardware, but the run still ends now and then */
-        if (h->insns != h->trig_mark) {
-            h->trig_mark = h->insns;
-            h->trig_spins = 0;
-        } else if (++h->trig_spins >= 256) {
-            h->trig_spins = 0;
+    /* An execute trigger traps before the instruction at pc, and again at the handler's
+     * first instruction if it matches there too: as on hardware that goes on for ever, but
+     * the run ends now and then (and resumes here). */
+    for (int n = 0; h->trig_x && trig_fire(h, MC_EXEC, h->pc, 0); n++) {
+        if (n == 64) {
             h->exit->kind = TCG_EXIT_NONE;
             return 1;
         }
-        h->limit = h->insns;
-        return -1;
     }
     h->limit = h->next_timer_check < h->run_end ? h->next_timer_check : h->run_end;
     if (h->dbg_block)
@@ -3363,11 +3356,8 @@ next_block:
     tlb_w = h->tlb_w_cur;
     epoch = h->e->code_epoch;
     if (unlikely(h->insns >= h->limit || ATOMIC_LOAD(&h->attention))) {
-        int sv = service(h);
-        if (sv > 0)
+        if (service(h))
             return 0;
-        if (sv < 0)
-            goto next_block; /* a trap was taken before the instruction at pc */
     }
     {
         uint64_t pc = h->pc;
