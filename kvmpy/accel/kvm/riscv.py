@@ -263,12 +263,15 @@ class KvmRiscvVcpu:
             accel.sync_guest_debug()
             return
         pc = self.get_reg("pc")
-        raw = accel.read_virtual(self.index, pc, 2)
-        low = int.from_bytes(raw, "little")
-        if instruction_length(low) == 4:
-            raw = accel.read_virtual(self.index, pc, 4)
-        insn = int.from_bytes(raw, "little")
-        targets = next_pcs(insn, pc, self.get_reg, self.get_reg("priv") == PRV_U)
+        try:
+            raw = accel.read_virtual(self.index, pc, 2)
+            if instruction_length(int.from_bytes(raw, "little")) == 4:
+                raw = accel.read_virtual(self.index, pc, 4)
+            targets = next_pcs(int.from_bytes(raw, "little"), pc, self.get_reg,
+                               self.get_reg("priv") == PRV_U)
+        except KvmpyError as exc:  # pc not in memory: the fetch traps, the timeout ends it
+            _log.debug("kvm: hart %d: no instruction at 0x%x to step: %s", self.index, pc, exc)
+            targets = set()
         targets.discard(pc)  # `j .`: the step ends at the timeout
         bps.lift(pc)
         for target in set(targets):
