@@ -24,6 +24,12 @@
  * compares pc with the breakpoints; a single step runs one-instruction blocks and ends once an
  * instruction retired or a trap was taken.  Pages holding a watchpoint never enter the data TLB, so their loads and stores take
  * mem_slow(), which stops before a matching access.
+ *
+ * The guest's own Sdtrig triggers use the same paths and cost nothing while none is armed:
+ * with an execute trigger armed, the hart runs one-instruction blocks and service() before
+ * each compares pc with the triggers (taking a breakpoint exception, not stopping); pages a
+ * load/store trigger may match stay out of that hart's data TLB, and mem_slow() and the
+ * atomics check the triggers before the access.
  */
 #define _POSIX_C_SOURCE 199309L
 #include "engine.h"
@@ -1412,6 +1418,7 @@ static void trig_reset(hart *h)
         h->tdata2[i] = 0;
     }
     h->trig_x = h->trig_rw = 0;
+    dbg_mode_update(h);
 }
 
 static void tlb_fill(hart *h, int acc, uint64_t va, uint64_t pa, int level, int priv)
