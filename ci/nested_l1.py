@@ -49,6 +49,8 @@ from ciutil import Console, StepFailed
 
 KVM_GET_API_VERSION = 0xAE00
 KVM_CREATE_VM = 0xAE01
+KVM_CHECK_EXTENSION = 0xAE03
+KVM_CAP_SET_GUEST_DEBUG = 23
 
 DISK = "/tmp/l2-disk.img"
 DISK_SIZE = 4 << 20
@@ -93,11 +95,15 @@ def check_kvm_abi() -> None:
         zero = ffi.cast("unsigned long", 0)  # both ioctls refuse a non-zero argument
         version = libc.ioctl(fd, ffi.cast("unsigned long", KVM_GET_API_VERSION), zero)
         vm = libc.ioctl(fd, ffi.cast("unsigned long", KVM_CREATE_VM), zero)
+        debug = -1
         if vm >= 0:
+            debug = libc.ioctl(vm, ffi.cast("unsigned long", KVM_CHECK_EXTENSION),
+                               ffi.cast("unsigned long", KVM_CAP_SET_GUEST_DEBUG))
             os.close(vm)
     finally:
         os.close(fd)
-    say(f"KVM_GET_API_VERSION={version} KVM_CREATE_VM={'ok' if vm >= 0 else 'failed'}")
+    say(f"KVM_GET_API_VERSION={version} KVM_CREATE_VM={'ok' if vm >= 0 else 'failed'} "
+        f"KVM_CHECK_EXTENSION(KVM_CAP_SET_GUEST_DEBUG)={debug}")
     if version != 12 or vm < 0:
         raise StepFailed("/dev/kvm does not work")
 
