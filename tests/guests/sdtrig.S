@@ -248,6 +248,16 @@ main:
 	CHECK a1, 0x77
 	CHECK_CAUSE CAUSE_BREAKPOINT
 	CHECK_FROM 0
+	ENTER_MODE 0                /* an AMO loads too */
+	li a1, 0x77
+	EXPECT_TRAP
+1:	amoor.d a1, a1, (s0)
+	ENTER_M
+	CHECK a1, 0x77
+	CHECK_CAUSE CAUSE_BREAKPOINT
+	CHECK_EPC 1b
+	ld a1, data
+	CHECK a1, 0x55
 	lb a1, 0(s0)                /* M-mode is not enabled */
 	CHECK a1, 0x55
 	DISARM 0
