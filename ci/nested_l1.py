@@ -468,7 +468,7 @@ def check_gdb(c: Console) -> None:
         g.send("c")
         octal = "".join(f"\\{b:03o}" for b in EBREAK_ELF)
         c.send(f"printf '{octal}' > /tmp/eb; chmod +x /tmp/eb; /tmp/eb; echo eb-rc=$?\n")
-        rc = int(c.expect(rb"eb-rc=(\d+)", 60).group(1))
+        rc = int(c.expect(rb"eb-rc=(\d+)\r?\n", 60).group(1))
         if rc != 133:
             raise StepFailed(f"gdb: the guest's own ebreak: exit status {rc}, not 133 (SIGTRAP)")
         say("gdb: an ebreak of an L2 program went to the guest (SIGTRAP, exit status 133)")
@@ -479,8 +479,57 @@ def check_gdb(c: Console) -> None:
             raise StepFailed("gdb: z0/D failed")
     finally:
         g.close()
+    if os.path.exists(HVC):
+        host_gdb()
     c.send("echo gdb-done-$((6*7))\n")
     c.expect(rb"gdb-done-42", 60)
+
+
+HVC = "/dev/hvc0"  # a virtio console ci/nested-kvm connects gdb-multiarch on the host to
+
+
+def host_gdb() -> None:
+    """Bridge /dev/hvc0 (raw) to kvmpy's gdb stub while ci/nested-kvm runs gdb-multiarch on
+    the host; it answers `host-gdb-done ok|fail ...` on this console."""
+    import select
+    import tty
+
+    hvc = os.open(HVC, os.O_RDWR | os.O_NOCTTY)
+    tty.setraw(hvc)
+    stub = socket.create_connection(("127.0.0.1", GDB_PORT), timeout=30)
+    stop = threading.Event()
+
+    def pump() -> None:
+        while not stop.is_set():
+            ready, _, _ = select.select([hvc, stub], [], [], 0.2)
+            if hvc in ready:
+                data = os.read(hvc, 65536)
+                if data:
+                    stub.sendall(data)
+            if stub in ready:
+                data = stub.recv(65536)
+                if not data:
+                    return
+                os.write(hvc, data)
+
+    bridge = threading.Thread(target=pump, daemon=True)
+    bridge.start()
+    try:
+        say("host-gdb-ready")
+        line = ""
+        while not line.startswith("host-gdb-done"):
+            line = sys.stdin.readline()
+            if not line:
+                raise StepFailed("console closed while gdb-multiarch ran")
+        result = line.split(None, 1)[1].strip()
+        if not result.startswith("ok"):
+            raise StepFailed(result)
+        say(f"host {result}")
+    finally:
+        stop.set()
+        bridge.join(5)
+        stub.close()
+        os.close(hvc)
 
 
 def boot_l2(timeout: float) -> None:
