@@ -180,6 +180,8 @@ class KvmRiscvVcpu:
         self._step_targets: set[int] = set()
         self._step_timer: threading.Timer | None = None
         self._step_expired = False
+        self._step_count = 0
+        """Which step a timer belongs to (one that fires as its step ends does nothing)."""
 
     # running
 
@@ -256,6 +258,7 @@ class KvmRiscvVcpu:
             if self._step_timer is not None:
                 self._step_timer.cancel()
                 self._step_timer = None
+            self._step_count += 1
             self._step_targets = set()
             self._step_expired = False
             bps.remove_owner("step")
@@ -283,15 +286,17 @@ class KvmRiscvVcpu:
                 targets.discard(target)
         self._step_targets = targets
         self._step_expired = False
+        self._step_count += 1
         accel.sync_guest_debug()
-        timer = threading.Timer(STEP_TIMEOUT, self._step_timeout)
+        timer = threading.Timer(STEP_TIMEOUT, self._step_timeout, (self._step_count,))
         timer.daemon = True
         self._step_timer = timer
         timer.start()
 
-    def _step_timeout(self) -> None:
-        self._step_expired = True
-        self.kick()
+    def _step_timeout(self, count: int) -> None:
+        if count == self._step_count:
+            self._step_expired = True
+            self.kick()
 
     def _complete_csr(self) -> None:
         csr = self.fd.kvm_run.riscv_csr
@@ -545,7 +550,7 @@ class KvmAccel(Accelerator):
     @property
     def guest_debug(self) -> bool:
         """Whether software breakpoints work: ``KVM_SET_GUEST_DEBUG`` (Linux 6.10+ on RISC-V)
-        accepted by vCPU 0 (with debugging off, which changes nothing)."""
+        accepted by vCPU 0 (with debugging off, which changes nothing), at machine init."""
         if self._guest_debug is None:
             if not self._fds:
                 return False
@@ -636,6 +641,7 @@ class KvmAccel(Accelerator):
                 raise AccelError(f"kvm: {exc} ({region.name} 0x{region.base:x}"
                                  f"+0x{region.size:x})") from exc
         caps = self.caps
+        _ = self.guest_debug  # probed now: the ioctl would wait for a vCPU inside KVM_RUN
         kick_signal = install_kick_handler()
         if not kick_signal:
             _log.warning("kvm: no handler for the vCPU kick signal (accelerator set up off the "

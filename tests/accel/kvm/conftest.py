@@ -169,6 +169,7 @@ class FakeVm:
         self.regions: list[tuple[int, int, int, int, int]] = []
         self.vcpus: list[FakeVcpuFd] = []
         self.closed = False
+        self.debug_supported = False
 
     def set_user_memory_region(self, slot: int, gpa: int, size: int, host_address: int,
                                flags: int = 0) -> None:
@@ -176,6 +177,7 @@ class FakeVm:
 
     def create_vcpu(self, vcpu_id: int) -> FakeVcpuFd:
         vcpu = FakeVcpuFd(vcpu_id, self.regs)
+        vcpu.debug_supported = self.debug_supported
         self.vcpus.append(vcpu)
         return vcpu
 
@@ -190,9 +192,12 @@ class FakeKvm:
         self.regs = regs
         self.vms: list[FakeVm] = []
         self.closed = False
+        self.debug_supported = False
+        """KVM_SET_GUEST_DEBUG in the vCPUs of its VMs (Linux 6.10+), else EINVAL (6.1)."""
 
     def create_vm(self, machine_type: int = 0) -> FakeVm:
         vm = FakeVm(self.regs)
+        vm.debug_supported = self.debug_supported
         self.vms.append(vm)
         return vm
 

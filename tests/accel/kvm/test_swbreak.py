@@ -120,10 +120,9 @@ def machine(fake_kvm_types: Any, ram: GuestRAM) -> Any:
 
     def make(debug: bool) -> tuple[KvmAccel, Any]:
         fake = fake_kvm_cls(riscv_regs())
+        fake.debug_supported = debug
         accel = KvmAccel(kvm_factory=lambda: fake)
         accel.init_machine(ram, 2)
-        for fd in fake.vms[0].vcpus:
-            fd.debug_supported = debug
         made.append(accel)
         return accel, fake.vms[0]
 
@@ -226,8 +225,10 @@ def test_a_step_that_does_not_end_stops_at_the_timeout(machine: Any, ram: GuestR
     vcpu.set_reg("pc", PC)
     vcpu.set_single_step(True)
     try:
-        vcpu._step_timeout()  # what the timer does
-        vm.vcpus[0].script = [IntrExit()]
+        vcpu._step_timeout(vcpu._step_count - 1)  # a timer of an earlier step: nothing
+        vm.vcpus[0].script = [IntrExit(), IntrExit()]
+        assert vcpu.run() == IntrExit()
+        vcpu._step_timeout(vcpu._step_count)  # what this step's timer does
         assert vcpu.run() == DebugExit("step")
     finally:
         vcpu.set_single_step(False)
