@@ -25,7 +25,7 @@ by the next `uname`, and again after gdb's own way of continuing from a breakpoi
 (software single step with Z0/z0 and vCont;c, as gdb-multiarch 13 does), z0 removes it and
 `uname` completes; with a breakpoint elsewhere, an
 `ebreak` a user program in L2 executes is the guest's own (SIGTRAP, exit status 133), not a
-stop. Without it (6.1), Z0 is refused with E22.
+stop; watchpoints (Z2) are refused with E22. Without it (6.1), Z0 is refused with E22.
 """
 
 from __future__ import annotations
@@ -418,6 +418,8 @@ def check_gdb(c: Console) -> None:
             raise StepFailed(f"gdb: Z0 at sys_newuname answered {answer!r}")
         if g.cmd(f"m{bp:x},4") != original:
             raise StepFailed("gdb: the breakpoint's ebreak shows in memory reads")
+        if g.cmd(f"Z2,{bp:x},8") != "E22":
+            raise StepFailed("gdb: a watchpoint under KVM was not refused")
         g.send("c")
         c.send("uname -s\n")
         stop = g.reply(120)
