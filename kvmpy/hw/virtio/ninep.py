@@ -54,6 +54,7 @@ HEADER = 7
 MAX_MSIZE = 512 * 1024
 """The largest msize the server agrees to; requests are read up to this many bytes."""
 RLERROR = 7
+TREAD = 116
 JOIN_TIMEOUT = 5.0
 """Seconds close waits for a worker busy in a host call before leaving it behind."""
 
@@ -93,6 +94,9 @@ class VirtioNineP(VirtioDevice):
         self._generation = 0
         """Bumped by every reset (under the big lock): a reply to an older one is dropped."""
         self._worker: threading.Thread | None = None
+        self._direct = False
+        """The worker is reading a file straight into guest buffers (without the big lock):
+        a reset waits for that to end, as QEMU's reset waits for requests in flight."""
         self.served = 0
         """Requests answered since creation (for tests and ``info``)."""
         if at_close is not None:
@@ -163,6 +167,10 @@ class VirtioNineP(VirtioDevice):
             if self._worker is not None:
                 self._pending = True
                 self._wake.notify()
+            if self._direct and not self._wake.wait_for(lambda: not self._direct,
+                                                        JOIN_TIMEOUT):
+                log.warn_report("virtio-9p: reset while a host read into guest memory "
+                                "still runs")
 
     def close(self) -> None:
         """Stop the worker and release the server's host files (safe to call twice)."""
@@ -195,16 +203,29 @@ class VirtioNineP(VirtioDevice):
                 with self.lock:
                     generation = self._generation
                     request = self._next_request()
+                    direct = request is not None and request[1][4] == TREAD \
+                        and generation == served_generation
+                    if direct:
+                        with self._wake:
+                            self._direct = True
                 if generation != served_generation:
                     server.reset()
                     served_generation = generation
                 if request is None:
                     break
                 elem, data = request
-                reply = _answer(server, data, elem.in_size)
+                header = None
+                if direct:
+                    try:
+                        header = self._read_direct(server, elem, data)
+                    finally:
+                        with self._wake:
+                            self._direct = False
+                            self._wake.notify_all()
+                reply = header if header is not None else _answer(server, data, elem.in_size)
                 with self.lock:
                     if generation == self._generation:
-                        self._complete(elem, reply)
+                        self._complete(elem, reply, direct=header is not None)
 
     def _next_request(self) -> tuple[VirtqElement, bytes] | None:
         """Big lock held: the next request and its bytes, or None when there is none (or
@@ -232,11 +253,35 @@ class VirtioNineP(VirtioDevice):
             return None
         return elem, data
 
-    def _complete(self, elem: VirtqElement, reply: bytes) -> None:
-        """Big lock held: the reply into the chain, the chain back, the interrupt."""
+    def _read_direct(self, server: Server, elem: VirtqElement, data: bytes) -> bytes | None:
+        """A Tread's data read by the server straight into the guest's buffers, after the
+        room for the header; the header, or None to have the request answered as any other."""
+        vq = self.queues[0]
+
+        def into(limit: int) -> list[memoryview]:
+            return vq.views(elem.in_, skip=HEADER + 4, limit=limit)
+
+        try:
+            return server.read_direct(data, elem.in_size, into)
+        except VirtqueueError:
+            return None
+
+    def _complete(self, elem: VirtqElement, reply: bytes, direct: bool = False) -> None:
+        """Big lock held: the reply into the chain, the chain back, the interrupt.  With
+        ``direct`` the reply is an Rread header whose data is in the buffers already."""
         if self.broken:
             return
         vq = self.queues[0]
+        if direct:
+            try:
+                _scatter(vq, elem, reply)
+                vq.push(elem, struct.unpack_from("<I", reply)[0])
+            except VirtqueueError as exc:
+                self.virtio_error(f"queue 0: {exc}")
+                return
+            self.served += 1
+            self.notify(0)
+            return
         if len(reply) > elem.in_size:
             kind = reply[4] if len(reply) > 4 else 0
             self.virtio_error(f"VirtFS reply type {kind} needs {len(reply)} bytes, buffer "
