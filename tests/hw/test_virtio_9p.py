@@ -133,6 +133,15 @@ class GatedServer:
         self.gate.wait(10)
         return self.server.handle(request, reply_room)
 
+    def read_direct(self, request: bytes, room: int, into: Any) -> bytes | None:
+        self.calls.append(("read_direct", len(request)))
+        self.threads.add(threading.get_ident())
+        self.entered.set()
+        self.gate.wait(10)
+        result = self.server.read_direct(request, room, into)
+        self.calls.append(("read_direct done", 0))
+        return result
+
     def reset(self) -> None:
         self.calls.append(("reset", 0))
         self.server.reset()
@@ -287,6 +296,35 @@ def test_reset_while_the_server_works_drops_the_reply(ram: GuestRAM, share: Path
     assert gated.calls[-2:] == [("reset", 0), ("handle", len(tversion()))]
     # The server forgot fid 0 with the reset.
     assert header(rig.call(tgetattr(0)))[1] == RLERROR
+
+
+def test_a_reset_waits_for_a_read_into_guest_memory(ram: GuestRAM, share: Path,
+                                                     rigs: Any) -> None:
+    """A file's Tread goes straight into the guest's buffers, without the big lock; a reset
+    returns only once that read is over (QEMU's reset drains requests in flight), so no
+    data lands in buffers the driver has taken back."""
+    gated = GatedServer(make_server(share), open_gate=True)
+    rig = rigs("pci-modern", ram, gated)
+    rig.call(tversion(65536))
+    rig.call(tattach())
+    rig.call(twalk(0, 1, "big.bin"))
+    rig.call(tlopen(1))
+    assert header(rig.call(tread(1, 0, 4096), room=8192))[1] == RREAD
+    assert ("read_direct", 23) in gated.calls
+    gated.gate.clear()
+    gated.entered.clear()
+    into = rig.post(tread(1, 0, 4096), room=8192)
+    assert gated.entered.wait(10)
+    resetter = threading.Thread(target=rig.driver.reset)
+    resetter.start()
+    resetter.join(0.3)
+    assert resetter.is_alive()  # held until the read in flight is over
+    gated.gate.set()
+    resetter.join(10)
+    assert not resetter.is_alive()
+    assert ("read_direct done", 0) in gated.calls
+    assert bytes(ram.read(into[0] + 11, 4096)) == (share / "big.bin").read_bytes()[:4096]
+    assert rig.driver.used_idx() == 5  # the reset ring got no reply
 
 
 def test_requests_are_read_up_to_the_largest_msize(ram: GuestRAM, share: Path,
