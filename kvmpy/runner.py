@@ -21,7 +21,7 @@ From Python, :func:`run` returns a :class:`subprocess.CompletedProcess` whose ``
 from __future__ import annotations
 
 import argparse
-import base64
+import math
 import os
 import subprocess
 import sys
@@ -50,8 +50,10 @@ BOOT_TIMEOUT = 120.0
 """Seconds for the guest to boot and its agent to answer."""
 _MOUNT = ('mkdir -p "$1" && mount -t 9p -o "trans=virtio,version=9p2000.L,msize=512000,'
           'access=any,cache=none$3" "$2" "$1"')
-_EXEC = ('exec >/dev/virtio-ports/{out} 2>/dev/virtio-ports/{err}{stdin}; '
+_EXEC = ('exec >/dev/virtio-ports/{out} 2>/dev/virtio-ports/{err}; '
          'cd "$1" || exit {fail}; shift; exec "$@"')
+"""The command's stdout and stderr go to the ports; its stdin is the agent's (input or
+/dev/null)."""
 
 
 class _Stream(Chardev):
@@ -132,14 +134,6 @@ def _default_accel() -> str:
     return DEFAULT_ACCELS[-1]  # the VM then says why it cannot run
 
 
-def _exit_status(status: Mapping[str, Any]) -> int:
-    if isinstance(status.get("exitcode"), int):
-        return int(status["exitcode"])
-    if isinstance(status.get("signal"), int):
-        return -int(status["signal"])
-    raise KvmpyError(f"the guest agent reported no exit status: {dict(status)!r:.200}")
-
-
 def run(command: Sequence[str] | str, *, share: str | os.PathLike[str] | None = ".",
         rw: bool = False, cwd: str | os.PathLike[str] | None = None,
         env: Mapping[str, str] | None = None, input: bytes | str | None = None,
@@ -201,29 +195,17 @@ def run(command: Sequence[str] | str, *, share: str | os.PathLike[str] | None = 
                                      errors="replace").strip())
         guest_env = {"PATH": GUEST_PATH, "HOME": "/root",
                      "TERM": os.environ.get("TERM", "dumb"), **(env or {})}
-        script = _EXEC.format(out=STDOUT_PORT, err=STDERR_PORT, fail=RUN_EXIT_ERROR,
-                              stdin="" if input is not None else " </dev/null")
-        arguments: dict[str, Any] = {
-            "path": "/bin/sh", "arg": ["-c", script, "sh", str(workdir), *argv],
-            "env": [f"{k}={v}" for k, v in guest_env.items()], "capture-output": False}
-        if input is not None:  # the agent feeds it to the shell's stdin, which exec passes on
-            data = input.encode() if isinstance(input, str) else bytes(input)
-            arguments["input-data"] = base64.b64encode(data).decode()
-        started = guest.execute("guest-exec", arguments)
-        pid = started.get("pid") if isinstance(started, dict) else None
-        if not isinstance(pid, int):
-            raise KvmpyError(f"guest-exec: no pid in {started!r:.200}")
-        delay = 0.002
-        while True:
-            status = guest.execute("guest-exec-status", {"pid": pid})
-            if isinstance(status, dict) and status.get("exited"):
-                returncode = _exit_status(status)
-                break
+        script = _EXEC.format(out=STDOUT_PORT, err=STDERR_PORT, fail=RUN_EXIT_ERROR)
+        remaining = math.inf if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            returncode = guest.exec(["/bin/sh", "-c", script, "sh", str(workdir), *argv],
+                                    input=input, env=guest_env, timeout=remaining,
+                                    capture_output=False).returncode
+        except GuestAgentTimeout:
             if deadline is not None and time.monotonic() >= deadline:
                 raise subprocess.TimeoutExpired(argv, timeout or 0.0, bytes(out.kept),
-                                                bytes(err.kept))
-            time.sleep(delay)
-            delay = min(delay * 2, 0.05)
+                                                bytes(err.kept)) from None
+            raise
     finally:
         vm.kill()
         if echo is not None:

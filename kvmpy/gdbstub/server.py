@@ -614,19 +614,30 @@ class GdbStub:
         kind_text = parts[2].split(";")[0]
         return _hex(parts[0]), _hex(parts[1]), _hex(kind_text)
 
-    def cmd_insert(self, args: str, raw: bytes) -> None:
+    def _z_request(self, args: str, inserting: bool) -> tuple[int, int, int] | None:
+        """Z/z's type, address and kind; None once the refusal is sent: E22 for fewer than
+        three parameters (one that does not parse reads as empty) or without guest debug,
+        an empty answer for a type the stub does not know."""
         try:
             kind, addr, length = self._bp_params(args)
-        except ValueError:  # fewer than three parameters (one that does not parse: empty)
+        except ValueError:
             self._send(b"E22")
-            return
+            return None
         if kind not in (0, 1) and kind not in _WATCH_TYPES:
             self._send(b"")
-            return
+            return None
         if not self.guest_debug:
-            self._say_no_guest_debug()
+            if inserting:
+                self._say_no_guest_debug()
             self._send(b"E22")
+            return None
+        return kind, addr, length
+
+    def cmd_insert(self, args: str, raw: bytes) -> None:
+        request = self._z_request(args, inserting=True)
+        if request is None:
             return
+        kind, addr, length = request
         if kind in (0, 1):
             self.breakpoints[addr] += 1
             self.breakpoint_kinds[addr] = length
@@ -655,17 +666,10 @@ class GdbStub:
         self._send(b"OK")
 
     def cmd_remove(self, args: str, raw: bytes) -> None:
-        try:
-            kind, addr, length = self._bp_params(args)
-        except ValueError:  # fewer than three parameters (one that does not parse: empty)
-            self._send(b"E22")
+        request = self._z_request(args, inserting=False)
+        if request is None:
             return
-        if kind not in (0, 1) and kind not in _WATCH_TYPES:
-            self._send(b"")
-            return
-        if not self.guest_debug:
-            self._send(b"E22")
-            return
+        kind, addr, length = request
         if kind in (0, 1):
             if not self.breakpoints[addr]:
                 self.breakpoints += Counter()

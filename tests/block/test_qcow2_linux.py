@@ -5,61 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from kvmpy import qom
-from kvmpy.process import ProcessVM
-from kvmpy.registry_init import load_types
 from tests.block.conftest import check, create, qemu_img, qemu_io
+from tests.net.test_guest_network import guest, sh
 
-BOOT_TIMEOUT = 180.0
-CMD_TIMEOUT = 120.0
 MiB = 1 << 20
 
-
-def _skip_reason() -> str | None:
-    load_types()
-    for info in qom.object_class_get_list("accel"):
-        if getattr(info.cls, "name", None) == "tcg":
-            accel: Any = info.cls
-            reason: str | None = accel.unavailable_reason()
-            return None if reason is None else f"interpreter accelerator unavailable: {reason}"
-    return "the tcg accelerator is not registered in this build"
-
-
-@pytest.fixture
-def guest() -> Iterator[Any]:
-    reason = _skip_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    import kvmpy.guests as guests
-
-    vms: list[ProcessVM] = []
-
-    def start(*args: str) -> ProcessVM:
-        vm = ProcessVM(["-M", "virt", "-m", "256M", "-kernel", str(guests.kernel_path()),
-                        "-initrd", str(guests.initrd_path()), "-append", "console=ttyS0",
-                        "-accel", "tcg", *args])
-        vms.append(vm)
-        vm.launch()
-        vm.console.expect(re.escape(guests.PROMPT), timeout=BOOT_TIMEOUT)
-        return vm
-
-    yield start
-    for vm in vms:
-        if vm.is_running():
-            vm.kill()
-
-
-def sh(vm: ProcessVM, command: str) -> str:
-    vm.console.send(f"echo @@$((6*7))@@; {command}; echo @@$((6*8))@@\n")
-    match = vm.console.expect(r"(?s)@@42@@\r?\n(.*?)@@48@@", timeout=CMD_TIMEOUT)
-    return str(match.group(1)).replace("\r", "")
+__all__ = ["guest"]
 
 
 def test_guest_writes_a_qcow2_disk(guest: Any, tmp_path: Path) -> None:

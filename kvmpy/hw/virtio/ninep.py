@@ -269,28 +269,19 @@ class VirtioNineP(VirtioDevice):
 
     def _complete(self, elem: VirtqElement, reply: bytes, direct: bool = False) -> None:
         """Big lock held: the reply into the chain, the chain back, the interrupt.  With
-        ``direct`` the reply is an Rread header whose data is in the buffers already."""
+        ``direct`` the reply is an Rread header whose data is in the buffers already (its
+        size field counts them)."""
         if self.broken:
             return
         vq = self.queues[0]
-        if direct:
-            try:
-                _scatter(vq, elem, reply)
-                vq.push(elem, struct.unpack_from("<I", reply)[0])
-            except VirtqueueError as exc:
-                self.virtio_error(f"queue 0: {exc}")
-                return
-            self.served += 1
-            self.notify(0)
-            return
-        if len(reply) > elem.in_size:
+        if not direct and len(reply) > elem.in_size:
             kind = reply[4] if len(reply) > 4 else 0
             self.virtio_error(f"VirtFS reply type {kind} needs {len(reply)} bytes, buffer "
                               f"has {elem.in_size}")
             return
         try:
             written = _scatter(vq, elem, reply)
-            vq.push(elem, written)
+            vq.push(elem, struct.unpack_from("<I", reply)[0] if direct else written)
         except VirtqueueError as exc:
             self.virtio_error(f"queue 0: {exc}")
             return
