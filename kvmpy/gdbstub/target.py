@@ -15,15 +15,6 @@ PRIV_REG = 65
 CSR_BASE = 66
 CSR_COUNT = 4096
 
-ABI_NAMES = ("zero", "ra", "sp", "gp", "tp", "t0", "t1", "t2", "fp", "s1",
-             "a0", "a1", "a2", "a3", "a4", "a5", "a6", "a7",
-             "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9", "s10", "s11",
-             "t3", "t4", "t5", "t6")
-FPU_NAMES = ("ft0", "ft1", "ft2", "ft3", "ft4", "ft5", "ft6", "ft7", "fs0", "fs1",
-             "fa0", "fa1", "fa2", "fa3", "fa4", "fa5", "fa6", "fa7",
-             "fs2", "fs3", "fs4", "fs5", "fs6", "fs7", "fs8", "fs9", "fs10", "fs11",
-             "ft8", "ft9", "ft10", "ft11")
-
 QEMU_CSRS: tuple[tuple[str, int], ...] = (
     ("sstatus", 0x100), ("sie", 0x104), ("stvec", 0x105), ("scounteren", 0x106),
     ("senvcfg", 0x10a), ("sscratch", 0x140), ("sepc", 0x141), ("scause", 0x142), ("stval", 0x143),
