@@ -7,13 +7,13 @@ why in one line and ``-accel tcg`` reports it.
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
-import json
 import os
 import sys
-import urllib.parse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import importlib.metadata
 
 ENGINE = "kvmpy.accel.tcg._engine"
 
@@ -100,6 +100,9 @@ def has_core(package: Path) -> bool:
 def _package_of(dist: importlib.metadata.Distribution) -> Path | None:
     """Where ``dist`` put the ``kvmpy`` package: an editable install's source tree (PEP 610
     direct_url.json), else the directory of its ``kvmpy/__init__.py``."""
+    import json  # here, not at import time: only a missing core needs them
+    import urllib.parse
+
     try:
         direct = json.loads(dist.read_text("direct_url.json") or "{}")
     except ValueError:
@@ -119,6 +122,8 @@ def installed_copy(imported: Path, search_path: list[str] | None = None) -> Path
 
     Found from the distributions' metadata on ``search_path`` (default ``sys.path``), without
     importing it: ``imported`` shadows it."""
+    import importlib.metadata  # ~10 ms to import: only when the core is missing
+
     for dist in importlib.metadata.distributions(name="kvmpy", path=search_path or sys.path):
         package = _package_of(dist)
         if package is None:
