@@ -20,10 +20,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-from elftools.elf.sections import SymbolTableSection
-
 from kvmpy.errors import LoaderError
 from kvmpy.hostfile import HostFile, open_host_file
 from kvmpy.memory import GuestRAM
@@ -151,6 +147,11 @@ def load_elf(path: str, ram: GuestRAM, what: str = "kernel",
 
 
 def _load_elf_from(stream: BinaryIO, path: str, ram: GuestRAM, what: str) -> ElfImage:
+    # pyelftools takes ~20 ms to import: only when an ELF is loaded (not for an Image or .bin)
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import SymbolTableSection
+
     def error(reason: str) -> LoaderError:
         return LoaderError(f"could not load {what} '{path}': {reason}")
 
