@@ -5,15 +5,36 @@ Inert: structs and constants only, transcribed from ``linux/kvm.h`` and the risc
 cffi from the declarations, which works on a riscv64 host with only ``_cffi_backend``;
 ``tests/accel/kvm/test_abi.py`` checks every size, offset and ioctl number against the real
 riscv64 headers.  Only ``kvmpy.accel.kvm`` imports this module.
+
+The declarations are parsed on first use of :data:`ffi` (cffi's C parser costs ~20 ms of
+start-up, which a process that never opens ``/dev/kvm`` does not pay); the ioctl numbers take
+their argument sizes from :data:`STRUCT_SIZES`, which the tests compare with cffi's layouts.
 """
 
 from __future__ import annotations
 
-import cffi
+from collections.abc import Callable
+from typing import Any
 
-ffi = cffi.FFI()
 
-ffi.cdef("""
+class LazyFFI:
+    """A ``cffi.FFI`` built by ``build`` on first attribute access, then used as itself."""
+
+    def __init__(self, build: Callable[[], Any]) -> None:
+        self._build = build
+        self._ffi: Any = None
+
+    def get(self) -> Any:
+        """The real ``cffi.FFI`` (built now if needed)."""
+        if self._ffi is None:
+            self._ffi = self._build()
+        return self._ffi
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.get(), name)
+
+
+CDEF = """
 struct kvm_userspace_memory_region {
     uint32_t slot;
     uint32_t flags;
@@ -54,6 +75,23 @@ struct kvm_enable_cap {
     uint32_t flags;
     uint64_t args[4];
     uint8_t pad[64];
+};
+
+struct kvm_ioeventfd {
+    uint64_t datamatch;
+    uint64_t addr;
+    uint32_t len;
+    int32_t fd;
+    uint32_t flags;
+    uint8_t pad[36];
+};
+
+struct kvm_irqfd {
+    uint32_t fd;
+    uint32_t gsi;
+    uint32_t flags;
+    uint32_t resamplefd;
+    uint8_t pad[16];
 };
 
 struct kvm_run {
@@ -166,16 +204,31 @@ struct kvm_riscv_timer {
     uint64_t compare;
     uint64_t state;
 };
-""")
+"""
+
+
+def _build_ffi() -> Any:
+    import cffi
+
+    built = cffi.FFI()
+    built.cdef(CDEF)
+    return built
+
+
+ffi: Any = LazyFFI(_build_ffi)
+"""The ABI's ``cffi.FFI`` (parsed on first use)."""
 
 KVM_API_VERSION = 12
 
 # KVM_CHECK_EXTENSION
+KVM_CAP_IRQCHIP = 0
 KVM_CAP_USER_MEMORY = 3
 KVM_CAP_NR_MEMSLOTS = 10
 KVM_CAP_MP_STATE = 14
 KVM_CAP_SYNC_MMU = 16
 KVM_CAP_SET_GUEST_DEBUG = 23
+KVM_CAP_IRQFD = 32
+KVM_CAP_IOEVENTFD = 36
 KVM_CAP_ONE_REG = 70
 KVM_CAP_READONLY_MEM = 81
 KVM_CAP_IMMEDIATE_EXIT = 136
@@ -207,6 +260,12 @@ KVM_SYSTEM_EVENT_SUSPEND = 5
 KVM_MEM_LOG_DIRTY_PAGES = 1
 KVM_MEM_READONLY = 2
 
+# kvm_ioeventfd.flags, kvm_irqfd.flags
+KVM_IOEVENTFD_FLAG_DATAMATCH = 1
+KVM_IOEVENTFD_FLAG_PIO = 2
+KVM_IOEVENTFD_FLAG_DEASSIGN = 4
+KVM_IRQFD_FLAG_DEASSIGN = 1
+
 # kvm_guest_debug.control
 KVM_GUESTDBG_ENABLE = 0x1
 KVM_GUESTDBG_USE_SW_BP = 0x10000
@@ -229,8 +288,22 @@ _IOC_WRITE = 1
 _IOC_READ = 2
 
 
+STRUCT_SIZES: dict[str, int] = {
+    "struct kvm_dirty_log": 16,
+    "struct kvm_userspace_memory_region": 32,
+    "struct kvm_interrupt": 4,
+    "struct kvm_mp_state": 4,
+    "struct kvm_enable_cap": 104,
+    "struct kvm_one_reg": 16,
+    "struct kvm_reg_list": 8,
+    "struct kvm_ioeventfd": 64,
+    "struct kvm_irqfd": 32,
+}
+"""sizeof() of the ioctl argument structs (LP64), equal to ``ffi.sizeof`` (tested)."""
+
+
 def _ioc(direction: int, nr: int, struct: str | None) -> int:
-    size = ffi.sizeof(struct) if struct is not None else 0
+    size = STRUCT_SIZES[struct] if struct is not None else 0
     return (direction << 30) | (size << 16) | (KVMIO << 8) | nr
 
 
@@ -242,6 +315,8 @@ KVM_GET_VCPU_MMAP_SIZE = _ioc(0, 0x04, None)
 KVM_CREATE_VCPU = _ioc(0, 0x41, None)
 KVM_GET_DIRTY_LOG = _ioc(_IOC_WRITE, 0x42, "struct kvm_dirty_log")
 KVM_SET_USER_MEMORY_REGION = _ioc(_IOC_WRITE, 0x46, "struct kvm_userspace_memory_region")
+KVM_IRQFD = _ioc(_IOC_WRITE, 0x76, "struct kvm_irqfd")
+KVM_IOEVENTFD = _ioc(_IOC_WRITE, 0x79, "struct kvm_ioeventfd")
 KVM_RUN = _ioc(0, 0x80, None)
 KVM_INTERRUPT = _ioc(_IOC_WRITE, 0x86, "struct kvm_interrupt")
 KVM_GET_MP_STATE = _ioc(_IOC_READ, 0x98, "struct kvm_mp_state")
@@ -262,6 +337,8 @@ IOCTL_NAMES: dict[int, str] = {
     KVM_CREATE_VCPU: "KVM_CREATE_VCPU",
     KVM_GET_DIRTY_LOG: "KVM_GET_DIRTY_LOG",
     KVM_SET_USER_MEMORY_REGION: "KVM_SET_USER_MEMORY_REGION",
+    KVM_IRQFD: "KVM_IRQFD",
+    KVM_IOEVENTFD: "KVM_IOEVENTFD",
     KVM_RUN: "KVM_RUN",
     KVM_INTERRUPT: "KVM_INTERRUPT",
     KVM_GET_MP_STATE: "KVM_GET_MP_STATE",

@@ -18,8 +18,6 @@ import os
 from types import TracebackType
 from typing import Any
 
-import cffi
-
 from kvmpy.accel.exits import (
     HaltExit,
     InternalErrorExit,
@@ -33,16 +31,32 @@ from kvmpy.accel.exits import (
 )
 from kvmpy.accel.kvm import abi
 
-ffi = cffi.FFI()
-ffi.include(abi.ffi)
-ffi.cdef("""
-int ioctl(int fd, unsigned long request, void *arg);
-void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset);
-int munmap(void *addr, size_t length);
-""")
-_libc: Any = ffi.dlopen(None)
-_ioctl = _libc.ioctl
-_NULL = ffi.NULL
+
+def _build_ffi() -> Any:
+    import cffi
+
+    built = cffi.FFI()
+    built.include(abi.ffi.get())
+    built.cdef("""
+    int ioctl(int fd, unsigned long request, void *arg);
+    void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset);
+    int munmap(void *addr, size_t length);
+    """)
+    return built
+
+
+ffi: Any = abi.LazyFFI(_build_ffi)
+"""The ABI plus the libc calls; parsed when the first KVM file descriptor is opened."""
+_libc_lib: Any = None
+
+
+def _libc() -> Any:
+    """The C library already loaded in the process, through :data:`ffi`."""
+    global _libc_lib
+    if _libc_lib is None:
+        _libc_lib = ffi.dlopen(None)
+    return _libc_lib
+
 
 _PROT_READ_WRITE = 0x3
 _MAP_SHARED = 0x1
@@ -82,7 +96,7 @@ class _Fd:
         """Raw ioctl; ``arg`` is a cdata pointer or an int. For what the wrappers lack."""
         if isinstance(arg, int):
             arg = _arg(arg)
-        return _check(_ioctl(self.fd, request, arg), name)
+        return _check(_libc().ioctl(self.fd, request, arg), name)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -168,7 +182,10 @@ class Vcpu(_Fd):
     def __init__(self, fd: int, vcpu_id: int, mmap_size: int) -> None:
         self.fd = fd
         self.id = vcpu_id
-        addr = _libc.mmap(_NULL, mmap_size, _PROT_READ_WRITE, _MAP_SHARED, fd, 0)
+        libc = _libc()
+        self._ioctl = libc.ioctl
+        self._null = ffi.NULL
+        addr = libc.mmap(self._null, mmap_size, _PROT_READ_WRITE, _MAP_SHARED, fd, 0)
         if int(ffi.cast("uintptr_t", addr)) == _MAP_FAILED:
             raise KvmIoctlError("mmap of kvm_run", ffi.errno)
         self._map = addr
@@ -186,7 +203,7 @@ class Vcpu(_Fd):
 
     def close(self) -> None:
         if self.fd >= 0:
-            _libc.munmap(self._map, self._map_size)
+            _libc().munmap(self._map, self._map_size)
             self.kvm_run = None
             super().close()
 
@@ -195,7 +212,7 @@ class Vcpu(_Fd):
     def run(self) -> VcpuExit:
         """``KVM_RUN`` until the next exit; ``EINTR``/``EAGAIN`` (a signal or
         ``immediate_exit``) return :class:`IntrExit` and clear ``immediate_exit``."""
-        if _ioctl(self.fd, 0xAE80, _NULL) < 0:  # abi.KVM_RUN
+        if self._ioctl(self.fd, 0xAE80, self._null) < 0:  # abi.KVM_RUN
             err = ffi.errno
             if err == errno.EINTR or err == errno.EAGAIN:
                 self.kvm_run.immediate_exit = 0
@@ -301,7 +318,7 @@ class Vcpu(_Fd):
     def get_reg_list(self) -> list[int]:
         """Every ONE_REG id this vCPU has (``KVM_GET_REG_LIST``)."""
         probe = ffi.new("struct kvm_reg_list *")
-        ret = _ioctl(self.fd, abi.KVM_GET_REG_LIST, probe)
+        ret = self._ioctl(self.fd, abi.KVM_GET_REG_LIST, probe)
         if ret < 0 and ffi.errno != errno.E2BIG:
             raise KvmIoctlError("KVM_GET_REG_LIST", ffi.errno)
         count = int(probe.n)

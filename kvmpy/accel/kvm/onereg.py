@@ -75,13 +75,17 @@ ABI_NAMES = (
 CSR_NAMES = ("sstatus", "sie", "stvec", "sscratch", "sepc", "scause", "stval", "sip", "satp",
              "scounteren", "senvcfg")
 
-_GPR_IDS: dict[str, int] = {"pc": core_id("pc"), "fp": core_id("s0")}
-for _i, _name in enumerate(ABI_NAMES[1:], start=1):
-    _GPR_IDS[_name] = _GPR_IDS[f"x{_i}"] = core_id(_name)
+_GPR_IDS: dict[str, int] = {}
+"""Filled on first use (the offsets come from the ABI's cdef, parsed on first use)."""
 
 
 def gpr_id(name: str) -> int | None:
     """ONE_REG id of ``pc``, ``x1``..``x31`` or an ABI name; None for others (x0 included)."""
+    if not _GPR_IDS:
+        ids = {"pc": core_id("pc"), "fp": core_id("s0")}
+        for i, abi_name in enumerate(ABI_NAMES[1:], start=1):
+            ids[abi_name] = ids[f"x{i}"] = core_id(abi_name)
+        _GPR_IDS.update(ids)
     return _GPR_IDS.get(name)
 
 

@@ -41,6 +41,8 @@ STRUCTS: dict[str, list[str]] = {
     "kvm_mp_state": ["mp_state"],
     "kvm_dirty_log": ["slot", "padding1", "dirty_bitmap"],
     "kvm_enable_cap": ["cap", "flags", "args", "pad"],
+    "kvm_ioeventfd": ["datamatch", "addr", "len", "fd", "flags", "pad"],
+    "kvm_irqfd": ["fd", "gsi", "flags", "resamplefd", "pad"],
     "kvm_riscv_timer": ["frequency", "time", "compare", "state"],
 }
 # Structs that grew after 6.1: the 6.1 prefix is probed, the size is the 6.10 reference.
@@ -54,18 +56,19 @@ CORE_FIELDS = ["pc", "ra", "sp", "gp", "tp", "t0", "t1", "t2", "s0", "s1", "a0",
 
 IOCTLS = [name for name in abi.IOCTL_NAMES.values()]
 CONSTANTS = [
-    "KVM_API_VERSION", "KVM_CAP_USER_MEMORY", "KVM_CAP_NR_MEMSLOTS", "KVM_CAP_MP_STATE",
-    "KVM_CAP_SYNC_MMU", "KVM_CAP_ONE_REG", "KVM_CAP_READONLY_MEM", "KVM_CAP_IMMEDIATE_EXIT",
-    "KVM_EXIT_UNKNOWN", "KVM_EXIT_EXCEPTION", "KVM_EXIT_IO", "KVM_EXIT_HYPERCALL",
-    "KVM_EXIT_DEBUG", "KVM_EXIT_HLT", "KVM_EXIT_MMIO", "KVM_EXIT_SHUTDOWN", "KVM_EXIT_FAIL_ENTRY",
-    "KVM_EXIT_INTR", "KVM_EXIT_INTERNAL_ERROR", "KVM_EXIT_SYSTEM_EVENT", "KVM_EXIT_RISCV_SBI",
-    "KVM_EXIT_RISCV_CSR", "KVM_SYSTEM_EVENT_SHUTDOWN", "KVM_SYSTEM_EVENT_RESET",
-    "KVM_SYSTEM_EVENT_CRASH", "KVM_SYSTEM_EVENT_WAKEUP", "KVM_SYSTEM_EVENT_SUSPEND",
-    "KVM_MEM_LOG_DIRTY_PAGES", "KVM_MEM_READONLY", "KVM_MP_STATE_RUNNABLE",
+    "KVM_API_VERSION", "KVM_CAP_IRQCHIP", "KVM_CAP_USER_MEMORY", "KVM_CAP_NR_MEMSLOTS",
+    "KVM_CAP_MP_STATE", "KVM_CAP_SYNC_MMU", "KVM_CAP_IRQFD", "KVM_CAP_IOEVENTFD",
+    "KVM_CAP_ONE_REG", "KVM_CAP_READONLY_MEM", "KVM_CAP_IMMEDIATE_EXIT", "KVM_EXIT_UNKNOWN",
+    "KVM_EXIT_EXCEPTION", "KVM_EXIT_IO", "KVM_EXIT_HYPERCALL", "KVM_EXIT_DEBUG", "KVM_EXIT_HLT",
+    "KVM_EXIT_MMIO", "KVM_EXIT_SHUTDOWN", "KVM_EXIT_FAIL_ENTRY", "KVM_EXIT_INTR",
+    "KVM_EXIT_INTERNAL_ERROR", "KVM_EXIT_SYSTEM_EVENT", "KVM_EXIT_RISCV_SBI", "KVM_EXIT_RISCV_CSR",
+    "KVM_SYSTEM_EVENT_SHUTDOWN", "KVM_SYSTEM_EVENT_RESET", "KVM_SYSTEM_EVENT_CRASH",
+    "KVM_SYSTEM_EVENT_WAKEUP", "KVM_SYSTEM_EVENT_SUSPEND", "KVM_MEM_LOG_DIRTY_PAGES",
+    "KVM_MEM_READONLY", "KVM_IOEVENTFD_FLAG_DATAMATCH", "KVM_IOEVENTFD_FLAG_PIO",
+    "KVM_IOEVENTFD_FLAG_DEASSIGN", "KVM_IRQFD_FLAG_DEASSIGN", "KVM_MP_STATE_RUNNABLE",
     "KVM_MP_STATE_STOPPED", "KVM_INTERRUPT_SET", "KVM_INTERRUPT_UNSET", "KVM_RISCV_MODE_S",
-    "KVM_RISCV_MODE_U", "KVM_RISCV_TIMER_STATE_OFF", "KVM_RISCV_TIMER_STATE_ON",
-    "KVM_REG_RISCV", "KVM_REG_SIZE_SHIFT", "KVM_REG_SIZE_U32", "KVM_REG_SIZE_U64",
-    "KVM_REG_RISCV_TYPE_SHIFT",
+    "KVM_RISCV_MODE_U", "KVM_RISCV_TIMER_STATE_OFF", "KVM_RISCV_TIMER_STATE_ON", "KVM_REG_RISCV",
+    "KVM_REG_SIZE_SHIFT", "KVM_REG_SIZE_U32", "KVM_REG_SIZE_U64", "KVM_REG_RISCV_TYPE_SHIFT",
 ]
 # ONE_REG ids as the 6.1 header macros compute them.
 REG_IDS = {
@@ -171,6 +174,11 @@ def test_layouts_and_numbers_match_the_riscv64_headers(
     mismatches = {k: (expected[k], actual[k]) for k in expected if expected[k] != actual[k]}
     assert mismatches == {}
     assert actual["sizeof.kvm_run"] == 2352
+
+
+def test_ioctl_argument_sizes_are_the_declared_layouts() -> None:
+    """The ioctl numbers are computed from STRUCT_SIZES without parsing the cdef."""
+    assert {name: ffi.sizeof(name) for name in abi.STRUCT_SIZES} == abi.STRUCT_SIZES
 
 
 def test_kvm_run_exit_union_offsets() -> None:
