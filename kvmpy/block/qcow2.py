@@ -6,9 +6,10 @@ that it is unallocated (read from the backing image, or zeros), all zeros (the v
 or compressed (deflate, or zstd when the header says so).  Every cluster of the file is
 counted in the refcount blocks the refcount table points at.
 
-Writes allocate clusters at the end of the file and never reuse freed ones while the image is
-open, so a cluster that might still be referenced is never overwritten.  Metadata is written
-through (no dirty cache) in an order that leaves a consistent image whenever the process dies:
+Writes allocate clusters at the end of the file, or reuse clusters this process freed once a
+flush (``fdatasync``) has made the removal of every pointer to them stable, so a cluster that
+might still be referenced is never overwritten.  Metadata is written through (no dirty cache)
+in an order that leaves a consistent image whenever the process dies:
 
 * a new cluster's refcount is stored before anything points at it;
 * a data cluster's contents (with the old contents copied in for a partial write: from the
@@ -22,12 +23,16 @@ leaks`` repairs them), never a cluster referenced without its refcount.  A guest
 ``fdatasync``.  A table entry that points where it cannot (unaligned, into the header or other
 metadata, past the end of the file) marks the image corrupt as QEMU does, and that request and
 every later one fail with EIO; the guest sees an I/O error, the VMM goes on.
+
+Internal snapshots (:mod:`kvmpy.block.qcow2_snapshot`) share clusters with the active image:
+a cluster whose refcount is above 1 has no ``COPIED`` flag and is copied before it is written.
 """
 
 from __future__ import annotations
 
 import bisect
 import errno
+import heapq
 import os
 import struct
 import threading
@@ -35,6 +40,7 @@ import zlib
 from collections.abc import Callable
 
 from kvmpy import log
+from kvmpy.block import qcow2_snapshot as snap
 from kvmpy.block.base import BlockImage
 from kvmpy.block.lock import lock_image
 from kvmpy.block.qcow2_header import (
@@ -142,6 +148,19 @@ class Qcow2Image:
         self.rb_cache: dict[int, bytearray] = {}
         self.cache_bytes = 0
         self.decompressed: tuple[int, bytes] | None = None
+        self.freed: list[int] = []
+        """Clusters whose refcount dropped to 0: reusable after the next flush."""
+        self.reusable: list[int] = []
+        """A heap of freed clusters whose last pointer is stable on disk."""
+        self.snapshots: list[snap.Snapshot] = []
+        self.snapshots_offset = h.snapshots_offset
+        self.snapshots_size = 0
+        if h.nb_snapshots:
+            try:
+                self.snapshots, self.snapshots_size = snap.read_table(
+                    self._pread_exact, h.snapshots_offset, h.nb_snapshots, h.size)
+            except OSError as exc:
+                raise Qcow2Error(f"Failed to read snapshot table: {exc.strerror}") from exc
         self._scan()
         if h.backing_file or (always_call_backing and backing is not None):
             if backing is None:
@@ -197,6 +216,15 @@ class Qcow2Image:
                           >> cb))
         meta.update(range(self.reftable_offset >> cb,
                           (self.reftable_offset >> cb) + h.refcount_table_clusters))
+        # The snapshot table and the snapshots' L1 tables (those inside the file).
+        if self.snapshots_size and self.snapshots_offset + self.snapshots_size \
+                <= self.file_size:
+            meta.update(range(self.snapshots_offset >> cb,
+                              ((self.snapshots_offset + self.snapshots_size - 1) >> cb) + 1))
+        for sn in self.snapshots:
+            end = sn.l1_table_offset + sn.l1_size * 8
+            if sn.l1_size and not sn.l1_table_offset % cs and end <= self.file_size:
+                meta.update(range(sn.l1_table_offset >> cb, ((end - 1) >> cb) + 1))
         # A refcount block or L2 table must be inside the file and not sit on other
         # metadata; one that does is left out, and using it is a corruption.
         refblocks = set()
@@ -213,7 +241,8 @@ class Qcow2Image:
         meta |= l2s
         self.l2s, self.refblocks = l2s, refblocks
         self.meta = meta
-        self.next_free = max(-(-self.file_size // cs), max(meta) + 1)
+        self.next_free = max(getattr(self, "next_free", 0), -(-self.file_size // cs),
+                             max(meta) + 1)
 
     # -- corruption -------------------------------------------------------------------------
 
@@ -279,6 +308,10 @@ class Qcow2Image:
             raise Corruption(f"refcount of cluster {cluster} would become {value}")
         start, end = set_refcount(block, slot, self.refcount_order, value)
         self._pwrite(block[start:end], off + start)
+        if value == 0:
+            self.freed.append(cluster)
+            self.meta.discard(cluster)
+            self.l2s.discard(cluster)
 
     def _new_refblock(self, index: int) -> int:
         """Allocate the refcount block for block index ``index`` (its table entry is 0)."""
@@ -346,6 +379,19 @@ class Qcow2Image:
                 self._update_refcount(c, -1)
 
     def _take(self) -> int:
+        """A free cluster: one freed before the last flush, else the next one at the end
+        of the image (skipping leaked ones)."""
+        while self.reusable:
+            cluster = heapq.heappop(self.reusable)
+            if cluster not in self.meta and not self._refcount(cluster):
+                offset = cluster << self.cluster_bits
+                for cache in (self.l2_cache, self.rb_cache):
+                    if cache.pop(offset, None) is not None:
+                        self.cache_bytes -= self.cs
+                return cluster
+        return self._take_end()
+
+    def _take_end(self) -> int:
         """The next free cluster at the end of the image (skipping leaked ones)."""
         while True:
             cluster = self.next_free
@@ -358,6 +404,19 @@ class Qcow2Image:
         cluster = self._take()
         self._update_refcount(cluster, 1)
         return cluster << self.cluster_bits
+
+    def _alloc_contiguous(self, clusters: int) -> int:
+        """``clusters`` consecutive new clusters at the end, refcounts 1; the offset."""
+        start = self.next_free
+        while True:
+            busy = [c for c in range(start, start + clusters) if self._refcount(c)]
+            if not busy:
+                break
+            start = busy[-1] + 1
+        self.next_free = start + clusters
+        for cluster in range(start, start + clusters):
+            self._update_refcount(cluster, 1)
+        return start << self.cluster_bits
 
     def _release(self, offset: int, length: int) -> None:
         """Drop one reference to the host clusters of ``[offset, offset + length)``."""
@@ -556,6 +615,8 @@ class Qcow2Image:
                 self._backing_read(base, [memoryview(buf)])
                 old_contents = bytes(buf)
         new = self._alloc()
+        if old_contents is None and not full and new + self.cs <= self.file_size:
+            old_contents = bytes(self.cs)  # a reused cluster: its old bytes must go
         if old_contents is None:
             self._pwrite(data, new + inner)
             if new + self.cs > self.file_size:  # the whole cluster inside the file
@@ -626,35 +687,176 @@ class Qcow2Image:
         self._guard(lambda: self._grow_l1(size))
 
     def _grow_l1(self, size: int) -> None:
-        per_l2 = 1 << (self.cluster_bits + self.l2_bits)
-        needed = -(-size // per_l2)
-        if needed > len(self.l1):
-            entries = max(needed, len(self.l1) * 3 // 2)
-            if entries * 8 > MAX_L1_BYTES:
-                raise OSError(errno.EFBIG, "qcow2: L1 table too large")
-            clusters = -(-(entries * 8) // self.cs)
-            start = self._take()  # contiguous clusters: none is used past next_free
-            self.next_free = start + clusters
-            for c in range(start, start + clusters):
-                self._update_refcount(c, 1)
-            table = self.l1 + [0] * (entries - len(self.l1))
-            new_off = start << self.cluster_bits
-            self._pwrite(struct.pack(f">{entries}Q", *table).ljust(clusters * self.cs,
-                                                                    b"\0"), new_off)
-            self._pwrite(struct.pack(">IQ", entries, new_off), OFF_L1)
-            old_off, old_clusters = self.l1_offset, -(-(len(self.l1) * 8) // self.cs)
-            self.l1, self.l1_offset = table, new_off
-            self.meta.update(range(start, start + clusters))
-            for c in range(old_off >> self.cluster_bits,
-                           (old_off >> self.cluster_bits) + old_clusters):
-                self.meta.discard(c)
-                self._release(c << self.cluster_bits, self.cs)
+        self._ensure_l1(self.l1_needed(size), exact=False)
+        self._set_size(size)
+
+    def l1_needed(self, size: int) -> int:
+        """L1 entries a disk of ``size`` bytes needs (QEMU's ``size_to_l1``)."""
+        return -(-size // (1 << (self.cluster_bits + self.l2_bits)))
+
+    def _set_size(self, size: int) -> None:
         self._pwrite(struct.pack(">Q", size), OFF_SIZE)
         self.size = self.header.size = size
 
+    def _ensure_l1(self, needed: int, exact: bool) -> None:
+        """An active L1 table of at least ``needed`` entries (QEMU's
+        ``qcow2_grow_l1_table``): the bigger table is written into new clusters first, the
+        header then points at it, and the old table's clusters are given back."""
+        if needed <= len(self.l1):
+            return
+        entries = needed if exact else max(needed, len(self.l1) * 3 // 2)
+        if entries * 8 > MAX_L1_BYTES:
+            raise OSError(errno.EFBIG, "qcow2: L1 table too large")
+        clusters = -(-(entries * 8) // self.cs)
+        new_off = self._alloc_contiguous(clusters)
+        start = new_off >> self.cluster_bits
+        table = self.l1 + [0] * (entries - len(self.l1))
+        self._pwrite(struct.pack(f">{entries}Q", *table).ljust(clusters * self.cs, b"\0"),
+                     new_off)
+        os.fdatasync(self.fd)
+        self._pwrite(struct.pack(">IQ", entries, new_off), OFF_L1)
+        old_off, old_clusters = self.l1_offset, -(-(len(self.l1) * 8) // self.cs)
+        self.l1, self.l1_offset = table, new_off
+        self.header.l1_size, self.header.l1_table_offset = entries, new_off
+        self.meta.update(range(start, start + clusters))
+        for c in range(old_off >> self.cluster_bits,
+                       (old_off >> self.cluster_bits) + old_clusters):
+            self.meta.discard(c)
+            self._release(c << self.cluster_bits, self.cs)
+
     def flush(self) -> None:
+        """``fdatasync``; the clusters freed before it become reusable."""
         if not self.read_only and self.fd >= 0:
-            os.fdatasync(self.fd)
+            with self.lock:
+                os.fdatasync(self.fd)
+                for cluster in self.freed:
+                    heapq.heappush(self.reusable, cluster)
+                self.freed.clear()
+
+    # -- internal snapshots and the VM state area -------------------------------------------
+
+    @property
+    def vmstate_offset(self) -> int:
+        """Where the VM state starts: the first L1 index the disk does not use."""
+        return self.l1_needed(self.size) << (self.cluster_bits + self.l2_bits)
+
+    def write_vmstate(self, pos: int, data: bytes | bytearray | memoryview) -> None:
+        """Write VM state bytes at ``pos`` of the VM state area (through the active L1
+        table, grown as needed)."""
+        if self.read_only:
+            raise OSError(errno.EROFS, "read-only image")
+        start = self.vmstate_offset + pos
+        view = memoryview(data).cast("B")
+
+        def write() -> None:
+            per_l1 = self.cluster_bits + self.l2_bits
+            self._ensure_l1(((start + len(view) - 1) >> per_l1) + 1, exact=False)
+            self._write(start, view)
+        if len(view):
+            self._guard(write)
+
+    def read_vmstate(self, pos: int, length: int, sn: snap.Snapshot | None = None) -> bytes:
+        """``length`` bytes at ``pos`` of the VM state area: the active image's, or that
+        of snapshot ``sn`` (read through its own L1 table, the active image unchanged)."""
+        out = bytearray(length)
+        if sn is None:
+            self._guard(lambda: self._read(self.vmstate_offset + pos, [memoryview(out)]))
+        else:
+            self._guard(lambda: self._read_snapshot(sn, self.vmstate_offset + pos, out))
+        return bytes(out)
+
+    def _read_snapshot(self, sn: snap.Snapshot, offset: int, out: bytearray) -> None:
+        l1 = snap.read_l1(self, sn)
+        per_l1 = self.cluster_bits + self.l2_bits
+        pos = 0
+        while pos < len(out):
+            guest = offset + pos
+            inner = guest & (self.cs - 1)
+            n = min(self.cs - inner, len(out) - pos)
+            l1_index = guest >> per_l1
+            l2_off = l1[l1_index] & OFFSET_MASK if l1_index < len(l1) else 0
+            if l2_off:
+                self._check_l2(l2_off, l1_index)
+                index = (guest >> self.cluster_bits) & ((1 << self.l2_bits) - 1)
+                entry = _Q.unpack_from(self._l2_table(l2_off), index * 8)[0]
+                kind, host = self._kind(entry)
+                if kind == DATA:
+                    out[pos:pos + n] = self._pread_exact(host + inner, n)
+                elif kind == COMPRESSED_DATA:
+                    out[pos:pos + n] = self._decompress(entry)[inner:inner + n]
+            pos += n
+
+    def _check_l2(self, off: int, l1_index: int) -> None:
+        """An L2 table of a snapshot: aligned, inside the file, on no other metadata."""
+        cluster = off >> self.cluster_bits
+        if off % self.cs or off + self.cs > self.file_size or \
+                (cluster in self.meta and cluster not in self.l2s):
+            raise Corruption(f"L2 table offset {off:#x} unaligned or overlapping "
+                             f"(L1 index: {l1_index:#x})")
+
+    def _check_range(self, offset: int, length: int) -> None:
+        """Host clusters a table points at: inside the file and no metadata."""
+        if offset + length > self.file_size:
+            raise Corruption(f"cluster at {offset:#x} is past the end of the image file")
+        for cluster in range(offset >> self.cluster_bits,
+                             ((offset + length - 1) >> self.cluster_bits) + 1):
+            if cluster in self.meta:
+                raise Corruption(f"cluster at {offset:#x} overlaps with metadata")
+
+    def _compressed_range(self, entry: int) -> tuple[int, int]:
+        host = entry & ((1 << self.csize_shift) - 1)
+        sectors = ((entry >> self.csize_shift) & self.csize_mask) + 1
+        return host, sectors * 512 - (host & 511)
+
+    def _add_refcount_range(self, offset: int, length: int, addend: int) -> None:
+        for cluster in range(offset >> self.cluster_bits,
+                             ((offset + length - 1) >> self.cluster_bits) + 1):
+            self._update_refcount(cluster, addend)
+
+    def _discard(self, offset: int, length: int) -> None:
+        """Drop the active image's clusters in ``[offset, offset + length)`` (whole
+        clusters): zero clusters in v3, unallocated in v2, as QEMU's discard leaves them."""
+        end = offset + length
+        guest = offset - offset % self.cs
+        while guest < end:
+            _, _, entry = self._entry(guest)
+            if entry & (OFFSET_MASK | COMPRESSED):
+                self._set_l2(guest, ZERO if self.header.version >= 3 else 0)
+                if entry & COMPRESSED:
+                    self._release(*self._compressed_range(entry))
+                else:
+                    self._release(entry & OFFSET_MASK, self.cs)
+            guest += self.cs
+
+    def _snapshot_op(self, fn: Callable[[], None]) -> None:
+        if self.read_only:
+            raise OSError(errno.EROFS, "read-only image")
+        if self.dirty:
+            raise OSError(errno.ENOTSUP, "qcow2: snapshots of an image with lazy refcounts "
+                          "need 'qemu-img check -r all' first")
+        self._guard(fn)
+
+    def find_snapshot(self, id_or_name: str) -> snap.Snapshot | None:
+        return snap.find(self.snapshots, id_or_name)
+
+    def snapshot_create(self, name: str, vm_state_size: int = 0, vm_clock_nsec: int = 0,
+                        icount: int = snap.NO_ICOUNT) -> snap.Snapshot:
+        """Take an internal snapshot; a VM state, if any, was written with
+        :meth:`write_vmstate` first (``vm_state_size`` bytes)."""
+        made: list[snap.Snapshot] = []
+        self._snapshot_op(lambda: made.append(snap.create(self, name, vm_state_size,
+                                                          vm_clock_nsec, icount)))
+        return made[0]
+
+    def snapshot_goto(self, id_or_name: str) -> None:
+        """The disk as snapshot ``id_or_name`` left it (``qemu-img snapshot -a``)."""
+        sn = self.find_snapshot(id_or_name)
+        if sn is None:
+            raise OSError(errno.ENOENT, f"qcow2: no snapshot '{id_or_name}'")
+        self._snapshot_op(lambda: snap.goto(self, sn))
+
+    def snapshot_delete(self, sn: snap.Snapshot) -> None:
+        self._snapshot_op(lambda: snap.delete(self, sn))
 
     def close(self) -> None:
         if self.fd >= 0 and not self.read_only:
