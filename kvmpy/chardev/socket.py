@@ -30,6 +30,8 @@ MAX_OUTPUT_BACKLOG = 64 << 20
 """Unread output (bytes) after which a socket peer is disconnected."""
 
 _UNIX_PATH_MAX = 107
+MAX_MSGFDS = 16
+"""QEMU's TCP_MAX_FDS: file descriptors accepted with one message."""
 
 
 @register_type("chardev-socket", "chardev", description="unix or TCP stream socket")
@@ -61,6 +63,7 @@ class SocketChardev(Backend):
         self._writer_fd: int | None = None
         self._closed = False
         self._created_path = ""
+        self._msgfds: list[int] = []
         self.address: tuple[str, int] | str | None = None
         """Where the socket is: (host, port) for TCP (the real port when ``port=0``), or the
         unix path."""
@@ -247,7 +250,12 @@ class SocketChardev(Backend):
             self._accept()
             return
         try:
-            data = self._conn.recv(READ_CHUNK)
+            if self._conn.family == socket.AF_UNIX:
+                data, fds, _, _ = socket.recv_fds(self._conn, READ_CHUNK, MAX_MSGFDS)
+                if fds:
+                    self._keep_msgfds(fds)
+            else:
+                data = self._conn.recv(READ_CHUNK)
         except BlockingIOError:
             return
         except OSError:
@@ -256,6 +264,18 @@ class SocketChardev(Backend):
             self._drop_connection()
             return
         self.deliver(data)
+
+    def _keep_msgfds(self, fds: list[int]) -> None:
+        """File descriptors sent with SCM_RIGHTS replace the previous ones (QEMU's
+        tcp_chr_recv); a monitor takes one with :meth:`take_msgfd` (``getfd``)."""
+        old, self._msgfds = self._msgfds, fds
+        for fd in old:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def take_msgfd(self) -> int | None:
+        """The last file descriptor received with the data, now the caller's."""
+        return self._msgfds.pop() if self._msgfds else None
 
     def _accept(self) -> None:
         if self._listener is None:
@@ -363,6 +383,7 @@ class SocketChardev(Backend):
         if self._created_path:
             with contextlib.suppress(OSError):
                 os.unlink(self._created_path)
+        self._keep_msgfds([])
         self.close_logfile()
 
     @property
