@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from kvmpy.fs.fsdev import FsDev
+    from kvmpy.objects import UserObject
 
 
 @dataclass
@@ -85,3 +86,13 @@ class VMConfig:
     legacy_nics: list[OptionSpec] = field(default_factory=list)
     legacy_netdevs: list[OptionSpec] = field(default_factory=list)
     """``-net nic`` and ``-net TYPE`` until the command line ends and they are paired."""
+    objects: dict[str, UserObject] = field(default_factory=dict)
+    """``-object`` instances by id (secrets, memory backends, random sources)."""
+    uuid: str | None = None
+    """``-uuid``: the VM's UUID (``query-uuid``), canonical lower-case form."""
+    rtc_base: str = "utc"
+    """``-rtc base=utc|localtime|DATE``: what the RTC starts from."""
+    msg_timestamp: bool = False
+    """``-msg timestamp=on``: error and notice lines start with the time."""
+    sandbox: bool = False
+    """``-sandbox on``: a seccomp filter was asked for."""

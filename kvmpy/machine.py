@@ -46,6 +46,10 @@ class MachineState(Object):
     dumpdtb = Property(str, "", "Dump current dtb to a file and quit")
     firmware = Property(str, "", "Firmware image")
     accel = Property(str, "", "Accelerator list")
+    usb = Property(bool, False, "Set on/off to enable/disable usb (the board has no USB: "
+                   "only off)")
+    dump_guest_core = Property(bool, True, "Include guest memory in a core dump")
+    memory_backend = Property(str, "", "Set RAM backend (an -object memory-backend-ram id)")
 
     def __init__(self) -> None:
         self.ram_size = self.default_ram_size
@@ -82,7 +86,6 @@ def machine_help() -> str:
     for cls in sorted(machine_types(), key=lambda c: c.name):
         suffix = " (default)" if cls.is_default else ""
         lines.append(f"{cls.name:<20} {cls.desc}{suffix}")
-    lines.append(f"{'none':<20} empty machine")
     return "\n".join(lines)
 
 

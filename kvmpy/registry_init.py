@@ -21,6 +21,7 @@ TYPE_MODULES = (
     "kvmpy.hw.virtio",
     "kvmpy.hw.pci",
     "kvmpy.net",
+    "kvmpy.hw.null_machine",
     "kvmpy.hw.riscv.virt",
     "kvmpy.hw.riscv.spike",
     "kvmpy.hw.riscv.cpu",

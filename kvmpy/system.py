@@ -192,9 +192,10 @@ class System:
             from kvmpy.net.setup import warn_unconnected
 
             warn_unconnected(self.netdevs)
-        if self.ram is None:
+        if self.ram is None and not getattr(cls, "ramless", False):
             raise ConfigError(f"machine '{cls.name}' created no RAM")
-        self.accel.init_machine(self.ram, len(self.harts), self.roms)  # phase 5
+        if self.ram is not None:  # the none machine has neither RAM nor vCPUs
+            self.accel.init_machine(self.ram, len(self.harts), self.roms)  # phase 5
         if config.icount_shift is not None:
             self.accel.set_icount(config.icount_shift)
         for hart, vcpu in zip(self.harts, self.accel.vcpus, strict=True):
@@ -349,7 +350,8 @@ class System:
 
     def _freeze_clock(self) -> None:
         """Guest time stands still while the VM is stopped (QEMU's virtual clock)."""
-        if self._frozen_mtime is None and hasattr(self.accel, "write_mtime"):
+        if self._frozen_mtime is None and hasattr(self.accel, "write_mtime") and \
+                self.ram is not None:
             self._frozen_mtime = self.time_source.read()
 
     def _thaw_clock(self) -> None:

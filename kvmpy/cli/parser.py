@@ -6,6 +6,8 @@ with QEMU's wording and fills the configuration; help requests become text to pr
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -33,6 +35,12 @@ _DRIVE_KEYS = frozenset({"file", "if", "format", "id", "readonly", "snapshot", "
                          "media", "index", "discard", "werror", "rerror", "node-name",
                          "auto-read-only", "bus", "unit", "file.locking", "force-share"})
 _MAX_ICOUNT_SHIFT = 10
+_UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
+                      r"[0-9a-fA-F]{12}")
+_RTC_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}:\d{2})?")
+_BOOT_KEYS = ("order", "once", "menu", "splash", "splash-time", "reboot-timeout", "strict")
+_AUDIO_DRIVERS = ("none", "alsa", "coreaudio", "dbus", "dsound", "jack", "oss", "pa", "sdl",
+                  "spice", "wav")
 
 
 @dataclass
@@ -334,6 +342,103 @@ class _Parser:
         self.result.default_serial = False
         self.result.default_monitor = False
 
+    def opt_no_user_config(self) -> None:
+        """kvmpy reads no configuration files, so there are none to skip."""
+
+    def opt_object(self, arg: str) -> None:
+        from kvmpy.objects import add_object
+
+        add_object(self.config.objects, arg)
+
+    def opt_uuid(self, arg: str) -> None:
+        if not _UUID_RE.fullmatch(arg):
+            raise ConfigError("failed to parse UUID string: wrong format")
+        self.config.uuid = arg.lower()
+
+    def opt_overcommit(self, arg: str) -> None:
+        parsed = keyval.parse(arg, None, qemuopts=True)
+        for key, value in parsed.props.items():
+            if key not in ("mem-lock", "cpu-pm"):
+                raise ConfigError(f"Invalid parameter '{key}'")
+            if qom.parse_bool(key, value) and key == "mem-lock":
+                raise NotBuiltError("-overcommit mem-lock=on is not built in kvmpy")
+
+    def opt_rtc(self, arg: str) -> None:
+        parsed = keyval.parse(arg, None, qemuopts=True)
+        for key in parsed.props:
+            if key not in ("base", "clock", "driftfix"):
+                raise ConfigError(f"Invalid parameter '{key}'")
+        base = parsed.props.get("base", "utc")
+        if base not in ("utc", "localtime") and not _RTC_DATE_RE.fullmatch(base):
+            raise ConfigError("invalid datetime format", option="")
+        if base != "utc":
+            raise NotBuiltError(f"-rtc base={base} is not built in kvmpy (the RTC follows "
+                                "the host's UTC clock)")
+        clock = parsed.props.get("clock", "host")
+        if clock not in ("host", "rt", "vm"):
+            raise ConfigError(f"invalid option value '{clock}'", option="")
+        if clock != "host":
+            raise NotBuiltError(f"-rtc clock={clock} is not built in kvmpy (the RTC follows "
+                                "the host clock)")
+        driftfix = parsed.props.get("driftfix", "none")
+        if driftfix not in ("none", "slew"):
+            raise ConfigError(f"invalid option value '{driftfix}'", option="")
+        self.config.rtc_base = base
+
+    def opt_boot(self, arg: str) -> None:
+        parsed = keyval.parse(arg, "order", qemuopts=True)
+        for key, value in parsed.props.items():
+            if key not in _BOOT_KEYS:
+                raise ConfigError(f"Parameter 'boot.{key}' is unexpected", option="")
+            if key in ("menu", "strict"):
+                try:
+                    qom.parse_bool(key, value)
+                except ConfigError:
+                    raise ConfigError(f"Parameter 'boot.{key}' expects 'on' or 'off'",
+                                      option="") from None
+
+    def opt_audiodev(self, arg: str) -> None:
+        if arg.lstrip().startswith("{"):
+            try:
+                props = {str(k): str(v) for k, v in json.loads(arg).items()}
+            except (ValueError, AttributeError):
+                raise ConfigError("JSON parse error, expecting value") from None
+        else:
+            props = dict(keyval.parse(arg, "driver").props)
+        driver = props.get("driver")
+        if driver is None:
+            raise ConfigError("Parameter 'driver' is missing")
+        if driver not in _AUDIO_DRIVERS:
+            raise ConfigError(f"Parameter 'driver' does not accept value '{driver}'")
+        if "id" not in props:
+            raise ConfigError("Parameter 'id' is missing")
+        if driver != "none":
+            raise NotBuiltError(f"audio driver '{driver}' is not built in kvmpy (it has no "
+                                "sound card: only driver=none)")
+
+    def opt_msg(self, arg: str) -> None:
+        parsed = keyval.parse(arg, None, qemuopts=True)
+        for key, value in parsed.props.items():
+            if key not in ("timestamp", "guest-name"):
+                raise ConfigError(f"Invalid parameter '{key}'")
+            if key == "timestamp":
+                self.config.msg_timestamp = qom.parse_bool(key, value)
+            else:
+                qom.parse_bool(key, value)
+
+    def opt_sandbox(self, arg: str) -> None:
+        parsed = keyval.parse(arg, "enable", qemuopts=True)
+        for key, value in parsed.props.items():
+            if key == "enable":
+                self.config.sandbox = qom.parse_bool(key, value)
+            elif key in ("obsolete", "elevateprivileges", "spawn", "resourcecontrol"):
+                allowed = ("allow", "deny", "children") if key == "elevateprivileges" \
+                    else ("allow", "deny")
+                if value not in allowed:
+                    raise ConfigError(f"invalid argument for {key}")
+            else:
+                raise ConfigError(f"Invalid parameter '{key}'")
+
     # -- boot ---------------------------------------------------------------------------------
 
     def opt_bios(self, arg: str) -> None:
@@ -405,7 +510,7 @@ class _Parser:
         parsed = keyval.parse(arg, "chardev", qemuopts=True)
         props = dict(parsed.props)
         for key in props:
-            if key not in ("chardev", "mode", "pretty"):
+            if key not in ("chardev", "mode", "pretty", "id"):
                 raise ConfigError(f"Invalid parameter '{key}'")
         chardev_id = props.pop("chardev", None)
         if not chardev_id:
@@ -527,8 +632,14 @@ class _Parser:
         if self.machine_help is not None:
             self._print(machine_help_text(config.machine, self.machine_help))
             return
-        if config.nographic and config.daemonize:
+        if config.nographic and config.daemonize and (self.result.default_serial
+                                                      or self.result.default_monitor):
             raise ConfigError("-nographic cannot be used with -daemonize")
+        backend_id = config.machine_props.get("memory-backend")
+        if backend_id is not None:
+            from kvmpy.objects import ram_backend
+
+            config.ram_size = ram_backend(config.objects, backend_id, config.ram_size)
         if config.accels and config.machine_props.get("accel"):
             raise ConfigError("The -accel and \"-machine accel=\" options are incompatible")
         chardev_ids = {c.props.get("id") for c in config.chardevs}

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from kvmpy.chardev.base import CHR_EVENT_CLOSED, CHR_EVENT_OPENED, Chardev
 from kvmpy.errors import KvmpyError, StateError
-from kvmpy.monitor import commands, net, pci
+from kvmpy.monitor import commands, inventory, net, pci, schema
 from kvmpy.monitor.hmp import HmpState
 
 if TYPE_CHECKING:
@@ -450,6 +450,19 @@ def _simple(fn: Callable[[System], Any]) -> Callable[[QmpMonitor, dict[str, Any]
     return lambda mon, args: fn(mon.sys)
 
 
+def _introspect(fn: Callable[[Any], Any], key: str = "typename"
+                ) -> Callable[[QmpMonitor, dict[str, Any]], Any]:
+    """A registry question: an unknown type is QEMU's DeviceNotFound."""
+    def run(mon: QmpMonitor, args: dict[str, Any]) -> Any:
+        try:
+            return fn(args.get(key))
+        except schema.TypeNotFound as exc:
+            raise QmpError(str(exc), "DeviceNotFound") from None
+        except ValueError as exc:
+            raise QmpError(str(exc)) from None
+    return run
+
+
 COMMANDS: dict[str, Command] = {
     "qmp_capabilities": Command(_qmp_capabilities, optional=("enable",), types={"enable": list}),
     "query-status": Command(_simple(commands.query_status)),
@@ -491,6 +504,30 @@ COMMANDS: dict[str, Command] = {
     "x-pmemwrite": Command(lambda mon, args: commands.pmemwrite(mon.sys, args["val"],
                                                                 args["data"]),
                            required=("val", "data"), types={"val": int, "data": str}),
+    "query-qmp-schema": Command(lambda mon, args: schema.qmp_schema(COMMANDS)),
+    "qom-list-types": Command(lambda mon, args: schema.qom_list_types(
+        args.get("implements"), args.get("abstract", False)),
+        optional=("implements", "abstract"), types={"implements": str, "abstract": bool}),
+    "device-list-properties": Command(_introspect(schema.device_list_properties),
+                                      required=("typename",), types={"typename": str}),
+    "qom-list-properties": Command(_introspect(schema.qom_list_properties),
+                                   required=("typename",), types={"typename": str}),
+    "query-command-line-options": Command(
+        _introspect(schema.command_line_options, "option"), optional=("option",),
+        types={"option": str}),
+    "query-chardev": Command(_simple(inventory.query_chardev)),
+    "qom-list": Command(lambda mon, args: inventory.qom_list(mon.sys, args["path"]),
+                        required=("path",), types={"path": str}),
+    "query-block": Command(_simple(inventory.query_block)),
+    "query-named-block-nodes": Command(_simple(inventory.query_named_block_nodes),
+                                       optional=("flat",), types={"flat": bool}),
+    "query-blockstats": Command(_simple(inventory.query_blockstats),
+                                optional=("query-nodes",), types={"query-nodes": bool}),
+    "query-uuid": Command(_simple(inventory.query_uuid)),
+    "query-migrate-capabilities": Command(_simple(inventory.query_migrate_capabilities)),
+    "migrate-set-capabilities": Command(
+        lambda mon, args: inventory.migrate_set_capabilities(mon.sys, args["capabilities"]),
+        required=("capabilities",), types={"capabilities": list}),
 }
 
 __all__ = ["COMMANDS", "QmpError", "QmpMonitor"]

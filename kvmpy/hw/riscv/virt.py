@@ -150,6 +150,8 @@ class VirtMachine(MachineState):
         super().__init__()
         self.plic: Any = None
         self.devices: dict[str, Any] = {}
+        self.plugged: list[Any] = []
+        """The devices of -device and -drive if=virtio, in creation order."""
         self.sbi: Sbi | None = None
         self.fdt_builder: Any = None
         self.base_fdt = b""
@@ -358,7 +360,7 @@ class VirtMachine(MachineState):
             return found
 
         buses = [pci_bus(host.bus), *mmio_buses(list(reversed(self.devices["virtio"])))]
-        create_devices(system, buses, carried)
+        self.plugged = create_devices(system, buses, carried)
 
     # -- device tree and payloads -----------------------------------------------------------
 

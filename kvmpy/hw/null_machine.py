@@ -1,0 +1,34 @@
+"""QEMU's ``none`` machine: no RAM, no harts, no devices; a VMM to ask questions over QMP.
+
+Management tools start the emulator with ``-machine none`` to probe it (libvirt's capability
+probe: ``-S -no-user-config -nodefaults -nographic -machine none,accel=kvm:tcg -qmp ...``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+from kvmpy.errors import ConfigError
+from kvmpy.machine import MachineState
+from kvmpy.qom import register_type
+
+if TYPE_CHECKING:
+    from kvmpy.system import System
+
+
+@register_type("none-machine", "machine", description="empty machine")
+class NoneMachine(MachineState):
+    name: ClassVar[str] = "none"
+    desc: ClassVar[str] = "empty machine"
+    max_cpus: ClassVar[int] = 1
+    default_ram_size: ClassVar[int] = 0
+    default_ram_id: ClassVar[str] = ""
+    ramless: ClassVar[bool] = True
+    numa_mem_supported: ClassVar[bool] = False
+
+    def init(self, system: System) -> None:
+        if self.kernel:
+            raise ConfigError("no machine: -kernel needs a board (-machine virt)")
+        if system.config.ram_size:
+            raise ConfigError("the none machine has no RAM: -m needs a board (-machine virt)")
+        system.harts.clear()
