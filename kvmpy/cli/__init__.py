@@ -43,6 +43,9 @@ def _run(config: VMConfig) -> int:
         vm.close()
         raise
     _notice_no_display(config)  # only once the VM exists: a bad option gets its one line
+    if config.sandbox:
+        log.stderr_line(f"{PROG}: -sandbox: the seccomp filter is not enforced "
+                        "(kvmpy has no seccomp support)")
     if config.daemonize:
         _daemonize(config.pidfile)
     return vm.run()
