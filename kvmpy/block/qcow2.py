@@ -755,6 +755,19 @@ class Qcow2Image:
         if len(view):
             self._guard(write)
 
+    def discard_vmstate(self) -> None:
+        """Empty the active image's VM state area (what a failed save, or a snapshot
+        gone back to, left there)."""
+        if self.read_only:
+            raise OSError(errno.EROFS, "read-only image")
+
+        def discard() -> None:
+            per_l1 = 1 << (self.cluster_bits + self.l2_bits)
+            for index in range(self.l1_needed(self.size), len(self.l1)):
+                if self.l1[index] & OFFSET_MASK:
+                    self._discard(index * per_l1, per_l1)
+        self._guard(discard)
+
     def read_vmstate(self, pos: int, length: int, sn: snap.Snapshot | None = None) -> bytes:
         """``length`` bytes at ``pos`` of the VM state area: the active image's, or that
         of snapshot ``sn`` (read through its own L1 table, the active image unchanged)."""

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import kvmpy
 from kvmpy.chardev.base import CHR_EVENT_MUX_IN, CHR_EVENT_MUX_OUT, CHR_EVENT_OPENED, Chardev
 from kvmpy.errors import KvmpyError
-from kvmpy.monitor import commands, net, pci
+from kvmpy.monitor import commands, net, pci, snapshots
 
 if TYPE_CHECKING:
     from kvmpy.system import System
@@ -194,6 +194,8 @@ INFO: dict[str, tuple[Callable[[System, HmpState, list[str]], str], str, str]] =
     "pci": (info_pci, "show PCI info", ""),
     "usernet": (info_usernet, "show user network stack connection states", ""),
     "network": (info_network, "show the network state", ""),
+    "snapshots": (lambda system, state, args: snapshots.info_snapshots(system),
+                  "show the currently saved VM snapshots", ""),
 }
 
 
@@ -355,6 +357,11 @@ def _dispatch(system: System, state: HmpState, name: str, args: list[str]) -> st
         return _net_command(system, name, args)
     if name == "gdbserver":
         return _gdbserver(system, args)
+    if name in ("savevm", "loadvm", "delvm"):
+        if name != "savevm" and not args:
+            raise UsageError("missing argument", name)
+        return {"savevm": snapshots.hmp_savevm, "loadvm": snapshots.hmp_loadvm,
+                "delvm": snapshots.hmp_delvm}[name](system, args)
     if name == "x":
         return _memory_dump(system, state, args, physical=False)
     if name == "xp":
@@ -370,6 +377,7 @@ def _dispatch(system: System, state: HmpState, name: str, args: list[str]) -> st
 HELP = [  # name, parameters, description: as QEMU's hmp-commands.hx
     ("c|cont", "", "resume emulation"),
     ("cpu", "index", "set the default CPU"),
+    ("delvm", "tag", "delete a VM snapshot from its tag"),
     ("gdbserver", "[device]", "start gdbserver on given device (default 'tcp::1234'), stop "
      "with 'none'"),
     ("help|?", "[cmd]", "show the help"),
@@ -378,10 +386,13 @@ HELP = [  # name, parameters, description: as QEMU's hmp-commands.hx
     ("hostfwd_remove", "[netdev_id] [tcp|udp]:[hostaddr]:hostport",
      "remove host-to-guest TCP or UDP redirection"),
     ("info", "[subcommand]", "show various information about the system state"),
+    ("loadvm", "tag", "restore a VM snapshot from its tag"),
     ("netdev_add", "[user|tap|socket|stream|dgram],id=str[,prop=value][,...]",
      "add host network device"),
     ("netdev_del", "id", "remove host network device"),
     ("q|quit", "", "quit the emulator"),
+    ("savevm", "tag", "save a VM snapshot. If no tag is provided, a new snapshot is "
+     "created"),
     ("set_link", "name on|off", "change the link status of a network adapter"),
     ("stop|s", "", "stop emulation"),
     ("system_powerdown", "", "send system power down event"),

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from kvmpy.chardev.base import CHR_EVENT_CLOSED, CHR_EVENT_OPENED, Chardev
 from kvmpy.errors import KvmpyError, StateError
-from kvmpy.monitor import commands, inventory, net, pci, schema
+from kvmpy.monitor import commands, inventory, net, pci, schema, snapshots
 from kvmpy.monitor.hmp import HmpState
 
 if TYPE_CHECKING:
@@ -450,6 +450,15 @@ def _simple(fn: Callable[[System], Any]) -> Callable[[QmpMonitor, dict[str, Any]
     return lambda mon, args: fn(mon.sys)
 
 
+def _balloon(name: str, mon: QmpMonitor, *args: Any) -> Any:
+    from kvmpy.hw.virtio import balloon
+
+    try:
+        return getattr(balloon, name)(mon.sys, *args)
+    except balloon.BalloonNotActive as exc:
+        raise QmpError(str(exc), "DeviceNotActive") from None
+
+
 def _introspect(fn: Callable[[Any], Any], key: str = "typename"
                 ) -> Callable[[QmpMonitor, dict[str, Any]], Any]:
     """A registry question: an unknown type is QEMU's DeviceNotFound."""
@@ -501,6 +510,21 @@ COMMANDS: dict[str, Command] = {
                           open_args=True),
     "netdev_del": Command(lambda mon, args: net.netdev_del(mon.sys, args["id"]),
                           required=("id",), types={"id": str}),
+    "snapshot-save": Command(lambda mon, args: snapshots.start_job(
+        mon.sys, args["job-id"], "snapshot-save", args),
+        required=("job-id", "tag", "vmstate", "devices"),
+        types={"job-id": str, "tag": str, "vmstate": str, "devices": list}),
+    "snapshot-load": Command(lambda mon, args: snapshots.start_job(
+        mon.sys, args["job-id"], "snapshot-load", args),
+        required=("job-id", "tag", "vmstate", "devices"),
+        types={"job-id": str, "tag": str, "vmstate": str, "devices": list}),
+    "snapshot-delete": Command(lambda mon, args: snapshots.start_job(
+        mon.sys, args["job-id"], "snapshot-delete", args),
+        required=("job-id", "tag", "devices"),
+        types={"job-id": str, "tag": str, "devices": list}),
+    "query-jobs": Command(lambda mon, args: snapshots.query_jobs(mon.sys)),
+    "job-dismiss": Command(lambda mon, args: snapshots.job_dismiss(mon.sys, args["id"]),
+                           required=("id",), types={"id": str}),
     "x-pmemwrite": Command(lambda mon, args: commands.pmemwrite(mon.sys, args["val"],
                                                                 args["data"]),
                            required=("val", "data"), types={"val": int, "data": str}),
@@ -524,6 +548,9 @@ COMMANDS: dict[str, Command] = {
     "query-blockstats": Command(_simple(inventory.query_blockstats),
                                 optional=("query-nodes",), types={"query-nodes": bool}),
     "query-uuid": Command(_simple(inventory.query_uuid)),
+    "balloon": Command(lambda mon, args: _balloon("qmp_balloon", mon, args["value"]),
+                       required=("value",), types={"value": int}),
+    "query-balloon": Command(lambda mon, args: _balloon("qmp_query_balloon", mon)),
     "query-migrate-capabilities": Command(_simple(inventory.query_migrate_capabilities)),
     "migrate-set-capabilities": Command(
         lambda mon, args: inventory.migrate_set_capabilities(mon.sys, args["capabilities"]),
