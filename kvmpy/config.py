@@ -63,6 +63,8 @@ class VMConfig:
     chardevs: list[OptionSpec] = field(default_factory=list)
     devices: list[OptionSpec] = field(default_factory=list)
     start_paused: bool = False
+    incoming: str | None = None
+    """``-incoming``: the URI an incoming migration arrives on, or ``defer``."""
     gdb: str | None = None
     log_items: list[str] = field(default_factory=list)
     log_file: str | None = None

@@ -323,6 +323,13 @@ class System:
     def _set_status(self, status: str) -> None:
         self.status = status
 
+    def runstate_set(self, status: str) -> None:
+        """Enter a stopped run state without an event (QEMU's runstate_set): migration's
+        ``finish-migrate``, ``postmigrate``, and ``paused``/``prelaunch`` after an incoming
+        migration that does not start the guest.  Guest time stands still from here."""
+        self._freeze_clock()
+        self._set_status(status)
+
     @property
     def running(self) -> bool:
         return self.status == "running"
@@ -571,8 +578,17 @@ class System:
                 self._loop.add_signal_handler(signum, self._on_signal, signum)
         if self.config.pidfile:
             self._write_pidfile(self.config.pidfile)
+        incoming = None
+        if self.config.incoming is not None:  # binds now: a bad address ends start-up
+            from kvmpy.migration.migrate import prepare_incoming
+
+            incoming = prepare_incoming(self, self.config.incoming)
         self.driver.start()
-        if self.config.start_paused:
+        if self.config.incoming is not None:
+            self._set_status("inmigrate")  # the vCPUs wait for the incoming state
+            if incoming is not None:
+                incoming.start()
+        elif self.config.start_paused:
             self._freeze_clock()
             self._set_status("prelaunch")
         else:

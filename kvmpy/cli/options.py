@@ -125,6 +125,9 @@ OPTIONS: list[Option] = [
     Option("display", "none", "select display backend type; kvmpy has no graphical display",
            _GROUPS[3], "display"),
     Option("vga", "none", "no VGA card ('none' only)", _GROUPS[3], "vga"),
+    Option("incoming", "tcp:[host]:port|unix:socketpath|exec:cmdline|fd:N|defer",
+           "prepare for incoming migration, listen on the given address\n"
+           "('defer': wait for the monitor's migrate-incoming)", _GROUPS[4], "incoming"),
     Option("S", None, "freeze CPU at startup (use 'c' to start execution)", _GROUPS[4],
            "start_paused"),
     Option("s", None, "shorthand for -gdb tcp::1234", _GROUPS[4], "gdb_default"),
@@ -152,7 +155,7 @@ NOT_BUILT: dict[str, bool] = {
     "hdc": True, "hdd": True, "cdrom": True, "fda": True, "fdb": True, "mtdblock": True,
     "sd": True, "pflash": True,
     "global": True, "audio": True, "usb": False,
-    "usbdevice": True, "L": True, "action": True, "incoming": True,
+    "usbdevice": True, "L": True, "action": True,
     "loadvm": True, "trace": True, "plugin": True, "semihosting": False,
     "semihosting-config": True, "watchdog": True, "watchdog-action": True, "k": True,
     "echr": True, "chroot": True, "runas": True, "run-with": True, "numa": True,

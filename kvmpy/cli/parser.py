@@ -554,6 +554,9 @@ class _Parser:
 
     # -- debug and expert -------------------------------------------------------------------
 
+    def opt_incoming(self, arg: str) -> None:
+        self.config.incoming = arg
+
     def opt_start_paused(self) -> None:
         self.config.start_paused = True
 
