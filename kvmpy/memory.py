@@ -9,7 +9,9 @@ from __future__ import annotations
 import bisect
 import ctypes
 import mmap
+import os
 import struct
+from typing import Protocol
 
 from kvmpy import log
 from kvmpy.errors import ConfigError, KvmpyError
@@ -19,8 +21,64 @@ _FORMATS = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}
 _MASKS = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFF_FFFF, 8: 0xFFFF_FFFF_FFFF_FFFF}
 
 
+PAGE_SIZE = 4096
+PAGE_SHIFT = 12
+
+
 class GuestMemoryError(KvmpyError):
     """A host-side access (monitor, loader, library) outside guest RAM."""
+
+
+class DirtyLog(Protocol):
+    """An accelerator's log of guest writes to one RAM region (bitmaps: bit n of byte n // 8,
+    least significant first, is page n; KVM's layout)."""
+
+    def start_dirty_log(self) -> None: ...
+
+    def collect_dirty(self) -> bytes:
+        """Pages written since the last call (or the start), and clear the log."""
+        ...
+
+    def stop_dirty_log(self) -> None: ...
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_int, ctypes.c_long)
+_MAP_FAILED = ctypes.c_void_p(-1).value
+_MAP_FIXED = 0x10
+
+
+def _map_fixed(address: int, size: int, fd: int, offset: int) -> None:
+    """Replace ``[address, address+size)`` of this process by a private mapping of ``fd`` at
+    ``offset`` (``fd`` -1: anonymous zero pages)."""
+    flags = mmap.MAP_PRIVATE | _MAP_FIXED | (mmap.MAP_ANONYMOUS if fd < 0 else 0)
+    got = _libc.mmap(address, size, mmap.PROT_READ | mmap.PROT_WRITE, flags, fd,
+                     max(offset, 0))
+    if got == _MAP_FAILED or got != address:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def bitmap_or(a: bytes, b: bytes) -> bytes:
+    """Two page bitmaps merged (the shorter one is padded with zeros)."""
+    n = max(len(a), len(b))
+    return (int.from_bytes(a, "little") | int.from_bytes(b, "little")).to_bytes(n, "little")
+
+
+def bitmap_pages(bitmap: bytes | bytearray, limit: int | None = None) -> list[int]:
+    """The page numbers whose bits are set (below ``limit``), ascending."""
+    pages: list[int] = []
+    value = int.from_bytes(bitmap, "little")
+    while value:
+        low = value & -value
+        page = low.bit_length() - 1
+        if limit is not None and page >= limit:
+            break
+        pages.append(page)
+        value ^= low
+    return pages
 
 
 class GuestRAM:
@@ -43,6 +101,15 @@ class GuestRAM:
         self._anchor = ctypes.c_char.from_buffer(self._mmap)
         self.host_address: int = ctypes.addressof(self._anchor)
         """Host virtual address of the first byte, for the interpreter core and KVM."""
+        self.file_ranges: list[tuple[int, int]] = []
+        """``(offset, size)`` parts of RAM mapped copy-on-write from a file (:meth:`map_file`):
+        their pages hold the file's data until written, even when not yet resident."""
+        self._dirty: bytearray | None = None
+        self._dirty_log: DirtyLog | None = None
+
+    @property
+    def pages(self) -> int:
+        return self.size >> PAGE_SHIFT
 
     @property
     def end(self) -> int:
@@ -66,6 +133,8 @@ class GuestRAM:
     def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
         off = self._offset(gpa, len(data))
         self.view[off:off + len(data)] = data
+        if self._dirty is not None:
+            self.mark_dirty(gpa, len(data))
 
     def read_int(self, gpa: int, size: int) -> int:
         off = self._offset(gpa, size)
@@ -74,10 +143,87 @@ class GuestRAM:
     def write_int(self, gpa: int, size: int, value: int) -> None:
         off = self._offset(gpa, size)
         struct.pack_into(_FORMATS[size], self.view, off, value & ((1 << (8 * size)) - 1))
+        if self._dirty is not None:
+            self.mark_dirty(gpa, size)
 
     def clear(self) -> None:
         """Zero all of RAM (and give the pages back to the host)."""
-        self._mmap.madvise(mmap.MADV_DONTNEED)
+        if self.file_ranges:  # MADV_DONTNEED would bring back the file's pages
+            _map_fixed(self.host_address, self.size, -1, 0)
+            self.file_ranges = []
+        else:
+            self._mmap.madvise(mmap.MADV_DONTNEED)
+        self.mark_dirty(self.base, self.size)
+
+    def map_file(self, fd: int, file_offset: int, gpa: int, size: int) -> None:
+        """Map ``size`` bytes of file ``fd`` at ``file_offset`` (page-aligned) copy-on-write
+        over RAM at ``gpa``: the guest sees the file's data, its writes stay private, and
+        every VM mapping the same file shares the pages it has not written.  Only while no
+        vCPU runs."""
+        off = self._offset(gpa, size)
+        if off % PAGE_SIZE or size % PAGE_SIZE or file_offset % PAGE_SIZE:
+            raise GuestMemoryError(f"map_file: 0x{gpa:x}+0x{size:x} at file offset "
+                                   f"0x{file_offset:x} is not page-aligned")
+        _map_fixed(self.host_address + off, size, fd, file_offset)
+        self.file_ranges.append((off, size))
+        self.mark_dirty(gpa, size)
+
+    # -- dirty logging (live migration) ----------------------------------------------------
+
+    @property
+    def dirty_logging(self) -> bool:
+        return self._dirty is not None
+
+    def mark_dirty(self, gpa: int, size: int) -> None:
+        """Device writes into guest RAM call this (a no-op unless dirty logging is on)."""
+        dirty = self._dirty
+        if dirty is None or size <= 0:
+            return
+        first = max(gpa - self.base, 0) >> PAGE_SHIFT
+        last = min((gpa - self.base + size - 1) >> PAGE_SHIFT, len(dirty) - 1)
+        if first <= last:
+            dirty[first:last + 1] = b"\1" * (last - first + 1)
+
+    def start_dirty_log(self, accel_log: DirtyLog | None = None) -> None:
+        """Log written pages from now on: those written by devices (:meth:`mark_dirty`) and,
+        through ``accel_log``, those the guest writes."""
+        if self._dirty is not None:
+            return
+        if accel_log is not None:
+            accel_log.start_dirty_log()
+        self._dirty_log = accel_log
+        self._dirty = bytearray(self.pages)
+
+    def collect_dirty(self) -> bytes:
+        """Bitmap of the pages written since the last call (or the start), log cleared.
+
+        With an accelerator log, call it while no vCPU is inside ``run()`` for the
+        interpreter (the VM paused, or :func:`kvmpy.migration.vcpus_held`)."""
+        dirty = self._dirty
+        if dirty is None:
+            raise GuestMemoryError("dirty logging is off")
+        self._dirty = bytearray(self.pages)
+        bits = 0
+        pos = dirty.find(1)
+        while pos >= 0:
+            end = dirty.find(0, pos)
+            if end < 0:
+                end = len(dirty)
+            bits |= ((1 << (end - pos)) - 1) << pos
+            pos = dirty.find(1, end)
+        nbytes = (self.pages + 7) // 8
+        bitmap = bits.to_bytes(nbytes, "little")
+        if self._dirty_log is not None:
+            bitmap = bitmap_or(bitmap, self._dirty_log.collect_dirty()[:nbytes])
+        return bitmap
+
+    def stop_dirty_log(self) -> None:
+        if self._dirty is None:
+            return
+        self._dirty = None
+        log_, self._dirty_log = self._dirty_log, None
+        if log_ is not None:
+            log_.stop_dirty_log()
 
     def close(self) -> None:
         """Unmap RAM. Only valid once nothing (core, KVM) uses the mapping any more."""

@@ -39,6 +39,11 @@ _INT_NAMES = ("u_software", "s_software", "vs_software", "m_software", "u_timer"
               "vs_timer", "m_timer", "u_external", "s_external", "vs_external", "m_external")
 _PRIV_NAMES = {0: "U", 1: "S", 3: "M"}
 _U64 = (1 << 64) - 1
+_STATE_CSRS = ("mstatus", "medeleg", "mideleg", "mie", "mtvec", "mscratch", "mepc", "mcause",
+               "mtval", "stvec", "sscratch", "sepc", "scause", "stval", "satp", "mcounteren",
+               "scounteren", "menvcfg", "senvcfg", "mcountinhibit", "mcycle", "minstret",
+               "stimecmp", "tselect", "tcontrol")
+"""CSRs of the hart-state schema carried in its ``csr`` dict (kvmpy.migration)."""
 
 
 class TcgVcpu:
@@ -196,6 +201,62 @@ class TcgVcpu:
         core.lib.tcg_set_reg(self._engine, self.index, core.REG_STOPPED, 1)
         self._stopped = True
 
+    # -- VM state (kvmpy.migration) -----------------------------------------------------
+
+    def get_arch_state(self) -> dict[str, Any]:
+        """The hart's whole architectural state in kvmpy.migration's hart schema (see
+        ``docs/vmstate.md``).  Only while the hart does not run."""
+        s = core.ffi.new("tcg_hart_state *")
+        if core.lib.tcg_get_hart_state(self._engine, self.index, s) != 0:
+            raise AccelError(f"tcg: hart {self.index}: state cannot be read")
+        return {
+            "pc": int(s.pc), "priv": int(s.priv),
+            "x": [int(v) for v in s.x], "f": [int(v) for v in s.f],
+            "fflags": int(s.fflags), "frm": int(s.frm),
+            "csr": {name: int(getattr(s, name)) for name in _STATE_CSRS},
+            "mip": int(s.mip_sw), "mip_pins": int(s.mip_pins),
+            "mtimecmp": int(s.mtimecmp), "sbi_timecmp": int(s.sbi_timecmp),
+            "pmpcfg": [int(v) for v in s.pmpcfg], "pmpaddr": [int(v) for v in s.pmpaddr],
+            "tdata1": [int(v) for v in s.tdata1], "tdata2": [int(v) for v in s.tdata2],
+            "stopped": bool(s.stopped), "halted": bool(s.halted),
+            "reservation": int(s.resv_pa) if s.resv_valid else None,
+            "instret": int(s.insns),
+        }
+
+    def set_arch_state(self, state: dict[str, Any]) -> None:
+        """Load a state of :meth:`get_arch_state`'s schema (already validated: every key
+        present, values in range).  Only while the hart does not run."""
+        s = core.ffi.new("tcg_hart_state *")
+        s.pc = state["pc"] & _U64
+        s.priv = state["priv"]
+        for i in range(32):
+            s.x[i] = state["x"][i] & _U64
+            s.f[i] = state["f"][i] & _U64
+        s.fflags = state["fflags"] & _U64
+        s.frm = state["frm"] & _U64
+        for name in _STATE_CSRS:
+            setattr(s, name, state["csr"][name] & _U64)
+        s.mip_sw = state["mip"] & _U64
+        s.mip_pins = state["mip_pins"] & _U64
+        s.mtimecmp = state["mtimecmp"] & _U64
+        s.sbi_timecmp = state["sbi_timecmp"] & _U64
+        for i in range(core.lib.TCG_NUM_PMP):
+            s.pmpcfg[i] = state["pmpcfg"][i] & 0xFF
+            s.pmpaddr[i] = state["pmpaddr"][i] & _U64
+        for i in range(core.lib.TCG_NUM_TRIGGERS):
+            s.tdata1[i] = state["tdata1"][i] & _U64
+            s.tdata2[i] = state["tdata2"][i] & _U64
+        s.stopped = 1 if state["stopped"] else 0
+        s.halted = 1 if state["halted"] else 0
+        reservation = state["reservation"]
+        s.resv_valid = 0 if reservation is None else 1
+        s.resv_pa = 0 if reservation is None else reservation & _U64
+        s.insns = state["instret"] & _U64
+        if core.lib.tcg_set_hart_state(self._engine, self.index, s) != 0:
+            raise AccelError(f"tcg: hart {self.index}: state not accepted (privilege "
+                             f"{state['priv']}, tselect {state['csr']['tselect']})")
+        self._stopped = bool(state["stopped"])
+
 
 _WATCH_KINDS = {core.WATCH_WRITE: "write", core.WATCH_READ: "read",
                 core.WATCH_ACCESS: "access"}
@@ -304,6 +365,27 @@ class TcgAccel(Accelerator):
     def _apply_hole(self, gpa: int, size: int) -> None:
         if core.lib.tcg_add_mmio_hole(self.engine, gpa, size) != 0:
             raise AccelError("tcg: too many MMIO holes")
+
+    # -- dirty logging (live migration) --------------------------------------------------
+
+    def start_dirty_log(self) -> None:
+        """Log the RAM pages the harts write (see engine.h); GuestRAM merges the log."""
+        self._require_engine()
+        if core.lib.tcg_dirty_log_start(self.engine) != 0:
+            raise AccelError("tcg: out of memory for the dirty log")
+
+    def collect_dirty(self) -> bytes:
+        """Bitmap of the RAM pages written since the last call; only while no hart runs."""
+        self._require_engine()
+        n = int(core.lib.tcg_dirty_log_bytes(self.engine))
+        buf = core.ffi.new("uint8_t[]", n)
+        if core.lib.tcg_dirty_log_collect(self.engine, buf, n) != 0:
+            raise AccelError("tcg: dirty logging is off")
+        return bytes(core.ffi.buffer(buf, n))
+
+    def stop_dirty_log(self) -> None:
+        if self.engine is not None:
+            core.lib.tcg_dirty_log_stop(self.engine)
 
     def read_mtime(self) -> int:
         """mtime (10 MHz ticks; from retired instructions with -icount)."""

@@ -381,6 +381,11 @@ struct tcg_engine {
     uint64_t bp[TCG_MAX_BREAKPOINTS];
     uint64_t wp_addr[TCG_MAX_WATCHPOINTS], wp_len[TCG_MAX_WATCHPOINTS];
     uint32_t wp_type[TCG_MAX_WATCHPOINTS];
+
+    /* dirty logging (live migration): one bit per RAM page, NULL when off.  A write TLB
+     * entry is only installed by a store that marked its page, and collecting the log drops
+     * every write entry, so stores through the TLB need no check. */
+    uint64_t *dirty;
 };
 
 /* ---------------------------------------------------------------- small helpers --------- */
@@ -658,6 +663,9 @@ static int translate(hart *h, uint64_t va, int acc, int priv, uint64_t *pa, int 
                 return fault_cause(acc, 0);
             pte |= want;
             memcpy(p, &pte, 8);
+            if (h->e->dirty && pte_pa - h->e->ram_base < h->e->ram_size)
+                h->e->dirty[(pte_pa - h->e->ram_base) >> 18] |=
+                    1ull << (((pte_pa - h->e->ram_base) >> 12) & 63);
         }
         uint64_t off_mask = (1ull << (12 + 9 * i)) - 1;
         *pa = ((ppn << 12) & ~off_mask) | (va & off_mask);
@@ -1189,11 +1197,22 @@ static void invalidate_code_page(tcg_engine *e, uint64_t idx)
     invalidate_jump_caches(e);
 }
 
+static inline void mark_dirty(tcg_engine *e, uint64_t off, unsigned size)
+{
+    uint64_t i0 = off >> 12, i1 = (off + size - 1) >> 12;
+    if (i1 >= (e->ram_size >> 12))
+        i1 = i0;
+    e->dirty[i0 >> 6] |= 1ull << (i0 & 63);
+    e->dirty[i1 >> 6] |= 1ull << (i1 & 63);
+}
+
 static inline void notify_ram_write(tcg_engine *e, uint64_t pa, unsigned size)
 {
     uint64_t off = pa - e->ram_base;
     if (off >= e->ram_size)
         return;
+    if (e->dirty)
+        mark_dirty(e, off, size);
     uint64_t i0 = off >> 12, i1 = (off + size - 1) >> 12;
     if (e->page_blocks[i0])
         invalidate_code_page(e, i0);
@@ -3764,6 +3783,7 @@ void tcg_engine_free(tcg_engine *e)
     free(e->hole_pages);
     free(e->win_base);
     free(e->win_size);
+    free(e->dirty);
     free(e);
 }
 
@@ -4115,4 +4135,190 @@ void tcg_set_single_step(tcg_engine *e, int hartid, int on)
     h->step_mark = h->insns;
     h->step_trapped = 0;
     set_attention(h);
+}
+
+/* ---------------------------------------------------------------- VM state -------------- */
+
+/* A pending exit is settled first: a store that exited as MMIO is complete once the device
+ * had it (the next run would step over it); other pending completions cannot be saved and
+ * the instruction is simply executed again. */
+static void settle_pending(hart *h)
+{
+    if (h->pend == PEND_STORE) {
+        h->pc += h->pend_len;
+        h->insns++;
+    }
+    h->pend = PEND_NONE;
+}
+
+int tcg_get_hart_state(tcg_engine *e, int hartid, tcg_hart_state *s)
+{
+    if (hartid < 0 || hartid >= e->num_harts)
+        return -1;
+    hart *h = e->harts[hartid];
+    settle_pending(h);
+    memset(s, 0, sizeof(*s));
+    for (int i = 1; i < 32; i++)
+        s->x[i] = h->x[i];
+    memcpy(s->f, h->f, sizeof(s->f));
+    s->pc = h->pc;
+    s->priv = (uint64_t)h->priv;
+    fp_sync_flags(h);
+    s->fflags = h->fflags;
+    s->frm = h->frm;
+    s->mstatus = h->mstatus;
+    s->medeleg = h->medeleg;
+    s->mideleg = h->mideleg;
+    s->mie = h->mie;
+    s->mtvec = h->mtvec;
+    s->mscratch = h->mscratch;
+    s->mepc = h->mepc;
+    s->mcause = h->mcause;
+    s->mtval = h->mtval;
+    s->stvec = h->stvec;
+    s->sscratch = h->sscratch;
+    s->sepc = h->sepc;
+    s->scause = h->scause;
+    s->stval = h->stval;
+    s->satp = h->satp;
+    s->mcounteren = h->mcounteren;
+    s->scounteren = h->scounteren;
+    s->menvcfg = h->menvcfg;
+    s->senvcfg = h->senvcfg;
+    s->mcountinhibit = h->mcountinhibit;
+    h->mip_sw |= ATOMIC_XCHG(&h->mip_edge, 0);
+    s->mip_sw = h->mip_sw;
+    s->mip_pins = ATOMIC_LOAD(&h->mip_pins);
+    s->mtimecmp = h->mtimecmp;
+    s->stimecmp = h->stimecmp;
+    s->sbi_timecmp = h->sbi_timecmp;
+    s->mcycle = read_counter(h, 0);
+    s->minstret = read_counter(h, 2);
+    s->insns = h->insns;
+    for (int i = 0; i < NUM_PMP; i++) {
+        s->pmpcfg[i] = h->pmpcfg[i];
+        s->pmpaddr[i] = h->pmpaddr[i];
+    }
+    s->tselect = h->tselect;
+    for (int i = 0; i < NUM_TRIGGERS; i++) {
+        s->tdata1[i] = h->tdata1[i];
+        s->tdata2[i] = h->tdata2[i];
+    }
+    s->tcontrol = h->tcontrol;
+    s->stopped = (uint64_t)h->stopped;
+    s->halted = (uint64_t)h->halted;
+    s->resv_valid = (uint64_t)h->resv_valid;
+    s->resv_pa = h->resv_pa;
+    return 0;
+}
+
+int tcg_set_hart_state(tcg_engine *e, int hartid, const tcg_hart_state *s)
+{
+    if (hartid < 0 || hartid >= e->num_harts)
+        return -1;
+    if (s->priv != PRV_M && s->priv != PRV_S && s->priv != PRV_U)
+        return -1;
+    if (s->tselect >= NUM_TRIGGERS)
+        return -1;
+    hart *h = e->harts[hartid];
+    h->pend = PEND_NONE;
+    h->x[0] = 0;
+    for (int i = 1; i < 32; i++)
+        h->x[i] = s->x[i];
+    memcpy(h->f, s->f, sizeof(h->f));
+    h->pc = s->pc & ~1ull;
+    (void)host_flags_take();
+    h->fflags = (uint32_t)(s->fflags & 31);
+    h->frm = (uint32_t)(s->frm & 7);
+    memset(h->pmpcfg, 0, sizeof(h->pmpcfg)); /* unlocked, so that the writes below apply */
+    h->priv = PRV_M;
+    h->mstatus = 0;
+    csr_write(h, 0x300, s->mstatus);
+    csr_write(h, 0x302, s->medeleg);
+    csr_write(h, 0x303, s->mideleg);
+    csr_write(h, 0x304, s->mie);
+    h->mtvec = s->mtvec & ~(uint64_t)2;
+    h->mscratch = s->mscratch;
+    csr_write(h, 0x341, s->mepc);
+    h->mcause = s->mcause;
+    h->mtval = s->mtval;
+    h->stvec = s->stvec & ~(uint64_t)2;
+    h->sscratch = s->sscratch;
+    csr_write(h, 0x141, s->sepc);
+    h->scause = s->scause;
+    h->stval = s->stval;
+    csr_write(h, 0x180, s->satp);
+    csr_write(h, 0x306, s->mcounteren);
+    csr_write(h, 0x106, s->scounteren);
+    h->menvcfg = s->menvcfg & (MENVCFG_FIOM | MENVCFG_STCE);
+    csr_write(h, 0x10A, s->senvcfg);
+    h->mcountinhibit = s->mcountinhibit & 5;
+    h->insns = s->insns;
+    write_counter(h, 0, s->mcycle);
+    write_counter(h, 2, s->minstret);
+    for (int i = 0; i < NUM_PMP; i++)
+        h->pmpaddr[i] = s->pmpaddr[i] & ((1ull << 54) - 1);
+    for (int i = 0; i < NUM_PMP; i++) {
+        uint8_t c = (uint8_t)s->pmpcfg[i] & (PMP_R | PMP_W | PMP_X | PMP_A | PMP_L);
+        if ((c & (PMP_R | PMP_W)) == PMP_W)
+            c &= (uint8_t)~PMP_W;
+        h->pmpcfg[i] = c;
+    }
+    pmp_update_active(h);
+    h->tselect = s->tselect;
+    for (int i = 0; i < NUM_TRIGGERS; i++) {
+        h->tdata1[i] = trig_legalize(s->tdata1[i]);
+        h->tdata2[i] = s->tdata2[i];
+    }
+    h->tcontrol = s->tcontrol & (TCONTROL_MTE | TCONTROL_MPTE);
+    h->priv = (int)s->priv;
+    h->mip_sw = s->mip_sw & (MIP_SSIP | MIP_STIP | MIP_SEIP);
+    ATOMIC_STORE(&h->mip_edge, 0ull);
+    ATOMIC_STORE(&h->mip_pins, s->mip_pins & ALL_INTS);
+    h->mtimecmp = s->mtimecmp;
+    h->stimecmp = s->stimecmp;
+    h->sbi_timecmp = s->sbi_timecmp;
+    h->stopped = s->stopped != 0;
+    h->halted = s->halted != 0;
+    h->resv_valid = s->resv_valid != 0;
+    h->resv_pa = s->resv_pa;
+    code_flush_all(e); /* RAM was replaced under the decoded code */
+    tlb_flush_all(h);
+    update_dmode(h);
+    trig_update(h);
+    timer_changed(h);
+    return 0;
+}
+
+int tcg_dirty_log_start(tcg_engine *e)
+{
+    size_t words = ((e->ram_size >> 12) + 63) / 64;
+    if (!e->dirty) {
+        e->dirty = calloc(words ? words : 1, sizeof(uint64_t));
+        if (!e->dirty)
+            return -1;
+    }
+    for (int k = 0; k < e->num_harts; k++) /* stores go through the slow path once */
+        memset(e->harts[k]->tlb_w, 0xff, sizeof(e->harts[k]->tlb_w));
+    return 0;
+}
+
+size_t tcg_dirty_log_bytes(tcg_engine *e) { return (((e->ram_size >> 12) + 63) / 64) * 8; }
+
+int tcg_dirty_log_collect(tcg_engine *e, uint8_t *out, size_t len)
+{
+    size_t n = tcg_dirty_log_bytes(e);
+    if (!e->dirty || len < n)
+        return -1;
+    memcpy(out, e->dirty, n);
+    memset(e->dirty, 0, n);
+    for (int k = 0; k < e->num_harts; k++)
+        memset(e->harts[k]->tlb_w, 0xff, sizeof(e->harts[k]->tlb_w));
+    return 0;
+}
+
+void tcg_dirty_log_stop(tcg_engine *e)
+{
+    free(e->dirty);
+    e->dirty = NULL;
 }

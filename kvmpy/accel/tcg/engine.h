@@ -130,6 +130,39 @@ int tcg_set_watchpoints(tcg_engine *e, const uint64_t *addrs, const uint64_t *le
  * or a trap was taken since this call; interrupts are not taken meanwhile, and breakpoints are
  * not checked (QEMU's SSTEP_NOIRQ, and "single-step overrides breakpoints"). */
 void tcg_set_single_step(tcg_engine *e, int hart, int on);
+
+/* VM state (save/restore, migration): the whole architectural state of a hart, with the
+ * machine-level extras that make a hart resume exactly (device-driven mip pins, timer
+ * compares, HSM stopped, WFI, LR/SC reservation, retired-instruction count).  Call while no
+ * hart runs.  tcg_set_hart_state returns -1 for an invalid privilege or tselect; it drops
+ * the decoded code of the whole engine, as RAM is expected to have been replaced. */
+#define TCG_NUM_PMP 16
+#define TCG_NUM_TRIGGERS 2
+typedef struct tcg_hart_state {
+    uint64_t x[32];
+    uint64_t f[32];
+    uint64_t pc, priv, fflags, frm;
+    uint64_t mstatus, medeleg, mideleg, mie, mtvec, mscratch, mepc, mcause, mtval;
+    uint64_t stvec, sscratch, sepc, scause, stval, satp;
+    uint64_t mcounteren, scounteren, menvcfg, senvcfg, mcountinhibit;
+    uint64_t mip_sw;     /* software-set SSIP, STIP, SEIP */
+    uint64_t mip_pins;   /* levels driven by devices */
+    uint64_t mtimecmp, stimecmp, sbi_timecmp;
+    uint64_t mcycle, minstret, insns;
+    uint64_t pmpcfg[16], pmpaddr[16];
+    uint64_t tselect, tdata1[2], tdata2[2], tcontrol;
+    uint64_t stopped, halted, resv_valid, resv_pa;
+} tcg_hart_state;
+int tcg_get_hart_state(tcg_engine *e, int hart, tcg_hart_state *s);
+int tcg_set_hart_state(tcg_engine *e, int hart, const tcg_hart_state *s);
+
+/* Dirty logging of RAM for live migration: one bit per page (bit n of byte n / 8, least
+ * significant first, as KVM_GET_DIRTY_LOG).  collect copies the log to out (at least
+ * tcg_dirty_log_bytes) and clears it; call it while no hart runs. */
+int tcg_dirty_log_start(tcg_engine *e);
+size_t tcg_dirty_log_bytes(tcg_engine *e);
+int tcg_dirty_log_collect(tcg_engine *e, uint8_t *out, size_t len);
+void tcg_dirty_log_stop(tcg_engine *e);
 /* CDEF-END */
 
 #endif

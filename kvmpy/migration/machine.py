@@ -1,0 +1,219 @@
+"""The machine part of a VM state: fingerprint, harts, devices, built-in SBI, clock.
+
+Collected with the VM paused; applied only after every part was checked, and rolled back
+when a device refuses its state, so that a load never leaves a half-restored VM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from kvmpy.migration.errors import VmStateError
+from kvmpy.migration.hart import check_hart_state, get_hart_state, set_hart_state
+
+if TYPE_CHECKING:
+    from kvmpy.system import System
+
+STATE_VERSION = 1
+
+
+def region_key(region: Any) -> str:
+    """A device's stable name in a state: its region name and base (``serial@0x10000000``)."""
+    return f"{region.name}@0x{region.base:x}"
+
+
+def fingerprint(system: System) -> dict[str, Any]:
+    """What must be equal between the saved VM and the one a state is loaded into."""
+    machine = system.machine
+    ram = system.ram
+    return {
+        "machine": getattr(type(machine), "name", "?") if machine is not None else "?",
+        "smp": len(system.harts),
+        "ram": [ram.base, ram.size] if ram is not None else None,
+        "firmware": system.firmware_mode,
+        "devices": [f"{region_key(r)}:{type(r.device).__name__}" for r in system.bus.regions],
+    }
+
+
+def _mib(size: int) -> str:
+    return f"{size >> 20}M" if size % (1 << 20) == 0 else f"{size} bytes"
+
+
+def check_fingerprint(saved: Any, system: System) -> None:
+    """VmStateError (one line) on the first difference between ``saved`` and ``system``."""
+    here = fingerprint(system)
+    if not isinstance(saved, dict):
+        raise VmStateError("vmstate: corrupt header (no machine fingerprint)")
+    if saved.get("machine") != here["machine"]:
+        raise VmStateError(f"vmstate: state of machine '{saved.get('machine')}', this VM is "
+                           f"'{here['machine']}'")
+    if saved.get("smp") != here["smp"]:
+        raise VmStateError(f"vmstate: state saved with -smp {saved.get('smp')}, this VM has "
+                           f"-smp {here['smp']}")
+    ram = saved.get("ram")
+    if ram != here["ram"]:
+        if (isinstance(ram, list) and len(ram) == 2 and all(type(v) is int for v in ram)
+                and here["ram"] is not None):
+            raise VmStateError(f"vmstate: state saved with -m {_mib(ram[1])}, this VM has "
+                               f"-m {_mib(here['ram'][1])}")
+        raise VmStateError("vmstate: state of a different RAM layout")
+    if saved.get("firmware") != here["firmware"]:
+        raise VmStateError(f"vmstate: state saved with firmware '{saved.get('firmware')}', "
+                           f"this VM runs '{here['firmware']}'")
+    devices = saved.get("devices")
+    if devices != here["devices"]:
+        if not isinstance(devices, list):
+            raise VmStateError("vmstate: corrupt header (device list)")
+        extra = [d for d in devices if d not in here["devices"]]
+        missing = [d for d in here["devices"] if d not in devices]
+        what = (f"device {extra[0].split(':')[0]} is not in this VM" if extra else
+                f"this VM has device {missing[0].split(':')[0]}, the state does not"
+                if missing else "devices are in another order")
+        raise VmStateError(f"vmstate: different device set: {what}")
+
+
+def _sbi(system: System) -> Any:
+    sbi = system.sbi
+    return sbi if sbi is not None and hasattr(sbi, "get_state") else None
+
+
+def read_clock(system: System) -> int:
+    """mtime as the guest sees it now (the frozen value while the VM is stopped)."""
+    frozen = getattr(system, "_frozen_mtime", None)
+    if frozen is not None:
+        return int(frozen)
+    accel = system.accel
+    if accel is not None and not hasattr(accel, "read_mtime") and accel.vcpus:
+        from kvmpy.accel.kvm import state as kvm_state
+
+        return kvm_state.read_time(accel.vcpus[0])
+    return int(system.time_source.read())
+
+
+def write_clock(system: System, mtime: int) -> None:
+    """Make guest time continue from ``mtime`` when the VM next runs (as pause does)."""
+    accel = system.accel
+    if accel is not None and hasattr(accel, "write_mtime"):
+        if system.status == "running":
+            system.time_source.write(mtime)
+        else:
+            system._frozen_mtime = mtime
+        return
+    if accel is not None and accel.vcpus:
+        from kvmpy.accel.kvm import state as kvm_state
+
+        kvm_state.write_time(accel.vcpus, mtime)
+
+
+def drain(system: System) -> None:
+    """Every device with ``drain()`` finishes the requests it has in flight."""
+    for obj in _stateful(system):
+        drainer = getattr(obj, "drain", None)
+        if drainer is not None:
+            drainer()
+
+
+def devices(system: System) -> list[tuple[str, Any]]:
+    """(key, device) of every device with a state, once each (a device behind several
+    windows is keyed by its first)."""
+    seen: set[int] = set()
+    out: list[tuple[str, Any]] = []
+    for region in system.bus.regions:
+        device = region.device
+        if id(device) in seen or getattr(device, "get_state", None) is None:
+            continue
+        seen.add(id(device))
+        out.append((region_key(region), device))
+    return out
+
+
+def _stateful(system: System) -> Iterator[Any]:
+    for _, device in devices(system):
+        yield device
+    sbi = _sbi(system)
+    if sbi is not None:
+        yield sbi
+
+
+def collect(system: System) -> dict[str, Any]:
+    """The state of harts, devices, SBI and clock (VM paused, devices drained)."""
+    accel = system.accel
+    if accel is None:
+        raise VmStateError("vmstate: the VM has no accelerator yet")
+    sbi = _sbi(system)
+    return {
+        "version": STATE_VERSION,
+        "harts": [get_hart_state(vcpu) for vcpu in accel.vcpus],
+        "devices": {key: device.get_state() for key, device in devices(system)},
+        "sbi": sbi.get_state() if sbi is not None else None,
+        "clock": {"mtime": read_clock(system)},
+    }
+
+
+def check(state: Any, system: System) -> dict[str, Any]:
+    """``state`` (decoded from a stream) checked as far as it can be without applying it."""
+    if not isinstance(state, dict):
+        raise VmStateError("vmstate: corrupt state record")
+    if state.get("version") != STATE_VERSION:
+        raise VmStateError(f"vmstate: machine state version {state.get('version')} is not "
+                           f"{STATE_VERSION}")
+    harts = state.get("harts")
+    if not isinstance(harts, list) or len(harts) != len(system.harts):
+        raise VmStateError("vmstate: corrupt state record (number of harts)")
+    checked_harts = [check_hart_state(h, i) for i, h in enumerate(harts)]
+    saved = state.get("devices")
+    if not isinstance(saved, dict):
+        raise VmStateError("vmstate: corrupt state record (devices)")
+    keys = {key for key, _ in devices(system)}
+    if set(saved) != keys:
+        odd = sorted(set(saved) ^ keys)
+        raise VmStateError(f"vmstate: different device set: {odd[0]}")
+    clock = state.get("clock")
+    if (not isinstance(clock, dict) or type(clock.get("mtime")) is not int
+            or not 0 <= clock["mtime"] < 1 << 64):
+        raise VmStateError("vmstate: corrupt state record (clock)")
+    return {**state, "harts": checked_harts}
+
+
+@contextlib.contextmanager
+def _rollback_on_error(undo: list[Any]) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        for fn in reversed(undo):
+            with contextlib.suppress(Exception):
+                fn()
+        raise
+
+
+def apply(state: dict[str, Any], system: System) -> None:
+    """Load a :func:`check`-ed state: devices first (each validates; any refusal rolls
+    back those already set), then the SBI, the harts and the clock."""
+    accel = system.accel
+    assert accel is not None
+    undo: list[Any] = []
+    with _rollback_on_error(undo), system.lock:
+        for key, device in devices(system):
+            old = device.get_state()
+            try:
+                device.set_state(state["devices"][key])
+            except VmStateError as exc:
+                raise VmStateError(f"{exc} ({key})") from None
+            except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+                raise VmStateError(f"vmstate: device {key}: state not accepted ({exc})"
+                                   ) from None
+            undo.append(lambda d=device, o=old: d.set_state(o))
+        sbi = _sbi(system)
+        if sbi is not None:
+            old_sbi = sbi.get_state()
+            sbi.set_state(state.get("sbi") or {})
+            undo.append(lambda: sbi.set_state(old_sbi))
+        for vcpu, hart in zip(accel.vcpus, state["harts"], strict=True):
+            set_hart_state(vcpu, hart)
+        for port, hart in zip(system.harts, state["harts"], strict=True):
+            sync = getattr(port, "_mtimecmp", None)
+            if sync is not None:
+                port._mtimecmp = hart["mtimecmp"]
+        write_clock(system, state["clock"]["mtime"])
