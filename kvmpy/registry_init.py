@@ -19,6 +19,7 @@ TYPE_MODULES = (
     "kvmpy.hw.misc",
     "kvmpy.hw.rtc",
     "kvmpy.hw.virtio",
+    "kvmpy.hw.virtio.balloon",
     "kvmpy.hw.pci",
     "kvmpy.net",
     "kvmpy.hw.null_machine",

@@ -459,6 +459,15 @@ def _balloon(name: str, mon: QmpMonitor, *args: Any) -> Any:
         raise QmpError(str(exc), "DeviceNotActive") from None
 
 
+def _balloon(name: str, mon: QmpMonitor, *args: Any) -> Any:
+    from kvmpy.hw.virtio import balloon
+
+    try:
+        return getattr(balloon, name)(mon.sys, *args)
+    except balloon.BalloonNotActive as exc:
+        raise QmpError(str(exc), "DeviceNotActive") from None
+
+
 def _introspect(fn: Callable[[Any], Any], key: str = "typename"
                 ) -> Callable[[QmpMonitor, dict[str, Any]], Any]:
     """A registry question: an unknown type is QEMU's DeviceNotFound."""
@@ -548,6 +557,9 @@ COMMANDS: dict[str, Command] = {
     "query-blockstats": Command(_simple(inventory.query_blockstats),
                                 optional=("query-nodes",), types={"query-nodes": bool}),
     "query-uuid": Command(_simple(inventory.query_uuid)),
+    "balloon": Command(lambda mon, args: _balloon("qmp_balloon", mon, args["value"]),
+                       required=("value",), types={"value": int}),
+    "query-balloon": Command(lambda mon, args: _balloon("qmp_query_balloon", mon)),
     "balloon": Command(lambda mon, args: _balloon("qmp_balloon", mon, args["value"]),
                        required=("value",), types={"value": int}),
     "query-balloon": Command(lambda mon, args: _balloon("qmp_query_balloon", mon)),

@@ -27,6 +27,7 @@ EVENTS: dict[str, dict[str, str]] = {
     "RESET": {"guest": "bool", "reason": "str"},
     "SHUTDOWN": {"guest": "bool", "reason": "str"},
     "POWERDOWN": {},
+    "BALLOON_CHANGE": {"actual": "int"},
     "GUEST_PANICKED": {"action": "str", "?info": "any"},
     "VSERPORT_CHANGE": {"id": "str", "open": "bool"},
     "NETDEV_STREAM_CONNECTED": {"netdev-id": "str", "addr": "any"},

@@ -684,5 +684,7 @@ VIRTIO_PCI_MODELS = (
     VirtioPciModel("virtio-net-pci", "virtio-net-device", 0x1000, 0x0200, vectors=4,
                    alias="virtio-net"),
     VirtioPciModel("virtio-9p-pci", "virtio-9p-device", 0x1009, 0x0002, alias="virtio-9p"),
+    VirtioPciModel("virtio-balloon-pci", "virtio-balloon-device", 0x1002, 0x00FF,
+                   alias="virtio-balloon"),
 )
 """QEMU 7.2's IDs: legacy device ID, class (SCSI storage, communication other, other)."""
