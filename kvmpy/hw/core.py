@@ -40,7 +40,35 @@ class MmioDevice:
         return dataclasses.asdict(self.state)
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self.state = type(self.state)(**state)
+        """Replace the state (a :meth:`get_state` dict, e.g. from a saved VM); raises
+        ``kvmpy.migration.VmStateError`` without changing anything when it does not fit."""
+        self.state = state_from_dict(self.state, state, self.name)
+
+
+def state_from_dict(current: Any, state: Any, what: str) -> Any:
+    """A new state dataclass like ``current`` from ``state``: the same fields, each value of
+    the type ``current`` has (list items of the type of its items); VmStateError if not."""
+    from kvmpy.migration.errors import VmStateError
+
+    names = [f.name for f in dataclasses.fields(current)]
+    if not isinstance(state, dict) or sorted(state) != sorted(names):
+        raise VmStateError(f"vmstate: {what}: state fields do not match")
+    for name in names:
+        have, new = getattr(current, name), state[name]
+        if not _same_kind(have, new):
+            raise VmStateError(f"vmstate: {what}: '{name}' has the wrong type")
+        if isinstance(have, list) and have and not all(_same_kind(have[0], v) for v in new):
+            raise VmStateError(f"vmstate: {what}: '{name}' has an item of the wrong type")
+    return type(current)(**{name: (list(state[name]) if isinstance(state[name], list)
+                                   else state[name]) for name in names})
+
+
+def _same_kind(have: Any, new: Any) -> bool:
+    if isinstance(have, bool) or isinstance(new, bool):
+        return type(have) is type(new)
+    if have is None:
+        return new is None or isinstance(new, (int, str, bytes))
+    return isinstance(new, type(have)) or (isinstance(have, list) and isinstance(new, list))
 
 
 # --- QOM device types -------------------------------------------------------------------------
