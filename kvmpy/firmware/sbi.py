@@ -164,6 +164,19 @@ class Sbi:
     def probe(self, eid: int) -> bool:
         return eid in self._handlers or eid in self._legacy
 
+    # -- VM state ------------------------------------------------------------------------------
+
+    def get_state(self) -> dict[str, Any]:
+        """The SBI's own state for a saved VM: none.  What it sets up lives in the harts
+        (SBI TIME compare, HSM power state) and is saved with them."""
+        return {}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        if state != {}:
+            from kvmpy.migration.errors import VmStateError
+
+            raise VmStateError("vmstate: sbi: unknown state fields")
+
     # -- helpers -------------------------------------------------------------------------------
 
     def _hart(self, hartid: int) -> FirmwareHart:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from kvmpy import log
 from kvmpy.chardev.base import CHR_EVENT_BREAK, Chardev
-from kvmpy.hw.core import SysBusDevice
+from kvmpy.hw.core import SysBusDevice, state_from_dict
 from kvmpy.hw.irq import IrqLine, unconnected_irq
 from kvmpy.qom import Property, register_type
 
@@ -325,5 +325,19 @@ class SerialMM(SysBusDevice):
             self.chardev.accept_input()
 
     def set_state(self, state: dict[str, object]) -> None:
-        super().set_state(state)
+        from kvmpy.migration.errors import VmStateError
+
+        new = state_from_dict(self.state, state, self.name)
+        regs = (new.rbr, new.thr, new.ier, new.iir, new.lcr, new.mcr, new.lsr, new.msr,
+                new.scr, new.fcr)
+        if (not all(0 <= v <= 0xFF for v in regs) or not 0 <= new.divider <= 0xFFFF
+                or len(new.recv_fifo) > UART_FIFO_LENGTH
+                or not all(0 <= v <= 0xFF for v in new.recv_fifo)
+                or new.recv_fifo_itl not in _TRIGGER_LEVELS.values()
+                or new.thr_ipending not in (0, 1) or new.timeout_ipending not in (0, 1)):
+            raise VmStateError(f"vmstate: {self.name}: a register or FIFO value is out of "
+                               "range")
+        self.state = new
         self._update_irq()
+        if self.chardev is not None:  # room in the FIFO: input may flow again
+            self.chardev.accept_input()

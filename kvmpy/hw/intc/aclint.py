@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from kvmpy import log
-from kvmpy.hw.core import SysBusDevice
+from kvmpy.hw.core import SysBusDevice, state_from_dict
 from kvmpy.hw.irq import IrqLine
 from kvmpy.qom import Property, register_type
 
@@ -94,7 +94,13 @@ class AclintSwi(SysBusDevice):
                 line.lower()
 
     def set_state(self, state: dict[str, object]) -> None:
-        super().set_state(state)
+        from kvmpy.migration.errors import VmStateError
+
+        new = state_from_dict(self.state, state, self.name)
+        if len(new.msip) != self.num_harts:
+            raise VmStateError(f"vmstate: {self.name}: state is for {len(new.msip)} harts, "
+                               f"this one has {self.num_harts}")
+        self.state = new
         if not self.sswi:
             for line, level in zip(self.outputs, self.state.msip, strict=False):
                 line.set(level)

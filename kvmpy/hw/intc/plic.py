@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from kvmpy import log
 from kvmpy.errors import ConfigError
-from kvmpy.hw.core import SysBusDevice
+from kvmpy.hw.core import SysBusDevice, state_from_dict
 from kvmpy.hw.irq import IrqLine
 from kvmpy.qom import Property, register_type
 
@@ -256,5 +256,19 @@ class SiFivePlic(SysBusDevice):
         self._update(force=True)
 
     def set_state(self, state: dict[str, object]) -> None:
-        super().set_state(state)
+        from kvmpy.migration.errors import VmStateError
+
+        new = state_from_dict(self.state, state, self.name)
+        n = len(self.contexts)
+        if (len(new.priority) != self.num_sources or len(new.threshold) != n
+                or len(new.enable) != n):
+            raise VmStateError(f"vmstate: {self.name}: state is for another number of "
+                               "sources or contexts")
+        limit = 1 << (32 * self.words + 32)
+        words = [*new.priority, *new.threshold]
+        bits = [*new.enable, new.pending, new.claimed, new.levels]
+        if not all(0 <= v <= 0xFFFF_FFFF for v in words) or not all(0 <= v < limit
+                                                                        for v in bits):
+            raise VmStateError(f"vmstate: {self.name}: a register value is out of range")
+        self.state = new
         self._update(force=True)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from kvmpy import log
-from kvmpy.hw.core import SysBusDevice
+from kvmpy.hw.core import SysBusDevice, state_from_dict
 from kvmpy.qom import register_type
 
 HTIF_DEV_SHIFT = 56
@@ -61,6 +61,14 @@ class Htif(SysBusDevice):
         self.on_exit = on_exit
         self.putchar = putchar
         self.state = HtifState()
+
+    def set_state(self, state: dict[str, object]) -> None:
+        from kvmpy.migration.errors import VmStateError
+
+        new = state_from_dict(self.state, state, self.name)
+        if not all(0 <= v < 1 << 64 for v in (new.tohost, new.fromhost)):
+            raise VmStateError(f"vmstate: {self.name}: a register value is out of range")
+        self.state = new
 
     def mmio_read(self, offset: int, size: int) -> int:
         s = self.state

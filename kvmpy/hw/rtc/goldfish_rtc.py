@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from kvmpy import log
-from kvmpy.hw.core import SysBusDevice
+from kvmpy.hw.core import SysBusDevice, state_from_dict
 from kvmpy.hw.irq import IrqLine, unconnected_irq
 from kvmpy.qom import Property, register_type
 
@@ -208,9 +208,28 @@ class GoldfishRtc(SysBusDevice):
         self.state = GoldfishRtcState(tick_offset=offset)
         self._update()
 
+    def get_state(self) -> dict[str, object]:
+        """The registers, with the guest's RTC time as ``now_ns`` instead of the offset to
+        this host's clock: a restored RTC goes on from the time it was saved at."""
+        state = super().get_state()
+        state["now_ns"] = self.clock() + self.state.tick_offset
+        del state["tick_offset"]
+        return state
+
     def set_state(self, state: dict[str, object]) -> None:
+        from kvmpy.migration.errors import VmStateError
+
+        if not isinstance(state, dict) or type(state.get("now_ns")) is not int:
+            raise VmStateError(f"vmstate: {self.name}: state has no 'now_ns'")
+        fields = {k: v for k, v in state.items() if k != "now_ns"}
+        fields["tick_offset"] = int(state["now_ns"]) - self.clock()  # type: ignore[call-overload]
+        new = state_from_dict(self.state, fields, self.name)
+        if not all(-(1 << 63) <= v < 1 << 64 for v in (new.tick_offset, new.alarm_next,
+                                                        new.time_high)) or not all(
+                v in (0, 1) for v in (new.alarm_running, new.irq_pending, new.irq_enabled)):
+            raise VmStateError(f"vmstate: {self.name}: a register value is out of range")
         self._clear_alarm()
-        super().set_state(state)
+        self.state = new
         if self.state.alarm_running:
             self._set_alarm()
         self._update()
