@@ -14,7 +14,12 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from kvmpy.errors import KvmpyError
-from kvmpy.migration.migrate import CAPABILITIES, PARAMETER_DEFAULTS, migration_of
+from kvmpy.migration.migrate import (
+    CAPABILITIES,
+    HONOURED_CAPABILITIES,
+    PARAMETER_DEFAULTS,
+    migration_of,
+)
 
 if TYPE_CHECKING:
     from kvmpy.system import System
@@ -105,8 +110,11 @@ def query_migrate(system: System) -> dict[str, Any]:
 
 
 def query_migrate_capabilities(system: System) -> list[dict[str, Any]]:
+    """The capabilities kvmpy has (QEMU lists all it has; a tool such as libvirt takes an
+    absent one as unsupported), in QEMU's order."""
     caps = migration_of(system).capabilities
-    return [{"state": caps[name], "capability": name} for name in CAPABILITIES]
+    return [{"state": caps[name], "capability": name} for name in CAPABILITIES
+            if name in HONOURED_CAPABILITIES]
 
 
 def migrate_set_capabilities(system: System, capabilities: list[Any]) -> dict[str, Any]:
@@ -223,8 +231,8 @@ def info(system: System, what: str) -> str:
     if what == "migrate":
         return info_migrate(system)
     if what == "migrate_capabilities":
-        caps = migration_of(system).capabilities
-        return "\n".join(f"{name}: {'on' if caps[name] else 'off'}" for name in CAPABILITIES)
+        return "\n".join(f"{cap['capability']}: {'on' if cap['state'] else 'off'}"
+                         for cap in query_migrate_capabilities(system))
     return info_migrate_parameters(system)
 
 

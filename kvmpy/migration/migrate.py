@@ -26,7 +26,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from kvmpy.errors import ConfigError, KvmpyError
 from kvmpy.log import stderr_line
@@ -44,6 +44,7 @@ from kvmpy.migration.uri import (
 )
 
 if TYPE_CHECKING:
+    from kvmpy.migration.save import LiveSaver, SaveStats
     from kvmpy.system import System
 
 MAX_PASSES = 30
@@ -266,7 +267,8 @@ class Outgoing:
         self.passes = 0
         self.remaining = 0
         self.writer: FramedWriter | None = None
-        self.saver: Any = None
+        self.saver: LiveSaver | None = None
+        self.stats: SaveStats | None = None
         self.bandwidth = 0.0
         """Measured while copying, bytes/s."""
         self.downtime_bytes = 0
@@ -313,15 +315,16 @@ class Outgoing:
             self._end("failed", f"internal error: {type(exc).__name__}: {exc}")
 
     def _copy(self) -> None:
-        from kvmpy.migration import LiveSaver
+        from kvmpy.migration.save import LiveSaver
 
         assert self._channel is not None
         params = self.owner.parameters
         writer = self.writer = FramedWriter(self._channel, lambda: params["max-bandwidth"],
                                             self._cancel)
         writer.start()
-        self.saver = LiveSaver(self.system, writer)
-        self.saver.begin()
+        saver = self.saver = LiveSaver(self.system, cast(BinaryIO, writer))
+        self.stats = saver.stats
+        saver.begin()
         self._pass()
         self.setup_time_ms = _ms(time.monotonic() - self.start_time)
         self.owner.on_loop(lambda: self._enter("active"))
@@ -330,14 +333,14 @@ class Outgoing:
             if self._cancel.is_set():
                 raise Cancelled("cancelled")
             started, before = time.monotonic(), writer.transferred
-            sent = int(self.saver.iterate() or 0)
+            saver.iterate()
             writer.flush()
             elapsed = time.monotonic() - started
             copy_time += elapsed
             moved = writer.transferred - before
             if copy_time > 0:
                 self.bandwidth = max(writer.transferred / copy_time, 1.0)
-            self.remaining = max(sent, 0)
+            self.remaining = int(saver.remaining_bytes)
             self._pass()
             self.expected_downtime_ms = _ms(moved / self.bandwidth) if self.bandwidth else 0
             if self.passes > 2 and self.expected_downtime_ms <= params["downtime-limit"]:
@@ -348,7 +351,7 @@ class Outgoing:
         self.stop_time = time.monotonic()
         writer.limited = False
         before = writer.transferred
-        self.saver.complete()
+        saver.complete()
         self._pass()
         writer.finish({"runstate": self._prior_state})
         self._channel.finish()
@@ -443,9 +446,9 @@ class Outgoing:
         ram = self.system.ram
         total = ram.size if ram is not None else 0
         transferred = self.writer.transferred if self.writer is not None else 0
-        stats = getattr(self.saver, "stats", None) if self.saver is not None else None
-        pages = int(getattr(stats, "pages", 0) or 0)
-        zero_pages = int(getattr(stats, "zero_pages", 0) or 0)
+        stats = self.stats
+        pages = stats.ram_bytes // PAGE_SIZE if stats else 0  # pages sent with their data
+        zero_pages = max(stats.pages - pages, 0) if stats else 0  # pages sent as "zero"
         elapsed = max(now - self.start_time, 1e-9)
         remaining = self.remaining if self.passes > 1 else max(total - pages * PAGE_SIZE, 0)
         if self.status == "completed":
@@ -513,7 +516,7 @@ class Incoming:
             self.owner.on_loop(lambda: self.set_status("active"))
             reader = FramedReader(channel)
             reader.start()
-            load_vm(self.system, reader)  # type: ignore[arg-type]
+            load_vm(self.system, cast(BinaryIO, reader))
             global_state = reader.finish()
             channel.close()
             self._channel = None

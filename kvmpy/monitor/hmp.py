@@ -194,6 +194,12 @@ INFO: dict[str, tuple[Callable[[System, HmpState, list[str]], str], str, str]] =
     "pci": (info_pci, "show PCI info", ""),
     "usernet": (info_usernet, "show user network stack connection states", ""),
     "network": (info_network, "show the network state", ""),
+    "migrate": (lambda system, state, args: _migration_info(system, "migrate"),
+                "show migration status", ""),
+    "migrate_capabilities": (lambda system, state, args: _migration_info(
+        system, "migrate_capabilities"), "show current migration capabilities", ""),
+    "migrate_parameters": (lambda system, state, args: _migration_info(
+        system, "migrate_parameters"), "show current migration parameters", ""),
     "snapshots": (lambda system, state, args: snapshots.info_snapshots(system),
                   "show the currently saved VM snapshots", ""),
 }
@@ -371,7 +377,19 @@ def _dispatch(system: System, state: HmpState, name: str, args: list[str]) -> st
             return "\n".join(f"info {k} {v[2]} -- {v[1]}" for k, v in sorted(INFO.items()))
         return "\n".join(f"{cmd} {params} -- {desc}" for cmd, params, desc in HELP
                          if not args or args[0] in cmd.split("|"))
+    if name.startswith("migrate"):
+        from kvmpy.migration.commands import hmp_command
+
+        output = hmp_command(system, name, args)
+        if output is not None:
+            return output
     raise UnknownCommand(f"unknown command: '{name}'")
+
+
+def _migration_info(system: System, what: str) -> str:
+    from kvmpy.migration.commands import info
+
+    return info(system, what)
 
 
 HELP = [  # name, parameters, description: as QEMU's hmp-commands.hx
@@ -389,6 +407,13 @@ HELP = [  # name, parameters, description: as QEMU's hmp-commands.hx
     ("loadvm", "tag", "restore a VM snapshot from its tag"),
     ("netdev_add", "[user|tap|socket|stream|dgram],id=str[,prop=value][,...]",
      "add host network device"),
+    ("migrate", "[-d] [-b] [-i] [-r] uri",
+     "migrate to URI (using -d to not wait for completion)"),
+    ("migrate_cancel", "", "cancel the current VM migration"),
+    ("migrate_incoming", "uri", "Continue an incoming migration from an -incoming defer"),
+    ("migrate_set_capability", "capability state",
+     "Enable/Disable the usage of a capability for migration"),
+    ("migrate_set_parameter", "parameter value", "Set the parameter for migration"),
     ("netdev_del", "id", "remove host network device"),
     ("q|quit", "", "quit the emulator"),
     ("savevm", "tag", "save a VM snapshot. If no tag is provided, a new snapshot is "
