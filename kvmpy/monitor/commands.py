@@ -34,13 +34,25 @@ def query_status(system: System) -> dict[str, Any]:
 
 
 def stop(system: System) -> dict[str, Any]:
+    if system.status == "inmigrate":  # QEMU: the guest stays paused after the migration
+        _set_autostart(system, False)
+        return {}
     system.pause()
     return {}
 
 
 def cont(system: System) -> dict[str, Any]:
+    if system.status == "inmigrate":  # QEMU: the guest starts once the migration is in
+        _set_autostart(system, True)
+        return {}
     system.resume()
     return {}
+
+
+def _set_autostart(system: System, on: bool) -> None:
+    from kvmpy.migration.migrate import migration_of
+
+    migration_of(system).autostart = on
 
 
 def system_reset(system: System) -> dict[str, Any]:
