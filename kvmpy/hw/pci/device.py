@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from kvmpy.hw.core import Device
+from kvmpy.hw.virtio.vmstate import Applier, StateReader
 from kvmpy.qom import InvalidPropertyValue, Property, register_type
 
 if TYPE_CHECKING:
@@ -414,15 +415,36 @@ class PciDevice(Device):
         self.update_mappings()
 
     def get_state(self) -> dict[str, Any]:
-        return {"config": self.config.hex(), "irq_level": self.irq_level,
+        return {"config": bytes(self.config), "irq_level": self.irq_level,
                 "has_power": self.has_power}
 
+    def prepare_state(self, state: dict[str, Any]) -> Applier:
+        """Check ``state`` completely (VmStateError); the function returned assigns it."""
+        return self.prepare_pci_state(StateReader(state, self.describe()))
+
+    def prepare_pci_state(self, r: StateReader) -> Applier:
+        """The configuration space (BAR addresses, command register, capabilities, bridge
+        windows: everything the guest wrote), the INTx level and the slot's power.  The
+        function's identity (vendor, device, class, header type) must be this one's."""
+        config = r.blob("config", self.config_size)
+        for offset, size, what in ((PCI_VENDOR_ID, 4, "vendor/device ID"),
+                                   (PCI_REVISION_ID, 4, "revision/class"),
+                                   (PCI_HEADER_TYPE, 1, "header type")):
+            saved, mine = self._get(config, offset, size), self._get(self.config, offset, size)
+            if saved != mine:
+                raise r.fail("config", f"{what} 0x{saved:x}, this function has 0x{mine:x}")
+        irq_level, has_power = r.flag("irq_level"), r.flag("has_power")
+
+        def apply() -> None:
+            self.config[:] = config
+            self.irq_level = irq_level
+            self.has_power = has_power
+            self.update_mappings()
+            self._route_irq()
+        return apply
+
     def set_state(self, state: dict[str, Any]) -> None:
-        self.config[:] = bytes.fromhex(state["config"])
-        self.irq_level = bool(state["irq_level"])
-        self.has_power = bool(state.get("has_power", True))
-        self.update_mappings()
-        self._route_irq()
+        self.prepare_state(state)()
 
     def describe(self) -> str:
         """``TYPE,id="ID"`` as QEMU names a device in its PCI messages."""

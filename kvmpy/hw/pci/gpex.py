@@ -20,8 +20,10 @@ from typing import Any
 
 from kvmpy.hw.core import MmioDevice
 from kvmpy.hw.irq import IrqLine
+from kvmpy.hw.pci.bridge import PciBridge
 from kvmpy.hw.pci.bus import PciBus
-from kvmpy.hw.pci.device import PciDevice
+from kvmpy.hw.pci.device import PciDevice, pci_func, pci_slot
+from kvmpy.hw.virtio.vmstate import Applier, StateReader, apply_all
 from kvmpy.qom import register_type
 
 PCIE_MMCFG_BUS_SHIFT = 20
@@ -88,11 +90,49 @@ class EcamWindow(MmioDevice):
     def reset(self) -> None:
         self.bus.reset()
 
+    # -- snapshots: the window stands for the host bridge and every function behind it ------
+
+    def functions(self) -> dict[str, PciDevice]:
+        """Every function below the host bridge by a name that does not depend on the
+        guest's bus numbering: the slot.function path from the root bus and the type,
+        ``01.0/00.0 virtio-blk-pci`` for a function behind the root port at 01.0."""
+        found: dict[str, PciDevice] = {}
+
+        def walk(bus: PciBus, prefix: str) -> None:
+            for devfn in sorted(bus.devices):
+                device = bus.devices[devfn]
+                path = f"{prefix}{pci_slot(devfn):02x}.{pci_func(devfn):x}"
+                found[f"{path} {device.type_name}"] = device
+                if isinstance(device, PciBridge):
+                    walk(device.secondary_bus, path + "/")
+        walk(self.bus, "")
+        return found
+
+    def drain(self) -> None:
+        for device in self.functions().values():
+            drain = getattr(device, "drain", None)
+            if drain is not None:
+                drain()
+
     def get_state(self) -> dict[str, Any]:
-        return {}
+        return {"functions": {name: device.get_state()
+                              for name, device in self.functions().items()}}
+
+    def prepare_state(self, state: dict[str, Any]) -> Applier:
+        """Check every function's state (the set of functions must be this bridge's)
+        before any is assigned."""
+        r = StateReader(state, "gpex-pcihost")
+        saved = r.reader("functions")
+        functions = self.functions()
+        missing = sorted(functions.keys() - saved.state.keys())
+        extra = sorted(saved.state.keys() - functions.keys())
+        if missing or extra:
+            raise r.fail("functions", f"not this machine's PCI functions (missing: "
+                         f"{', '.join(missing) or 'none'}; unknown: {', '.join(extra) or 'none'})")
+        return apply_all([functions[name].prepare_state(saved.get(name)) for name in functions])
 
     def set_state(self, state: dict[str, Any]) -> None:
-        pass
+        self.prepare_state(state)()
 
 
 class PciWindow(MmioDevice):

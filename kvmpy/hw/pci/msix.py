@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from kvmpy import log
 from kvmpy.hw.pci.device import PciDevice
+from kvmpy.hw.virtio.vmstate import Applier, StateReader
 
 PCI_CAP_ID_MSIX = 0x11
 MSIX_CAP_LENGTH = 12
@@ -132,9 +133,19 @@ class Msix:
             log.guest_error(f"{self.device.type_name}: MSI-X write at 0x{offset:x} past the "
                             f"{self.vectors}-entry table")
 
-    def get_state(self) -> dict[str, str]:
-        return {"table": self.table.hex(), "pending": self.pending.hex()}
+    def get_state(self) -> dict[str, bytes]:
+        return {"table": bytes(self.table), "pending": bytes(self.pending)}
 
-    def set_state(self, state: dict[str, str]) -> None:
-        self.table[:] = bytes.fromhex(state["table"])
-        self.pending[:] = bytes.fromhex(state["pending"])
+    def prepare_state(self, r: StateReader) -> Applier:
+        """The vector table and pending bits (the enable and mask bits are in the
+        configuration space), checked against this function's vector count."""
+        table = r.blob("table", len(self.table))
+        pending = r.blob("pending", len(self.pending))
+
+        def apply() -> None:
+            self.table[:] = table
+            self.pending[:] = pending
+        return apply
+
+    def set_state(self, state: dict[str, bytes]) -> None:
+        self.prepare_state(StateReader(state, f"{self.device.type_name}: msix"))()

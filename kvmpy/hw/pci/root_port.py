@@ -51,6 +51,7 @@ from kvmpy.hw.pci.device import (
 )
 from kvmpy.hw.pci.msix import MSIX_CAP_LENGTH, Msix
 from kvmpy.hw.pci.pcie import clear_bits, get, put, set_bits
+from kvmpy.hw.virtio.vmstate import Applier, StateReader
 from kvmpy.memory import GuestRAM
 from kvmpy.qom import InvalidPropertyValue, Property, parse_size, register_type
 
@@ -393,7 +394,14 @@ class PcieRootPort(PciBridge):
         return {"pci": super().get_state(), "msix": self.msix.get_state(),
                 "hpev_notified": self.hpev_notified}
 
-    def set_state(self, state: dict[str, Any]) -> None:
-        self.msix.set_state(state["msix"])
-        self.hpev_notified = bool(state["hpev_notified"])
-        super().set_state(state["pci"])
+    def prepare_state(self, state: dict[str, Any]) -> Applier:
+        r = StateReader(state, self.describe())
+        apply_msix = self.msix.prepare_state(r.reader("msix"))
+        notified = r.flag("hpev_notified")
+        apply_pci = self.prepare_pci_state(r.reader("pci"))
+
+        def apply() -> None:
+            apply_msix()
+            self.hpev_notified = notified
+            apply_pci()
+        return apply

@@ -63,6 +63,7 @@ from kvmpy.hw.virtio.virtqueue import (
     VirtqueueError,
     legacy_ring_addresses,
 )
+from kvmpy.hw.virtio.vmstate import U16, Applier, StateReader
 from kvmpy.memory import GuestRAM
 from kvmpy.qom import Property, register_type
 
@@ -611,23 +612,50 @@ class VirtioPciProxy(VirtioTransport, PciDevice):
         state = dataclasses.asdict(self.state)
         state["pci"] = PciDevice.get_state(self)
         state["msix"] = self.msix.get_state() if self.msix is not None else None
-        state["device"] = self.device.get_state() if self.device is not None else None
+        state["device"] = self._device_state()
         return state
 
+    def prepare_state(self, state: dict[str, Any]) -> Applier:
+        """Check ``state`` completely: the transport's registers and queues, the vectors
+        each queue signals, the configuration space, the MSI-X table, the device."""
+        r = StateReader(state, self.describe())
+        fields = self._read_transport_state(r)
+        nqueues = len(fields["queues"])
+        nvectors = self.msix.vectors if self.msix is not None else 0
+
+        def vector(value: int, where: str) -> int:
+            if value != VIRTIO_NO_VECTOR and value >= nvectors:
+                raise r.fail(where, f"vector {value}, the function has {nvectors}")
+            return value
+
+        fields["config_vector"] = vector(r.integer("config_vector", 0, U16), "config_vector")
+        fields["queue_vectors"] = [vector(v, f"queue_vectors[{i}]") for i, v in enumerate(
+            r.ints("queue_vectors", nqueues, 0, U16, length=nqueues))]
+        fields["queue_enabled"] = r.bools("queue_enabled", nqueues, length=nqueues)
+        fields["via_legacy"] = r.flag("via_legacy")
+        if fields["via_legacy"] and not self.legacy_enabled:
+            raise r.fail("via_legacy", "the legacy interface is disabled on this function")
+        msix = r.get("msix")
+        if (msix is None) != (self.msix is None):
+            raise r.fail("msix", "MSI-X state does not match the function's MSI-X")
+        apply_msix = self.msix.prepare_state(r.reader("msix")) if self.msix is not None \
+            else None
+        apply_pci = self.prepare_pci_state(r.reader("pci"))
+        apply_device = self._prepare_device_state(r)
+
+        def apply() -> None:
+            self.state = VirtioPciState(**fields)
+            self._apply_queues(self.state.queues)
+            if apply_msix is not None:
+                apply_msix()
+            apply_pci()
+            if apply_device is not None and self.device is not None:
+                apply_device()
+                self.device.broken = self.state.broken
+        return apply
+
     def set_state(self, state: dict[str, Any]) -> None:
-        state = dict(state)
-        pci, msix = state.pop("pci"), state.pop("msix")
-        device_state = state.pop("device", None)
-        queues = [QueueState(**q) for q in state.pop("queues")]
-        self.state = VirtioPciState(**state, queues=queues)
-        for vq, qs in zip(self.vqs, queues, strict=False):
-            vq.state = qs
-        if self.msix is not None and msix is not None:
-            self.msix.set_state(msix)
-        PciDevice.set_state(self, pci)
-        if self.device is not None and device_state is not None:
-            self.device.set_state(device_state)
-            self.device.broken = self.state.broken
+        self.prepare_state(state)()
 
 
 def _legacy_rings(qs: QueueState) -> tuple[int, int, int]:

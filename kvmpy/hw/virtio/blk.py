@@ -27,6 +27,7 @@ from kvmpy.block.raw import RawImage as RawImage  # re-exported: its home was he
 from kvmpy.errors import ConfigError
 from kvmpy.hw.virtio.device import VirtioDevice
 from kvmpy.hw.virtio.virtqueue import VirtqElement, Virtqueue
+from kvmpy.hw.virtio.vmstate import Applier, StateReader
 from kvmpy.qom import Property, register_type
 
 VIRTIO_ID_BLOCK = 2
@@ -178,6 +179,21 @@ class VirtioBlk(VirtioDevice):
     def reset(self) -> None:
         super().reset()
         self.state = VirtioBlkState()
+
+    def device_state(self) -> dict[str, Any]:
+        # The capacity is the disk's, not state: it is there so that a restore onto a
+        # different disk is refused.
+        return {"writeback": self.state.writeback, "capacity": self.sectors}
+
+    def prepare_device_state(self, r: StateReader) -> Applier:
+        writeback = r.integer("writeback", 0, 1)
+        capacity = r.integer("capacity")
+        if capacity != self.sectors:
+            raise r.fail("capacity", f"{capacity} sectors, the disk has {self.sectors}")
+
+        def apply() -> None:
+            self.state = VirtioBlkState(writeback=writeback)
+        return apply
 
     def handle_queue(self, index: int) -> None:
         vq = self.queues[index]

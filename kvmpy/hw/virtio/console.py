@@ -30,6 +30,7 @@ from kvmpy.hw.core import Device
 from kvmpy.hw.qdev import Bus
 from kvmpy.hw.virtio.device import VirtioDevice
 from kvmpy.hw.virtio.virtqueue import VirtqElement, Virtqueue, VirtqueueError
+from kvmpy.hw.virtio.vmstate import Applier, StateReader
 from kvmpy.qom import Property, register_type
 
 VIRTIO_ID_CONSOLE = 3
@@ -209,6 +210,48 @@ class VirtioSerial(VirtioDevice):
             if port is not None:
                 port.set_guest_connected(False)
 
+    # -- snapshots ------------------------------------------------------------------------------
+
+    def device_state(self) -> dict[str, Any]:
+        s = self.state
+        return {"control_pending": list(s.control_pending),
+                "guest_connected": list(s.guest_connected), "ports_ready": list(s.ports_ready),
+                "host_connected": sorted(nr for nr, port in self.ports.items()
+                                         if port.backend is not None and port.backend.connected),
+                "ports": sorted(self.ports)}
+
+    def prepare_device_state(self, r: StateReader) -> Applier:
+        ports = r.ints("ports", self.max_ports, 0, self.max_ports - 1)
+        if ports != sorted(self.ports):
+            raise r.fail("ports", f"{ports}, this device has ports {sorted(self.ports)}")
+        limit = CONTROL_PENDING_PER_PORT * (self.max_ports + 1)
+        pending = r.items("control_pending", limit)
+        for i, message in enumerate(pending):
+            if not isinstance(message, bytes) or not _CONTROL.size <= len(message) <= 1 << 16:
+                raise r.fail(f"control_pending[{i}]", "expected a control message")
+        lists = {}
+        for key in ("guest_connected", "ports_ready", "host_connected"):
+            nrs = r.ints(key, self.max_ports, 0, self.max_ports - 1)
+            if len(set(nrs)) != len(nrs) or not set(nrs) <= set(self.ports):
+                raise r.fail(key, f"{nrs} names a port twice or a port that does not exist")
+            lists[key] = nrs
+
+        def apply() -> None:
+            self.state = VirtioSerialState(control_pending=list(pending),
+                                           guest_connected=lists["guest_connected"],
+                                           ports_ready=lists["ports_ready"])
+            for nr, port in self.ports.items():
+                if nr in self.state.guest_connected:  # QEMU's post_load
+                    port.set_guest_connected(True)
+                # A back-end that connected or went away since: the driver hears of it
+                # with the next control message it takes (guest memory is not touched here).
+                connected = port.backend is not None and port.backend.connected
+                if nr in self.state.ports_ready and \
+                        connected != (nr in lists["host_connected"]):
+                    self.state.control_pending.append(
+                        _CONTROL.pack(nr, VIRTIO_CONSOLE_PORT_OPEN, int(connected)))
+        return apply
+
     def driver_ok(self) -> None:
         # A driver without MULTIPORT cannot say that it opened port 0: it is open once the
         # driver is up (QEMU's set_status).
@@ -217,6 +260,8 @@ class VirtioSerial(VirtioDevice):
             self.state.guest_connected.append(0)
 
     def handle_queue(self, index: int) -> None:
+        if self.state.control_pending and index != CONTROL_RX:
+            self._flush_control()
         if index == CONTROL_TX:
             self._handle_control(self.queues[index])
         elif index == CONTROL_RX:

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 from kvmpy.hw.core import Device
 from kvmpy.hw.virtio.virtqueue import Virtqueue
+from kvmpy.hw.virtio.vmstate import U64, Applier, StateReader
 from kvmpy.qom import Property, register_type
 
 # Device-independent feature bits (virtio spec §6).
@@ -135,9 +136,33 @@ class VirtioDevice(Device):
         self.guest_features = 0
         self.broken = False
 
+    # -- snapshots ------------------------------------------------------------------------------
+
     def get_state(self) -> dict[str, Any]:
-        return {"guest_features": self.guest_features, "device": dataclasses.asdict(self.state)}
+        return {"guest_features": self.guest_features, "device": self.device_state()}
+
+    def device_state(self) -> dict[str, Any]:
+        """The device's own state (values only)."""
+        return dataclasses.asdict(self.state)
+
+    def prepare_state(self, state: dict[str, Any]) -> Applier:
+        """Check ``state`` (from :meth:`get_state`, maybe of another process) completely and
+        return the function that assigns it; raises VmStateError."""
+        r = StateReader(state, self.type_name)
+        features = r.integer("guest_features", 0, U64)
+        apply_device = self.prepare_device_state(r.reader("device"))
+
+        def apply() -> None:
+            self.guest_features = features
+            apply_device()
+        return apply
+
+    def prepare_device_state(self, r: StateReader) -> Applier:
+        """:meth:`prepare_state` for the device's own part.  This default takes a device
+        whose state dataclass has no fields."""
+        if dataclasses.fields(self.state) or r.state:
+            raise r.fail(next(iter(r.state), "device"), "unexpected device state")
+        return lambda: None
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self.guest_features = state["guest_features"]
-        self.state = type(self.state)(**state["device"])
+        self.prepare_state(state)()

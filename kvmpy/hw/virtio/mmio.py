@@ -34,6 +34,7 @@ from kvmpy.hw.virtio.virtqueue import (
     Virtqueue,
     legacy_ring_addresses,
 )
+from kvmpy.hw.virtio.vmstate import Applier, StateReader
 from kvmpy.memory import GuestRAM
 from kvmpy.qom import Property, register_type
 
@@ -272,20 +273,27 @@ class VirtioMmio(VirtioTransport, SysBusDevice):
 
     def get_state(self) -> dict[str, Any]:
         state = dataclasses.asdict(self.state)
-        state["device"] = self.device.get_state() if self.device is not None else None
+        state["device"] = self._device_state()
         return state
 
+    def prepare_state(self, state: dict[str, Any]) -> Applier:
+        """Check ``state`` completely; the returned function assigns it."""
+        r = StateReader(state, self.name)
+        fields = self._read_transport_state(r)
+        fields["guest_page_shift"] = r.integer("guest_page_shift", 0, 31)
+        apply_device = self._prepare_device_state(r)
+
+        def apply() -> None:
+            self.state = VirtioMmioState(**fields)
+            self._apply_queues(self.state.queues)
+            if apply_device is not None and self.device is not None:
+                apply_device()
+                self.device.broken = self.state.broken
+            self._update_irq()
+        return apply
+
     def set_state(self, state: dict[str, Any]) -> None:
-        state = dict(state)
-        device_state = state.pop("device", None)
-        queues = [QueueState(**q) for q in state.pop("queues")]
-        self.state = VirtioMmioState(**state, queues=queues)
-        for vq, qs in zip(self.vqs, queues, strict=False):
-            vq.state = qs
-        if self.device is not None and device_state is not None:
-            self.device.set_state(device_state)
-            self.device.broken = self.state.broken
-        self._update_irq()
+        self.prepare_state(state)()
 
 
 def mmio_buses(transports: Sequence[VirtioMmio]) -> list[Bus]:

@@ -39,6 +39,9 @@ from kvmpy.errors import ConfigError
 from kvmpy.hw.virtio.device import VIRTIO_F_VERSION_1, VirtioDevice
 from kvmpy.hw.virtio.net_filter import (
     DEFAULT_MACS,
+    MAC_TABLE_ENTRIES,
+    MAX_VLAN,
+    RX_MODES,
     CommandData,
     MacAddressPool,
     MacProperty,
@@ -52,6 +55,7 @@ from kvmpy.hw.virtio.virtqueue import (
     Virtqueue,
     VirtqueueError,
 )
+from kvmpy.hw.virtio.vmstate import U32, Applier, StateReader, state_error
 from kvmpy.qom import Property, register_type
 
 if TYPE_CHECKING:
@@ -336,16 +340,37 @@ class VirtioNet(VirtioDevice):
         self.state = VirtioNetState(mac=format_mac(self.macaddr), status=link)
         self._tx_scheduled = False
 
-    def set_state(self, state: dict[str, Any]) -> None:
-        device = copy.deepcopy(state["device"])
-        device["rx_filter"] = RxFilter(**device["rx_filter"])
-        self.guest_features = state["guest_features"]
-        self.state = VirtioNetState(**device)
-        self._tx_scheduled = False
+    def device_state(self) -> dict[str, Any]:
+        return copy.deepcopy(dataclasses.asdict(self.state))
 
-    def get_state(self) -> dict[str, Any]:
-        return {"guest_features": self.guest_features,
-                "device": dataclasses.asdict(self.state)}
+    def prepare_device_state(self, r: StateReader) -> Applier:
+        """The MAC, link status, offloads and the receive filter.  The back-end's own state
+        (slirp's connections, a tap's queue) is not carried: the NIC meets the back-end of
+        the new process as it is."""
+        mac = r.text("mac", 17)
+        if parse_mac(mac) is None:
+            raise r.fail("mac", f"'{mac}' is not a MAC address")
+        status = r.integer("status", 0, VIRTIO_NET_S_LINK_UP | VIRTIO_NET_S_ANNOUNCE)
+        driver_ok = r.flag("driver_ok")
+        offloads = r.integer("curr_guest_offloads", 0, _GUEST_OFFLOADS)
+        if offloads & ~_GUEST_OFFLOADS:
+            raise r.fail("curr_guest_offloads", f"0x{offloads:x} has bits that are no "
+                         "guest offload")
+        rx_filter = _rx_filter_from(r.reader("rx_filter"))
+
+        def apply() -> None:
+            self.state = VirtioNetState(mac=mac, status=status, driver_ok=driver_ok,
+                                        curr_guest_offloads=offloads, rx_filter=rx_filter)
+            self._tx_scheduled = False
+            if self.host_hdr_len:
+                self._apply_guest_offloads()
+        return apply
+
+    def drain(self) -> None:
+        """Transmit work left for the main loop is done now: after it, the queue positions
+        say everything (VM paused, big lock held)."""
+        if self._tx_scheduled:
+            self._continue_tx()
 
     def set_link(self, up: bool) -> None:
         """``set_link``: the STATUS word follows, with a config interrupt when it changes;
@@ -618,6 +643,23 @@ class VirtioNet(VirtioDevice):
         self.state.curr_guest_offloads = offloads
         self._apply_guest_offloads()
         return True
+
+
+def _rx_filter_from(r: StateReader) -> RxFilter:
+    modes = {mode: r.flag(mode) for mode in RX_MODES}
+    table = [check_mac(mac, f"{r.where}: mac_table") for mac in
+             r.items("mac_table", MAC_TABLE_ENTRIES)]
+    return RxFilter(**modes, mac_table=table,
+                    first_multi=r.integer("first_multi", 0, len(table)),
+                    uni_overflow=r.flag("uni_overflow"),
+                    multi_overflow=r.flag("multi_overflow"),
+                    vlans=r.ints("vlans", MAX_VLAN // 32, 0, U32, length=MAX_VLAN // 32))
+
+
+def check_mac(value: object, where: str) -> str:
+    if not isinstance(value, str) or parse_mac(value) is None:
+        raise state_error(f"{where}: {value!r} is not a MAC address")
+    return value
 
 
 def _push_all(vq: Virtqueue, used: list[tuple[VirtqElement, int]]) -> None:

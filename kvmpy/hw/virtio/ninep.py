@@ -37,6 +37,7 @@ from kvmpy import log
 from kvmpy.errors import ConfigError
 from kvmpy.hw.virtio.device import VirtioDevice
 from kvmpy.hw.virtio.virtqueue import VirtqElement, Virtqueue, VirtqueueError
+from kvmpy.hw.virtio.vmstate import Applier, StateReader
 from kvmpy.qom import Property, register_type
 
 if TYPE_CHECKING:
@@ -57,12 +58,15 @@ RLERROR = 7
 TREAD = 116
 JOIN_TIMEOUT = 5.0
 """Seconds close waits for a worker busy in a host call before leaving it behind."""
+DRAIN_TIMEOUT = 30.0
+"""Seconds drain waits for the request in flight before giving up (logged)."""
 
 
 @dataclass
 class VirtioNinePState:
-    """No guest-visible state beyond the queue (QEMU migrates none either: a mounted 9P
-    export blocks migration there)."""
+    """No guest-visible state beyond the queue and the server's session (QEMU migrates
+    none: a mounted 9P export blocks migration there; kvmpy carries the session, see
+    :mod:`kvmpy.fs.snapshot`)."""
 
 
 @register_type("virtio-9p-device", "virtio-device", description="virtio 9P file system")
@@ -97,6 +101,10 @@ class VirtioNineP(VirtioDevice):
         self._direct = False
         """The worker is reading a file straight into guest buffers (without the big lock):
         a reset waits for that to end, as QEMU's reset waits for requests in flight."""
+        self._busy = False
+        """A notify asked the worker for work it has not finished (big lock)."""
+        self._idle = threading.Condition(self.lock)
+        """Signalled (big lock) when the worker runs out of requests: :meth:`drain`."""
         self.served = 0
         """Requests answered since creation (for tests and ``info``)."""
         if at_close is not None:
@@ -152,6 +160,7 @@ class VirtioNineP(VirtioDevice):
             if self._stopping or self.server is None:
                 return
             self._pending = True
+            self._busy = True
             if self._worker is None:
                 self._worker = threading.Thread(target=self._serve, daemon=True,
                                                 name=f"virtio-9p {self.mount_tag}")
@@ -171,6 +180,37 @@ class VirtioNineP(VirtioDevice):
                                                         JOIN_TIMEOUT):
                 log.warn_report("virtio-9p: reset while a host read into guest memory "
                                 "still runs")
+
+    # -- snapshots ------------------------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Wait until the worker has answered every request the guest notified (the VM is
+        paused; the big lock, if held, is let go while waiting, as QEMU's drain polls)."""
+        with self._idle:
+            if not self._idle.wait_for(lambda: not self._busy or self._stopping,
+                                       DRAIN_TIMEOUT):
+                log.warn_report("virtio-9p: a request is still in flight after "
+                                f"{DRAIN_TIMEOUT:.0f} s")
+
+    def device_state(self) -> dict[str, Any]:
+        from kvmpy.fs.snapshot import server_state
+
+        return {"server": server_state(self.server) if self.server is not None else None}
+
+    def prepare_device_state(self, r: StateReader) -> Applier:
+        saved = r.get("server")
+        if self.server is None:
+            if saved is not None:
+                raise r.fail("server", "a 9P session for a device without an export")
+            return lambda: None
+        from kvmpy.fs.snapshot import check_server_state
+
+        restore = check_server_state(self.server, saved, f"{r.where}: server")
+
+        def apply() -> None:
+            self.drain()  # the worker uses the server without the big lock
+            restore()
+        return apply
 
     def close(self) -> None:
         """Stop the worker and release the server's host files (safe to call twice)."""
@@ -212,6 +252,10 @@ class VirtioNineP(VirtioDevice):
                     server.reset()
                     served_generation = generation
                 if request is None:
+                    with self.lock:
+                        if not self._pending:
+                            self._busy = False
+                            self._idle.notify_all()
                     break
                 elem, data = request
                 header = None

@@ -10,6 +10,7 @@ transport it is behind.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from kvmpy import log
 from kvmpy.errors import ConfigError
@@ -20,7 +21,8 @@ from kvmpy.hw.virtio.device import (
     VIRTIO_RING_F_EVENT_IDX,
     VirtioDevice,
 )
-from kvmpy.hw.virtio.virtqueue import QueueState, Virtqueue, VirtqueueError
+from kvmpy.hw.virtio.virtqueue import QueueState, Virtqueue, VirtqueueError, queue_state_from
+from kvmpy.hw.virtio.vmstate import U8, U32, Applier, StateReader
 from kvmpy.memory import GuestRAM
 
 VIRTIO_QUEUE_MAX = 1024
@@ -162,6 +164,55 @@ class VirtioTransport:
 
     def reset(self) -> None:
         self._reset_transport()
+
+    # -- snapshots ------------------------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Wait until the device has no request in flight (the VM is paused)."""
+        drain = getattr(self.device, "drain", None)
+        if drain is not None:
+            drain()
+
+    def _read_transport_state(self, r: StateReader) -> dict[str, Any]:
+        """The fields of :class:`VirtioTransportState` from a state file, checked; the
+        queues must be the device's."""
+        status = r.integer("status", 0, U8)
+        broken = r.flag("broken")
+        sizes = self.device.queue_sizes if self.device is not None else ()
+        queues = [queue_state_from(q, sizes[i]) for i, q in
+                  enumerate(r.readers("queues", VIRTIO_QUEUE_MAX, length=len(sizes)))]
+        return {
+            "status": status, "isr": r.integer("isr", 0, VIRTIO_INT_VRING | VIRTIO_INT_CONFIG),
+            "host_features_sel": r.integer("host_features_sel", 0, U32),
+            "guest_features_sel": r.integer("guest_features_sel", 0, U32),
+            "guest_features": r.ints("guest_features", 2, 0, U32, length=2),
+            "queue_sel": r.integer("queue_sel", 0, VIRTIO_QUEUE_MAX - 1),
+            "config_generation": r.integer("config_generation", 0, U32),
+            "broken": broken, "queues": queues,
+        }
+
+    def _device_state(self) -> dict[str, Any] | None:
+        if self.device is None:
+            return None
+        return {"type": self.device.type_name, **self.device.get_state()}
+
+    def _prepare_device_state(self, r: StateReader) -> Applier | None:
+        """The plugged device's state (None for an empty slot), checked."""
+        state = r.get("device")
+        if self.device is None:
+            if state is not None:
+                raise r.fail("device", "a device's state for an empty slot")
+            return None
+        device = StateReader(state, f"{r.where}: device")
+        kind = device.text("type", 64)
+        if kind != self.device.type_name:
+            raise device.fail("type", f"'{kind}', this slot holds '{self.device.type_name}'")
+        return self.device.prepare_state({k: v for k, v in device.state.items()
+                                          if k != "type"})
+
+    def _apply_queues(self, queues: list[QueueState]) -> None:
+        for vq, qs in zip(self.vqs, queues, strict=True):
+            vq.state = qs
 
     # -- queues and status ----------------------------------------------------------------------
 

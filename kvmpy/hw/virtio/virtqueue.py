@@ -13,6 +13,7 @@ import functools
 import struct
 from dataclasses import dataclass, field
 
+from kvmpy.hw.virtio.vmstate import U16, U64, StateReader
 from kvmpy.memory import GuestRAM
 
 VRING_DESC_F_NEXT = 1
@@ -51,6 +52,27 @@ class QueueState:
     """VIRTIO_RING_F_EVENT_IDX negotiated: used_event/avail_event steer notifications."""
     signalled_used: int = 0
     signalled_used_valid: bool = False
+
+
+def queue_state_from(r: StateReader, num_default: int) -> QueueState:
+    """A :class:`QueueState` from a state file, checked (VmStateError otherwise); its default
+    size must be the device's.  The ring addresses are the guest's to choose, anywhere in
+    the 64-bit space, and are checked against guest RAM at every use, as the guest's own
+    are: a ring outside RAM breaks the device on its first use, as it would have at the
+    source, so it is not a reason to refuse the state."""
+    qs = QueueState(
+        num=r.integer("num", 0, VIRTQUEUE_MAX_SIZE), num_default=r.integer("num_default", 0, U16),
+        desc=r.integer("desc", 0, U64), avail=r.integer("avail", 0, U64),
+        used=r.integer("used", 0, U64), align=r.integer("align", 1, 1 << 31),
+        ready=r.flag("ready"), last_avail_idx=r.integer("last_avail_idx", 0, U16),
+        used_idx=r.integer("used_idx", 0, U16), event_idx=r.flag("event_idx"),
+        signalled_used=r.integer("signalled_used", 0, U16),
+        signalled_used_valid=r.flag("signalled_used_valid"))
+    if qs.num_default != num_default:
+        raise r.fail("num_default", f"{qs.num_default}, the device's queue has {num_default}")
+    if qs.align & (qs.align - 1):
+        raise r.fail("align", f"{qs.align} is not a power of 2")
+    return qs
 
 
 @dataclass
