@@ -135,6 +135,20 @@ class TypeInfo:
 
 _types: dict[str, TypeInfo] = {}
 _aliases: dict[str, str] = {}
+_type_loader: Callable[[str], None] | None = None
+
+
+def set_type_loader(loader: Callable[[str], None] | None) -> None:
+    """``loader(name)`` is called before the registry answers about ``name`` (a type, an alias,
+    or a parent whose descendants are listed), to import the modules that register it on
+    demand (:mod:`kvmpy.registry_init`)."""
+    global _type_loader
+    _type_loader = loader
+
+
+def _want(name: str) -> None:
+    if _type_loader is not None:
+        _type_loader(name)
 
 
 def _own_properties(cls: type) -> dict[str, Property[Any]]:
@@ -164,6 +178,8 @@ def register_type(name: str, parent: str | None = None, *, abstract: bool = Fals
 
 
 def type_info(name: str) -> TypeInfo | None:
+    if name not in _types:
+        _want(name)
     return _types.get(name)
 
 
@@ -175,10 +191,13 @@ def register_alias(alias: str, name: str) -> None:
 
 def resolve_alias(name: str) -> str:
     """The type an alias stands for (``name`` itself when it is no alias)."""
+    if name not in _types and name not in _aliases:
+        _want(name)
     return _aliases.get(name, name) if name not in _types else name
 
 
 def alias_of(name: str) -> str | None:
+    _want(name)
     for alias, target in _aliases.items():
         if target == name:
             return alias
@@ -186,6 +205,8 @@ def alias_of(name: str) -> str | None:
 
 
 def is_a(name: str, ancestor: str) -> bool:
+    if name not in _types:
+        _want(name)
     info = _types.get(name)
     while info is not None:
         if info.name == ancestor:
@@ -196,6 +217,7 @@ def is_a(name: str, ancestor: str) -> bool:
 
 def object_class_get_list(implements: str, include_abstract: bool = False) -> list[TypeInfo]:
     """Every registered type that is ``implements`` or descends from it, sorted by name."""
+    _want(implements)
     return sorted(
         (info for info in _types.values()
          if is_a(info.name, implements) and (include_abstract or not info.abstract)),
@@ -214,6 +236,8 @@ def apply_properties(obj: object, info: TypeInfo, props: Mapping[str, str]) -> N
 
 def object_new(name: str, props: Mapping[str, str] | None = None, **kwargs: Any) -> Any:
     """Instantiate type ``name``; ``props`` are command-line strings, ``kwargs`` go to __init__."""
+    if name not in _types:
+        _want(name)
     info = _types.get(name)
     if info is None:
         raise ConfigError(f"unknown type '{name}'")

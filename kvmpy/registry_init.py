@@ -1,14 +1,26 @@
-"""The one place that imports every module registering QOM types.
+"""The one place that knows every module registering QOM types.
 
 ``-M help``, ``-device help``, ``-accel help``, ``-chardev help`` and ``-cpu help`` are answered
-from the registry, which only knows the types whose modules were imported.  Each entry below is
-imported when it exists in this installation (a feature not built yet is simply absent).
+from the registry, which only knows the types whose modules were imported.  Each entry of
+:data:`TYPE_MODULES` is imported when it exists in this installation (a feature not built yet is
+simply absent).
+
+Importing every device, back-end and accelerator costs tens of milliseconds of start-up that a
+VM using a few of them should not pay, so :func:`load_types` makes the registry complete *on
+demand*: :data:`DECLARED_TYPES` says which names (types, aliases, and the parents their types
+descend from) each module registers, and the registry asks :func:`load_for` before it answers
+about a name, which imports just the modules declaring it.  A name no module declares imports
+them all (so an unknown name is answered exactly as with every module imported), as does a
+module missing from :data:`DECLARED_TYPES`.  ``tests/test_registry_lazy.py`` checks the
+declarations against what the modules really register.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+
+from kvmpy import qom
 
 TYPE_MODULES = (
     "kvmpy.chardev",
@@ -28,7 +40,39 @@ TYPE_MODULES = (
     "kvmpy.hw.riscv.cpu",
 )
 
+_DEVICE = ("object", "device", "sys-bus-device")
+_VIRTIO_PCI = tuple(f"virtio-{name}{suffix}" for name in ("9p", "balloon", "blk", "net", "rng",
+                                                                "serial")
+                    for suffix in ("", "-pci", "-pci-non-transitional", "-pci-transitional"))
+
+DECLARED_TYPES: dict[str, tuple[str, ...]] = {
+    "kvmpy.chardev": ("object", "chardev", "chardev-file", "chardev-memory", "chardev-mux",
+                      "chardev-null", "chardev-pty", "chardev-ringbuf", "chardev-socket",
+                      "chardev-stdio", "chardev-vc"),
+    "kvmpy.accel.tcg": ("object", "accel", "tcg-accel"),
+    "kvmpy.accel.kvm": ("object", "accel", "kvm-accel"),
+    "kvmpy.hw.char": (*_DEVICE, "serial-mm"),
+    "kvmpy.hw.intc": (*_DEVICE, "riscv.aclint.mtimer", "riscv.aclint.swi", "riscv.sifive.plic"),
+    "kvmpy.hw.misc": (*_DEVICE, "riscv.htif.uart", "riscv.sifive.test"),
+    "kvmpy.hw.rtc": (*_DEVICE, "goldfish_rtc"),
+    "kvmpy.hw.virtio": (*_DEVICE, "virtconsole", "virtio-9p-device", "virtio-blk-device",
+                        "virtio-device", "virtio-mmio", "virtio-net-device",
+                        "virtio-rng-device", "virtio-serial-device", "virtserialport"),
+    "kvmpy.hw.virtio.balloon": ("object", "device", "virtio-device", "virtio-balloon-device"),
+    "kvmpy.hw.pci": ("object", "device", "base-pci-bridge", "gpex-root", "pci-device",
+                     "pcie-root-port", "virtio-pci", *_VIRTIO_PCI),
+    "kvmpy.net": ("object", "netdev", "netdev-dgram", "netdev-socket", "netdev-stream",
+                  "netdev-tap", "netdev-user"),
+    "kvmpy.hw.null_machine": ("object", "machine", "none-machine"),
+    "kvmpy.hw.riscv.virt": ("object", "machine", "virt-machine"),
+    "kvmpy.hw.riscv.spike": ("object", "machine", "spike-machine"),
+}
+"""Module -> the names it registers: its types and aliases (and the types they stand for),
+and every parent of its types.  Listing parents lets ``object_class_get_list("machine")``
+import the machine modules only."""
+
 _loaded = False
+_answered: set[str] = set()
 
 
 def _exists(name: str) -> bool:
@@ -38,12 +82,36 @@ def _exists(name: str) -> bool:
         return False
 
 
-def load_types() -> None:
+def _import(module: str) -> None:
+    if _exists(module):
+        importlib.import_module(module)
+
+
+def load_all_types() -> None:
     """Import every type module that exists (idempotent)."""
     global _loaded
     if _loaded:
         return
     for name in TYPE_MODULES:
-        if _exists(name):
-            importlib.import_module(name)
+        _import(name)
     _loaded = True
+
+
+def load_for(name: str) -> None:
+    """Import the modules that register ``name`` (a type, an alias or a parent of theirs);
+    all of them when no module declares it.  The registry's loader (idempotent)."""
+    if _loaded or name in _answered:
+        return
+    modules = [m for m in TYPE_MODULES if name in DECLARED_TYPES.get(m, (name,))]
+    if not any(m in DECLARED_TYPES for m in modules):
+        load_all_types()
+        return
+    for module in modules:
+        _import(module)
+    _answered.add(name)
+
+
+def load_types() -> None:
+    """Make the registry answer as if every type module were imported: each lookup imports
+    the modules it needs (:func:`load_for`).  Idempotent."""
+    qom.set_type_loader(load_for)
