@@ -16,12 +16,13 @@ registers, single-stepping on the interpreter.
 
 from __future__ import annotations
 
+import os
 import queue
 import re
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvmpy.chardev.base import Chardev
 from kvmpy.errors import ConfigError, KvmpyError, StateError
@@ -34,6 +35,9 @@ from kvmpy.guest_agent import (
     find_agent_socket,
 )
 from kvmpy.monitor import commands
+
+if TYPE_CHECKING:
+    from kvmpy.migration import SaveStats
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -165,6 +169,11 @@ class VM:
         from kvmpy.system import System
 
         self.args = _build_args(args, options)
+        self._saved_args = list(self.args)
+        """What rebuilds this VM (without the agent's own port): kept in saved states."""
+        self._agent = agent
+        self._restore_from: str | None = None
+        self._verify = True
         self._chardevs = dict(chardevs or {})
         self._agent_chardev = AgentChardev() if agent else None
         if agent:
@@ -207,6 +216,8 @@ class VM:
         system.add_event_listener(self._on_event)
         try:
             system.create()
+            if self._restore_from is not None:
+                self._load(system, self._restore_from)
         except BaseException:
             system.close()  # a failed launch leaves no thread, fd or mapping behind
             raise
@@ -332,6 +343,84 @@ class VM:
             except (TimeoutError, StateError):
                 self.kill()
 
+    # -- save and restore ------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike[str]) -> SaveStats:
+        """Save the whole VM (RAM, harts, devices, clock, and the arguments that build it) to
+        the file ``path``; :meth:`restore` brings it back.
+
+        As QEMU's ``savevm``, the VM is left in the run state it had: a running VM is paused
+        for the save (STOP) and resumed after it (RESUME), a paused one stays paused.  RAM
+        pages that are zero take no room (the file is sparse); the data is page-aligned so
+        that a restore maps it copy-on-write.  Raises
+        :class:`kvmpy.migration.VmStateError` when a device cannot be saved.
+        """
+        from kvmpy.migration import save_file
+
+        self._require("running", "paused", "prelaunch")
+        system = self.system
+        target = os.fspath(path)
+
+        def run() -> SaveStats:
+            was_running = system.status == "running"
+            if was_running:
+                system.pause()
+            try:
+                return save_file(system, target, args=self._saved_args,
+                                 info={"agent": self._agent})
+            finally:
+                if was_running:
+                    system.resume()
+
+        stats: SaveStats = self._on_loop(run)
+        return stats
+
+    @classmethod
+    def restore(cls, path: str | os.PathLike[str], *, start_paused: bool = False,
+                verify: bool = True, **overrides: Any) -> VM:
+        """A VM rebuilt from a file of :meth:`save` and running from the point it was saved
+        at (``start_paused=True``: paused there, :meth:`resume` starts it).
+
+        The VM is created with the saved arguments; ``overrides`` are keyword arguments as
+        for ``VM(...)`` and replace the saved options of the same name (``accel="kvm"``,
+        ``chardevs={...}``, ``agent=True``).  Saved RAM is mapped copy-on-write from the file,
+        so VMs restored from one file share the pages none of them wrote; the file must stay
+        in place while they run.  ``verify=False`` skips reading the RAM data for its
+        checksum (the rest of the file is always checked).  A file that does not fit (another
+        machine, -smp, -m or device set, a newer format, truncated or corrupt) raises
+        :class:`kvmpy.migration.VmStateError` with a one-line reason.
+        """
+        from kvmpy.migration import VmStateError, read_header
+
+        target = os.fspath(path)
+        try:
+            with open(target, "rb") as f:
+                header = read_header(f)
+        except OSError as exc:
+            raise VmStateError(f"vmstate: cannot open '{target}': {exc.strerror}") from exc
+        saved = header.get("args")
+        if not isinstance(saved, list) or not all(isinstance(a, str) for a in saved):
+            raise VmStateError(f"vmstate: '{target}' does not say how the VM was created")
+        info = header.get("info")
+        if not isinstance(info, dict):
+            info = {}
+        agent = bool(overrides.pop("agent", bool(info.get("agent"))))
+        chardevs = overrides.pop("chardevs", None)
+        args = _drop_options(saved, overrides)
+        vm = cls(args, agent=agent, chardevs=chardevs, start_paused=True, **overrides)
+        vm._restore_from = target
+        vm._verify = verify
+        vm.launch()
+        if not start_paused:
+            vm.resume()
+        return vm
+
+    def _load(self, system: Any, path: str) -> None:
+        from kvmpy.migration import load_vm
+
+        with open(path, "rb") as f:
+            load_vm(system, f, map_ram=True, verify=self._verify)
+
     def _require(self, *states: str) -> None:
         if self.status not in states:
             raise StateError(f"the VM is {self.status}, this needs {' or '.join(states)}",
@@ -420,6 +509,30 @@ class VM:
         if stepper is None:
             raise KvmpyError("single-stepping needs the tcg accelerator")
         stepper(count)
+
+
+_OPTION_FLAGS = {"machine": ("-M", "-machine"), "accel": ("-accel",), "cpu": ("-cpu",),
+                 "memory": ("-m",), "smp": ("-smp",), "kernel": ("-kernel",),
+                 "initrd": ("-initrd",), "append": ("-append",), "bios": ("-bios",),
+                 "dtb": ("-dtb",), "name": ("-name",)}
+
+
+def _drop_options(argv: Sequence[str], overrides: Mapping[str, Any]) -> list[str]:
+    """``argv`` without the options that ``overrides`` (VM keyword arguments) give anew."""
+    drop = {flag for key, flags in _OPTION_FLAGS.items() if overrides.get(key) is not None
+            for flag in flags}
+    if overrides.get("accel") is not None:
+        drop.add("-enable-kvm")
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in drop:
+            i += 1 if arg == "-enable-kvm" else 2
+            continue
+        out.append(arg)
+        i += 1
+    return out
 
 
 def _matches(event: Mapping[str, Any], match: Mapping[str, Any]) -> bool:

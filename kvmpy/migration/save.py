@@ -65,9 +65,11 @@ def _require_stopped(system: System, what: str) -> None:
         raise VmStateError(f"vmstate: {what} needs the VM paused")
 
 
-def _header(system: System, args: Sequence[str] | None) -> bytes:
+def _header(system: System, args: Sequence[str] | None,
+            info: dict[str, Any] | None = None) -> bytes:
     accel = system.accel
     return codec.encode({
+        "info": dict(info or {}),
         "format": FORMAT_VERSION,
         "kvmpy": kvmpy.__version__,
         "fingerprint": machine.fingerprint(system),
@@ -77,10 +79,12 @@ def _header(system: System, args: Sequence[str] | None) -> bytes:
     })
 
 
-def save_vm(system: System, out: BinaryIO, *, args: Sequence[str] | None = None) -> SaveStats:
+def save_vm(system: System, out: BinaryIO, *, args: Sequence[str] | None = None,
+            info: dict[str, Any] | None = None) -> SaveStats:
     """Write the whole state of ``system`` (paused) to ``out``: header, RAM pages that are
     not zero, devices (drained first), harts, SBI, clock, end.  ``args``: the command line
-    that rebuilds the VM, kept in the header for :meth:`kvmpy.VM.restore`.
+    that rebuilds the VM, kept in the header for :meth:`kvmpy.VM.restore`; ``info``: other
+    state values the caller wants in the header (:func:`read_header` gives them back).
 
     Written to a regular file, RAM data is page-aligned with zero pages as holes (a restore
     maps it); to any other stream it is packed.
@@ -95,7 +99,7 @@ def save_vm(system: System, out: BinaryIO, *, args: Sequence[str] | None = None)
         machine.drain(system)
         state = codec.encode(machine.collect(system))
     writer.start()
-    writer.record(TAG_HEADER, _header(system, args))
+    writer.record(TAG_HEADER, _header(system, args, info))
     pages = ram.nonzero_pages(system.ram)
     if writer.sparse:
         stats.pages, stats.ram_bytes = ram.write_sparse(writer, system.ram, pages)
@@ -298,13 +302,14 @@ class LiveSaver:
 
 
 def save_file(system: System, path: str | os.PathLike[str], *,
-              args: Sequence[str] | None = None) -> SaveStats:
+              args: Sequence[str] | None = None,
+              info: dict[str, Any] | None = None) -> SaveStats:
     """:func:`save_vm` to ``path`` (written beside it, then renamed into place)."""
     path = os.fspath(path)
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
-            stats = save_vm(system, f, args=args)
+            stats = save_vm(system, f, args=args, info=info)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
