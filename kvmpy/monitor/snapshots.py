@@ -413,7 +413,8 @@ def _set_status(system: System, job: Job, status: str) -> None:
     system.emit("JOB_STATUS_CHANGE", {"status": status, "id": job.id})
 
 
-def start_job(system: System, job_id: str, kind: str, args: dict[str, Any]) -> None:
+def start_job(system: System, job_id: str, kind: str, args: dict[str, Any]
+              ) -> dict[str, Any]:
     """``snapshot-save``/``-load``/``-delete``: the job is created and runs after the
     command has returned, on the main loop (as QEMU's bottom half)."""
     jobs = _jobs(system)
@@ -426,6 +427,7 @@ def start_job(system: System, job_id: str, kind: str, args: dict[str, Any]) -> N
     _set_status(system, job, "created")
     _set_status(system, job, "running")
     system.call_soon(lambda: _run_job(system, job, args))
+    return {}
 
 
 def _run_job(system: System, job: Job, args: dict[str, Any]) -> None:
