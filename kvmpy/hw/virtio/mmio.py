@@ -121,6 +121,13 @@ class VirtioMmio(VirtioTransport, SysBusDevice):
     def legacy(self) -> bool:
         return self.force_legacy
 
+    def doorbells(self) -> list[tuple[int, int, int]]:
+        """Writes that only notify, as (offset, size, value): QueueNotify with each queue's
+        index.  An accelerator may complete them without the vCPU waiting (KVM ioeventfd)."""
+        if self.device is None:
+            return []
+        return [(REG_QUEUE_NOTIFY, 4, index) for index in range(len(self.vqs))]
+
     def _update_irq(self) -> None:
         self.irq.set(self.state.isr != 0)
 
