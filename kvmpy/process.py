@@ -344,6 +344,20 @@ class ProcessVM:
     def reset(self) -> None:
         self.qmp("system_reset")
 
+    def migrate(self, uri: str, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
+        """QMP ``migrate`` to ``uri`` (``tcp:``, ``unix:``, ``exec:``, ``fd:``), then wait for
+        its end; returns the last ``query-migrate`` (``status``: ``completed``, ``failed``
+        or ``cancelled``)."""
+        self.qmp("migrate", uri=uri)
+        deadline = time.monotonic() + timeout
+        while True:
+            info: dict[str, Any] = self.qmp("query-migrate")
+            if info.get("status") in ("completed", "failed", "cancelled"):
+                return info
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the migration to {uri} did not end within {timeout} s")
+            time.sleep(0.02)
+
     def hmp(self, command_line: str, cpu: int = 0) -> str:
         return str(self.qmp("human-monitor-command", command_line=command_line,
                             cpu_index=cpu))
