@@ -36,6 +36,11 @@ EVENTS: dict[str, dict[str, str]] = {
 """The events kvmpy sends, with their data members (``?`` marks an optional one)."""
 
 
+BOARD_TYPES = (("gpex-pcihost", "pcie-host-bridge"),)
+"""Types the virt board builds itself that are not in the registry (not ``-device``
+creatable): its generic PCIe host bridge, whose presence tells tools the board has PCIe."""
+
+
 class _Types:
     """Object types numbered in order of first use, as QEMU's masked schema names them."""
 
@@ -87,6 +92,7 @@ def _all_types() -> list[tuple[str, str | None, bool]]:
     """(name, parent, abstract) of every type: the registry's and the ``-object`` ones."""
     found = [(info.name, info.parent, info.abstract)
              for info in qom.object_class_get_list("object", include_abstract=True)]
+    found += [(name, parent, False) for name, parent in BOARD_TYPES]
     found += [(name, None, True) for name in sorted(set(objects.PARENTS.values()))]
     found += [(name, objects.PARENTS[name], False) for name in objects.OBJECT_TYPES]
     return found
