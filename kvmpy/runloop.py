@@ -226,9 +226,18 @@ class RoundRobinDriver(Driver):
 
 
 class ThreadPerVcpuDriver(Driver):
-    """One thread per vCPU, each blocked in ``run()`` (KVM)."""
+    """One thread per vCPU, each blocked in ``run()`` (KVM).
+
+    With the main loop running, the accelerator may take the devices' doorbells (virtio
+    queue notifies) into the kernel (``start_doorbells``): a kick then completes without an
+    exit and the main loop serves the device.  A pause serves what is still pending
+    (``drain_doorbells``), so a paused VM's device state is complete.
+    """
 
     def start(self) -> None:
+        start_doorbells = getattr(self.system.accel, "start_doorbells", None)
+        if start_doorbells is not None and self.system.loop is not None:
+            start_doorbells(self.system)
         self._threads = [
             threading.Thread(target=self._loop, args=(vcpu,), name=f"vcpu-{vcpu.index}",
                              daemon=True)
@@ -239,6 +248,12 @@ class ThreadPerVcpuDriver(Driver):
 
     def thread_ids(self) -> list[int]:
         return [thread.native_id or 0 for thread in self._threads]
+
+    def pause(self) -> None:
+        super().pause()
+        drain = getattr(self.system.accel, "drain_doorbells", None)
+        if drain is not None:
+            drain()
 
     def _loop(self, vcpu: Vcpu) -> None:
         try:

@@ -163,6 +163,31 @@ class Vm(_Fd):
         self.ioctl(abi.KVM_GET_DIRTY_LOG, log, "KVM_GET_DIRTY_LOG")
         return bytes(ffi.buffer(bitmap))
 
+    def ioeventfd(self, fd: int, gpa: int, size: int, datamatch: int | None = None,
+                  deassign: bool = False) -> None:
+        """``KVM_IOEVENTFD``: a guest write of ``size`` bytes (1/2/4/8) to MMIO address
+        ``gpa`` (with value ``datamatch``, when given) signals eventfd ``fd`` and completes in
+        the kernel, without an exit; ``deassign`` removes that registration."""
+        arg = ffi.new("struct kvm_ioeventfd *")
+        arg.addr = gpa
+        arg.len = size
+        arg.fd = fd
+        flags = abi.KVM_IOEVENTFD_FLAG_DEASSIGN if deassign else 0
+        if datamatch is not None:
+            arg.datamatch = datamatch
+            flags |= abi.KVM_IOEVENTFD_FLAG_DATAMATCH
+        arg.flags = flags
+        self.ioctl(abi.KVM_IOEVENTFD, arg, "KVM_IOEVENTFD")
+
+    def irqfd(self, fd: int, gsi: int, deassign: bool = False) -> None:
+        """``KVM_IRQFD``: signalling eventfd ``fd`` raises interrupt ``gsi`` of the in-kernel
+        irqchip (a VM without one answers an error)."""
+        arg = ffi.new("struct kvm_irqfd *")
+        arg.fd = fd
+        arg.gsi = gsi
+        arg.flags = abi.KVM_IRQFD_FLAG_DEASSIGN if deassign else 0
+        self.ioctl(abi.KVM_IRQFD, arg, "KVM_IRQFD")
+
     def create_vcpu(self, vcpu_id: int) -> Vcpu:
         fd = self.ioctl(abi.KVM_CREATE_VCPU, vcpu_id, "KVM_CREATE_VCPU")
         try:

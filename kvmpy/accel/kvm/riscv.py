@@ -41,7 +41,9 @@ from kvmpy.errors import AccelError, KvmpyError
 from kvmpy.qom import register_type
 
 if TYPE_CHECKING:
+    from kvmpy.accel.kvm.ioeventfd import Doorbells
     from kvmpy.memory import GuestRAM
+    from kvmpy.system import System
 
 _log = logging.getLogger("kvmpy")
 
@@ -494,6 +496,8 @@ class KvmAccel(Accelerator):
         self._caps: AccelCaps | None = None
         self.dbcn_enabled = False
         self._regions: list[GuestRAM] = []
+        self.doorbells: Doorbells | None = None
+        """The devices' doorbells as ioeventfds, once the main loop runs."""
         self._guest_debug: bool | None = None
         self._debug_enabled = False
         self.sw_breakpoints = SwBreakpoints(self._read_physical, self._write_physical)
@@ -659,7 +663,26 @@ class KvmAccel(Accelerator):
             vcpu.accel = self
             self.vcpus.append(vcpu)
 
+    def start_doorbells(self, system: System) -> None:
+        """Virtio kicks complete in the kernel (:mod:`.ioeventfd`); called once the main loop
+        runs, which then serves them."""
+        from kvmpy.accel.kvm.ioeventfd import Doorbells
+
+        if self._vm is None or self.doorbells is not None:
+            return
+        self.doorbells = Doorbells(self._vm, system.bus, system.lock,
+                                   on_error=system.report_internal_error)
+        self.doorbells.attach(system.add_reader, system.remove_reader)
+
+    def drain_doorbells(self) -> None:
+        """Serve the kicks not served yet (the vCPUs are stopped: before state is read)."""
+        if self.doorbells is not None:
+            self.doorbells.drain()
+
     def close(self) -> None:
+        if self.doorbells is not None:
+            self.doorbells.close()
+            self.doorbells = None
         self.sw_breakpoints.patches.clear()  # restored by the gdb stub, which closes first
         self.vcpus = []
         for fd in self._fds:
