@@ -78,3 +78,29 @@ def test_libvirt_blockdev_graph(guest: Any, tmp_path: Path) -> None:
     qemu_img("convert", "-O", "raw", disk, tmp_path / "out.raw")
     assert (tmp_path / "out.raw").read_bytes()[1000:1007] == b"libvirt"
     assert (tmp_path / "base.raw").read_bytes() == b"B" * (4 * MiB)
+
+
+def test_guest_writes_match_a_raw_copy(guest: Any, tmp_path: Path) -> None:
+    """The guest writes the same data, at the same places, to a qcow2 disk (made by
+    ``qemu-img create``) and a raw one; afterwards ``qemu-img check`` passes and ``qemu-img
+    compare`` finds the two identical."""
+    disk = create(tmp_path / "disk.qcow2", 24 * MiB, "cluster_size=4096")
+    raw = tmp_path / "disk.raw"
+    qemu_img("create", "-q", "-f", "raw", raw, str(24 * MiB))
+    vm = guest("-drive", f"file={disk},format=qcow2,if=none,id=q",
+               "-device", "virtio-blk-pci,drive=q",
+               "-drive", f"file={raw},format=raw,if=none,id=r",
+               "-device", "virtio-blk-pci,drive=r")
+    sh(vm, "dd if=/dev/urandom of=/tmp/r bs=1k count=700 2>/dev/null")
+    for seek, bs, count in ((0, 512, 3), (7, 1024, 700), (9000, 512, 129), (20000, 4096, 1),
+                            (3, 65536, 3)):
+        for dev in ("vda", "vdb"):
+            sh(vm, f"dd if=/tmp/r of=/dev/{dev} bs={bs} seek={seek} count={count} "
+                   "conv=notrunc 2>/dev/null")
+    sh(vm, "sync; echo 3 > /proc/sys/vm/drop_caches")
+    assert sh(vm, "cmp /dev/vda /dev/vdb && echo same").strip() == "same"
+    vm.shutdown()
+    check(disk)
+    done = qemu_img("compare", "-f", "qcow2", "-F", "raw", disk, raw, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Images are identical" in done.stdout
