@@ -114,6 +114,8 @@ class Virtqueue:
 
     def write_u16(self, gpa: int, value: int) -> None:
         _U16.pack_into(self.ram.view, self._offset(gpa, 2), value & 0xFFFF)
+        if self.ram.dirty_logging:
+            self.ram.mark_dirty(gpa, 2)
 
     def read(self, gpa: int, size: int) -> bytes:
         off = self._offset(gpa, size)
@@ -122,6 +124,8 @@ class Virtqueue:
     def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
         off = self._offset(gpa, len(data))
         self.ram.view[off:off + len(data)] = data
+        if self.ram.dirty_logging:
+            self.ram.mark_dirty(gpa, len(data))
 
     # -- rings ----------------------------------------------------------------------------------
 
@@ -258,12 +262,19 @@ class Virtqueue:
         return written
 
     def push(self, elem: VirtqElement, length: int) -> None:
-        """Return ``elem`` to the driver with ``length`` bytes written into it."""
+        """Return ``elem`` to the driver with ``length`` bytes written into it.  With dirty
+        logging on, the used entry and every buffer the device could have written (devices
+        also fill them in place, through :meth:`views`) are marked dirty."""
         s = self.state
         slot = s.used + 4 + 8 * (s.used_idx % s.num)
         _USED_ELEM.pack_into(self.ram.view, self._offset(slot, 8), elem.head, length)
         s.used_idx = (s.used_idx + 1) & 0xFFFF
         self.write_u16(s.used + 2, s.used_idx)
+        ram = self.ram
+        if ram.dirty_logging:
+            ram.mark_dirty(slot, 8)
+            for addr, size in elem.in_:
+                ram.mark_dirty(addr, size)
 
     def should_notify(self) -> bool:
         """Whether the driver wants an interrupt for the buffers used so far (spec §2.7.7,
