@@ -468,6 +468,17 @@ def _balloon(name: str, mon: QmpMonitor, *args: Any) -> Any:
         raise QmpError(str(exc), "DeviceNotActive") from None
 
 
+def _migration(name: str) -> Callable[[QmpMonitor, dict[str, Any]], Any]:
+    """A command of :mod:`kvmpy.migration.commands` (loaded on first use)."""
+
+    def run(mon: QmpMonitor, args: dict[str, Any]) -> Any:
+        from kvmpy.migration import commands as migration
+
+        return getattr(migration, name)(mon.sys, mon, args)
+
+    return run
+
+
 def _introspect(fn: Callable[[Any], Any], key: str = "typename"
                 ) -> Callable[[QmpMonitor, dict[str, Any]], Any]:
     """A registry question: an unknown type is QEMU's DeviceNotFound."""
@@ -563,10 +574,24 @@ COMMANDS: dict[str, Command] = {
     "balloon": Command(lambda mon, args: _balloon("qmp_balloon", mon, args["value"]),
                        required=("value",), types={"value": int}),
     "query-balloon": Command(lambda mon, args: _balloon("qmp_query_balloon", mon)),
-    "query-migrate-capabilities": Command(_simple(inventory.query_migrate_capabilities)),
-    "migrate-set-capabilities": Command(
-        lambda mon, args: inventory.migrate_set_capabilities(mon.sys, args["capabilities"]),
-        required=("capabilities",), types={"capabilities": list}),
+    "migrate": Command(_migration("qmp_migrate"), required=("uri",),
+                       optional=("blk", "inc", "detach", "resume"),
+                       types={"uri": str, "blk": bool, "inc": bool, "detach": bool,
+                              "resume": bool}),
+    "migrate_cancel": Command(_migration("qmp_migrate_cancel")),
+    "migrate-incoming": Command(_migration("qmp_migrate_incoming"), required=("uri",),
+                                types={"uri": str}),
+    "query-migrate": Command(_migration("qmp_query_migrate")),
+    "query-migrate-capabilities": Command(_migration("qmp_query_migrate_capabilities")),
+    "migrate-set-capabilities": Command(_migration("qmp_migrate_set_capabilities"),
+                                        required=("capabilities",),
+                                        types={"capabilities": list}),
+    "query-migrate-parameters": Command(_migration("qmp_query_migrate_parameters")),
+    "migrate-set-parameters": Command(_migration("qmp_migrate_set_parameters"),
+                                      open_args=True),
+    "getfd": Command(_migration("qmp_getfd"), required=("fdname",), types={"fdname": str}),
+    "closefd": Command(_migration("qmp_closefd"), required=("fdname",),
+                       types={"fdname": str}),
 }
 
 __all__ = ["COMMANDS", "QmpError", "QmpMonitor"]
