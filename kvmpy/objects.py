@@ -113,46 +113,46 @@ def _typed(key: str, kind: str, value: Any, json_form: bool) -> Any:
 
 def _complete(obj: UserObject) -> None:
     """What QEMU does when the object is created: read a secret, check a backend, open a
-    random source."""
+    random source.  Its errors, as QEMU's, do not repeat the option."""
     props = obj.props
     if obj.qom_type == "secret":
         fmt = props.get("format", "raw")
         if fmt not in ("raw", "base64"):
-            raise ConfigError(f"Parameter 'format' does not accept value '{fmt}'")
+            raise ConfigError(f"Parameter 'format' does not accept value '{fmt}'", option="")
         if "data" in props and "file" in props:
-            raise ConfigError("'data' and 'file' are mutually exclusive")
+            raise ConfigError("'data' and 'file' are mutually exclusive", option="")
         if "file" in props:
             try:
                 with open(props["file"], "rb") as f:
                     data = f.read()
             except OSError as exc:
                 raise ConfigError(f"Unable to read {props['file']}: "
-                                  f"{exc.strerror or exc}") from None
+                                  f"{exc.strerror or exc}", option="") from None
         elif "data" in props:
             data = props["data"].encode()
         else:
-            raise ConfigError("Either 'file' or 'data' must be provided")
+            raise ConfigError("Either 'file' or 'data' must be provided", option="")
         if fmt == "base64":
             try:
                 data = base64.b64decode(data, validate=True)
             except ValueError:
-                raise ConfigError("Invalid base64 data") from None
+                raise ConfigError("Invalid base64 data", option="") from None
         obj.value = data
     elif obj.qom_type.startswith("memory-backend-"):
         if "size" not in props:
-            raise ConfigError("Parameter 'size' is missing" if obj.qom_type != "memory-backend-file"
-                              else "can't create backend with size 0")
+            raise ConfigError("Parameter 'size' is missing")
         if props["size"] == 0:
-            raise ConfigError("can't create backend with size 0")
+            raise ConfigError("can't create backend with size 0", option="")
         if obj.qom_type == "memory-backend-file" and not props.get("mem-path"):
-            raise ConfigError("mem-path property not set")
+            raise ConfigError("mem-path property not set", option="")
     elif obj.qom_type == "rng-random":
         path = props.setdefault("filename", "/dev/urandom")
         try:
             with open(path, "rb"):
                 pass
         except OSError as exc:
-            raise ConfigError(f"Could not open '{path}': {exc.strerror or exc}") from None
+            raise ConfigError(f"Could not open '{path}': {exc.strerror or exc}",
+                              option="") from None
 
 
 def add_object(objects: dict[str, UserObject], text: str) -> UserObject:
