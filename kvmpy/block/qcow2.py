@@ -305,6 +305,9 @@ class Qcow2Image:
         if value < 0 or value > self.refcount_max:
             if self.dirty:  # lazy refcounts: stale counts are expected, qemu repairs them
                 return
+            if value > self.refcount_max:  # more references than the width can count
+                raise OSError(errno.ERANGE, f"qcow2: refcount of cluster {cluster} would "
+                              f"exceed {self.refcount_max}")
             raise Corruption(f"refcount of cluster {cluster} would become {value}")
         start, end = set_refcount(block, slot, self.refcount_order, value)
         self._pwrite(block[start:end], off + start)
@@ -406,7 +409,10 @@ class Qcow2Image:
         return cluster << self.cluster_bits
 
     def _alloc_contiguous(self, clusters: int) -> int:
-        """``clusters`` consecutive new clusters at the end, refcounts 1; the offset."""
+        """``clusters`` consecutive new clusters, refcounts 1 (one may be a reused one,
+        more are taken at the end); the offset."""
+        if clusters == 1:
+            return self._alloc()
         start = self.next_free
         while True:
             busy = [c for c in range(start, start + clusters) if self._refcount(c)]
@@ -844,6 +850,8 @@ class Qcow2Image:
     def _snapshot_op(self, fn: Callable[[], None]) -> None:
         if self.read_only:
             raise OSError(errno.EROFS, "read-only image")
+        if self.refcount_max < 2:
+            raise OSError(errno.ERANGE, "qcow2: 1-bit refcounts cannot count a snapshot")
         if self.dirty:
             raise OSError(errno.ENOTSUP, "qcow2: snapshots of an image with lazy refcounts "
                           "need 'qemu-img check -r all' first")
