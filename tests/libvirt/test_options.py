@@ -1,0 +1,104 @@
+"""The options libvirt generates, on kvmpy without libvirt: what they do, and bad values refused
+with qemu-system-riscv64 7.2's own line (compared with the installed QEMU)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kvmpy.cli import parse_command_line
+from kvmpy.errors import ConfigError, NotBuiltError
+from tests.support import kvmpy_env
+
+QEMU = shutil.which("qemu-system-riscv64")
+
+BAD = [
+    ["-uuid", "xyz"],
+    ["-overcommit", "mem-lock=maybe"],
+    ["-overcommit", "foo=on"],
+    ["-rtc", "foo=1"],
+    ["-boot", "strict=maybe"],
+    ["-boot", "foo=1"],
+    ["-audiodev", "none"],
+    ["-audiodev", "driver=bogus,id=a"],
+    ["-msg", "timestamp=maybe"],
+    ["-msg", "foo=on"],
+    ["-sandbox", "maybe"],
+    ["-object", "bogus,id=x"],
+    ["-object", "secret,id=s"],
+    ["-object", "secret,id=s,data=abc,format=raw,foo=1"],
+    ["-object", "memory-backend-ram,id=m"],
+    ["-object", "memory-backend-ram,id=m,size=1M,foo=1"],
+    ["-object", '{"qom-type":"memory-backend-ram","id":"m","size":1024,"bad":1}'],
+    ["-object", "rng-random,id=r,filename=/nonexistent"],
+    ["-machine", "none,usb=maybe"],
+    ["-mon", "chardev=x,id=m,mode=control"],
+]
+
+
+def _first_line(argv: list[str], program: list[str], env: dict[str, str] | None) -> str:
+    done = subprocess.run([*program, "-M", "none", "-nodefaults", "-display", "none", *argv],
+                          capture_output=True, text=True, timeout=60, env=env,
+                          stdin=subprocess.DEVNULL)
+    assert done.returncode == 1
+    return done.stderr.splitlines()[0].split(": ", 1)[1]
+
+
+@pytest.mark.skipif(QEMU is None, reason="qemu-system-riscv64 is not installed")
+@pytest.mark.parametrize("argv", BAD, ids=[" ".join(a) for a in BAD])
+def test_bad_values_are_refused_as_qemu_refuses_them(argv: list[str]) -> None:
+    assert QEMU is not None
+    expected = _first_line(argv, [QEMU], None)
+    assert _first_line(argv, [sys.executable, "-m", "kvmpy"], kvmpy_env()) == expected
+
+
+def test_libvirt_9_and_11_forms_of_object_give_the_same_configuration(tmp_path: Path) -> None:
+    key = tmp_path / "master-key.aes"
+    key.write_bytes(bytes(range(32)))
+    legacy = parse_command_line([
+        "-object", f"secret,id=masterKey0,format=raw,file={key}",
+        "-machine", "virt,usb=off,dump-guest-core=off,memory-backend=riscv_virt_board.ram",
+        "-object", "memory-backend-ram,id=riscv_virt_board.ram,size=268435456",
+        "-object", "rng-random,id=objrng0,filename=/dev/urandom"]).config
+    as_json = parse_command_line([
+        "-object", json.dumps({"qom-type": "secret", "id": "masterKey0", "format": "raw",
+                               "file": str(key)}),
+        "-machine", "virt,usb=off,dump-guest-core=off,memory-backend=riscv_virt_board.ram",
+        "-object", json.dumps({"qom-type": "memory-backend-ram",
+                               "id": "riscv_virt_board.ram", "size": 268435456}),
+        "-object", json.dumps({"qom-type": "rng-random", "id": "objrng0",
+                               "filename": "/dev/urandom"})]).config
+    for config in (legacy, as_json):
+        assert config.objects["masterKey0"].value == bytes(range(32))
+        assert config.ram_size == 256 << 20  # from the backend, without -m
+        assert config.objects["objrng0"].props["filename"] == "/dev/urandom"
+    assert legacy.objects.keys() == as_json.objects.keys()
+
+
+def test_memory_backend_checks() -> None:
+    base = ["-object", "memory-backend-ram,id=ram0,size=64M"]
+    assert parse_command_line([*base, "-m", "64", "-M", "virt,memory-backend=ram0"]
+                              ).config.ram_size == 64 << 20
+    with pytest.raises(ConfigError, match=r"^Machine memory size does not match the size of "
+                       r"the memory backend$"):
+        parse_command_line([*base, "-m", "128", "-M", "virt,memory-backend=ram0"])
+    with pytest.raises(ConfigError, match=r"^Memory backend 'nope' not found$"):
+        parse_command_line([*base, "-M", "virt,memory-backend=nope"])
+    with pytest.raises(NotBuiltError, match="memory-backend-memfd as guest RAM"):
+        parse_command_line(["-object", "memory-backend-memfd,id=m,size=64M",
+                            "-M", "virt,memory-backend=m"])
+
+
+def test_probe_command_line_and_machine_none() -> None:
+    """libvirt's probe: -nographic with -daemonize is fine when -nodefaults leaves no default
+    device on stdio (and refused, as by QEMU, when it does not)."""
+    config = parse_command_line(["-S", "-no-user-config", "-nodefaults", "-nographic",
+                                 "-machine", "none,accel=kvm:tcg", "-daemonize"]).config
+    assert config.machine == "none" and config.daemonize
+    with pytest.raises(ConfigError, match=r"^-nographic cannot be used with -daemonize$"):
+        parse_command_line(["-nographic", "-daemonize"])
