@@ -168,8 +168,23 @@ class VirtioTransport:
     # -- snapshots ------------------------------------------------------------------------------
 
     def drain(self) -> None:
-        """Wait until the device has no request in flight (the VM is paused)."""
-        drain = getattr(self.device, "drain", None)
+        """The VM is paused: every queue with buffers the device has not taken yet is served
+        as if the driver had just notified it (a notification may still be on its way, in
+        an ioeventfd, or the driver may be about to send it: either way the device may take
+        available buffers at any time), then the device finishes what it has in flight.
+        After this, the queue positions are the whole story of the requests."""
+        device = self.device
+        if device is None:
+            return
+        if self.state.status & VIRTIO_CONFIG_S_DRIVER_OK and not self.state.broken:
+            for index, vq in enumerate(self.vqs):
+                try:
+                    waiting = vq.state.ready and vq.has_work()
+                except VirtqueueError:
+                    waiting = True  # the notify reports it as the guest's error
+                if waiting:
+                    self._queue_notify(index)
+        drain = getattr(device, "drain", None)
         if drain is not None:
             drain()
 
