@@ -241,6 +241,10 @@ def load_snapshot(system: System, name: str, vmstate: str | None = None,
         except OSError as exc:
             raise KvmpyError(f"Could not load snapshot '{name}' on '{dev.label}': Failed "
                              f"to load snapshot: {exc.strerror or exc}") from None
+    try:  # the VM state is in the snapshot; the active image need not keep a copy
+        target.discard_vmstate()
+    except OSError:
+        pass
 
 
 def delete_snapshot(system: System, name: str, devices: list[str] | None = None) -> None:
