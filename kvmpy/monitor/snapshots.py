@@ -18,6 +18,7 @@ The QMP commands are jobs (QEMU's ``JOB_MANUAL_DISMISS`` jobs): ``JOB_STATUS_CHA
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import time
@@ -241,10 +242,8 @@ def load_snapshot(system: System, name: str, vmstate: str | None = None,
         except OSError as exc:
             raise KvmpyError(f"Could not load snapshot '{name}' on '{dev.label}': Failed "
                              f"to load snapshot: {exc.strerror or exc}") from None
-    try:  # the VM state is in the snapshot; the active image need not keep a copy
+    with contextlib.suppress(OSError):  # the snapshot keeps the VM state; no second copy
         target.discard_vmstate()
-    except OSError:
-        pass
 
 
 def delete_snapshot(system: System, name: str, devices: list[str] | None = None) -> None:
