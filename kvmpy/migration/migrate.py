@@ -180,7 +180,8 @@ class Migration:
             parsed = parse(uri)
             fd = check_outgoing(parsed, fds)
         except MigrationError as exc:
-            outgoing.error_desc = str(exc)
+            if uri.split(":", 1)[0] in ("tcp", "unix", "exec", "fd"):
+                outgoing.error_desc = str(exc)  # QEMU keeps none for an unknown scheme
             outgoing.set_status("failed")
             raise
         outgoing.start(parsed, fd)
@@ -329,11 +330,15 @@ class Outgoing:
         self.setup_time_ms = _ms(time.monotonic() - self.start_time)
         self.owner.on_loop(lambda: self._enter("active"))
         copy_time = 0.0
+        iterations = 0
         while True:
             if self._cancel.is_set():
                 raise Cancelled("cancelled")
             started, before = time.monotonic(), writer.transferred
             saver.iterate()
+            iterations += 1
+            if iterations > 1:  # the first sends what begin() synced: QEMU's first pass
+                self._pass()
             writer.flush()
             elapsed = time.monotonic() - started
             copy_time += elapsed
@@ -341,11 +346,11 @@ class Outgoing:
             if copy_time > 0:
                 self.bandwidth = max(writer.transferred / copy_time, 1.0)
             self.remaining = int(saver.remaining_bytes)
-            self._pass()
+            # What the next pass sends was dirtied while this one ran: at most this much.
             self.expected_downtime_ms = _ms(moved / self.bandwidth) if self.bandwidth else 0
-            if self.passes > 2 and self.expected_downtime_ms <= params["downtime-limit"]:
+            if self.expected_downtime_ms <= params["downtime-limit"]:
                 break
-            if self.passes >= MAX_PASSES:
+            if iterations >= MAX_PASSES:
                 break
         self.owner.on_loop(self._stop_vm)
         self.stop_time = time.monotonic()

@@ -147,12 +147,12 @@ class FramedReader(io.RawIOBase):
         return True
 
     def start(self) -> None:
-        head = self._exact(_START.size)
-        if head is None:
-            raise MigrationError("the migration stream ended before it began")
-        magic, version = _START.unpack(head)
-        if magic != MAGIC:
+        head = self._exact(_START.size, partial=True)
+        if not MAGIC.startswith(head[:len(MAGIC)]):
             raise MigrationError("not a kvmpy migration stream")
+        if len(head) < _START.size:
+            raise MigrationError("the migration stream ended before it began")
+        _, version = _START.unpack(head)
         if version > WIRE_VERSION:
             raise MigrationError(f"migration stream version {version} is newer than this "
                                  f"kvmpy reads (up to {WIRE_VERSION})")
@@ -216,11 +216,12 @@ class FramedReader(io.RawIOBase):
             raise MigrationError("the migration stream ended early")
         return self.global_state
 
-    def _exact(self, size: int) -> bytes | None:
+    def _exact(self, size: int, partial: bool = False) -> Any:
+        """``size`` bytes, or None if the stream ends first (``partial``: what came)."""
         out = bytearray()
         while len(out) < size:
             chunk = self.channel.read(size - len(out))
             if not chunk:
-                return None
+                return bytes(out) if partial else None
             out += chunk
         return bytes(out)
