@@ -411,7 +411,9 @@ class VM:
         vm._restore_from = target
         vm._verify = verify
         vm.launch()
-        if not start_paused:
+        if start_paused:  # a loaded VM waits as after QEMU's -incoming with -S: paused
+            vm._on_loop(lambda: vm.system._set_status("paused"))
+        else:
             vm.resume()
         return vm
 

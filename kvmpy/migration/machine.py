@@ -24,6 +24,20 @@ def region_key(region: Any) -> str:
     return f"{region.name}@0x{region.base:x}"
 
 
+def describe(device: Any) -> str:
+    """What a device is, for the fingerprint: its type, the device behind a transport
+    (``VirtioMmio/VirtioRng``), or what its own ``vmstate_fingerprint()`` says (a host
+    bridge lists its functions there)."""
+    own = getattr(device, "vmstate_fingerprint", None)
+    if own is not None:
+        return str(own())
+    name = type(device).__name__
+    inner = getattr(device, "device", None)
+    if inner is not None and not isinstance(inner, (int, str)):
+        name += "/" + type(inner).__name__
+    return name
+
+
 def fingerprint(system: System) -> dict[str, Any]:
     """What must be equal between the saved VM and the one a state is loaded into."""
     machine = system.machine
@@ -33,7 +47,7 @@ def fingerprint(system: System) -> dict[str, Any]:
         "smp": len(system.harts),
         "ram": [ram.base, ram.size] if ram is not None else None,
         "firmware": system.firmware_mode,
-        "devices": [f"{region_key(r)}:{type(r.device).__name__}" for r in system.bus.regions],
+        "devices": [f"{region_key(r)}:{describe(r.device)}" for r in system.bus.regions],
     }
 
 
@@ -182,17 +196,14 @@ def _rollback_on_error(undo: list[Any]) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        for fn in reversed(undo):
-            with contextlib.suppress(Exception):
-                fn()
+        undo_all(undo)
         raise
 
 
-def apply(state: dict[str, Any], system: System) -> None:
-    """Load a :func:`check`-ed state: devices first (each validates; any refusal rolls
-    back those already set), then the SBI, the harts and the clock."""
-    accel = system.accel
-    assert accel is not None
+def apply_devices(state: dict[str, Any], system: System) -> list[Any]:
+    """Load the devices' and the SBI's states of a :func:`check`-ed state; each device
+    validates its own, and a refusal rolls back those already set (VmStateError).  Returns
+    the functions that undo it all, for a later failure."""
     undo: list[Any] = []
     with _rollback_on_error(undo), system.lock:
         for key, device in devices(system):
@@ -200,7 +211,9 @@ def apply(state: dict[str, Any], system: System) -> None:
             try:
                 device.set_state(state["devices"][key])
             except VmStateError as exc:
-                raise VmStateError(f"{exc} ({key})") from None
+                message = str(exc)
+                raise VmStateError(message if key in message else f"{message} ({key})"
+                                   ) from None
             except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
                 raise VmStateError(f"vmstate: device {key}: state not accepted ({exc})"
                                    ) from None
@@ -210,10 +223,24 @@ def apply(state: dict[str, Any], system: System) -> None:
             old_sbi = sbi.get_state()
             sbi.set_state(state.get("sbi") or {})
             undo.append(lambda: sbi.set_state(old_sbi))
+    return undo
+
+
+def undo_all(undo: list[Any]) -> None:
+    for fn in reversed(undo):
+        with contextlib.suppress(Exception):
+            fn()
+
+
+def apply_harts(state: dict[str, Any], system: System) -> None:
+    """Load the harts and the clock of a :func:`check`-ed state (after RAM, whose decoded
+    code the interpreter then forgets)."""
+    accel = system.accel
+    assert accel is not None
+    with system.lock:
         for vcpu, hart in zip(accel.vcpus, state["harts"], strict=True):
             set_hart_state(vcpu, hart)
         for port, hart in zip(system.harts, state["harts"], strict=True):
-            sync = getattr(port, "_mtimecmp", None)
-            if sync is not None:
+            if hasattr(port, "_mtimecmp"):
                 port._mtimecmp = hart["mtimecmp"]
         write_clock(system, state["clock"]["mtime"])

@@ -178,9 +178,14 @@ def load_vm(system: System, inp: BinaryIO, *, map_ram: bool = False,
             reader.payload(tag, length, head)
     if state is None:
         raise VmStateError("vmstate: the stream has no machine state")
-    with system.lock:
-        pending.apply(system.ram, map_fd)
-        machine.apply(state, system)
+    undo = machine.apply_devices(state, system)
+    try:
+        with system.lock:
+            pending.apply(system.ram, map_fd)
+    except BaseException:
+        machine.undo_all(undo)
+        raise
+    machine.apply_harts(state, system)
     return LoadInfo(header)
 
 

@@ -1,0 +1,235 @@
+"""Save and restore of the running bundled Linux guest: ``vm.save(path)`` and
+``kvmpy.VM.restore(path)`` (tmpfs contents kept, uptime going on from the save, the console
+answering, two VMs from one file at once), ``save_vm``/``load_vm`` into a VM created with the
+same arguments, a live save while the guest writes memory, and files that must be refused
+with one line while the VM they were meant for stays as it was."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kvmpy import guests
+from kvmpy.migration import LiveSaver, VmStateError, load_vm, save_vm
+from kvmpy.migration.stream import FORMAT_VERSION, MAGIC
+from kvmpy.vm import VM
+
+PROMPT = re.escape(guests.PROMPT)
+BOOT_TIMEOUT = 180.0
+OPTIONS: dict[str, Any] = {"machine": "virt", "accel": "tcg", "memory": "128M"}
+SLEEP_ON_DISK = 3.0
+
+
+def shell(vm: VM, command: str, pattern: str, timeout: float = 30) -> re.Match[str]:
+    vm.console.send(command + "\n")
+    match = vm.console.expect(pattern, timeout=timeout)
+    if pattern != PROMPT:
+        vm.console.expect(PROMPT, timeout=timeout)
+    return match
+
+
+def output(vm: VM, command: str, pattern: str) -> str:
+    """The whole output line of ``command`` that matches ``pattern``."""
+    return shell(vm, command, rf"\n({pattern})\r?\n").group(1)
+
+
+def uptime(vm: VM) -> float:
+    return float(output(vm, "cat /proc/uptime", r"\d+\.\d+ \d+\.\d+").split()[0])
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, float]]:
+    """A file of the bundled guest at its prompt with /tmp/mark written, and its uptime."""
+    path = tmp_path_factory.mktemp("vmstate") / "guest.vms"
+    vm = VM(**OPTIONS).launch()
+    try:
+        vm.console.expect(PROMPT, timeout=BOOT_TIMEOUT)
+        shell(vm, "echo kept-$((6*7)) > /tmp/mark", PROMPT)
+        stats = vm.save(path)
+        assert vm.status == "running"              # savevm keeps the run state
+        saved_uptime = uptime(vm)                  # a little after the save point
+        assert stats.ram_bytes < 128 << 20 and stats.pages > 0
+        assert path.stat().st_blocks * 512 < stats.ram_bytes + (4 << 20)  # zero pages: holes
+        shell(vm, "echo after-save > /tmp/mark", PROMPT)
+    finally:
+        vm.kill()
+    yield path, saved_uptime
+
+
+def test_restored_guest_carries_on(saved: tuple[Path, float]) -> None:
+    path, saved_uptime = saved
+    time.sleep(SLEEP_ON_DISK)
+    vm = VM.restore(path)
+    try:
+        assert vm.status == "running"
+        assert output(vm, "cat /tmp/mark", r"kept-\d+") == "kept-42"
+        restored = uptime(vm)
+        # guest time went on from the save, not by the seconds the file sat on disk
+        assert restored < saved_uptime + SLEEP_ON_DISK
+        shell(vm, "echo answer-$((7*6))", "answer-42")
+    finally:
+        vm.kill()
+
+
+def test_two_vms_from_one_file_at_once(saved: tuple[Path, float]) -> None:
+    path, _ = saved
+    first = VM.restore(path)
+    second = VM.restore(path, start_paused=True)
+    try:
+        assert second.status == "paused"
+        shell(first, "echo first > /tmp/mark", PROMPT)
+        second.resume()
+        assert output(second, "cat /tmp/mark", r"kept-\d+|first") == "kept-42"
+        assert output(first, "cat /tmp/mark", r"kept-\d+|first") == "first"
+    finally:
+        first.kill()
+        second.kill()
+
+
+def test_a_restored_vm_saves_and_restores_again(saved: tuple[Path, float],
+                                                tmp_path: Path) -> None:
+    path, _ = saved
+    vm = VM.restore(path)
+    try:
+        shell(vm, "echo again > /tmp/second", PROMPT)
+        vm.pause()
+        vm.save(tmp_path / "again.vms")
+        assert vm.status == "paused"
+    finally:
+        vm.kill()
+    again = VM.restore(tmp_path / "again.vms")
+    try:
+        assert output(again, "cat /tmp/second /tmp/mark", r"again\r?\nkept-42")
+    finally:
+        again.kill()
+
+
+@pytest.fixture
+def paused_target() -> Iterator[VM]:
+    """A VM created with the saved VM's arguments, paused before its first instruction."""
+    vm = VM(**OPTIONS, start_paused=True).launch()
+    yield vm
+    vm.kill()
+
+
+def fingerprint(vm: VM) -> tuple[dict[str, int], str]:
+    system = vm.system
+    digest = hashlib.sha256(system.ram.view).hexdigest()
+    return vm.registers(), digest
+
+
+def refused(vm: VM, data: bytes) -> str:
+    before = fingerprint(vm)
+    with pytest.raises(VmStateError) as info:
+        vm._on_loop(lambda: load_vm(vm.system, io.BytesIO(data)))
+    assert fingerprint(vm) == before
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("vmstate: ")
+    return message
+
+
+def test_load_vm_into_a_vm_of_the_same_arguments(saved: tuple[Path, float],
+                                                 paused_target: VM) -> None:
+    path, _ = saved
+    with open(path, "rb") as f:
+        paused_target._on_loop(lambda: load_vm(paused_target.system, f))
+    paused_target.resume()
+    assert output(paused_target, "cat /tmp/mark", r"kept-\d+") == "kept-42"
+
+
+def test_truncated_corrupt_and_newer_files_are_refused(saved: tuple[Path, float],
+                                                       paused_target: VM) -> None:
+    path, _ = saved
+    buf = io.BytesIO()
+    with open(path, "rb") as f:               # the packed (stream) form of the same VM
+        vm = VM.restore(path, start_paused=True)
+        try:
+            vm._on_loop(lambda: save_vm(vm.system, buf))
+        finally:
+            vm.kill()
+    data = buf.getvalue()
+    assert data.startswith(MAGIC)
+    for cut in (0, 10, 40, len(data) // 3, len(data) // 2, len(data) - 5):
+        assert "truncated" in refused(paused_target, data[:cut]) or cut < 16
+    for at in (60, len(data) // 2, len(data) - 300, len(data) - 2):
+        flipped = bytearray(data)
+        flipped[at] ^= 0x40
+        assert "corrupt" in refused(paused_target, bytes(flipped))
+    newer = bytearray(data)
+    struct.pack_into("<I", newer, 8, FORMAT_VERSION + 1)
+    assert "newer" in refused(paused_target, bytes(newer))
+    assert "not a kvmpy VM state" in refused(paused_target, b"QEVM" + data[4:])
+    paused_target.resume()                    # the untouched VM boots as it would have
+    paused_target.console.expect(PROMPT, timeout=BOOT_TIMEOUT)
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"memory": "256M"}, "saved with -m 128M, this VM has -m 256M"),
+    ({"smp": "2"}, "saved with -smp 1, this VM has -smp 2"),
+    ({"devices": ["virtio-rng-device"]}, "different device set"),
+    ({"machine": "spike"}, "state of machine 'virt', this VM is 'spike'"),
+])
+def test_a_vm_of_other_arguments_refuses_the_state(saved: tuple[Path, float],
+                                                   options: dict[str, Any],
+                                                   message: str) -> None:
+    path, _ = saved
+    vm = VM(**{**OPTIONS, **options}, start_paused=True).launch()
+    try:
+        assert message in refused(vm, path.read_bytes())
+    finally:
+        vm.kill()
+    with pytest.raises(VmStateError, match=re.escape(message)):
+        VM.restore(path, **options)
+
+
+def test_live_save_while_the_guest_writes_memory(saved: tuple[Path, float],
+                                                 paused_target: VM) -> None:
+    path, _ = saved
+    source = VM.restore(path)
+    out = io.BytesIO()
+    try:
+        shell(source, "(i=0; while true; do i=$((i+1)); echo $i > /tmp/c; mv /tmp/c /tmp/count;"
+              " done) &", PROMPT)
+        saver = LiveSaver(source.system, out)
+        source._on_loop(saver.begin)
+        sent = [source._on_loop(saver.iterate) for _ in range(3)]
+        assert sent[0] > 0 and all(n > 0 for n in sent[1:])   # the writer keeps dirtying
+        source.pause()
+        count = source.memory.read(0x80000000, 16)          # anything: RAM is as sent
+        stats = source._on_loop(saver.complete)
+        assert stats.total_bytes == len(out.getvalue()) and saver.iterations == 4
+        source.resume()                                      # the source runs on
+        shell(source, "echo source-on", "source-on")
+    finally:
+        source.kill()
+    target = paused_target
+    target._on_loop(lambda: load_vm(target.system, io.BytesIO(out.getvalue())))
+    assert target.memory.read(0x80000000, 16) == count
+    target.resume()
+    first = int(output(target, "cat /tmp/count", r"\d+"))
+    second = int(output(target, "cat /tmp/count", r"\d+"))
+    assert second > first > 0                               # the writer goes on
+    assert output(target, "cat /tmp/mark", r"kept-\d+") == "kept-42"
+
+
+def test_cancelled_live_save_leaves_the_source_as_it_was(saved: tuple[Path, float]) -> None:
+    path, _ = saved
+    source = VM.restore(path)
+    try:
+        saver = LiveSaver(source.system, io.BytesIO())
+        source._on_loop(saver.begin)
+        source._on_loop(saver.iterate)
+        source._on_loop(saver.cancel)
+        assert not source.system.ram.dirty_logging
+        assert source.status == "running"
+        shell(source, "echo still-$((1+1))", "still-2")
+    finally:
+        source.kill()
