@@ -149,12 +149,11 @@ def test_truncated_corrupt_and_newer_files_are_refused(saved: tuple[Path, float]
                                                        paused_target: VM) -> None:
     path, _ = saved
     buf = io.BytesIO()
-    with open(path, "rb") as f:               # the packed (stream) form of the same VM
-        vm = VM.restore(path, start_paused=True)
-        try:
-            vm._on_loop(lambda: save_vm(vm.system, buf))
-        finally:
-            vm.kill()
+    vm = VM.restore(path, start_paused=True)   # the packed (stream) form of the same VM
+    try:
+        vm._on_loop(lambda: save_vm(vm.system, buf))
+    finally:
+        vm.kill()
     data = buf.getvalue()
     assert data.startswith(MAGIC)
     for cut in (0, 10, 40, len(data) // 3, len(data) // 2, len(data) - 5):
