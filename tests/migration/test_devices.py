@@ -326,8 +326,10 @@ def test_serial_ports_open_state_and_pending_control_messages() -> None:
     open_msg = struct.pack("<IHH", 0, 6, 1)  # PORT_OPEN 0: the guest opened the console
     addr, length = first.driver.add_buffer(open_msg)
     first.driver.post([(addr, length, False)], queue=3)
+    serial.ports[0].backend.type(b"typed ahead")  # the guest has no receive buffer yet
     state = first.save()
     assert state["device"]["device"]["guest_connected"] == [0]
+    assert state["device"]["device"]["input"] == {"0": b"typed ahead"}
 
     restored, events = build()
     second = first.restore_into(restored, state)
@@ -338,7 +340,12 @@ def test_serial_ports_open_state_and_pending_control_messages() -> None:
     second.driver.post([(addr, length, True)], queue=2)
     assert second.driver.used_idx(2) == 1
     assert second.ram.read(addr, 8) == struct.pack("<IHH", 0, 1, 1)
-    # Input typed into the new console reaches the guest, whose port is open.
+    # The input typed ahead at the source reaches the guest with its next receive buffer,
+    # then what is typed into the new console.
+    addr, length = second.driver.add_buffer(16)
+    second.driver.post([(addr, length, True)], queue=0)
+    assert second.ram.read(addr, 11) == b"typed ahead"
+    assert second.driver.used_elem(0, queue=0)[1] == 11
     addr, length = second.driver.add_buffer(16)
     second.driver.post([(addr, length, True)], queue=0)
     restored.ports[0].backend.type(b"hello")
@@ -350,6 +357,10 @@ def test_serial_ports_open_state_and_pending_control_messages() -> None:
         second.top.set_state(bad)
     bad = copy.deepcopy(state)
     bad["device"]["device"]["control_pending"] = ["PORT_ADD"]
+    with pytest.raises(VmStateError):
+        second.top.set_state(bad)
+    bad = copy.deepcopy(state)
+    bad["device"]["device"]["input"] = {"1": b"x"}
     with pytest.raises(VmStateError):
         second.top.set_state(bad)
 

@@ -127,6 +127,8 @@ class VirtioSerialState:
     """Ports the driver has set up (PORT_READY 1): host open/close events go to these."""
 
 
+MAX_PENDING_INPUT = 1 << 20
+"""Bytes of a port's buffered input a state carries at most."""
 CONTROL_PENDING_PER_PORT = 8
 """Control messages kept per port for a driver that has posted no control buffer yet (a
 handshake needs a handful)."""
@@ -218,7 +220,9 @@ class VirtioSerial(VirtioDevice):
                 "guest_connected": list(s.guest_connected), "ports_ready": list(s.ports_ready),
                 "host_connected": sorted(nr for nr, port in self.ports.items()
                                          if port.backend is not None and port.backend.connected),
-                "ports": sorted(self.ports)}
+                "ports": sorted(self.ports),
+                "input": {str(nr): _pending_input(port) for nr, port in sorted(self.ports.items())
+                          if _pending_input(port)}}
 
     def prepare_device_state(self, r: StateReader) -> Applier:
         ports = r.ints("ports", self.max_ports, 0, self.max_ports - 1)
@@ -236,7 +240,18 @@ class VirtioSerial(VirtioDevice):
                 raise r.fail(key, f"{nrs} names a port twice or a port that does not exist")
             lists[key] = nrs
 
+        saved_input = r.reader("input")
+        typed: dict[int, bytes] = {}
+        for key in saved_input.state:
+            if not key.isdigit() or int(key) not in self.ports:
+                raise saved_input.fail(key, "no such port")
+            typed[int(key)] = saved_input.blob(key, max_size=MAX_PENDING_INPUT)
+
         def apply() -> None:
+            for nr, data in typed.items():
+                backend = self.ports[nr].backend
+                if backend is not None:  # taken when the guest next has room, as before
+                    backend._pending = data + backend._pending
             self.state = VirtioSerialState(control_pending=list(pending),
                                            guest_connected=lists["guest_connected"],
                                            ports_ready=lists["ports_ready"])
@@ -406,6 +421,11 @@ class VirtioSerial(VirtioDevice):
             port.set_guest_connected(bool(value))  # every message, as QEMU
             if value and port.backend is not None:
                 port.backend.accept_input()
+
+
+def _pending_input(port: VirtSerialPort) -> bytes:
+    """Input the port's chardev holds for a guest that had no room for it yet."""
+    return bytes(getattr(port.backend, "_pending", b""))[:MAX_PENDING_INPUT]
 
 
 def serial_buses(device: object, dev_id: str) -> list[Bus]:
