@@ -29,6 +29,9 @@ from kvmpy.errors import ConfigError
 RX_QUEUE_MAX = 10000
 """Frames a back-end holds for a NIC without receive buffers (QEMU's NET_QUEUE default)."""
 
+RX_BACKLOG_BYTES = 16 << 20
+"""Bytes of frames waiting for the NIC that a VM state carries at most."""
+
 TX_QUEUE_MAX = 4096
 """Frames a NIC may have queued for the main loop before the oldest are dropped."""
 
@@ -181,6 +184,36 @@ class NetBackend(qom.Object):
 
     def set_link(self, up: bool) -> None:
         self.link_up = up
+
+    # -- VM state: the back-end's own state (connections, a tap's kernel queue) is not
+    # carried, as QEMU carries none; the frames waiting between it and the NIC are ----------
+
+    def drain(self) -> None:
+        """The VM is paused for its state to be taken (main loop): frames the NIC handed
+        over, which the guest counts as sent, go out now."""
+        if self._tx:
+            self._flush_tx()
+
+    def rx_backlog(self, limit: int = RX_BACKLOG_BYTES) -> list[bytes]:
+        """The frames waiting for the NIC to have room, oldest first, up to ``limit``
+        bytes in all."""
+        frames: list[bytes] = []
+        total = 0
+        for frame in self._rx:
+            total += len(frame)
+            if total > limit:
+                break
+            frames.append(frame)
+        return frames
+
+    def restore_rx_backlog(self, frames: list[bytes]) -> None:
+        """Frames of a saved VM's back-end, ahead of any this one queued; the NIC takes
+        them when it next has room, as it would have at the source."""
+        for frame in reversed(frames):
+            if len(self._rx) >= RX_QUEUE_MAX:
+                self.dropped_rx += 1
+                continue
+            self._rx.appendleft(frame)
 
 
 def netdev_types() -> list[qom.TypeInfo]:

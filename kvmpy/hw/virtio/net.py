@@ -56,6 +56,7 @@ from kvmpy.hw.virtio.virtqueue import (
     VirtqueueError,
 )
 from kvmpy.hw.virtio.vmstate import U32, Applier, StateReader, state_error
+from kvmpy.net.base import RX_BACKLOG_BYTES, RX_QUEUE_MAX
 from kvmpy.qom import Property, register_type
 
 if TYPE_CHECKING:
@@ -341,7 +342,9 @@ class VirtioNet(VirtioDevice):
         self._tx_scheduled = False
 
     def device_state(self) -> dict[str, Any]:
-        return copy.deepcopy(dataclasses.asdict(self.state))
+        state = copy.deepcopy(dataclasses.asdict(self.state))
+        state["rx_backlog"] = self.backend.rx_backlog() if self.backend is not None else []
+        return state
 
     def prepare_device_state(self, r: StateReader) -> Applier:
         """The MAC, link status, offloads and the receive filter.  The back-end's own state
@@ -357,8 +360,18 @@ class VirtioNet(VirtioDevice):
             raise r.fail("curr_guest_offloads", f"0x{offloads:x} has bits that are no "
                          "guest offload")
         rx_filter = _rx_filter_from(r.reader("rx_filter"))
+        backlog = r.items("rx_backlog", RX_QUEUE_MAX)
+        total = 0
+        for i, frame in enumerate(backlog):
+            if not isinstance(frame, bytes) or len(frame) > self.host_hdr_len + MAX_FRAME:
+                raise r.fail(f"rx_backlog[{i}]", "expected a frame")
+            total += len(frame)
+        if total > RX_BACKLOG_BYTES:
+            raise r.fail("rx_backlog", f"{total} bytes of frames, at most {RX_BACKLOG_BYTES}")
 
         def apply() -> None:
+            if self.backend is not None:
+                self.backend.restore_rx_backlog(list(backlog))
             self.state = VirtioNetState(mac=mac, status=status, driver_ok=driver_ok,
                                         curr_guest_offloads=offloads, rx_filter=rx_filter)
             self._tx_scheduled = False
@@ -367,10 +380,13 @@ class VirtioNet(VirtioDevice):
         return apply
 
     def drain(self) -> None:
-        """Transmit work left for the main loop is done now: after it, the queue positions
-        say everything (VM paused, big lock held)."""
+        """Transmit work left for the main loop is done now, and the frames sent reach the
+        back-end's network: after it, the queue positions say everything (VM paused, big
+        lock held)."""
         if self._tx_scheduled:
             self._continue_tx()
+        if self.backend is not None:
+            self.backend.drain()
 
     def set_link(self, up: bool) -> None:
         """``set_link``: the STATUS word follows, with a config interrupt when it changes;
