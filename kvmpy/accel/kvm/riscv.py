@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import platform
+import os
 import random
 import signal
 import threading
@@ -100,7 +100,7 @@ def probe(host_machine: str | None = None, device: str = KVM_DEVICE,
     vCPU can be created and the vCPU answers a RISC-V ONE_REG read (``config.isa``), which an
     x86 ``/dev/kvm`` (even seen through qemu-user) does not.
     """
-    machine = host_machine if host_machine is not None else platform.machine()
+    machine = host_machine if host_machine is not None else os.uname().machine
     if machine != "riscv64":
         return f"the host is {machine}, not riscv64: its KVM cannot run RISC-V guests"
     try:
@@ -445,7 +445,7 @@ _SYS_RISCV_FLUSH_ICACHE = 259
 def flush_icache() -> None:
     """``riscv_flush_icache`` on every host hart after a breakpoint patch (the guest fetches
     through the instruction cache); nothing elsewhere (tests on x86)."""
-    if platform.machine() != "riscv64":
+    if os.uname().machine != "riscv64":
         return
     import ctypes
 
