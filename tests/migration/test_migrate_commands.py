@@ -343,10 +343,13 @@ def test_errors_and_events_are_qemus(tiny: list[str]) -> None:
     assert kvmpy_side["refused"] == {"status": "failed", "error-desc": "Connection refused"}
 
 
-def live_events(vmm: str, tiny: list[str], paused: bool, tmp_path: Path) -> dict[str, Any]:
+def live_events(vmm: str, tiny: list[str], mode: str, tmp_path: Path) -> dict[str, Any]:
     state = tmp_path / f"{vmm}.mig"
     path = str(tmp_path / f"{vmm}.sock")
+    paused = mode == "prelaunch"
     with launch(vmm, [*tiny, *(["-S"] if paused else [])]) as src:
+        if mode == "stopped":
+            src.qmp("stop")
         src.qmp("migrate-set-capabilities", capabilities=EVENTS_ON)
         info = src.migrate(f"exec:cat > {state}")
         source = {"status": info["status"], "events": migration_events(src),
@@ -369,11 +372,13 @@ def live_events(vmm: str, tiny: list[str], paused: bool, tmp_path: Path) -> dict
 
 
 @pytest.mark.skipif(QEMU is None, reason="qemu-system-riscv64 (the oracle) is not installed")
-@pytest.mark.parametrize("paused", [False, True], ids=["running", "prelaunch"])
-def test_states_and_event_order_are_qemus(tiny: list[str], paused: bool,
+@pytest.mark.parametrize("mode", ["running", "prelaunch", "stopped"])
+def test_states_and_event_order_are_qemus(tiny: list[str], mode: str,
                                           tmp_path: Path) -> None:
-    kvmpy_side = live_events("kvmpy", tiny, paused, tmp_path)
-    qemu_side = live_events("qemu", tiny, paused, tmp_path)
+    """A running source's guest runs on at the destination, a stopped one stays stopped;
+    the source ends in postmigrate; events in QEMU's order on both sides."""
+    kvmpy_side = live_events("kvmpy", tiny, mode, tmp_path)
+    qemu_side = live_events("qemu", tiny, mode, tmp_path)
     assert kvmpy_side == qemu_side
     assert kvmpy_side["source"]["after"] == "postmigrate"
 
@@ -388,3 +393,41 @@ def test_bad_incoming_uri_is_one_line(tiny: list[str]) -> None:
                                 timeout=60)
         assert result.returncode == 1
         assert result.stderr.splitlines()[-1] == f"kvmpy: -incoming {uri}: {message}"
+
+
+def start_slow_migration(src: ProcessVM, uri: str) -> None:
+    """4 MiB at 256 KiB/s: a migration that is still copying for seconds."""
+    fill_ram(src, 4 << 20)
+    src.qmp("migrate-set-capabilities", capabilities=EVENTS_ON)
+    src.qmp("migrate-set-parameters", max_bandwidth=256 << 10)
+    src.qmp("migrate", uri=uri)
+    deadline = time.monotonic() + 30
+    while src.qmp("query-migrate").get("status") != "active":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_a_destination_that_dies_fails_the_migration_not_the_source(
+        tiny: list[str]) -> None:
+    port = free_port()
+    with ProcessVM(tiny) as src:
+        dst = ProcessVM([*tiny, "-incoming", f"tcp:127.0.0.1:{port}"])
+        dst.launch()
+        start_slow_migration(src, f"tcp:127.0.0.1:{port}")
+        dst.kill()
+        deadline = time.monotonic() + 30
+        while (info := src.qmp("query-migrate"))["status"] == "active":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert info["status"] == "failed"
+        assert info["error-desc"].startswith("Unable to write to socket: ")
+        assert migration_events(src)[-1] == "MIGRATION:failed"
+        assert src.status == "running"
+        before = counter_running(src)
+        assert counter_running(src) > before
+
+
+def test_quit_during_a_migration(tiny: list[str], tmp_path: Path) -> None:
+    with ProcessVM(tiny) as src:
+        start_slow_migration(src, f"exec:cat > {tmp_path / 'never.mig'}")
+        assert src.shutdown(timeout=30) == 0
