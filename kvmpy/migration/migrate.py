@@ -206,11 +206,10 @@ class Migration:
         return incoming
 
     def query(self) -> dict[str, Any]:
-        """QMP ``query-migrate``: the incoming side's while there is one, as QEMU."""
-        if self.incoming is not None and (self.outgoing is None or
-                                          self.incoming.status != "none"):
-            return self.incoming.query()
-        return self.outgoing.query() if self.outgoing is not None else {}
+        """QMP ``query-migrate``: the outgoing migration's, else the incoming one's."""
+        if self.outgoing is not None:
+            return self.outgoing.query()
+        return self.incoming.query() if self.incoming is not None else {}
 
     def close(self) -> None:
         """The VM is closing: stop whatever runs (the threads are daemons)."""

@@ -45,6 +45,9 @@ def cont(system: System) -> dict[str, Any]:
     if system.status == "inmigrate":  # QEMU: the guest starts once the migration is in
         _set_autostart(system, True)
         return {}
+    if system.status == "finish-migrate":  # QEMU holds its lock through this phase
+        raise StateError("the VM is stopped while a migration completes: 'cont' once it has "
+                         "ended", system.status, ("paused", "postmigrate"))
     system.resume()
     return {}
 
