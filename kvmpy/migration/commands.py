@@ -70,19 +70,19 @@ def monitor_fds(monitor: Any) -> MonitorFds:
     return found
 
 
-# -- QMP ------------------------------------------------------------------------------------
+# -- QMP: each handler takes (system, monitor, arguments) ------------------------------------
 
-def qmp_getfd(monitor: Any, fdname: str) -> dict[str, Any]:
-    take = getattr(monitor.chardev, "take_msgfd", None)
+def qmp_getfd(system: System, monitor: Any, args: dict[str, Any]) -> dict[str, Any]:
+    take = getattr(getattr(monitor, "chardev", None), "take_msgfd", None)
     fd = take() if take is not None else None
     if fd is None:
         raise KvmpyError("No file descriptor supplied via SCM_RIGHTS")
-    monitor_fds(monitor).add(fdname, fd)
+    monitor_fds(monitor).add(args["fdname"], fd)
     return {}
 
 
-def qmp_closefd(monitor: Any, fdname: str) -> dict[str, Any]:
-    monitor_fds(monitor).close(fdname)
+def qmp_closefd(system: System, monitor: Any, args: dict[str, Any]) -> dict[str, Any]:
+    monitor_fds(monitor).close(args["fdname"])
     return {}
 
 
@@ -95,21 +95,22 @@ def qmp_migrate(system: System, monitor: Any, args: dict[str, Any]) -> dict[str,
     return {}
 
 
-def qmp_migrate_incoming(system: System, monitor: Any, uri: str) -> dict[str, Any]:
-    migration_of(system).start_incoming(uri, monitor_fds(monitor).take).start()
+def qmp_migrate_incoming(system: System, monitor: Any, args: dict[str, Any]) -> dict[str, Any]:
+    migration_of(system).start_incoming(args["uri"], monitor_fds(monitor).take).start()
     return {}
 
 
-def qmp_migrate_cancel(system: System) -> dict[str, Any]:
+def qmp_migrate_cancel(system: System, monitor: Any, args: dict[str, Any]) -> dict[str, Any]:
     migration_of(system).cancel()
     return {}
 
 
-def query_migrate(system: System) -> dict[str, Any]:
+def qmp_query_migrate(system: System, monitor: Any, args: dict[str, Any]) -> dict[str, Any]:
     return migration_of(system).query()
 
 
-def query_migrate_capabilities(system: System) -> list[dict[str, Any]]:
+def qmp_query_migrate_capabilities(system: System, monitor: Any,
+                                   args: dict[str, Any]) -> list[dict[str, Any]]:
     """The capabilities kvmpy has (QEMU lists all it has; a tool such as libvirt takes an
     absent one as unsupported), in QEMU's order."""
     caps = migration_of(system).capabilities
@@ -117,16 +118,22 @@ def query_migrate_capabilities(system: System) -> list[dict[str, Any]]:
             if name in HONOURED_CAPABILITIES]
 
 
-def migrate_set_capabilities(system: System, capabilities: list[Any]) -> dict[str, Any]:
+def qmp_migrate_set_capabilities(system: System, monitor: Any,
+                                 args: dict[str, Any]) -> dict[str, Any]:
+    capabilities = args["capabilities"]
+    if not isinstance(capabilities, list):
+        raise KvmpyError("Invalid parameter type for 'capabilities', expected: array")
     migration_of(system).set_capabilities(capabilities)
     return {}
 
 
-def query_migrate_parameters(system: System) -> dict[str, Any]:
+def qmp_query_migrate_parameters(system: System, monitor: Any,
+                                 args: dict[str, Any]) -> dict[str, Any]:
     return dict(migration_of(system).parameters)
 
 
-def migrate_set_parameters(system: System, args: dict[str, Any]) -> dict[str, Any]:
+def qmp_migrate_set_parameters(system: System, monitor: Any,
+                               args: dict[str, Any]) -> dict[str, Any]:
     migration_of(system).set_parameters(args)
     return {}
 
@@ -155,24 +162,25 @@ def hmp_command(system: System, name: str, args: list[str]) -> str | None:
     if name == "migrate":
         return _hmp_migrate(system, args)
     if name == "migrate_cancel":
-        qmp_migrate_cancel(system)
+        qmp_migrate_cancel(system, None, {})
         return ""
     if name == "migrate_incoming":
         if not args:
             raise _usage("migrate_incoming", "string expected")
-        qmp_migrate_incoming(system, None, args[0])
+        qmp_migrate_incoming(system, None, {"uri": args[0]})
         return ""
     if name == "migrate_set_capability":
         if len(args) < 2:
             raise _usage(name, "string expected" if not args else "expected boolean value")
         if args[1] not in ("on", "off"):
             raise _usage(name, "expected 'on' or 'off'")
-        migrate_set_capabilities(system, [{"capability": args[0], "state": args[1] == "on"}])
+        qmp_migrate_set_capabilities(system, None, {"capabilities": [
+            {"capability": args[0], "state": args[1] == "on"}]})
         return ""
     if name == "migrate_set_parameter":
         if len(args) < 2:
             raise _usage(name, "string expected")
-        migrate_set_parameters(system, {args[0]: _hmp_parameter(args[0], args[1])})
+        qmp_migrate_set_parameters(system, None, {args[0]: _hmp_parameter(args[0], args[1])})
         return ""
     return None
 
@@ -188,6 +196,8 @@ def _hmp_migrate(system: System, args: list[str]) -> str:
     rest = [a for a in args if a not in flags]
     if not rest:
         raise _usage("migrate", "string expected")
+    if len(rest) > 1:  # a URI with blanks is quoted: migrate "exec:cat > FILE"
+        raise _usage("migrate", "extraneous characters at the end of line")
     qmp_migrate(system, None, {"uri": rest[0], "blk": "-b" in flags, "inc": "-i" in flags,
                                "resume": "-r" in flags})
     if "-d" in flags:
@@ -232,13 +242,13 @@ def info(system: System, what: str) -> str:
         return info_migrate(system)
     if what == "migrate_capabilities":
         return "\n".join(f"{cap['capability']}: {'on' if cap['state'] else 'off'}"
-                         for cap in query_migrate_capabilities(system))
+                         for cap in qmp_query_migrate_capabilities(system, None, {}))
     return info_migrate_parameters(system)
 
 
 def info_migrate(system: System) -> str:
     """QEMU's hmp_info_migrate, without its "globals" block (QEMU's internal switches)."""
-    data = query_migrate(system)
+    data = migration_of(system).query()
     lines = []
     status = data.get("status")
     if status is not None:

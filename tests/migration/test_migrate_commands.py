@@ -331,6 +331,11 @@ def errors_and_events(vmm: str, tiny: list[str]) -> dict[str, Any]:
         params = vm.qmp("query-migrate-parameters")
         out["parameters"] = (params["downtime-limit"], params["max-bandwidth"])
         out["cancel-idle"] = vm.qmp("migrate_cancel")
+        vm.hmp("migrate_set_parameter max-bandwidth 2M")
+        out["hmp"] = [vm.hmp(line) for line in (
+            "info migrate_parameters", "migrate", "migrate bogus:", "migrate_cancel",
+            "migrate_incoming tcp:127.0.0.1:1", "help migrate_incoming",
+            "help migrate_cancel", "help migrate_set_parameter")]
     return out
 
 
