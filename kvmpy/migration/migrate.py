@@ -327,7 +327,7 @@ class Outgoing:
         saver.begin()
         self._pass()
         self.setup_time_ms = _ms(time.monotonic() - self.start_time)
-        self.owner.on_loop(lambda: self._enter("active"))
+        self.system.call_soon(lambda: self._enter("active"))  # in order, not waited for
         copy_time = 0.0
         iterations = 0
         while True:
@@ -364,7 +364,7 @@ class Outgoing:
         self.remaining = 0
         self.downtime_ms = _ms(time.monotonic() - self.stop_time)
         self.end_time = time.monotonic()
-        self.owner.on_loop(self._completed)
+        self.system.call_soon(self._completed)
 
     def _pass(self) -> None:
         self.passes += 1

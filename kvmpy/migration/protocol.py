@@ -192,7 +192,7 @@ class FramedReader(io.RawIOBase):
         if tag == FRAME_GLOBAL:
             try:
                 state = json.loads(payload)
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise MigrationError("corrupt migration stream (run state)") from None
             self.global_state = state if isinstance(state, dict) else {}
             return True
