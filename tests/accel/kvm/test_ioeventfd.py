@@ -194,3 +194,14 @@ def test_a_pause_serves_the_kicks_the_main_loop_has_not(x86_guest: Any) -> None:
         driver.quit()
         system.accel = None
         bells.close()
+
+
+def test_irqfd_needs_an_in_kernel_irqchip(x86_guest: Any) -> None:
+    """KVM_IRQFD routes an eventfd to an in-kernel interrupt controller; a VM without one
+    (as kvmpy's RISC-V VMs, whose PLIC is in the VMM) refuses it, naming the ioctl."""
+    fd = os.eventfd(0, os.EFD_NONBLOCK)
+    try:
+        with pytest.raises(KvmIoctlError, match="KVM_IRQFD failed"):
+            x86_guest.vm.irqfd(fd, 5)
+    finally:
+        os.close(fd)
