@@ -223,8 +223,10 @@ class Migration:
     def on_loop(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` on the main loop and wait for its result (from a migration thread)."""
         system = self.system
-        if system.loop is None or system.loop.is_closed() or \
-                threading.get_ident() == getattr(system, "_loop_thread", None):
+        if system.loop is not None and system.loop.is_closed():
+            raise Cancelled("the VM closed")  # nothing is left to change
+        if system.loop is None or threading.get_ident() == getattr(system, "_loop_thread",
+                                                                   None):
             return fn()
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
