@@ -299,7 +299,14 @@ class Qcow2Image:
         return get_refcount(block, cluster & ((1 << self.rb_bits) - 1), self.refcount_order)
 
     def _update_refcount(self, cluster: int, delta: int) -> None:
-        off, block = self._refblock(cluster >> self.rb_bits)
+        index = cluster >> self.rb_bits
+        if delta < 0 and (index >= len(self.reftable)
+                          or not self.reftable[index] & REFT_OFFSET_MASK):
+            if self.dirty:
+                return
+            # Nothing counts it: never allocate refcount structures to take a count down.
+            raise Corruption(f"refcount of cluster {cluster} would become {delta}")
+        off, block = self._refblock(index)
         slot = cluster & ((1 << self.rb_bits) - 1)
         value = get_refcount(block, slot, self.refcount_order) + delta
         if value < 0 or value > self.refcount_max:

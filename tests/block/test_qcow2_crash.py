@@ -75,10 +75,17 @@ def test_sigkill_at_random_moments(tmp_path: Path, cluster_bits: int, refcount_o
                                   str(stride), str(slots), str(WRITE), str(FLUSH_EVERY)],
                                  stdout=subprocess.PIPE, text=True, env=env)
         assert child.stdout is not None
-        assert child.stdout.readline()  # the image is open and a first flush is done
-        time.sleep(rng.uniform(0.0, 0.3))
+        # A random number of flushed writes, then a random moment (seeded); counted in
+        # writes rather than seconds, so that a slow machine kills as often in the middle.
+        target = flushed + rng.randint(120, 300)
+        seen = []
+        while not seen or seen[-1] < target:
+            line = child.stdout.readline()
+            assert line, "the writer ended by itself"
+            seen.append(int(line))
+        time.sleep(rng.uniform(0.0, 0.05))
         child.send_signal(signal.SIGKILL)
-        lines = child.stdout.read().split()
+        lines = [*map(str, seen), *child.stdout.read().split()]
         child.wait()
         if lines:
             flushed = max(flushed, int(lines[-1]))

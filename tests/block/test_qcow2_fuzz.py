@@ -4,6 +4,7 @@ an OSError at access, never another exception and never a write to another file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import struct
@@ -145,3 +146,125 @@ def test_l2_entry_into_metadata_marks_the_image_corrupt(tmp_path: Path) -> None:
         assert struct.unpack(">Q", f.read(8))[0] & 2  # the corrupt bit
     with pytest.raises(ConfigError, match="Image is corrupt"):
         open_image(path, "qcow2")
+
+
+# -- pointers aimed where they must not point, in an image with internal snapshots ----------
+
+CS = 4096
+
+
+def _snapshot_image(tmp: str) -> tuple[str, str, dict[str, list[int]]]:
+    """An image with data, a backing file and two snapshots (one with a VM state); returns
+    (image, backing, the file offsets of its table entries by kind)."""
+    path, base = _fresh_image(tmp)
+    image = open_image(path, "qcow2")
+    assert isinstance(image, Qcow2Image)
+    image.write_vmstate(0, bytes(range(256)) * 40)
+    image.snapshot_create("one", 10240)
+    image.pwrite(4096, b"\x33" * 9000)
+    image.snapshot_create("two")
+    image.pwrite(600_000, b"\x44" * 100)
+    l2s = [entry & 0x00FFFFFFFFFFFE00 for entry in image.l1 if entry]
+    sn = image.snapshots[0]
+    with open(path, "rb") as f:
+        f.seek(sn.l1_table_offset)
+        sn_l2s = [e & 0x00FFFFFFFFFFFE00 for e in struct.unpack(f">{sn.l1_size}Q",
+                                                                    f.read(sn.l1_size * 8))]
+    places = {
+        "header": [24, 36, 40, 48, 56, 60, 64],
+        "reftable": [image.reftable_offset + 8 * i for i in range(2)],
+        "refblock": [(image.reftable[0] & ~511) + 2 * i for i in range(12)],
+        "l1": [image.l1_offset + 8 * i for i in range(len(image.l1))],
+        "l2": [off + 8 * i for off in l2s for i in (0, 1, 72, 146, 256)],
+        "snapshot table": [image.snapshots_offset + i for i in (0, 8, 12, 14, 32, 36, 40)],
+        "snapshot l1": [sn.l1_table_offset + 8 * i for i in range(sn.l1_size)],
+        "snapshot l2": [off + 8 * i for off in sn_l2s if off for i in (0, 1, 256, 300)],
+    }
+    image.close()
+    return path, base, places
+
+
+def _values(file_size: int) -> st.SearchStrategy[int]:
+    return st.one_of(
+        st.sampled_from([0, 1, 512, CS, 2 * CS, 3 * CS, file_size, file_size + CS,
+                         (file_size + CS) | (1 << 63), 1 << 40, 1 << 55, (1 << 62) | CS,
+                         (1 << 63) | CS, (1 << 64) - 1, 0xFFFFFFFF, 65535]),
+        st.integers(0, (1 << 64) - 1))
+
+
+@settings(max_examples=EXAMPLES // 2, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), writable=st.booleans())
+def test_bad_pointers_fail_cleanly(data: st.DataObject, writable: bool) -> None:
+    """A table entry, header field or snapshot table field replaced by a value pointing past
+    the end of the file, into metadata, unaligned, or huge; then reads, writes, snapshot
+    operations and a resize: a one-line ConfigError at open or OSErrors, nothing written to
+    another file, the image never grown without bound."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path, base, places = _snapshot_image(tmp)
+        size = os.path.getsize(path)
+        kind = data.draw(st.sampled_from(sorted(places)))
+        where = data.draw(st.sampled_from(places[kind]))
+        value = data.draw(_values(size))
+        width = 2 if kind == "refblock" else 4 if (kind, where) in (
+            ("header", 36), ("header", 56), ("header", 60)) else 8
+        with open(path, "r+b") as f:
+            f.seek(where)
+            f.write((value % (1 << (8 * width))).to_bytes(width, "big"))
+        sums = hashlib.sha256(Path(base).read_bytes()).hexdigest()
+        try:
+            image = open_image(path, "qcow2", read_only=not writable)
+        except ConfigError as exc:
+            assert "\n" not in str(exc) and str(exc)
+            return
+        assert isinstance(image, Qcow2Image)
+        steps = [lambda: image.pread(0, 1 << 20),
+                 lambda: image.read_vmstate(0, 10240, image.find_snapshot("one")),
+                 lambda: image.pwrite(4096, b"\x55" * 70000),
+                 lambda: image.pwrite(590_000, b"\x66" * 20000),
+                 lambda: image.snapshot_create("three"),
+                 lambda: image.snapshot_goto("one"),
+                 lambda: [image.snapshot_delete(sn) for sn in image.snapshots[:1]],
+                 lambda: image.write_vmstate(0, b"\x77" * 5000),
+                 lambda: image.resize(2 << 20),
+                 image.flush]
+        try:
+            for step in steps:
+                with contextlib.suppress(OSError):
+                    step()
+        finally:
+            image.close()
+        assert hashlib.sha256(Path(base).read_bytes()).hexdigest() == sums
+        assert sorted(os.listdir(tmp)) == ["base.raw", "f.qcow2"]
+        assert os.path.getsize(path) < 64 << 20
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(links=st.lists(st.integers(0, 7), min_size=1, max_size=8))
+def test_backing_chains_with_loops(links: list[int]) -> None:
+    """Image i names image ``links[i]`` as its backing file (a chain, or a loop back into
+    it): a loop is refused in one line, a chain opens."""
+    with tempfile.TemporaryDirectory() as tmp:
+        n = len(links)
+        names = [os.path.join(tmp, f"i{i}.qcow2") for i in range(n)]
+        for i, target in enumerate(links):
+            backing = f"i{target}.qcow2" if target < n else None
+            create_image(names[i], 1 << 20, cluster_bits=12, backing_file=backing,
+                         backing_format="qcow2" if backing else None)
+        seen, at, loops = set(), 0, False
+        while True:
+            if at in seen:
+                loops = True
+                break
+            seen.add(at)
+            if links[at] >= n:
+                break
+            at = links[at]
+        try:
+            image = open_image(names[0], "qcow2")
+        except ConfigError as exc:
+            assert loops and "\n" not in str(exc) and "loops back" in str(exc), exc
+            return
+        assert not loops
+        assert image.pread(0, 4096) == bytes(4096)
+        image.close()
