@@ -502,7 +502,7 @@ class Incoming:
         info: dict[str, Any] = {}
         if self.status != "none":
             info["status"] = self.status
-        addresses = self.listener.socket_addresses()
+        addresses = self.listener.addresses
         if addresses and self.status in ("none", "active"):
             info["socket-address"] = addresses
         return info

@@ -291,18 +291,19 @@ class Listener:
         self.sock: socket.socket | None = None
         self.fd: int | None = None
         self.closed = False
+        self.addresses: list[dict[str, Any]] = []
+        """QEMU's ``socket-address`` of ``query-migrate``: where it listened."""
 
-    def socket_addresses(self) -> list[dict[str, Any]]:
-        """QEMU's ``socket-address`` of ``query-migrate`` while listening."""
-        if self.sock is None or self.closed:
-            return []
-        if self.sock.family == socket.AF_UNIX:
-            return [{"path": self.uri.path, "type": "unix"}]
-        host, port = self.sock.getsockname()[:2]
+    def _listening(self, sock: socket.socket) -> None:
+        self.sock = sock
+        if sock.family == socket.AF_UNIX:
+            self.addresses = [{"path": self.uri.path, "type": "unix"}]
+            return
+        host, port = sock.getsockname()[:2]
         entry: dict[str, Any] = {"port": str(port)}
-        entry["ipv6" if self.sock.family == socket.AF_INET6 else "ipv4"] = True
+        entry["ipv6" if sock.family == socket.AF_INET6 else "ipv4"] = True
         entry.update({"host": host, "type": "inet"})
-        return [entry]
+        self.addresses = [entry]
 
     def accept(self) -> Channel:
         if self.uri.scheme == "exec":
@@ -361,9 +362,9 @@ def listen(uri: MigrationURI, fds: FdLookup) -> Listener:
             sock.close()
             raise MigrationError(f"Failed to bind socket to {uri.path}: "
                                  f"{exc.strerror or exc}") from None
-        listener.sock = sock
+        listener._listening(sock)
     elif uri.scheme == "tcp":
-        listener.sock = _listen_inet(uri)
+        listener._listening(_listen_inet(uri))
     return listener
 
 

@@ -436,3 +436,19 @@ def test_quit_during_a_migration(tiny: list[str], tmp_path: Path) -> None:
     with ProcessVM(tiny) as src:
         start_slow_migration(src, f"exec:cat > {tmp_path / 'never.mig'}")
         assert src.shutdown(timeout=30) == 0
+
+
+def waiting_destination(vmm: str, tiny: list[str]) -> dict[str, Any]:
+    port = free_port()
+    with launch(vmm, [*tiny, "-incoming", f"tcp:127.0.0.1:{port}"]) as dst:
+        info = dst.qmp("query-migrate")
+        for address in info.get("socket-address", []):
+            address["port"] = "PORT" if address.get("port") == str(port) else address["port"]
+        return {"status": dst.qmp("query-status"), "migrate": info,
+                "hmp": dst.hmp("info status"),
+                "again": error_of(dst, "migrate-incoming", uri="tcp:127.0.0.1:1")}
+
+
+@pytest.mark.skipif(QEMU is None, reason="qemu-system-riscv64 (the oracle) is not installed")
+def test_a_waiting_destination_is_qemus(tiny: list[str]) -> None:
+    assert waiting_destination("kvmpy", tiny) == waiting_destination("qemu", tiny)
