@@ -127,7 +127,7 @@ def test_compressed_clusters_read_and_overwritten(tmp_path: Path) -> None:
     compare(path, tmp_path / "expected.raw")
 
 
-def test_backing_chain_three_deep(tmp_path: Path) -> None:
+def test_backing_chain_three_deep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """raw base <- qcow2 <- qcow2 <- qcow2 (top), named relative to each image's
     directory; writes in the top copy the rest of a cluster from below."""
     size = 4 * MiB
@@ -145,7 +145,7 @@ def test_backing_chain_three_deep(tmp_path: Path) -> None:
     model[MiB:MiB + 10240] = b"\x62" * 10240
     top = create(sub / "top.qcow2", size, "cluster_size=16384", backing=mid2)
     sums = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (base, mid1, mid2)}
-    os.chdir(tmp_path)  # the chain's names are relative to images/, not to the cwd
+    monkeypatch.chdir(tmp_path)  # the names are relative to images/, not to the cwd
     image = open_image("images/top.qcow2")
     assert image.pread(0, size) == model
     for offset, n, byte in ((100, 10, 1), (65536 + 7, 70000, 2), (MiB + 5000, 9000, 3),
