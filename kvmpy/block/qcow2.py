@@ -67,6 +67,8 @@ REFT_OFFSET_MASK = 0xFFFFFFFFFFFFFE00
 COPIED = 1 << 63
 COMPRESSED = 1 << 62
 ZERO = 1
+AUTOCLEAR_SNAPSHOT_OP = 1 << 63
+"""kvmpy's autoclear bit: a snapshot operation is under way (see ``_snapshot_op``)."""
 CACHE_BYTES = 32 << 20
 _Q = struct.Struct(">Q")
 
@@ -176,8 +178,11 @@ class Qcow2Image:
             except ConfigError as exc:
                 raise Qcow2Error(f"Could not open backing file: {exc}") from exc
         if not self.read_only and h.version == 3 and h.autoclear:
+            if h.autoclear & AUTOCLEAR_SNAPSHOT_OP and not self.dirty:
+                self._finish_snapshot_op()
             # Features kvmpy does not keep up to date (bitmaps) are declared stale.
             self._pwrite(_Q.pack(0), OFF_AUTOCLEAR)
+            h.autoclear = 0
 
     # -- file access ------------------------------------------------------------------------
 
@@ -862,7 +867,33 @@ class Qcow2Image:
         if self.dirty:
             raise OSError(errno.ENOTSUP, "qcow2: snapshots of an image with lazy refcounts "
                           "need 'qemu-img check -r all' first")
-        self._guard(fn)
+
+        def marked() -> None:
+            # Between the refcount passes of a snapshot operation the COPIED flags lag
+            # behind the refcounts; a crash there is repaired when kvmpy next opens the
+            # image (v3: a kvmpy autoclear bit, which QEMU clears and ignores).
+            if self.header.version == 3:
+                self._pwrite(_Q.pack(self.header.autoclear | AUTOCLEAR_SNAPSHOT_OP),
+                             OFF_AUTOCLEAR)
+                os.fdatasync(self.fd)
+            fn()
+            if self.header.version == 3:
+                os.fdatasync(self.fd)
+                self._pwrite(_Q.pack(self.header.autoclear), OFF_AUTOCLEAR)
+        self._guard(marked)
+
+    def _finish_snapshot_op(self) -> None:
+        """The COPIED flags of the active image set from the refcounts, after a snapshot
+        operation that did not end (QEMU's ``qcow2_update_snapshot_refcount(..., 0)``)."""
+        log.stderr_line(f"kvmpy: qcow2: '{self.path}': repairing the COPIED flags an "
+                        "interrupted snapshot operation left")
+        try:
+            snap.update_refcounts(self, self.l1, 0, None)
+        except Corruption as exc:
+            raise Qcow2Error(f"qcow2: '{self.path}': {exc}") from None
+        except OSError as exc:
+            raise Qcow2Error(f"qcow2: '{self.path}': repairing the COPIED flags failed: "
+                             f"{exc.strerror or exc}") from None
 
     def find_snapshot(self, id_or_name: str) -> snap.Snapshot | None:
         return snap.find(self.snapshots, id_or_name)

@@ -103,3 +103,61 @@ def test_sigkill_at_random_moments(tmp_path: Path, cluster_bits: int, refcount_o
     image.close()
     check(path)
     print(f"{flushed + 1} flushed writes, {leaks} leaked clusters seen over 10 kills")
+
+
+SNAPSHOT_CHILD = r"""
+import os, random, sys
+from kvmpy.block import open_image
+path, seed = sys.argv[1], int(sys.argv[2])
+rng = random.Random(seed)
+image = open_image(path, "qcow2")
+step = 0
+while True:
+    image.pwrite(rng.randrange(0, 60) * 65536 + rng.randrange(0, 4096),
+                 bytes([step % 251 + 1]) * rng.randrange(1, 150_000))
+    name = f"s{rng.randrange(3)}"
+    sn = image.find_snapshot(name)
+    choice = rng.randrange(3)
+    if sn is not None and choice == 0:
+        image.snapshot_goto(name)
+    elif sn is not None and choice == 1:
+        image.snapshot_delete(sn)
+    elif sn is None:
+        image.write_vmstate(0, os.urandom(rng.randrange(1, 300_000)))
+        image.snapshot_create(name, 1)
+    image.flush()
+    print(step, flush=True)
+    step += 1
+"""
+
+
+def test_sigkill_during_snapshot_operations(tmp_path: Path) -> None:
+    """savevm, loadvm and delvm interrupted anywhere leave an image that, once kvmpy has
+    opened it again, ``qemu-img check`` finds no corruption in, and whose snapshots QEMU and
+    kvmpy read alike."""
+    need_qemu_img()
+    path = tmp_path / "snap.qcow2"
+    create_image(str(path), 4 << 20)
+    rng = random.Random(7)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for round_ in range(8):
+        child = subprocess.Popen([sys.executable, "-c", SNAPSHOT_CHILD, str(path),
+                                  str(round_)], stdout=subprocess.PIPE, text=True, env=env)
+        assert child.stdout is not None
+        for _ in range(rng.randint(1, 12)):  # some operations, then a random moment
+            assert child.stdout.readline(), "the child ended by itself"
+        time.sleep(rng.uniform(0.0, 0.05))
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        # kvmpy's next open sets the COPIED flags a killed snapshot operation left lagging
+        # behind the refcounts (QEMU leaves the same after a crash there: qemu-img check
+        # calls them corruptions and -r all repairs them).
+        open_image(str(path), "qcow2").close()
+        check(path)
+        listing = subprocess.run(["qemu-img", "snapshot", "-l", str(path)],
+                                 capture_output=True, text=True, check=True).stdout
+        image = open_image(str(path), "qcow2")
+        assert sorted(sn.name for sn in image.snapshots) == sorted(
+            line.split()[1] for line in listing.splitlines()[2:])
+        image.pread(0, 4 << 20)
+        image.close()
