@@ -702,6 +702,9 @@ class Qcow2Image:
             raise OSError(errno.EROFS, "read-only image")
         if size < self.size:
             raise OSError(errno.ENOTSUP, "qcow2: shrinking an image is not supported")
+        if self.snapshots and self.header.version < 3:
+            raise OSError(errno.ENOTSUP, "Can't resize a v2 image which has snapshots")
+        self.discard_vmstate()  # what the disk grows over must read as zeros
         self._guard(lambda: self._grow_l1(size))
 
     def _grow_l1(self, size: int) -> None:

@@ -159,12 +159,14 @@ def test_freed_clusters_are_reused_after_a_flush(tmp_path: Path) -> None:
 
 def test_a_snapshot_of_a_resized_disk(tmp_path: Path) -> None:
     path = tmp_path / "g.qcow2"
-    create_image(str(path), MiB)
+    create_image(str(path), MiB, cluster_bits=9)  # the VM state right after the disk
     image = _open(path)
     image.pwrite(0, b"\x61" * MiB)
     image.write_vmstate(0, b"state")
     image.snapshot_create("small", 5)
+    image.snapshot_goto("small")  # the VM state is in the active image too, as in QEMU
     image.resize(3 * MiB)
+    assert image.pread(MiB, 2 * MiB) == bytes(2 * MiB)  # none of it shows in the disk
     image.pwrite(2 * MiB, b"\x62" * MiB)
     image.snapshot_goto("small")
     assert image.size == MiB and image.pread(0, MiB) == b"\x61" * MiB
