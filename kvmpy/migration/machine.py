@@ -38,15 +38,32 @@ def describe(device: Any) -> str:
     return name
 
 
+def _firmware(system: System) -> str:
+    """The firmware mode, with KVM's in-kernel SBI and the built-in one the same ("sbi"):
+    both give an S-mode kernel the same SBI, which is what makes states cross accelerators."""
+    mode = system.firmware_mode
+    if mode == "builtin" or (mode == "none" and system.caps.in_kernel_timer_ipi):
+        return "sbi"
+    return mode
+
+
+def _is_clint(entry: str) -> bool:
+    return entry.rpartition(":")[2].startswith("Aclint")
+
+
 def fingerprint(system: System) -> dict[str, Any]:
-    """What must be equal between the saved VM and the one a state is loaded into."""
+    """What must be equal between the saved VM and the one a state is loaded into (the
+    ACLINT excepted between an in-kernel and a VMM irqchip: KVM has the timer and IPIs in
+    the kernel, the interpreter's board has the ACLINT for them)."""
     machine = system.machine
     ram = system.ram
     return {
+        "irqchip": "kernel" if system.caps.in_kernel_timer_ipi else "vmm",
+        "timebase": system.caps.timebase_frequency,
         "machine": getattr(type(machine), "name", "?") if machine is not None else "?",
         "smp": len(system.harts),
         "ram": [ram.base, ram.size] if ram is not None else None,
-        "firmware": system.firmware_mode,
+        "firmware": _firmware(system),
         "devices": [f"{region_key(r)}:{describe(r.device)}" for r in system.bus.regions],
     }
 
@@ -55,11 +72,23 @@ def _mib(size: int) -> str:
     return f"{size >> 20}M" if size % (1 << 20) == 0 else f"{size} bytes"
 
 
-def check_fingerprint(saved: Any, system: System) -> None:
-    """VmStateError (one line) on the first difference between ``saved`` and ``system``."""
+def check_fingerprint(saved: Any, system: System) -> set[str]:
+    """VmStateError (one line) on the first difference between ``saved`` and ``system``;
+    returns the device keys that may be missing on one side (the ACLINT across
+    accelerators)."""
     here = fingerprint(system)
     if not isinstance(saved, dict):
         raise VmStateError("vmstate: corrupt header (no machine fingerprint)")
+    optional: set[str] = set()
+    devices = saved.get("devices")
+    if saved.get("irqchip") != here["irqchip"] and isinstance(devices, list):
+        optional = {e.partition(":")[0] for e in [*devices, *here["devices"]]
+                    if isinstance(e, str) and _is_clint(e)}
+        devices = [e for e in devices if not (isinstance(e, str) and _is_clint(e))]
+        here["devices"] = [e for e in here["devices"] if not _is_clint(e)]
+    if saved.get("timebase", here["timebase"]) != here["timebase"]:
+        raise VmStateError(f"vmstate: state saved with a {saved.get('timebase')} Hz timebase, "
+                           f"this VM's is {here['timebase']} Hz")
     if saved.get("machine") != here["machine"]:
         raise VmStateError(f"vmstate: state of machine '{saved.get('machine')}', this VM is "
                            f"'{here['machine']}'")
@@ -76,7 +105,6 @@ def check_fingerprint(saved: Any, system: System) -> None:
     if saved.get("firmware") != here["firmware"]:
         raise VmStateError(f"vmstate: state saved with firmware '{saved.get('firmware')}', "
                            f"this VM runs '{here['firmware']}'")
-    devices = saved.get("devices")
     if devices != here["devices"]:
         if not isinstance(devices, list):
             raise VmStateError("vmstate: corrupt header (device list)")
@@ -86,6 +114,7 @@ def check_fingerprint(saved: Any, system: System) -> None:
                 f"this VM has device {missing[0].split(':')[0]}, the state does not"
                 if missing else "devices are in another order")
         raise VmStateError(f"vmstate: different device set: {what}")
+    return optional
 
 
 def _sbi(system: System) -> Any:
@@ -166,8 +195,9 @@ def collect(system: System) -> dict[str, Any]:
     }
 
 
-def check(state: Any, system: System) -> dict[str, Any]:
-    """``state`` (decoded from a stream) checked as far as it can be without applying it."""
+def check(state: Any, system: System, optional: set[str] | None = None) -> dict[str, Any]:
+    """``state`` (decoded from a stream) checked as far as it can be without applying it;
+    devices keyed in ``optional`` may be missing on either side."""
     if not isinstance(state, dict):
         raise VmStateError("vmstate: corrupt state record")
     if state.get("version") != STATE_VERSION:
@@ -181,8 +211,8 @@ def check(state: Any, system: System) -> dict[str, Any]:
     if not isinstance(saved, dict):
         raise VmStateError("vmstate: corrupt state record (devices)")
     keys = {key for key, _ in devices(system)}
-    if set(saved) != keys:
-        odd = sorted(set(saved) ^ keys)
+    odd = sorted((set(saved) ^ keys) - (optional or set()))
+    if odd:
         raise VmStateError(f"vmstate: different device set: {odd[0]}")
     clock = state.get("clock")
     if (not isinstance(clock, dict) or type(clock.get("mtime")) is not int
@@ -207,6 +237,8 @@ def apply_devices(state: dict[str, Any], system: System) -> list[Any]:
     undo: list[Any] = []
     with _rollback_on_error(undo), system.lock:
         for key, device in devices(system):
+            if key not in state["devices"]:  # optional, and not in the state: as it is
+                continue
             old = device.get_state()
             try:
                 device.set_state(state["devices"][key])

@@ -148,7 +148,7 @@ def load_vm(system: System, inp: BinaryIO, *, map_ram: bool = False,
     header = codec.decode(reader.payload(tag, length, head))
     if not isinstance(header, dict):
         raise VmStateError("vmstate: corrupt header")
-    machine.check_fingerprint(header.get("fingerprint"), system)
+    optional = machine.check_fingerprint(header.get("fingerprint"), system)
     map_fd: int | None = None
     if map_ram:
         try:
@@ -165,7 +165,8 @@ def load_vm(system: System, inp: BinaryIO, *, map_ram: bool = False,
         elif tag == TAG_STATE:
             if state is not None:
                 raise VmStateError("vmstate: corrupt stream (two state records)")
-            state = machine.check(codec.decode(reader.payload(tag, length, head)), system)
+            state = machine.check(codec.decode(reader.payload(tag, length, head)), system,
+                                  optional)
         elif tag == TAG_END:
             payload = reader.payload(tag, length, head)
             if len(payload) != 8 or int.from_bytes(payload, "little") != reader.records:

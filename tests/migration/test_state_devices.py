@@ -160,3 +160,27 @@ def test_builtin_sbi_state_is_empty_and_refuses_other_fields() -> None:
     sbi.set_state({})
     with pytest.raises(VmStateError):
         sbi.set_state({"x": 1})
+
+
+def test_plic_state_crosses_between_ms_and_s_only_contexts() -> None:
+    """The interpreter's board has M and S contexts per hart, KVM's S ones only: a state
+    moves between them by context name; a context in use that the target lacks is refused."""
+    outs = [FakeIrq() for _ in range(4)]
+    ms = SiFivePlic(outs, hart_config="MS,MS", num_sources=96)
+    ms.mmio_write(4 * 7, 4, 1)
+    ms.mmio_write(0x2000 + 0x80 * 3, 4, 1 << 7)        # context 3 = hart 1 S
+    ms.mmio_write(0x200000 + 0x1000 * 3, 4, 0)
+    ms.irq_in(7).set(True)
+    s_outs = [FakeIrq(), FakeIrq()]
+    s_only = SiFivePlic(s_outs, hart_config="S,S", num_sources=96)
+    s_only.set_state(through_stream(ms.get_state()))
+    assert s_only.get_state()["enable"] == [0, 1 << 7]
+    assert s_outs[1].history[-1] is True
+    back = SiFivePlic([FakeIrq() for _ in range(4)], hart_config="MS,MS", num_sources=96)
+    back.set_state(through_stream(s_only.get_state()))
+    assert back.get_state()["enable"] == [0, 0, 0, 1 << 7]
+    ms.mmio_write(0x2000, 4, 1 << 7)                    # hart 0's M context in use
+    before = s_only.get_state()
+    with pytest.raises(VmStateError, match="context 0M is in use"):
+        s_only.set_state(ms.get_state())
+    assert s_only.get_state() == before

@@ -157,6 +157,28 @@ class SiFivePlic(SysBusDevice):
                 self._out_levels[ctx] = level
                 line.set(level)
 
+    def _map_contexts(self, state: dict[str, object]) -> dict[str, object]:
+        """``state`` with threshold and enable per context of this PLIC: a context the
+        state lacks starts disabled; one this PLIC lacks must not be in use."""
+        from kvmpy.migration.errors import VmStateError
+
+        names, thresholds, enables = (state.get(k) for k in ("contexts", "threshold",
+                                                               "enable"))
+        if (not isinstance(names, list) or not isinstance(thresholds, list)
+                or not isinstance(enables, list) or not len(names) == len(thresholds)
+                == len(enables) or not all(isinstance(c, str) for c in names)):
+            raise VmStateError(f"vmstate: {self.name}: bad context list")
+        saved = dict(zip(names, zip(thresholds, enables, strict=True), strict=True))
+        here = [f"{hart}{mode}" for hart, mode in self.contexts]
+        for name, (_, enable) in saved.items():
+            if name not in here and enable:
+                raise VmStateError(f"vmstate: {self.name}: context {name} is in use and "
+                                   "this PLIC has no such context")
+        out = {k: v for k, v in state.items() if k != "contexts"}
+        out["threshold"] = [saved.get(name, (0, 0))[0] for name in here]
+        out["enable"] = [saved.get(name, (0, 0))[1] for name in here]
+        return out
+
     def claim(self, ctx: int) -> int:
         s = self.state
         irq = self._best(ctx)
@@ -255,9 +277,18 @@ class SiFivePlic(SysBusDevice):
             self._out_levels[ctx] = False
         self._update(force=True)
 
+    def get_state(self) -> dict[str, object]:
+        """The registers, with ``contexts`` naming each context (``"0M"``, ``"0S"``, ...)
+        so that a state loads into a PLIC with other contexts (KVM's has S ones only)."""
+        state = super().get_state()
+        state["contexts"] = [f"{hart}{mode}" for hart, mode in self.contexts]
+        return state
+
     def set_state(self, state: dict[str, object]) -> None:
         from kvmpy.migration.errors import VmStateError
 
+        if isinstance(state, dict) and "contexts" in state:
+            state = self._map_contexts(state)
         new = state_from_dict(self.state, state, self.name)
         n = len(self.contexts)
         if (len(new.priority) != self.num_sources or len(new.threshold) != n
