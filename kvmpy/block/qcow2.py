@@ -829,8 +829,10 @@ class Qcow2Image:
                              f"(L1 index: {l1_index:#x})")
 
     def _check_range(self, offset: int, length: int) -> None:
-        """Host clusters a table points at: inside the file and no metadata."""
-        if offset + length > self.file_size:
+        """Host clusters a table points at: starting inside the file (the last one may end
+        past it, as compressed data and a last data cluster may) and no metadata."""
+        if ((offset + length - 1) >> self.cluster_bits) << self.cluster_bits \
+                >= self.file_size:
             raise Corruption(f"cluster at {offset:#x} is past the end of the image file")
         for cluster in range(offset >> self.cluster_bits,
                              ((offset + length - 1) >> self.cluster_bits) + 1):
