@@ -232,3 +232,76 @@ def test_cancelled_live_save_leaves_the_source_as_it_was(saved: tuple[Path, floa
         shell(source, "echo still-$((1+1))", "still-2")
     finally:
         source.kill()
+
+
+def _rewrite(data: bytes, edit_header: Any, edit_state: Any) -> bytes:
+    """A stream with its header and machine state changed (records otherwise copied)."""
+    from kvmpy.migration import codec
+    from kvmpy.migration.stream import (
+        TAG_END,
+        TAG_HEADER,
+        TAG_STATE,
+        StreamReader,
+        StreamWriter,
+    )
+
+    reader = StreamReader(io.BytesIO(data))
+    reader.start()
+    out = io.BytesIO()
+    writer = StreamWriter(out)
+    writer.start()
+    while True:
+        tag, flags, length, _ = reader.record_head()
+        payload = reader.read(length)
+        reader.read(4)
+        if tag == TAG_END:
+            writer.end()
+            return out.getvalue()
+        if tag == TAG_HEADER:
+            payload = codec.encode(edit_header(codec.decode(payload)))
+        elif tag == TAG_STATE:
+            payload = codec.encode(edit_state(codec.decode(payload)))
+        writer.record(tag, payload, flags)
+
+
+def test_a_state_of_an_in_kernel_irqchip_board_loads_on_the_interpreter() -> None:
+    """What a state saved under -accel kvm looks like at the board level (no ACLINT, a PLIC
+    with S contexts only, the SBI in the kernel), made from one saved here with -bios
+    builtin, loads into the interpreter's board with -bios builtin and the guest goes on.
+    (The hart state's KVM side is in test_state_hart; the real KVM in ci/nested-kvm.)"""
+    options = {**OPTIONS, "bios": "builtin"}
+    vm = VM(**options).launch()
+    buf = io.BytesIO()
+    try:
+        vm.console.expect(PROMPT, timeout=BOOT_TIMEOUT)
+        shell(vm, "echo kvm-shaped > /tmp/mark", PROMPT)
+        vm.pause()
+        vm._on_loop(lambda: save_vm(vm.system, buf))
+    finally:
+        vm.kill()
+
+    def as_kvm_header(header: dict[str, Any]) -> dict[str, Any]:
+        fp = header["fingerprint"]
+        fp.update(irqchip="kernel", firmware="sbi",
+                  devices=[d for d in fp["devices"] if ":Aclint" not in d])
+        return header
+
+    def as_kvm_state(state: dict[str, Any]) -> dict[str, Any]:
+        devices = state["devices"]
+        for key in [k for k in devices if k.startswith("riscv.aclint")]:
+            del devices[key]
+        plic = devices["riscv.sifive.plic@0xc000000"]
+        keep = [i for i, name in enumerate(plic["contexts"]) if name.endswith("S")]
+        for field in ("contexts", "threshold", "enable"):
+            plic[field] = [plic[field][i] for i in keep]
+        return state
+
+    data = _rewrite(buf.getvalue(), as_kvm_header, as_kvm_state)
+    target = VM(**options, start_paused=True).launch()
+    try:
+        target._on_loop(lambda: load_vm(target.system, io.BytesIO(data)))
+        target.resume()
+        assert output(target, "cat /tmp/mark", r"kvm-shaped") == "kvm-shaped"
+        shell(target, "sleep 1; echo timer-ok", "timer-ok")
+    finally:
+        target.kill()
