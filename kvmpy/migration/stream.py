@@ -163,9 +163,11 @@ class StreamReader:
 
     def start(self) -> None:
         head = self.read_start()
-        magic, version, _ = _START.unpack(head)
+        magic, version, reserved = _START.unpack(head)
         if magic != MAGIC:
             raise VmStateError("vmstate: not a kvmpy VM state (bad magic)")
+        if reserved:
+            raise VmStateError("vmstate: corrupt stream (start)")
         if version > FORMAT_VERSION:
             raise VmStateError(f"vmstate: format version {version} is newer than this kvmpy "
                                f"reads (up to {FORMAT_VERSION})")
