@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 import kvmpy
 from kvmpy.memory import PAGE_SIZE, bitmap_pages
@@ -190,10 +192,41 @@ def load_vm(system: System, inp: BinaryIO, *, map_ram: bool = False,
     return LoadInfo(header)
 
 
+T = TypeVar("T")
+LOOP_TIMEOUT_S = 60.0
+
+
+def on_main_loop(system: System, fn: Callable[[], T]) -> T:
+    """``fn()`` run on the VM's main loop (here when this is it, or when there is none) and
+    its result: the loop is where the run state changes, so a brief hold of the vCPUs there
+    cannot interleave with a ``stop``/``cont``."""
+    loop = system.loop
+    if (loop is None or loop.is_closed()
+            or threading.get_ident() == getattr(system, "_loop_thread", None)):
+        return fn()
+    future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def call() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(fn())
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    loop.call_soon_threadsafe(call)
+    try:
+        return future.result(LOOP_TIMEOUT_S)
+    except concurrent.futures.TimeoutError:
+        future.cancel()
+        raise VmStateError("vmstate: the VM's main loop did not answer") from None
+
+
 @contextlib.contextmanager
 def vcpus_held(system: System) -> Iterator[None]:
     """No vCPU is inside ``run()`` meanwhile (a running VM's vCPUs are parked for a moment,
-    its run state unchanged): for collecting the interpreter's dirty log."""
+    its run state unchanged): for collecting the interpreter's dirty log.  Use it on the
+    main loop (:func:`on_main_loop`)."""
     driver = system.driver
     accel = system.accel
     if (driver is None or system.status != "running"
@@ -214,7 +247,9 @@ class LiveSaver:
     ``begin()`` writes the header and turns dirty logging on; each ``iterate()`` sends the
     pages dirtied since the previous pass (the first pass: every non-zero page);
     ``complete()``, with the VM paused by the caller, sends the rest and the device and
-    hart state; ``cancel()`` turns logging off and leaves the source as it was.
+    hart state; ``cancel()`` turns logging off and leaves the source as it was.  The methods
+    may be called from any thread (a migration thread): the vCPUs are held and the dirty log
+    collected on the VM's main loop, which must therefore not wait for that thread.
     """
 
     def __init__(self, system: System, out: BinaryIO, *,
@@ -247,15 +282,25 @@ class LiveSaver:
             from kvmpy.accel.kvm.dirty import accel_dirty_log
 
             accel_log = accel_dirty_log(system.accel, system.ram)
-        with vcpus_held(system):
-            system.ram.start_dirty_log(accel_log)
+        ram_ = system.ram
+
+        def start() -> None:
+            with vcpus_held(system):
+                ram_.start_dirty_log(accel_log)
+
+        on_main_loop(system, start)
         self._logging = True
 
     def _pass(self) -> int:
         system = self.system
         assert system.ram is not None
-        with vcpus_held(system):
-            bitmap = system.ram.collect_dirty()
+        ram_ = system.ram
+
+        def collect() -> bytes:
+            with vcpus_held(system):
+                return ram_.collect_dirty()
+
+        bitmap = on_main_loop(system, collect)
         if self._first:
             self._first = False
             pages = ram.nonzero_pages(system.ram)
@@ -301,9 +346,13 @@ class LiveSaver:
         self._stop_logging()
 
     def _stop_logging(self) -> None:
-        if self._logging and self.system.ram is not None:
-            with vcpus_held(self.system):
-                self.system.ram.stop_dirty_log()
+        system, ram_ = self.system, self.system.ram
+        if self._logging and ram_ is not None:
+            def stop() -> None:
+                with vcpus_held(system):
+                    ram_.stop_dirty_log()
+
+            on_main_loop(system, stop)
         self._logging = False
 
 
