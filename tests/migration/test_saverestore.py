@@ -89,9 +89,29 @@ def test_two_vms_from_one_file_at_once(saved: tuple[Path, float]) -> None:
         second.resume()
         assert output(second, "cat /tmp/mark", r"kept-\d+|first") == "kept-42"
         assert output(first, "cat /tmp/mark", r"kept-\d+|first") == "first"
+        # Both map the file's RAM copy-on-write: the pages they only read are shared.
+        mappings = file_mappings(path)
+        assert len(mappings) >= 2
+        assert sum(m.get("Shared_Clean", 0) for m in mappings) > 0
     finally:
         first.kill()
         second.kill()
+
+
+def file_mappings(path: Path) -> list[dict[str, int]]:
+    """The kB counters of each mapping of ``path`` in this process (/proc/self/smaps)."""
+    found: list[dict[str, int]] = []
+    current: dict[str, int] | None = None
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+                current = {} if fields[-1] == str(path) else None
+                if current is not None:
+                    found.append(current)
+            elif current is not None and len(fields) == 3 and fields[2] == "kB":
+                current[fields[0].rstrip(":")] = int(fields[1])
+    return found
 
 
 def test_a_restored_vm_saves_and_restores_again(saved: tuple[Path, float],
