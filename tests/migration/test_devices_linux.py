@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -124,5 +125,92 @@ def test_busy_devices_carry_on_in_the_restored_vm(tmp_path: Path) -> None:
         assert restored.wait(CMD_TIMEOUT) == 0
     finally:
         for machine in (vm, middle, restored):
+            if machine is not None and machine.is_running():
+                machine.kill()
+
+
+def test_open_9p_files_and_the_network_after_restore(tmp_path: Path) -> None:
+    """A 9P export with files open in the guest and a shell inside it, and a user-mode
+    network: after the restore the open files read and write on, the network answers
+    through the new process's back-end (its connections are not carried, as in QEMU)."""
+    import socket
+    import threading
+
+    reason = _skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    try:
+        import kvmpy.guests as guests
+
+        kernel, initrd = guests.kernel_path(), guests.initrd_path()
+    except Exception as exc:
+        pytest.skip(f"bundled guest unavailable: {exc}")
+    from kvmpy.firmware import opensbi
+    from kvmpy.vm import VM
+
+    if opensbi.find_fw_dynamic() is None:
+        pytest.skip("no OpenSBI fw_dynamic installed (Debian package opensbi)")
+
+    share = tmp_path / "share"
+    (share / "sub").mkdir(parents=True)
+    (share / "sub" / "log.txt").write_bytes(b"line-1\n")
+    big = bytes(range(256)) * 4096
+    (share / "big.bin").write_bytes(big)
+    state = tmp_path / "vm.state"
+    prompt = "# "  # the shell's working directory will be in the export
+    vm = VM(machine="virt", accel="tcg", bios="default", kernel=str(kernel),
+            initrd=str(initrd), append="console=ttyS0",
+            extra_args=["-fsdev", f"local,id=f0,path={share},security_model=none",
+                        "-netdev", "user,id=n0"],
+            devices=["virtio-9p-pci,fsdev=f0,mount_tag=share", "virtio-net-pci,netdev=n0"])
+    restored: Any = None
+    try:
+        vm.launch()
+        vm.console.expect(re.escape(guests.PROMPT), timeout=BOOT_TIMEOUT)
+        run(vm, prompt, "mkdir -p /mnt/s && mount -t 9p -o trans=virtio,version=9p2000.L,"
+                        "msize=512000,cache=none share /mnt/s && cd /mnt/s/sub")
+        run(vm, prompt, "exec 3<>/mnt/s/sub/log.txt 4</mnt/s/big.bin; read -r first <&3; "
+                        "echo $first")
+        # The guest reads the big file over and over while it is saved.
+        vm.console.send("(while true; do md5sum /mnt/s/big.bin >> /tmp/sums; done) &\n")
+        vm.console.expect(re.escape(prompt), timeout=CMD_TIMEOUT)
+        run(vm, prompt, "while [ ! -s /tmp/sums ]; do sleep 0.1; done")
+        deadline = time.monotonic() + CMD_TIMEOUT  # the DHCP lease, wherever it was printed
+        while "kvmpy-guest: eth0 10.0.2.15/24" not in vm.console.log:
+            assert time.monotonic() < deadline, "no DHCP lease"
+            time.sleep(0.1)
+        vm.pause()
+        vm.save(state)
+        vm.kill()
+
+        restored = VM.restore(state)
+        assert run(restored, prompt, "pwd").strip() == "/mnt/s/sub"
+        run(restored, prompt, "echo line-2 >&3; kill %1; wait")
+        assert (share / "sub" / "log.txt").read_bytes() == b"line-1\nline-2\n"
+        sums = set(re.findall(r"^([0-9a-f]{32}) ", run(restored, prompt, "cat /tmp/sums"),
+                              re.M))
+        assert sums == {hashlib.md5(big).hexdigest()}
+        assert run(restored, prompt, "md5sum <&4").split()[0] == hashlib.md5(big).hexdigest()
+        assert run(restored, prompt, "echo *").split() == ["log.txt"]
+
+        # The network: the guest reaches the host through the new user-mode back-end.
+        with socket.create_server(("127.0.0.1", 0)) as server:
+            port = server.getsockname()[1]
+            received: list[bytes] = []
+
+            def serve() -> None:
+                conn, _ = server.accept()
+                with conn:
+                    received.append(conn.recv(64))
+                    conn.sendall(b"pong-from-host\n")
+
+            thread = threading.Thread(target=serve, daemon=True)
+            thread.start()
+            answer = run(restored, prompt, f"echo ping-after-restore | nc 10.0.2.2 {port}")
+            thread.join(CMD_TIMEOUT)
+        assert answer == "pong-from-host\n"
+        assert received == [b"ping-after-restore\n"]
+    finally:
+        for machine in (vm, restored):
             if machine is not None and machine.is_running():
                 machine.kill()
