@@ -47,6 +47,23 @@ def nonzero_pages(ram: GuestRAM) -> list[int]:
     return pages
 
 
+_EXPAND = [bytes((b >> i) & 1 for i in range(8)) for b in range(256)]
+
+
+def bitmap_runs(bitmap: bytes, count: int) -> list[tuple[int, int]]:
+    """Runs ``(first, length)`` of set bits among the first ``count`` bits of ``bitmap``."""
+    flags = b"".join([_EXPAND[b] for b in bitmap])[:count]
+    runs: list[tuple[int, int]] = []
+    pos = flags.find(1)
+    while pos >= 0:
+        end = flags.find(0, pos)
+        if end < 0:
+            end = count
+        runs.append((pos, end - pos))
+        pos = flags.find(1, end)
+    return runs
+
+
 def _runs(pages: list[int], limit: int) -> list[tuple[int, int]]:
     """Consecutive runs ``(first, count)`` of sorted ``pages``, at most ``limit`` long."""
     runs: list[tuple[int, int]] = []
@@ -162,13 +179,14 @@ def read_ram_record(reader: StreamReader, ram: GuestRAM, flags: int, length: int
     nbm = (count + 7) // 8
     bitmap = reader.read(nbm)
     meta += bitmap
-    present = [i for i in range(count) if bitmap[i >> 3] >> (i & 7) & 1]
+    present_runs = bitmap_runs(bitmap, count)
+    npresent = sum(n for _, n in present_runs)
     crc = zlib.crc32(meta, zlib.crc32(head))
     first = (gpa - ram.base) >> PAGE_SHIFT
     if not sparse:
-        if length != RAM_HEAD.size + nbm + len(present) * PAGE_SIZE:
+        if length != RAM_HEAD.size + nbm + npresent * PAGE_SIZE:
             raise VmStateError("vmstate: corrupt stream (RAM record length)")
-        data = reader.read(len(present) * PAGE_SIZE)
+        data = reader.read(npresent * PAGE_SIZE)
         crc = zlib.crc32(data, crc)
         reader.check_crc(crc, TAG_RAM)
         pos = 0
@@ -187,7 +205,7 @@ def read_ram_record(reader: StreamReader, ram: GuestRAM, flags: int, length: int
         data_at = reader.inp.tell()
         if data_at % PAGE_SIZE:
             raise VmStateError("vmstate: corrupt stream (RAM data not page-aligned)")
-        for run_first, run_count in _runs(present, 1 << 30):
+        for run_first, run_count in present_runs:
             if verify:
                 data = os.pread(map_fd, run_count * PAGE_SIZE, data_at + run_first * PAGE_SIZE)
                 if len(data) != run_count * PAGE_SIZE:
@@ -198,12 +216,13 @@ def read_ram_record(reader: StreamReader, ram: GuestRAM, flags: int, length: int
             reader.check_crc(crc, TAG_RAM)
         else:
             reader.read(4)
-        for page in range(first, first + count):
-            pending.pages.pop(page, None)
+        if pending.pages:
+            for page in [p for p in pending.pages if first <= p < first + count]:
+                del pending.pages[page]
         pending.maps.append((data_at, gpa, count * PAGE_SIZE))
         return
     at = 0
-    for run_first, run_count in _runs(present, 1 << 30):
+    for run_first, run_count in present_runs:
         reader.skip((run_first - at) * PAGE_SIZE)
         for i in range(at, run_first):
             pending.pages[first + i] = None
