@@ -272,16 +272,22 @@ class VmStateWriter(io.RawIOBase):
         return True
 
     def write(self, data: Any) -> int:
+        """Runs of clusters with data in one write each; clusters of zeros skipped."""
         view = memoryview(data).cast("B")
         cs = self.image.cs
         done = 0
+        run = -1  # where the current run of data starts in ``view``
         while done < len(view):
-            n = min(cs - (self.pos % cs), len(view) - done)
-            piece = view[done:done + n]
-            if piece != _ZEROS[:n]:
-                self.image.write_vmstate(self.pos, piece)
+            n = min(cs - ((self.pos + done) % cs), len(view) - done)
+            if view[done:done + n] != _ZEROS[:n]:
+                run = done if run < 0 else run
+            elif run >= 0:
+                self.image.write_vmstate(self.pos + run, view[run:done])
+                run = -1
             done += n
-            self.pos += n
+        if run >= 0:
+            self.image.write_vmstate(self.pos + run, view[run:])
+        self.pos += len(view)
         return len(view)
 
 
