@@ -10,6 +10,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from kvmpy.errors import KvmpyError
 from kvmpy.migration.errors import VmStateError
 from kvmpy.migration.hart import check_hart_state, get_hart_state, set_hart_state
 
@@ -207,6 +208,13 @@ def check(state: Any, system: System, optional: set[str] | None = None) -> dict[
     if not isinstance(harts, list) or len(harts) != len(system.harts):
         raise VmStateError("vmstate: corrupt state record (number of harts)")
     checked_harts = [check_hart_state(h, i) for i, h in enumerate(harts)]
+    accel = system.accel
+    if accel is not None and getattr(accel, "caps", None) is not None \
+            and not accel.caps.machine_mode:
+        for i, hart in enumerate(checked_harts):
+            if hart["priv"] == 3:
+                raise VmStateError(f"vmstate: hart {i} is in M-mode, which "
+                                   f"'{accel.name}' cannot run (M-mode firmware state)")
     saved = state.get("devices")
     if not isinstance(saved, dict):
         raise VmStateError("vmstate: corrupt state record (devices)")
@@ -271,7 +279,13 @@ def apply_harts(state: dict[str, Any], system: System) -> None:
     assert accel is not None
     with system.lock:
         for vcpu, hart in zip(accel.vcpus, state["harts"], strict=True):
-            set_hart_state(vcpu, hart)
+            try:
+                set_hart_state(vcpu, hart)
+            except (OSError, KvmpyError) as exc:
+                if isinstance(exc, VmStateError):
+                    raise
+                raise VmStateError(f"vmstate: hart {vcpu.index}: the accelerator refused "
+                                   f"its state: {exc}") from exc
         for port, hart in zip(system.harts, state["harts"], strict=True):
             if hasattr(port, "_mtimecmp"):
                 port._mtimecmp = hart["mtimecmp"]
