@@ -10,6 +10,7 @@ import bisect
 import ctypes
 import mmap
 import os
+import re
 import struct
 from typing import Protocol
 
@@ -67,18 +68,28 @@ def bitmap_or(a: bytes, b: bytes) -> bytes:
     return (int.from_bytes(a, "little") | int.from_bytes(b, "little")).to_bytes(n, "little")
 
 
+_BIT_INDEXES = [tuple(i for i in range(8) if b >> i & 1) for b in range(256)]
+_NONZERO = re.compile(rb"[^\x00]")
+
+
 def bitmap_pages(bitmap: bytes | bytearray, limit: int | None = None) -> list[int]:
     """The page numbers whose bits are set (below ``limit``), ascending."""
     pages: list[int] = []
-    value = int.from_bytes(bitmap, "little")
-    while value:
-        low = value & -value
-        page = low.bit_length() - 1
-        if limit is not None and page >= limit:
-            break
-        pages.append(page)
-        value ^= low
+    indexes = _BIT_INDEXES
+    for match in _NONZERO.finditer(bytes(bitmap)):
+        base = match.start() * 8
+        pages.extend(base + i for i in indexes[match.group()[0]])
+    if limit is not None:
+        while pages and pages[-1] >= limit:
+            pages.pop()
     return pages
+
+
+def _pack_flags(flags: bytes | bytearray) -> bytes:
+    """One byte per page (0 or 1) to a bitmap (bit n of byte n // 8, least significant first)."""
+    padded = bytes(flags) + bytes(-len(flags) % 8)
+    words = struct.unpack(f"<{len(padded) // 8}Q", padded)
+    return bytes(((w * 0x0102040810204080) >> 56) & 0xFF for w in words)
 
 
 class GuestRAM:
@@ -203,16 +214,8 @@ class GuestRAM:
         if dirty is None:
             raise GuestMemoryError("dirty logging is off")
         self._dirty = bytearray(self.pages)
-        bits = 0
-        pos = dirty.find(1)
-        while pos >= 0:
-            end = dirty.find(0, pos)
-            if end < 0:
-                end = len(dirty)
-            bits |= ((1 << (end - pos)) - 1) << pos
-            pos = dirty.find(1, end)
         nbytes = (self.pages + 7) // 8
-        bitmap = bits.to_bytes(nbytes, "little")
+        bitmap = _pack_flags(dirty)[:nbytes]
         if self._dirty_log is not None:
             bitmap = bitmap_or(bitmap, self._dirty_log.collect_dirty()[:nbytes])
         return bitmap
