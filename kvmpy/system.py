@@ -169,6 +169,7 @@ class System:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._quit_event: asyncio.Event | None = None
         self._pending_timers: list[tuple[int, Callable[[], None]]] = []
+        self._always_readable: dict[int, Callable[[], None]] = {}
         self._closed = False
         self.gdbstub: Any = None
         """The gdb stub (``-gdb``, ``-s``, HMP ``gdbserver``), told of debug exits."""
@@ -519,9 +520,24 @@ class System:
         the lock.  Device frontends get the lock through ``Chardev.frontend_lock``.
         """
         assert self._loop is not None
-        self._loop.add_reader(fd, callback)
+        try:
+            self._loop.add_reader(fd, callback)
+        except PermissionError:
+            # A regular file or /dev/null (``kvmpy ... < file``): epoll refuses it, and it is
+            # always readable, so it is read on every loop turn until its reader goes.
+            self._always_readable[fd] = callback
+            self._loop.call_soon(self._read_always_readable, fd)
+
+    def _read_always_readable(self, fd: int) -> None:
+        callback = self._always_readable.get(fd)
+        if callback is not None and self._loop is not None:
+            callback()
+            if fd in self._always_readable:
+                self._loop.call_soon(self._read_always_readable, fd)
 
     def remove_reader(self, fd: int) -> None:
+        if self._always_readable.pop(fd, None) is not None:
+            return
         if self._loop is not None:
             self._loop.remove_reader(fd)
 

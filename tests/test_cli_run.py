@@ -148,3 +148,36 @@ def test_sigterm_with_stderr_closed_by_its_reader(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.skipif(_tcg_missing(), reason="the tcg accelerator is not in this tree")
+@pytest.mark.parametrize("stdin_text", [b"\x01x", b""])
+def test_nographic_input_from_a_file(tmp_path: Path, stdin_text: bytes) -> None:
+    """``kvmpy -nographic < FILE`` (epoll refuses regular files and /dev/null): the file is
+    read as input, so C-a x in it quits as QEMU does; an empty one is end of input and the VM
+    runs on until SIGTERM."""
+    import signal
+
+    stdin_file = tmp_path / "stdin"
+    stdin_file.write_bytes(stdin_text)
+    with open(stdin_file, "rb") as stdin:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kvmpy", "-M", "virt", "-accel", "tcg", "-nographic",
+             "-bios", "none"],
+            stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=kvmpy_env())
+    try:
+        if stdin_text:
+            out, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err
+            assert b"Terminated" in out + err
+        else:
+            with pytest.raises(subprocess.TimeoutExpired):
+                proc.wait(timeout=3)
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+            assert proc.returncode == 0
+            assert b"Traceback" not in err and b"internal error" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
