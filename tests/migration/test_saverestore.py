@@ -325,3 +325,18 @@ def test_a_state_of_an_in_kernel_irqchip_board_loads_on_the_interpreter() -> Non
         shell(target, "sleep 1; echo timer-ok", "timer-ok")
     finally:
         target.kill()
+
+
+def test_restore_of_a_missing_or_argumentless_file_says_why(tmp_path: Path,
+                                                            paused_target: VM) -> None:
+    with pytest.raises(VmStateError, match="cannot open") as info:
+        VM.restore(tmp_path / "missing.vms")
+    assert "\n" not in str(info.value)
+    bare = tmp_path / "bare.vms"
+    with open(bare, "wb") as f:               # save_vm without the arguments of a VM
+        paused_target._on_loop(lambda: save_vm(paused_target.system, f))
+    with pytest.raises(VmStateError, match="does not say how the VM was created"):
+        VM.restore(bare)
+    with open(bare, "rb") as f:               # it still loads into a VM made alike
+        paused_target._on_loop(lambda: load_vm(paused_target.system, f, map_ram=True))
+    assert paused_target.status == "prelaunch"
