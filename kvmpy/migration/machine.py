@@ -190,10 +190,20 @@ def collect(system: System) -> dict[str, Any]:
     return {
         "version": STATE_VERSION,
         "harts": [get_hart_state(vcpu) for vcpu in accel.vcpus],
-        "devices": {key: device.get_state() for key, device in devices(system)},
+        "devices": {key: _device_state(key, device) for key, device in devices(system)},
         "sbi": sbi.get_state() if sbi is not None else None,
         "clock": {"mtime": read_clock(system)},
     }
+
+
+def _device_state(key: str, device: Any) -> Any:
+    try:
+        return device.get_state()
+    except VmStateError:
+        raise
+    except Exception as exc:  # a device that cannot say its state: the save fails, not kvmpy
+        raise VmStateError(f"vmstate: device {key} cannot be saved: "
+                           f"{type(exc).__name__}: {exc}") from exc
 
 
 def check(state: Any, system: System, optional: set[str] | None = None) -> dict[str, Any]:

@@ -81,6 +81,17 @@ def _header(system: System, args: Sequence[str] | None,
     })
 
 
+def _machine_state(system: System) -> bytes:
+    """The encoded machine state of a paused VM, its devices drained first."""
+    with system.lock:
+        machine.drain(system)
+        state = machine.collect(system)
+    try:
+        return codec.encode(state)
+    except TypeError as exc:  # a device's get_state gave something outside the model
+        raise VmStateError(f"vmstate: a state value cannot be saved: {exc}") from exc
+
+
 def save_vm(system: System, out: BinaryIO, *, args: Sequence[str] | None = None,
             info: dict[str, Any] | None = None) -> SaveStats:
     """Write the whole state of ``system`` (paused) to ``out``: header, RAM pages that are
@@ -97,9 +108,7 @@ def save_vm(system: System, out: BinaryIO, *, args: Sequence[str] | None = None,
         raise VmStateError("vmstate: the VM has no RAM yet")
     writer = StreamWriter(out)
     stats = SaveStats()
-    with system.lock:
-        machine.drain(system)
-        state = codec.encode(machine.collect(system))
+    state = _machine_state(system)
     writer.start()
     writer.record(TAG_HEADER, _header(system, args, info))
     pages = ram.nonzero_pages(system.ram)
@@ -329,9 +338,7 @@ class LiveSaver:
         _require_stopped(system, "completing a live save")
         if not self._logging:
             raise VmStateError("vmstate: live save not begun")
-        with system.lock:
-            machine.drain(system)
-            state = codec.encode(machine.collect(system))
+        state = _machine_state(system)
         self._pass()
         self._stop_logging()
         self.writer.record(TAG_STATE, state)
