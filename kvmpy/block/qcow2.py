@@ -793,13 +793,18 @@ class Qcow2Image:
         """``length`` bytes at ``pos`` of the VM state area: the active image's, or that
         of snapshot ``sn`` (read through its own L1 table, the active image unchanged)."""
         out = bytearray(length)
-        if sn is None:
-            self._guard(lambda: self._read(self.vmstate_offset + pos, [memoryview(out)]))
-        else:
-            self._guard(lambda: self._read_snapshot(sn, self.vmstate_offset + pos, out))
+        self.readinto_vmstate(pos, memoryview(out), sn)
         return bytes(out)
 
-    def _read_snapshot(self, sn: snap.Snapshot, offset: int, out: bytearray) -> None:
+    def readinto_vmstate(self, pos: int, out: memoryview, sn: snap.Snapshot | None = None
+                         ) -> None:
+        """:meth:`read_vmstate` into ``out`` (bytes), without a copy in between."""
+        if sn is None:
+            self._guard(lambda: self._read(self.vmstate_offset + pos, [out]))
+        else:
+            self._guard(lambda: self._read_snapshot(sn, self.vmstate_offset + pos, out))
+
+    def _read_snapshot(self, sn: snap.Snapshot, offset: int, out: memoryview) -> None:
         l1 = snap.read_l1(self, sn)
         per_l1 = self.cluster_bits + self.l2_bits
         pos = 0
@@ -809,15 +814,20 @@ class Qcow2Image:
             n = min(self.cs - inner, len(out) - pos)
             l1_index = guest >> per_l1
             l2_off = l1[l1_index] & OFFSET_MASK if l1_index < len(l1) else 0
+            kind, entry, host = UNALLOCATED, 0, 0
             if l2_off:
                 self._check_l2(l2_off, l1_index)
                 index = (guest >> self.cluster_bits) & ((1 << self.l2_bits) - 1)
                 entry = _Q.unpack_from(self._l2_table(l2_off), index * 8)[0]
                 kind, host = self._kind(entry)
-                if kind == DATA:
-                    out[pos:pos + n] = self._pread_exact(host + inner, n)
-                elif kind == COMPRESSED_DATA:
-                    out[pos:pos + n] = self._decompress(entry)[inner:inner + n]
+            piece = out[pos:pos + n]
+            if kind == DATA:
+                got = _preadv_all(self.fd, [piece], host + inner)
+                piece[got:] = bytes(n - got)
+            elif kind == COMPRESSED_DATA:
+                piece[:] = self._decompress(entry)[inner:inner + n]
+            else:
+                piece[:] = bytes(n)
             pos += n
 
     def _check_l2(self, off: int, l1_index: int) -> None:

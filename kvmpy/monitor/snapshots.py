@@ -317,7 +317,7 @@ class VmStateReader(io.RawIOBase):
         view = memoryview(buffer).cast("B")
         n = max(0, min(len(view), self.sn.vm_state_size - self.pos))
         if n:
-            view[:n] = self.image.read_vmstate(self.pos, n, self.sn)
+            self.image.readinto_vmstate(self.pos, view[:n], self.sn)
             self.pos += n
         return n
 
