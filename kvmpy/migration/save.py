@@ -373,8 +373,11 @@ def save_file(system: System, path: str | os.PathLike[str], *,
         with open(tmp, "wb") as f:
             stats = save_vm(system, f, args=args, info=info)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise VmStateError(f"vmstate: cannot write '{path}': "
+                               f"{exc.strerror or exc}") from exc
         raise
     return stats

@@ -340,3 +340,11 @@ def test_restore_of_a_missing_or_argumentless_file_says_why(tmp_path: Path,
     with open(bare, "rb") as f:               # it still loads into a VM made alike
         paused_target._on_loop(lambda: load_vm(paused_target.system, f, map_ram=True))
     assert paused_target.status == "prelaunch"
+
+
+def test_save_to_an_unwritable_place_says_why(paused_target: VM, tmp_path: Path) -> None:
+    with pytest.raises(VmStateError, match="cannot write") as info:
+        paused_target.save(tmp_path / "no-such-dir" / "x.vms")
+    assert "\n" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+    assert paused_target.status == "prelaunch"
