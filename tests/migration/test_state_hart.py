@@ -180,7 +180,16 @@ def test_kvm_one_reg_mapping_round_trips_a_supervisor_state() -> None:
     regs.update({onereg.csr_id(n): 0 for n in onereg.CSR_NAMES})
     regs.update({onereg.timer_id(n): 0 for n in ("frequency", "time", "compare", "state")})
     regs.update({onereg.fp_id(i, True): 0 for i in range(33)})
-    vcpu = KvmRiscvVcpu(FakeVcpuFd(0, regs), 0)  # type: ignore[arg-type]
+    fake = FakeVcpuFd(0, regs)
+    immediate: list[int] = []
+
+    def completes(fd: Any) -> Any:
+        # KVM finishes the last exit, then returns EINTR for immediate_exit
+        immediate.append(int(fd.kvm_run.immediate_exit))
+        return IntrExit()
+
+    fake.script = [completes, completes, completes]
+    vcpu = KvmRiscvVcpu(fake, 0)  # type: ignore[arg-type]
     state = valid_state()
     state["x"] = [0] + [i * 0x1111 for i in range(1, 32)]
     state["f"] = [i << 40 for i in range(32)]
@@ -198,6 +207,7 @@ def test_kvm_one_reg_mapping_round_trips_a_supervisor_state() -> None:
     assert fd.regs[onereg.timer_id("state")] == abi.KVM_RISCV_TIMER_STATE_ON
     assert fd.interrupts[-1] == abi.KVM_INTERRUPT_SET
     back = kvm_state.get_arch_state(vcpu)
+    assert immediate == [1, 1] and not fake.kvm_run.immediate_exit and len(fake.script) == 1
     for key in ("pc", "priv", "x", "f", "fflags", "frm", "sbi_timecmp", "mip", "stopped"):
         assert back[key] == state[key], key
     for name in ("stvec", "sscratch", "sepc", "scause", "stval", "satp", "scounteren",

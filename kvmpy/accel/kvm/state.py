@@ -14,6 +14,7 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any
 
+from kvmpy.accel.exits import IntrExit
 from kvmpy.accel.kvm import abi, onereg
 from kvmpy.migration.errors import VmStateError
 
@@ -50,8 +51,28 @@ def _has_sstc(vcpu: Any) -> bool:
     return "sstc" in tuple(getattr(caps, "isa_extensions", ()))
 
 
+def complete_pending_exit(vcpu: Any) -> None:
+    """Let KVM finish the exit kvmpy last completed: the register of an MMIO load, the a0/a1
+    of an SBI call and the step over the instruction are only written when KVM_RUN is entered
+    again.  Entered with ``immediate_exit`` set, it does that and returns at once (as QEMU
+    does before it reads or writes a vCPU's state)."""
+    fd = _fd(vcpu)
+    fd.set_immediate_exit(True)
+    try:
+        exit_ = fd.run()
+    except OSError as exc:
+        raise VmStateError(f"vmstate: hart {vcpu.index}: KVM_RUN to complete its last exit "
+                           f"failed: {exc}") from exc
+    finally:
+        fd.set_immediate_exit(False)
+    if not isinstance(exit_, IntrExit):
+        raise VmStateError(f"vmstate: hart {vcpu.index}: KVM ran the guest instead of only "
+                           f"completing its last exit ({type(exit_).__name__})")
+
+
 def get_arch_state(vcpu: Any) -> dict[str, Any]:
     """The schema's state of a KVM vCPU that is not inside KVM_RUN."""
+    complete_pending_exit(vcpu)
     fd = _fd(vcpu)
     x = [0] + [_get(fd, onereg.core_id(name)) for name in onereg.ABI_NAMES[1:]]
     double = getattr(vcpu, "_double_fp", True)
@@ -92,6 +113,7 @@ def set_arch_state(vcpu: Any, state: dict[str, Any]) -> None:
     if state["priv"] not in (0, 1):
         raise VmStateError(f"vmstate: hart {vcpu.index} is in M-mode, which KVM cannot run "
                            "(save it on the interpreter with -bios builtin)")
+    complete_pending_exit(vcpu)  # or a stale completion would land on the new registers
     fd = _fd(vcpu)
     csr = state["csr"]
     for i, name in enumerate(onereg.ABI_NAMES[1:], start=1):
