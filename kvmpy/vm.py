@@ -12,6 +12,13 @@ registers, single-stepping on the interpreter.
 
 ``agent=True`` adds a virtio-serial port for the guest agent (see :mod:`kvmpy.guest_agent`):
 ``vm.guest.exec(["uname", "-r"]).stdout``.
+
+A VM at a point worth coming back to is saved once and restored in milliseconds, as often as
+wanted and several at a time (``docs/vmstate.md``)::
+
+    vm.save("ready.vms")                      # the VM goes on as it was
+    with kvmpy.VM.restore("ready.vms") as again:
+        again.console.send("echo hi\n")
 """
 
 from __future__ import annotations
