@@ -911,7 +911,12 @@ class Qcow2Image:
                              f"{exc.strerror or exc}") from None
 
     def find_snapshot(self, id_or_name: str) -> snap.Snapshot | None:
+        """By id, then by name (as ``qemu-img snapshot`` looks them up)."""
         return snap.find(self.snapshots, id_or_name)
+
+    def snapshot_named(self, name: str) -> snap.Snapshot | None:
+        """By name only (as the monitor's ``savevm``/``loadvm``/``delvm`` look them up)."""
+        return next((sn for sn in self.snapshots if sn.name == name), None)
 
     def snapshot_create(self, name: str, vm_state_size: int = 0, vm_clock_nsec: int = 0,
                         icount: int = snap.NO_ICOUNT) -> snap.Snapshot:
@@ -922,11 +927,12 @@ class Qcow2Image:
                                                           vm_clock_nsec, icount)))
         return made[0]
 
-    def snapshot_goto(self, id_or_name: str) -> None:
-        """The disk as snapshot ``id_or_name`` left it (``qemu-img snapshot -a``)."""
-        sn = self.find_snapshot(id_or_name)
-        if sn is None:
-            raise OSError(errno.ENOENT, f"qcow2: no snapshot '{id_or_name}'")
+    def snapshot_goto(self, snapshot: str | snap.Snapshot) -> None:
+        """The disk as a snapshot (given by id or name, or found before) left it
+        (``qemu-img snapshot -a``)."""
+        sn = self.find_snapshot(snapshot) if isinstance(snapshot, str) else snapshot
+        if sn is None or sn not in self.snapshots:
+            raise OSError(errno.ENOENT, f"qcow2: no snapshot '{snapshot}'")
         self._snapshot_op(lambda: snap.goto(self, sn))
 
     def snapshot_delete(self, sn: snap.Snapshot) -> None:

@@ -131,14 +131,14 @@ def _vmstate_disk(disks: list[BlockDev], vmstate: str | None) -> Qcow2Image:
 
 
 def _has_everywhere(disks: list[BlockDev], name: str) -> bool:
-    return all(dev.qcow2 is not None and dev.qcow2.find_snapshot(name) is not None
+    return all(dev.qcow2 is not None and dev.qcow2.snapshot_named(name) is not None
                for dev in disks)
 
 
 def _delete_everywhere(disks: list[BlockDev], name: str) -> None:
     for dev in disks:
         image = dev.qcow2
-        sn = image.find_snapshot(name) if image is not None else None
+        sn = image.snapshot_named(name) if image is not None else None
         if image is None or sn is None:
             continue
         try:
@@ -221,7 +221,7 @@ def load_snapshot(system: System, name: str, vmstate: str | None = None,
     if not _has_everywhere(disks, name):
         raise KvmpyError(f"Snapshot '{name}' does not exist in one or more devices")
     target = _vmstate_disk(disks, vmstate)
-    sn = target.find_snapshot(name)
+    sn = target.snapshot_named(name)
     if sn is None:
         raise KvmpyError(f"Snapshot '{name}' does not exist in one or more devices")
     if sn.vm_state_size == 0:  # QEMU's text, double space included
@@ -238,7 +238,7 @@ def load_snapshot(system: System, name: str, vmstate: str | None = None,
         image = dev.qcow2
         assert image is not None
         try:
-            image.snapshot_goto(name)
+            image.snapshot_goto(image.snapshot_named(name) or name)
         except OSError as exc:
             raise KvmpyError(f"Could not load snapshot '{name}' on '{dev.label}': Failed "
                              f"to load snapshot: {exc.strerror or exc}") from None

@@ -101,6 +101,10 @@ def test_refusals_are_qemus(tmp_path: Path) -> None:
         assert vm.hmp("loadvm disk-only") == \
             "Error: This is a disk-only snapshot. Revert to it  offline using qemu-img\r\n"
         assert vm.hmp("delvm nope") == ""
+        # the monitor looks snapshots up by name: "1" is the id of "disk-only", not a name
+        assert vm.hmp("loadvm 1") == \
+            "Error: Snapshot '1' does not exist in one or more devices\r\n"
+        assert vm.hmp("delvm 1") == ""
         assert "disk-only" in vm.hmp("info snapshots")
         assert vm.hmp("loadvm").startswith("missing argument")
     finally:
