@@ -176,14 +176,22 @@ def _load_elf_from(stream: BinaryIO, path: str, ram: GuestRAM, what: str) -> Elf
                 raise error(f"segments at 0x{a['p_paddr']:x} and 0x{b['p_paddr']:x} overlap")
         for seg in loads:
             addr, memsz = seg["p_paddr"], seg["p_memsz"]
-            if not ram.contains(addr, memsz):
+            # The part of a segment below RAM is dropped, as QEMU's ROM loader drops writes
+            # to unbacked addresses (`ld -Ttext=0x80000000` without -N puts the ELF headers
+            # in the page below RAM); its end must be in RAM.
+            if addr + memsz <= ram.base or not ram.contains(max(addr, ram.base),
+                                                            addr + memsz - max(addr, ram.base)):
                 raise error(f"segment 0x{addr:x}-0x{addr + memsz - 1:x} does not fit in RAM "
                             f"0x{ram.base:x}-0x{ram.end - 1:x}")
-        # Bounded now: each segment fits in RAM, and its file part in its memory part.
-        bodies = [seg.data() for seg in loads]
-        for seg, body in zip(loads, bodies, strict=True):
-            if len(body) != seg["p_filesz"]:
+        # Bounded now: each segment's part in RAM fits, and its file part in its memory part.
+        bodies = []
+        for seg in loads:
+            skip = min(max(ram.base - seg["p_paddr"], 0), seg["p_filesz"])
+            stream.seek(seg["p_offset"] + skip)
+            body = stream.read(seg["p_filesz"] - skip)
+            if len(body) != seg["p_filesz"] - skip:
                 raise error(f"truncated segment at 0x{seg['p_paddr']:x}")
+            bodies.append(body)
         symbols: dict[str, int] = {}
         for section in elf.iter_sections():
             if isinstance(section, SymbolTableSection):
@@ -194,8 +202,9 @@ def _load_elf_from(stream: BinaryIO, path: str, ram: GuestRAM, what: str) -> Elf
     except (ELFError, struct.error, ValueError, KeyError, IndexError) as exc:
         raise error(f"malformed ELF ({exc})") from None
     for seg, body in zip(loads, bodies, strict=True):
-        ram.write(seg["p_paddr"], body + bytes(seg["p_memsz"] - len(body)))
-    low = loads[0]["p_paddr"]
+        start, end = max(seg["p_paddr"], ram.base), seg["p_paddr"] + seg["p_memsz"]
+        ram.write(start, body + bytes(end - start - len(body)))
+    low = max(loads[0]["p_paddr"], ram.base)
     high = max(seg["p_paddr"] + seg["p_memsz"] for seg in loads)
     return ElfImage(path, entry, low, high, symbols)
 

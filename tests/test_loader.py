@@ -343,3 +343,27 @@ def test_dtb_refusals(fifo: Path, tmp_path: Path, sparse: Path) -> None:
         with pytest.raises(LoaderError) as info:
             load_dtb(str(path))
         assert str(info.value) == message
+
+
+def test_elf_headers_in_the_page_below_ram_are_dropped(tmp_path: Path, ram: GuestRAM) -> None:
+    """``ld -Ttext=0x80000000`` without -N: the first PT_LOAD starts one page below RAM with
+    the ELF and program headers; QEMU loads the part in RAM and drops the rest, and so does
+    kvmpy.  A segment that ends outside RAM is still refused."""
+    if AS is None or LD is None:
+        pytest.fail("riscv64-unknown-elf binutils missing: scripts/install-deps installs them")
+    src, obj, elf = tmp_path / "t.S", tmp_path / "t.o", tmp_path / "t.elf"
+    src.write_text(".globl _start\n_start: li a0, 0x1234\n1: j 1b\n")
+    subprocess.run([AS, "-march=rv64gc", "-o", str(obj), str(src)], check=True)
+    subprocess.run([LD, f"-Ttext={RAM_BASE:#x}", "-o", str(elf), str(obj)], check=True)
+    data = elf.read_bytes()
+    phoff, = struct.unpack_from("<Q", data, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    paddr = min(struct.unpack_from("<Q", data, phoff + i * phentsize + 0x18)[0]
+                for i in range(phnum)
+                if struct.unpack_from("<I", data, phoff + i * phentsize)[0] == 1)  # PT_LOAD
+    assert paddr == RAM_BASE - 0x1000  # what this test is about: headers below RAM
+    ram.write(RAM_BASE + 8, b"\xff" * 8)
+    image = load_elf(str(elf), ram)
+    assert image.entry == RAM_BASE and image.low == RAM_BASE
+    text_offset = RAM_BASE - paddr  # the file offset of .text in that segment
+    assert ram.read(RAM_BASE, 8) == data[text_offset:text_offset + 8]
