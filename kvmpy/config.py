@@ -96,5 +96,5 @@ class VMConfig:
     """``-rtc base=utc|localtime|DATE``: what the RTC starts from."""
     msg_timestamp: bool = False
     """``-msg timestamp=on``: error and notice lines start with the time."""
-    sandbox: bool = False
-    """``-sandbox on``: a seccomp filter was asked for."""
+    sandbox: dict[str, str] | None = None
+    """``-sandbox on,...``: the seccomp filter's options (:mod:`kvmpy.sandbox`); None: off."""

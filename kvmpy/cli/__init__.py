@@ -43,11 +43,12 @@ def _run(config: VMConfig) -> int:
         vm.close()
         raise
     _notice_no_display(config)  # only once the VM exists: a bad option gets its one line
-    if config.sandbox:
-        log.stderr_line(f"{PROG}: -sandbox: the seccomp filter is not enforced "
-                        "(kvmpy has no seccomp support)")
     if config.daemonize:
         _daemonize(config.pidfile)
+    if config.sandbox is not None:  # the VM is built; it runs under the filter
+        from kvmpy import sandbox
+
+        sandbox.start(config.sandbox)
     return vm.run()
 
 

@@ -429,9 +429,10 @@ class _Parser:
 
     def opt_sandbox(self, arg: str) -> None:
         parsed = keyval.parse(arg, "enable", qemuopts=True)
+        enable = False
         for key, value in parsed.props.items():
             if key == "enable":
-                self.config.sandbox = qom.parse_bool(key, value)
+                enable = qom.parse_bool(key, value)
             elif key in ("obsolete", "elevateprivileges", "spawn", "resourcecontrol"):
                 allowed = ("allow", "deny", "children") if key == "elevateprivileges" \
                     else ("allow", "deny")
@@ -439,6 +440,7 @@ class _Parser:
                     raise ConfigError(f"invalid argument for {key}")
             else:
                 raise ConfigError(f"Invalid parameter '{key}'")
+        self.config.sandbox = dict(parsed.props) if enable else None
 
     # -- boot ---------------------------------------------------------------------------------
 

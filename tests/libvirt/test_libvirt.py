@@ -187,6 +187,14 @@ def test_lifecycle(env: Env) -> None:
         reply = env.virsh("qemu-monitor-command", "rv1", '{"execute":"query-balloon"}').stdout
         assert '"actual":268435456' in reply
 
+        # The guest agent (once its port is open), through libvirt.
+        deadline = time.monotonic() + 60
+        while env.virsh("qemu-agent-command", "rv1", '{"execute":"guest-ping"}',
+                        check=False).returncode != 0:
+            assert time.monotonic() < deadline, "the guest agent did not answer"
+            time.sleep(1)
+        info = env.virsh("qemu-agent-command", "rv1", '{"execute":"guest-get-osinfo"}').stdout
+        assert '"id":"kvmpy"' in info
         # The bundled guest's agent has no guest-network-get-interfaces: libvirt says so.
         done = env.virsh("domifaddr", "rv1", "--source", "agent", check=False)
         assert done.returncode != 0

@@ -13,7 +13,6 @@ last report.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import mmap
 import struct
 from dataclasses import dataclass, field
@@ -173,7 +172,7 @@ _libc: Any = None
 def _madvise_dontneed(address: int, length: int) -> None:
     global _libc
     if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        _libc = ctypes.CDLL(None, use_errno=True)  # no find_library: -sandbox spawn=deny
         _libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
     _libc.madvise(address, length, getattr(mmap, "MADV_DONTNEED", 4))
 
