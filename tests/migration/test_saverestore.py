@@ -219,8 +219,11 @@ def test_live_save_while_the_guest_writes_memory(saved: tuple[Path, float],
               " done) &", PROMPT)
         saver = LiveSaver(source.system, out)
         source._on_loop(saver.begin)
-        sent = [source._on_loop(saver.iterate) for _ in range(3)]
-        assert sent[0] > 0 and all(n > 0 for n in sent[1:])   # the writer keeps dirtying
+        sent = []
+        for i in range(3):
+            sent.append(source._on_loop(saver.iterate))
+            shell(source, f"echo pass-{i} > /tmp/pass", PROMPT)  # surely dirties pages
+        assert all(n > 0 for n in sent)
         source.pause()
         count = source.memory.read(0x80000000, 16)          # anything: RAM is as sent
         stats = source._on_loop(saver.complete)
