@@ -217,3 +217,45 @@ def test_kvm_one_reg_mapping_round_trips_a_supervisor_state() -> None:
     state["priv"] = 3
     with pytest.raises(VmStateError, match="M-mode"):
         kvm_state.set_arch_state(vcpu, state)
+
+
+@needs_core
+@needs_as
+def test_an_armed_trigger_fires_after_a_restore(tmp_path: Path) -> None:
+    """An Sdtrig execute trigger armed before the save fires in the restored engine."""
+    code = assemble(tmp_path, """
+        la t0, handler
+        csrw mtvec, t0
+        la t0, target
+        csrw 0x7a2, t0              # tdata2: the address
+        li t0, (2 << 60) | (1 << 6) | (1 << 2)
+        csrw 0x7a1, t0              # tdata1: mcontrol, M-mode, execute
+        li t0, 8
+        csrw 0x7a5, t0              # tcontrol.MTE: triggers fire in M-mode
+        nop
+        nop
+    target:
+        nop
+        li t2, 0x10000100
+        sd zero, 0(t2)              # only reached when the trigger did not fire
+    handler:
+        csrr t1, mcause
+        li t2, 0x10000100
+        sd t1, 0(t2)
+    """)
+    ram = GuestRAM(RAM_BASE, 1 << 20)
+    ram.write(RAM_BASE, code)
+    a = engine(ram)
+    a.vcpus[0].reset(RAM_BASE, PRV_M, 0, 0, False)
+    for _ in range(40):
+        if a.vcpus[0].get_reg("tcontrol") == 8:
+            break
+        a.vcpus[0].step(1)
+    state = decode(encode(a.vcpus[0].get_arch_state()))
+    assert state["tdata1"][0] == (2 << 60) | (1 << 6) | (1 << 2) and state["csr"]["tcontrol"] == 8
+    b = engine(ram)
+    b.vcpus[0].reset(RAM_BASE, PRV_M, 0, 0, False)
+    b.vcpus[0].set_arch_state(check_hart_state(state, 0))
+    assert run_to_done(b).value == 3             # breakpoint exception at the target
+    a.close()
+    b.close()
