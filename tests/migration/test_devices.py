@@ -621,8 +621,21 @@ def test_net_frames_between_nic_and_network_are_not_lost() -> None:
     loop = _Loop()
     target_net = _network(loop)
     restored = device_new("virtio-net-device", {"mac": "52:54:00:12:34:56"},
-                          backend=target_net)
+                          backend=target_net,
+                          schedule=lambda deadline, fn: loop.call_soon(fn))
     second = first.restore_into(restored, state)
+    assert second.save()["device"] == state["device"]  # the load itself is what was saved
+    loop.run()
+    rarp = target_net.sent.pop()  # the NIC says where it is now
+    assert rarp[:14] == b"\xff" * 6 + frames[0][:6] + b"\x80\x35" and len(rarp) == 60
+    # The guest is asked to announce itself (it negotiated GUEST_ANNOUNCE): a config
+    # interrupt with the announce bit in the status, which it acknowledges.
+    assert second.transport.state.isr & 2
+    assert second.driver.config_read(6, 2) == 3  # link up, announce
+    ack = second.driver.add_buffer(bytes([3, 0]))
+    ack_status = second.driver.add_buffer(1)
+    second.driver.post([(*ack, False), (*ack_status, True)], queue=2)
+    assert second.ram.read_int(ack_status[0], 1) == 0 and second.driver.config_read(6, 2) == 1
     target_net.deliver(frames[2])  # arrives at the new back-end
     buffers = [second.driver.add_buffer(128) for _ in range(3)]
     for addr, length in buffers:

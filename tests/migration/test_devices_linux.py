@@ -210,6 +210,12 @@ def test_open_9p_files_and_the_network_after_restore(tmp_path: Path) -> None:
             thread.join(CMD_TIMEOUT)
         assert answer == "pong-from-host\n"
         assert received == [b"ping-after-restore\n"]
+        # The NIC asked the guest to announce itself after the load, and the guest did
+        # (its driver acknowledged through the control queue).
+        nic = next(fn for region in restored.system.bus.regions
+                   if hasattr(region.device, "functions")
+                   for name, fn in region.device.functions().items() if "virtio-net" in name)
+        assert nic.state.config_generation >= 1 and nic.device.state.status == 1
     finally:
         for machine in (vm, restored):
             if machine is not None and machine.is_running():

@@ -30,6 +30,7 @@ import copy
 import dataclasses
 import functools
 import struct
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -126,6 +127,8 @@ _CONFIG_ENDS = ((VIRTIO_NET_F_STATUS, 8), (VIRTIO_NET_F_MQ, 10), (VIRTIO_NET_F_M
                 (VIRTIO_NET_F_SPEED_DUPLEX, 17))
 """virtio-net's feature_sizes: the config space ends after the last field a feature uses."""
 _DHCP_SERVER_PORT = 67
+ANNOUNCE_DELAY_NS = 50_000_000
+"""QEMU's announce-initial: the NIC announces itself this long after a load."""
 
 
 @dataclass
@@ -187,10 +190,13 @@ class VirtioNet(VirtioDevice):
 
     def __init__(self, backend: NetBackend | None = None, macs: MacAddressPool | None = None,
                  defer: Callable[[Callable[[], None]], None] | None = None,
+                 schedule: Callable[[int, Callable[[], None]], object] | None = None,
                  **props: object) -> None:
         """``backend`` is the ``-netdev`` peer; ``macs`` hands out default addresses;
         ``defer(fn)`` runs ``fn`` later on the main loop under the big lock (transmit work
-        beyond one burst), or at once when not given."""
+        beyond one burst), or at once when not given; ``schedule(deadline_ns, fn)`` runs
+        ``fn`` under the big lock at host monotonic time ``deadline_ns`` (the announcement
+        after a load; without it the NIC does not announce)."""
         super().__init__()
         self.set_properties(props)
         self._check_properties()
@@ -204,6 +210,7 @@ class VirtioNet(VirtioDevice):
             raise ConfigError(f"netdev '{self.netdev}': vnet header of {self.host_hdr_len} "
                               "bytes is not supported")
         self._defer = defer
+        self._schedule = schedule
         self._tx_scheduled = False
         self._features = self._configured_features()
         self._config_size = self._size_of_config(self._features)
@@ -239,6 +246,9 @@ class VirtioNet(VirtioDevice):
         lock, call_soon = getattr(system, "lock", None), getattr(system, "call_soon", None)
         if lock is not None and call_soon is not None:
             kwargs["defer"] = functools.partial(_defer_locked, call_soon, lock)
+        schedule = getattr(system, "schedule", None)
+        if schedule is not None:
+            kwargs["schedule"] = schedule
         return kwargs
 
     def _check_properties(self) -> None:
@@ -377,7 +387,30 @@ class VirtioNet(VirtioDevice):
             self._tx_scheduled = False
             if self.host_hdr_len:
                 self._apply_guest_offloads()
+            if driver_ok and self._schedule is not None:
+                # Not now: the load is not over (the harts' interrupt pins come after the
+                # devices), and the main loop may not run yet.
+                self._schedule(time.monotonic_ns() + ANNOUNCE_DELAY_NS,
+                               self._announce_after_load)
         return apply
+
+    def _announce_after_load(self) -> None:
+        """QEMU's post-load announcement (after its ``announce-initial`` 50 ms): the NIC is
+        somewhere else in the network now."""
+        if self.state.driver_ok and not self.broken:
+            self.announce_self()
+            self.announce()
+
+    def announce_self(self) -> None:
+        """A RARP broadcast from the NIC's address, so that switches learn where it is now
+        (QEMU's qemu_announce_self, one round)."""
+        if self.backend is None or not self.link_up:
+            return
+        mac = parse_mac(self.state.mac) or bytes(6)
+        rarp = (b"\xff" * 6 + mac + b"\x80\x35" + struct.pack(">HHBBH", 1, 0x0800, 6, 4, 3)
+                + mac + bytes(4) + mac + bytes(4))
+        frame = rarp.ljust(60, b"\0")
+        self.backend.transmit(bytes(self.host_hdr_len) + frame)
 
     def drain(self) -> None:
         """Transmit work left for the main loop is done now, and the frames sent reach the
