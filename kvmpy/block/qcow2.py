@@ -16,10 +16,13 @@ in an order that leaves a consistent image whenever the process dies:
   backing image, a compressed or shared cluster) are written before its L2 entry;
 * a new L2 table or refcount block is written before the L1 or refcount table entry that
   points at it, and a grown refcount table before the header names it;
-* refcounts are only decremented after the last pointer to the cluster is gone.
+* refcounts are only decremented at a flush, after an ``fdatasync`` has made the removal of
+  the last pointer to the cluster stable, and the cluster is reused only after a further one.
 
 A crash can so leave leaked clusters (``qemu-img check`` reports them as leaks, and ``-r
-leaks`` repairs them), never a cluster referenced without its refcount.  A guest flush is an
+leaks`` repairs them), never a cluster referenced without its refcount.  (A power failure may
+reorder the writes since the last flush; waiting with the decrements at least keeps a cluster
+still shared with a snapshot from losing a reference it has.)  A guest flush is an
 ``fdatasync``.  A table entry that points where it cannot (unaligned, into the header or other
 metadata, past the end of the file) marks the image corrupt as QEMU does, and that request and
 every later one fail with EIO; the guest sees an I/O error, the VMM goes on.
@@ -105,6 +108,14 @@ class Qcow2Image:
         self.fd = host.fd
         self.file_size = host.size
         self.backing: BlockImage | None = None
+        self.lock = threading.RLock()
+        self.broken = False
+        self.pending_release: list[tuple[int, int]] = []
+        """Host ranges whose reference goes at the next flush (see ``_release``)."""
+        self.freed: list[int] = []
+        """Clusters whose refcount dropped to 0: reusable after the next flush."""
+        self.reusable: list[int] = []
+        """A heap of freed clusters whose last pointer is stable on disk."""
         try:
             if host.kind == "file" and locking:
                 lock_image(self.fd, not read_only, force_share)
@@ -130,9 +141,7 @@ class Qcow2Image:
         self.csize_shift = 62 - (cb - 8)
         self.csize_mask = (1 << (cb - 8)) - 1
         self.dirty = bool(h.incompatible & INCOMPAT_DIRTY)
-        self.broken = False
         self.zstd_warned = False
-        self.lock = threading.RLock()
         for offset, length, what in ((h.l1_table_offset, h.l1_size * 8,
                                       "Could not read L1 table"),
                                      (h.refcount_table_offset, h.refcount_table_clusters
@@ -150,10 +159,6 @@ class Qcow2Image:
         self.rb_cache: dict[int, bytearray] = {}
         self.cache_bytes = 0
         self.decompressed: tuple[int, bytes] | None = None
-        self.freed: list[int] = []
-        """Clusters whose refcount dropped to 0: reusable after the next flush."""
-        self.reusable: list[int] = []
-        """A heap of freed clusters whose last pointer is stable on disk."""
         self.snapshots: list[snap.Snapshot] = []
         self.snapshots_offset = h.snapshots_offset
         self.snapshots_size = 0
@@ -437,12 +442,29 @@ class Qcow2Image:
         return start << self.cluster_bits
 
     def _release(self, offset: int, length: int) -> None:
-        """Drop one reference to the host clusters of ``[offset, offset + length)``."""
-        if self.dirty:
-            return
-        for c in range(offset >> self.cluster_bits,
-                       ((offset + length - 1) >> self.cluster_bits) + 1):
-            self._update_refcount(c, -1)
+        """Drop one reference to the host clusters of ``[offset, offset + length)`` at the
+        next flush, once the pointer that went away is stable on disk (a crash before
+        leaks the clusters, never leaves a pointer to a cluster counted too low)."""
+        if not self.dirty:
+            self.pending_release.append((offset, length))
+
+    def _apply_releases(self) -> None:
+        pending, self.pending_release = self.pending_release, []
+        for offset, length in pending:
+            for c in range(offset >> self.cluster_bits,
+                           ((offset + length - 1) >> self.cluster_bits) + 1):
+                self._update_refcount(c, -1)
+
+    def _sync(self) -> None:
+        """``fdatasync``, then the releases it made safe, made stable in turn; the
+        clusters that freed become reusable."""
+        os.fdatasync(self.fd)
+        if self.pending_release:
+            self._apply_releases()
+            os.fdatasync(self.fd)
+        for cluster in self.freed:
+            heapq.heappush(self.reusable, cluster)
+        self.freed.clear()
 
     # -- L1 and L2 --------------------------------------------------------------------------
 
@@ -746,13 +768,15 @@ class Qcow2Image:
             self._release(c << self.cluster_bits, self.cs)
 
     def flush(self) -> None:
-        """``fdatasync``; the clusters freed before it become reusable."""
-        if not self.read_only and self.fd >= 0:
-            with self.lock:
+        """``fdatasync`` (see :meth:`_sync`); a guest flush."""
+        if self.read_only or self.fd < 0:
+            return
+        with self.lock:
+            if self.broken:
+                self.pending_release.clear()
                 os.fdatasync(self.fd)
-                for cluster in self.freed:
-                    heapq.heappush(self.reusable, cluster)
-                self.freed.clear()
+                return
+            self._guard(self._sync)
 
     # -- internal snapshots and the VM state area -------------------------------------------
 
@@ -884,6 +908,7 @@ class Qcow2Image:
                           "need 'qemu-img check -r all' first")
 
         def marked() -> None:
+            self._sync()  # refcounts up to date before they are read and changed
             # Between the refcount passes of a snapshot operation the COPIED flags lag
             # behind the refcounts; a crash there is repaired when kvmpy next opens the
             # image (v3: a kvmpy autoclear bit, which QEMU clears and ignores).
@@ -941,7 +966,7 @@ class Qcow2Image:
     def close(self) -> None:
         if self.fd >= 0 and not self.read_only:
             try:
-                os.fdatasync(self.fd)
+                self.flush()
             except OSError as exc:
                 log.stderr_line(f"kvmpy: qcow2: flushing '{self.path}' failed: {exc.strerror}")
         if self.backing is not None:
