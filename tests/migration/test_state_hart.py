@@ -218,6 +218,17 @@ def test_kvm_one_reg_mapping_round_trips_a_supervisor_state() -> None:
     with pytest.raises(VmStateError, match="M-mode"):
         kvm_state.set_arch_state(vcpu, state)
 
+    # With Sstc the guest's own vstimecmp is in ``compare`` while the SBI timer is off.
+    from types import SimpleNamespace
+
+    vcpu.accel = SimpleNamespace(caps=SimpleNamespace(isa_extensions=("i", "sstc")))  # type: ignore[assignment]
+    fd.regs[onereg.timer_id("compare")] = 987_654
+    fd.regs[onereg.timer_id("state")] = abi.KVM_RISCV_TIMER_STATE_OFF
+    fake.script.append(IntrExit())
+    sstc_state = kvm_state.get_arch_state(vcpu)
+    assert sstc_state["csr"]["stimecmp"] == 987_654
+    assert sstc_state["sbi_timecmp"] == (1 << 64) - 1
+
 
 @needs_core
 @needs_as

@@ -83,10 +83,12 @@ def get_arch_state(vcpu: Any) -> dict[str, Any]:
     sie = _get(fd, onereg.csr_id("sie"))
     sip = _get(fd, onereg.csr_id("sip"), 0)
     compare = _get(fd, onereg.timer_id("compare"), _U64)
-    timer_on = _get(fd, onereg.timer_id("state"), 0) == abi.KVM_RISCV_TIMER_STATE_ON
-    if not timer_on:
-        compare = _U64
     sstc = _has_sstc(vcpu)
+    # With Sstc the guest writes vstimecmp itself, which KVM copies into ``compare`` at every
+    # exit but does not count in the timer's ``state`` (that follows SBI set_timer only).
+    timer_on = _get(fd, onereg.timer_id("state"), 0) == abi.KVM_RISCV_TIMER_STATE_ON
+    if not timer_on and not sstc:
+        compare = _U64
     csr.update(BUILTIN_M_CSRS)
     csr.update({"mstatus": sstatus & SSTATUS_MASK & ~(3 << 32) & ~(1 << 63), "mie": sie & S_INTS,
                 "mtvec": 0, "mscratch": 0, "mepc": 0, "mcause": 0, "mtval": 0,
