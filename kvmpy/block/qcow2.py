@@ -70,6 +70,7 @@ REFT_OFFSET_MASK = 0xFFFFFFFFFFFFFE00
 COPIED = 1 << 63
 COMPRESSED = 1 << 62
 ZERO = 1
+MAX_PENDING_RELEASES = 4096
 AUTOCLEAR_SNAPSHOT_OP = 1 << 63
 """kvmpy's autoclear bit: a snapshot operation is under way (see ``_snapshot_op``)."""
 CACHE_BYTES = 32 << 20
@@ -447,6 +448,8 @@ class Qcow2Image:
         leaks the clusters, never leaves a pointer to a cluster counted too low)."""
         if not self.dirty:
             self.pending_release.append((offset, length))
+            if len(self.pending_release) >= MAX_PENDING_RELEASES:  # a guest that never flushes
+                self._sync()
 
     def _apply_releases(self) -> None:
         pending, self.pending_release = self.pending_release, []
