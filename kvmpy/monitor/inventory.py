@@ -1,5 +1,5 @@
-"""QMP queries of what a running VM is made of: chardevs, ``-device`` ids, block devices, the
-UUID, and the migration capabilities kvmpy has.
+"""QMP queries of what a running VM is made of: chardevs, ``-device`` ids, block devices and the
+UUID.
 
 These are the queries a management tool sends while it takes over a VM (libvirt at start:
 ``query-chardev`` for the pty of a console, ``qom-list /machine/peripheral``,
@@ -17,15 +17,6 @@ from kvmpy.errors import KvmpyError
 if TYPE_CHECKING:
     from kvmpy.system import System
 
-MIGRATION_CAPABILITIES = ("xbzrle", "rdma-pin-all", "auto-converge", "zero-blocks",
-                          "compress", "events", "postcopy-ram", "x-colo", "release-ram",
-                          "block", "return-path", "pause-before-switchover", "multifd",
-                          "dirty-bitmaps", "postcopy-blocktime", "late-block-activate",
-                          "x-ignore-shared", "validate-uuid", "background-snapshot",
-                          "zero-copy-send", "postcopy-preempt")
-"""QEMU 7.2's MigrationCapability names."""
-SUPPORTED_CAPABILITIES = ("events",)
-"""What kvmpy can turn on: MIGRATION events (it has no migration stream features)."""
 NULL_UUID = "00000000-0000-0000-0000-000000000000"
 
 
@@ -138,35 +129,3 @@ def query_blockstats(system: System) -> list[dict[str, Any]]:
 
 def query_uuid(system: System) -> dict[str, Any]:
     return {"UUID": system.config.uuid or NULL_UUID}
-
-
-def _capability_state(system: System) -> dict[str, bool]:
-    state: dict[str, bool] = system.__dict__.setdefault("migration_capabilities", {})
-    return state
-
-
-def query_migrate_capabilities(system: System) -> list[dict[str, Any]]:
-    state = _capability_state(system)
-    return [{"state": state.get(name, False), "capability": name}
-            for name in SUPPORTED_CAPABILITIES]
-
-
-def migrate_set_capabilities(system: System, capabilities: Any) -> dict[str, Any]:
-    if not isinstance(capabilities, list):
-        raise KvmpyError("Invalid parameter type for 'capabilities', expected: array")
-    changes: dict[str, bool] = {}
-    for item in capabilities:
-        if not isinstance(item, dict) or "capability" not in item or "state" not in item:
-            raise KvmpyError("Parameter 'capability' is missing" if isinstance(item, dict)
-                             else "Invalid parameter type for 'capabilities[0]', "
-                             "expected: object")
-        name, state = item["capability"], item["state"]
-        if name not in MIGRATION_CAPABILITIES:
-            raise KvmpyError(f"Parameter 'capability' does not accept value '{name}'")
-        if not isinstance(state, bool):
-            raise KvmpyError("Invalid parameter type for 'state', expected: boolean")
-        if state and name not in SUPPORTED_CAPABILITIES:
-            raise KvmpyError(f"Migration capability '{name}' is not supported by kvmpy")
-        changes[name] = state
-    _capability_state(system).update(changes)
-    return {}

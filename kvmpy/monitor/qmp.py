@@ -459,15 +459,6 @@ def _balloon(name: str, mon: QmpMonitor, *args: Any) -> Any:
         raise QmpError(str(exc), "DeviceNotActive") from None
 
 
-def _balloon(name: str, mon: QmpMonitor, *args: Any) -> Any:
-    from kvmpy.hw.virtio import balloon
-
-    try:
-        return getattr(balloon, name)(mon.sys, *args)
-    except balloon.BalloonNotActive as exc:
-        raise QmpError(str(exc), "DeviceNotActive") from None
-
-
 def _migration(name: str) -> Callable[[QmpMonitor, dict[str, Any]], Any]:
     """A command of :mod:`kvmpy.migration.commands` (loaded on first use)."""
 
@@ -568,9 +559,6 @@ COMMANDS: dict[str, Command] = {
     "query-blockstats": Command(_simple(inventory.query_blockstats),
                                 optional=("query-nodes",), types={"query-nodes": bool}),
     "query-uuid": Command(_simple(inventory.query_uuid)),
-    "balloon": Command(lambda mon, args: _balloon("qmp_balloon", mon, args["value"]),
-                       required=("value",), types={"value": int}),
-    "query-balloon": Command(lambda mon, args: _balloon("qmp_query_balloon", mon)),
     "balloon": Command(lambda mon, args: _balloon("qmp_balloon", mon, args["value"]),
                        required=("value",), types={"value": int}),
     "query-balloon": Command(lambda mon, args: _balloon("qmp_query_balloon", mon)),
