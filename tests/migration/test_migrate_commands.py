@@ -452,3 +452,26 @@ def waiting_destination(vmm: str, tiny: list[str]) -> dict[str, Any]:
 @pytest.mark.skipif(QEMU is None, reason="qemu-system-riscv64 (the oracle) is not installed")
 def test_a_waiting_destination_is_qemus(tiny: list[str]) -> None:
     assert waiting_destination("kvmpy", tiny) == waiting_destination("qemu", tiny)
+
+
+def cont_while_incoming(vmm: str, tiny: list[str], tmp_path: Path) -> list[str]:
+    state = tmp_path / f"{vmm}-cont.mig"
+    with launch(vmm, tiny) as src:
+        assert src.migrate(f"exec:cat > {state}")["status"] == "completed"
+    with launch(vmm, [*tiny, "-S", "-incoming", "defer"]) as dst:
+        seen = [dst.status]
+        dst.qmp("cont")  # QEMU: start once the state is in
+        seen.append(dst.status)
+        dst.qmp("migrate-incoming", uri=f"exec:cat {state}")
+        deadline = time.monotonic() + 30
+        while dst.status == "inmigrate":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        seen.append(dst.status)
+        return seen
+
+
+@pytest.mark.parametrize("vmm", VMMS)
+def test_cont_while_inmigrate_starts_the_guest_once_loaded(vmm: str, tiny: list[str],
+                                                           tmp_path: Path) -> None:
+    assert cont_while_incoming(vmm, tiny, tmp_path) == ["inmigrate", "inmigrate", "running"]
