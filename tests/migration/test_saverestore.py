@@ -351,3 +351,22 @@ def test_save_to_an_unwritable_place_says_why(paused_target: VM, tmp_path: Path)
     assert "\n" not in str(info.value)
     assert list(tmp_path.iterdir()) == []
     assert paused_target.status == "prelaunch"
+
+
+@pytest.mark.parametrize("options", [{"smp": "2", "bios": "builtin"}, {"smp": "3"}])
+def test_smp_guest_restores_with_every_hart(options: dict[str, Any], tmp_path: Path) -> None:
+    vm = VM(**{**OPTIONS, **options}).launch()
+    try:
+        vm.console.expect(PROMPT, timeout=BOOT_TIMEOUT)
+        vm.save(tmp_path / "smp.vms")
+    finally:
+        vm.kill()
+    restored = VM.restore(tmp_path / "smp.vms")
+    try:
+        assert output(restored, "nproc", r"\d+") == options["smp"]
+        for cpu in range(int(options["smp"])):   # every hart runs a program, and sleeps
+            ran_on = output(restored, f"taskset -c {cpu} sh -c 'sleep 0.2; "
+                                      "cut -d\" \" -f39 /proc/self/stat'", r"\d+")
+            assert ran_on == str(cpu)
+    finally:
+        restored.kill()
