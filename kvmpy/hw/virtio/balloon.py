@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from kvmpy.errors import KvmpyError
 from kvmpy.hw.virtio.device import VirtioDevice
+from kvmpy.hw.virtio.vmstate import U32, U64, Applier, StateReader
 from kvmpy.qom import Property, register_type
 
 if TYPE_CHECKING:
@@ -144,6 +145,25 @@ class VirtioBalloon(VirtioDevice):
             gpa = pfn << PFN_SHIFT
             if ram.contains(gpa, PAGE):
                 _madvise_dontneed(ram.host_address + gpa - ram.base, PAGE)
+
+    def prepare_device_state(self, r: StateReader) -> Applier:
+        """A saved balloon: the target, the guest's count, the poison value and the last
+        statistics (the statistics buffer the guest lent stays with the source: the guest
+        sends a new report when it is asked for one)."""
+        num_pages = r.integer("num_pages", 0, U32)
+        actual = r.integer("actual", 0, U32)
+        poison_val = r.integer("poison_val", 0, U32)
+        stats = r.reader("stats")
+        values = {}
+        for name in stats.state:
+            if name not in STAT_NAMES.values():
+                raise stats.fail(name, "unknown statistic")
+            values[name] = stats.integer(name, 0, U64)
+
+        def apply() -> None:
+            self.state = VirtioBalloonState(num_pages, actual, poison_val, values)
+            self._stats_elem = None
+        return apply
 
     def reset(self) -> None:
         super().reset()
