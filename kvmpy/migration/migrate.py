@@ -304,7 +304,7 @@ class Outgoing:
 
     def _run(self, uri: MigrationURI, fd: int | None) -> None:
         try:
-            self._channel = connect(uri, fd)
+            self._channel = connect(uri, fd, self._cancel.is_set)
             if self._cancel.is_set():
                 raise Cancelled("cancelled")
             self._copy()

@@ -8,7 +8,9 @@ runs, a connection that fails later fails the migration with ``error-desc`` set.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import select
 import socket
 import subprocess
 from collections.abc import Callable
@@ -245,8 +247,10 @@ def check_outgoing(uri: MigrationURI, fds: FdLookup) -> int | None:
     return fd
 
 
-def connect(uri: MigrationURI, fd: int | None) -> Channel:
-    """Open the outgoing channel (blocking: called on the migration thread)."""
+def connect(uri: MigrationURI, fd: int | None,
+            cancelled: Callable[[], bool] = lambda: False) -> Channel:
+    """Open the outgoing channel (blocking: called on the migration thread); a connection
+    that takes its time gives up as soon as ``cancelled()``."""
     if uri.scheme == "exec":
         return CommandChannel(uri.command, outgoing=True)
     if uri.scheme == "fd":
@@ -255,7 +259,7 @@ def connect(uri: MigrationURI, fd: int | None) -> Channel:
     if uri.scheme == "unix":
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.connect(uri.path)
+            _connect(sock, uri.path, cancelled)
         except OSError as exc:
             sock.close()
             raise MigrationError(f"Failed to connect to '{uri.path}': "
@@ -270,7 +274,7 @@ def connect(uri: MigrationURI, fd: int | None) -> Channel:
     for family, kind, proto, _, address in infos:
         sock = socket.socket(family, kind, proto)
         try:
-            sock.connect(address)
+            _connect(sock, address, cancelled)
         except OSError as exc:
             sock.close()
             error = exc
@@ -279,6 +283,21 @@ def connect(uri: MigrationURI, fd: int | None) -> Channel:
         return SocketChannel(sock)
     reason = error.strerror if error is not None and error.strerror else str(error)
     raise MigrationError(f"Failed to connect to '{uri.host}:{uri.port}': {reason}")
+
+
+def _connect(sock: socket.socket, address: Any, cancelled: Callable[[], bool]) -> None:
+    """connect(), looking at ``cancelled()`` every 100 ms while the peer does not answer."""
+    sock.setblocking(False)
+    err = sock.connect_ex(address)
+    while err in (errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY):
+        if cancelled():
+            raise OSError(errno.ECANCELED, "cancelled")
+        _, writable, _ = select.select([], [sock], [], 0.1)
+        if writable:
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err:
+        raise OSError(err, os.strerror(err))
+    sock.setblocking(True)
 
 
 # -- incoming -------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ guest runs on after a cancel or a failure."""
 from __future__ import annotations
 
 import os
+import socket
 import struct
 import time
 from collections.abc import Iterator
@@ -76,3 +77,30 @@ def test_failure_turns_dirty_logging_off(vm: VM) -> None:
     assert not vm.system.ram.dirty_logging
     assert vm.status == "running"
     assert counting(vm)
+
+
+def test_cancel_while_connecting(vm: VM) -> None:
+    """A peer that never answers the connection (a full backlog on loopback): the cancel
+    does not wait for TCP to give up."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    queued = []
+    for _ in range(4):  # fill the backlog: later SYNs are dropped
+        client = socket.socket()
+        client.setblocking(False)
+        client.connect_ex(("127.0.0.1", port))
+        queued.append(client)
+    try:
+        time.sleep(0.2)
+        vm.qmp("migrate", uri=f"tcp:127.0.0.1:{port}")
+        time.sleep(0.5)
+        assert vm.qmp("query-migrate") == {"status": "setup"}
+        vm.qmp("migrate_cancel")
+        assert wait_for(vm, ("cancelled",), timeout=20)["status"] == "cancelled"
+        assert vm.status == "running"
+    finally:
+        for client in queued:
+            client.close()
+        server.close()
