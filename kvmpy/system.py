@@ -621,10 +621,16 @@ class System:
         self._shutdown("host-signal", False)
 
     def _write_pidfile(self, path: str) -> None:
+        """Written whole under a temporary name and renamed: a reader never sees it empty
+        (with -daemonize it already holds this pid, and libvirt reads it at once)."""
+        temporary = f"{path}.{os.getpid()}.tmp"
         try:
-            with open(path, "w") as f:
+            with open(temporary, "w") as f:
                 f.write(f"{os.getpid()}\n")
+            os.replace(temporary, path)
         except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
             raise ConfigError(f"cannot create PID file: {exc.strerror}") from exc
 
     def close(self) -> None:
