@@ -281,11 +281,12 @@ def info_migrate(system: System) -> str:
             lines.append(f"precopy ram: {ram['precopy-bytes'] >> 10} kbytes")
         if ram["downtime-bytes"]:
             lines.append(f"downtime ram: {ram['downtime-bytes'] >> 10} kbytes")
-    for address in data.get("socket-address", []):
-        if address.get("type") == "inet":
-            lines.append(f"socket address: [\n\ttcp:{address['host']}:{address['port']}\n]")
-        else:
-            lines.append(f"socket address: [\n\tunix:{address['path']}\n]")
+    addresses = data.get("socket-address")
+    if addresses:
+        lines.append("socket address: [")
+        lines += [f"\ttcp:{a['host']}:{a['port']}" if a.get("type") == "inet"
+                  else f"\tunix:{a['path']}" for a in addresses]
+        lines.append("]")
     return "\n".join(lines)
 
 

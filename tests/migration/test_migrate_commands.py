@@ -475,3 +475,14 @@ def cont_while_incoming(vmm: str, tiny: list[str], tmp_path: Path) -> list[str]:
 def test_cont_while_inmigrate_starts_the_guest_once_loaded(vmm: str, tiny: list[str],
                                                            tmp_path: Path) -> None:
     assert cont_while_incoming(vmm, tiny, tmp_path) == ["inmigrate", "inmigrate", "running"]
+
+
+@pytest.mark.skipif(QEMU is None, reason="qemu-system-riscv64 (the oracle) is not installed")
+def test_info_migrate_of_a_waiting_destination_is_qemus(tiny: list[str]) -> None:
+    def info(vmm: str) -> str:
+        port = free_port()
+        with launch(vmm, [*tiny, "-incoming", f"tcp:127.0.0.1:{port}"]) as dst:
+            text = dst.hmp("info migrate").replace(str(port), "PORT")
+        return text[text.find("socket address"):]  # after QEMU's internal globals
+
+    assert info("kvmpy") == info("qemu")
