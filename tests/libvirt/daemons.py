@@ -73,8 +73,11 @@ def write_launcher(path: Path) -> Path:
 class Libvirt:
     """libvirtd and virtlogd under ``root``; :attr:`uri` for virsh."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, host_uuid: str | None = None) -> None:
+        """``host_uuid``: the host's identity to libvirt (two daemons on one machine can
+        migrate between each other only when they differ)."""
         self.root = root
+        self.host_uuid = host_uuid
         self.uri = f"qemu:///system?socket={root}/run/libvirt-sock"
         self.log = root / "log" / "libvirtd.log"
 
@@ -85,7 +88,10 @@ class Libvirt:
         shutil.copytree("/etc/libvirt", etc, dirs_exist_ok=True)
         shutil.rmtree(etc / "qemu" / "networks" / "autostart", ignore_errors=True)
         (etc / "qemu.conf").write_text(QEMU_CONF)
-        (etc / "libvirtd.conf").write_text(LIBVIRTD_CONF)
+        conf = LIBVIRTD_CONF
+        if self.host_uuid is not None:
+            conf += f'host_uuid = "{self.host_uuid}"\n'
+        (etc / "libvirtd.conf").write_text(conf)
         binds = " && ".join(f"mkdir -p {target} && mount --bind {self.root / name} {target}"
                             for name, target in BIND_DIRS.items())
         script = (f"{binds} && virtlogd -d -p /run/libvirt/virtlogd.pid && "
@@ -149,7 +155,7 @@ def _alive(pid: int) -> bool:
 
 
 if __name__ == "__main__":
-    daemons = Libvirt(Path(sys.argv[1]).resolve())
+    daemons = Libvirt(Path(sys.argv[1]).resolve(), sys.argv[2] if len(sys.argv) > 2 else None)
     daemons.start()
     write_launcher(daemons.root / "kvmpy-emulator")
     print(daemons.uri)

@@ -1,8 +1,9 @@
 """libvirt 9.0 (Debian's libvirtd and virtlogd, started privately by :mod:`.daemons`) manages
 kvmpy as the emulator of a riscv64 ``virt`` domain: the capability probe, ``virsh``'s
-lifecycle with the bundled guest (console, suspend/resume, reset, shutdown, the guest's own
-poweroff, destroy, disks, the guest agent, monitor pass-through), ``virt-install --import``,
-and kvmpy's one-line errors shown by ``virsh`` as they are."""
+lifecycle with the bundled guest (console, suspend/resume, save/restore, reset, shutdown, the
+guest's own poweroff, destroy, disks, the guest agent, monitor pass-through), live migration
+between two libvirtds, ``virt-install --import``, and kvmpy's one-line errors shown by
+``virsh`` as they are."""
 
 from __future__ import annotations
 
@@ -48,8 +49,14 @@ class Env:
             time.sleep(0.25)
         raise AssertionError(f"{name}: state {state!r}, not {prefix!r}, after {timeout:.0f} s")
 
-    def domain_xml(self, name: str, disk: Path, extra: str = "") -> Path:
+    def domain_xml(self, name: str, disk: Path | None, extra: str = "") -> Path:
         path = self.work / f"{name}.xml"
+        disk_xml = "" if disk is None else f"""
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='{disk}'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>"""
         path.write_text(f"""\
 <domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
   <name>{name}</name>
@@ -63,12 +70,7 @@ class Env:
   </os>
   <on_poweroff>destroy</on_poweroff>
   <devices>
-    <emulator>{self.emulator}</emulator>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2'/>
-      <source file='{disk}'/>
-      <target dev='vda' bus='virtio'/>
-    </disk>
+    <emulator>{self.emulator}</emulator>{disk_xml}
     <interface type='user'><model type='virtio'/></interface>
     <serial type='pty'/>
     <console type='pty'/>
@@ -91,6 +93,7 @@ class Console:
                                      close_fds=True, start_new_session=True)
         os.close(slave)
         self.seen = b""
+        self.expect("Escape character is", 30)  # input before this would be lost
 
     def send(self, text: str) -> None:
         os.write(self.master, text.encode())
@@ -224,6 +227,20 @@ def test_lifecycle(env: Env) -> None:
         console.expect("still-42", 30)
         assert env.state("rv1").startswith("running")
 
+        # virsh save and restore (QMP migrate to an fd, -incoming defer): the guest's shell
+        # goes on with its memory as it was.
+        console.send("KVMPY_MARK=saved-$((40+2))\r")
+        console.expect(guests.PROMPT, 30)
+        console.close()
+        image = env.work / "rv1.save"
+        env.virsh("save", "rv1", str(image))
+        assert env.state("rv1") == "shut off (saved)"
+        env.virsh("restore", str(image))
+        assert env.state("rv1") == "running (restored)"
+        console = Console(env, "rv1")
+        console.send('echo "[$KVMPY_MARK]"\r')
+        console.expect("[saved-42]", 60)
+
         env.virsh("reset", "rv1")
         console.expect(guests.BANNER)
         console.expect(guests.PROMPT, poke=True)
@@ -267,6 +284,46 @@ def test_create_and_kvmpy_errors_as_they_are(env: Env) -> None:
     assert done.returncode != 0
     assert ("kvmpy: -device no-such-device: 'no-such-device' is not a valid device model name"
             in done.stderr)
+
+
+@pytest.fixture
+def second_host(env: Env) -> Iterator[Libvirt]:
+    """Another libvirtd on this machine, with its own host UUID (a migration target)."""
+    daemons = Libvirt(env.work / "second", host_uuid="8a3c5a7e-1d2b-4c6f-9e0a-2b7d3f1c4e5a")
+    try:
+        daemons.start()
+        yield daemons
+    finally:
+        for name in daemons.virsh("list", "--name", "--all", check=False).stdout.split():
+            daemons.virsh("destroy", name, check=False)
+        daemons.stop()
+
+
+def test_live_migration_between_two_libvirtds(env: Env, second_host: Libvirt) -> None:
+    """virsh migrate --live --p2p --tunnelled: libvirt carries kvmpy's stream itself, from
+    QMP migrate on fd: to -incoming defer and migrate-incoming on the other side."""
+    xml = env.domain_xml("rv5", None)
+    env.virsh("create", str(xml))
+    console = Console(env, "rv5")
+    try:
+        console.expect(guests.PROMPT, poke=True)
+        console.send("KVMPY_MARK=moved-$((40+2))\r")
+        console.expect(guests.PROMPT, 30)
+    finally:
+        console.close()
+    target = f"qemu+unix:///system?socket={second_host.root}/run/libvirt-sock"
+    env.virsh("migrate", "--live", "--p2p", "--tunnelled", "rv5", target)
+    assert "rv5" not in env.virsh("list", "--name").stdout.split()
+    assert second_host.virsh("domstate", "--reason", "rv5").stdout.strip() == \
+        "running (migrated)"
+    moved = Env(second_host, env.emulator, env.work)
+    console = Console(moved, "rv5")
+    try:
+        console.send('echo "[$KVMPY_MARK]"\r')
+        console.expect("[moved-42]", 60)
+    finally:
+        console.close()
+    second_host.virsh("destroy", "rv5")
 
 
 @pytest.mark.skipif(not Path("/dev/net/tun").exists() or shutil.which("ip") is None,
