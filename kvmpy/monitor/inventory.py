@@ -9,6 +9,8 @@ live objects.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -26,18 +28,28 @@ def query_chardev(system: System) -> list[dict[str, Any]]:
              "label": label} for label, chardev in system.chardevs.items()]
 
 
+def _plugged(system: System) -> Iterator[tuple[str, Any]]:
+    """(id or "", device) of each ``-device`` (and ``-drive if=virtio``) in creation order."""
+    from kvmpy.hw.qdev import device_specs
+
+    plugged = list(getattr(system.machine, "plugged", ()))
+    specs = device_specs(system.config) if plugged else []
+    for spec, device in zip(specs, plugged, strict=False):
+        yield spec.props.get("id", ""), device
+
+
 def _peripherals(system: System) -> Iterator[tuple[str, Any]]:
     """(id, device) of each ``-device`` given an id."""
-    for device in getattr(system.machine, "plugged", ()):
-        dev_id = getattr(device, "id", "")
+    for dev_id, device in _plugged(system):
         if dev_id:
             yield dev_id, device
 
 
 def qom_list(system: System, path: str) -> list[dict[str, Any]]:
     if path in ("/machine/peripheral", "/machine/peripheral/"):
-        return [{"name": dev_id, "type": f"child<{device.type_name}>"}
-                for dev_id, device in _peripherals(system)]
+        return [{"name": "type", "type": "string"},
+                *({"name": dev_id, "type": f"child<{device.type_name}>"}
+                  for dev_id, device in _peripherals(system))]
     if path in ("/", ""):
         return [{"name": "type", "type": "string"}, {"name": "machine", "type": "child<"
                  f"{type(system.machine).type_name if system.machine else 'container'}>"},
@@ -66,12 +78,11 @@ def _properties(device: Any) -> list[Any]:
 
 def _disks(system: System) -> Iterator[tuple[str, Any, Any]]:
     """(qdev, device, image) of each virtio-blk."""
-    for index, device in enumerate(getattr(system.machine, "plugged", ())):
+    for index, (dev_id, device) in enumerate(_plugged(system)):
         inner = device if hasattr(device, "image") else getattr(device, "device", None)
         image = getattr(inner, "image", None)
         if inner is None or image is None:
             continue
-        dev_id = getattr(device, "id", "")
         if not dev_id:
             qdev = f"/machine/peripheral-anon/device[{index}]"
         elif inner is device:
@@ -86,8 +97,12 @@ def _format(image: Any) -> str:
 
 
 def _image_info(image: Any) -> dict[str, Any]:
-    return {"virtual-size": image.size, "filename": image.path, "format": _format(image),
-            "dirty-flag": False}
+    info: dict[str, Any] = {"virtual-size": image.size, "filename": image.path,
+                            "format": _format(image)}
+    with contextlib.suppress(OSError):
+        info["actual-size"] = os.stat(image.path).st_blocks * 512
+    info["dirty-flag"] = False
+    return info
 
 
 def _inserted(device: Any, image: Any) -> dict[str, Any]:
