@@ -157,3 +157,55 @@ def test_probe_questions(kvmpy_qmp: Qmp) -> None:
         "Parameter 'capability' does not accept value 'bogus'"
     assert kvmpy_qmp.cmd("query-balloon") == {"error": {
         "class": "DeviceNotActive", "desc": "No balloon device has been activated"}}
+
+
+def _startup_answers(program: list[str], env: dict[str, str] | None,
+                     disk: str) -> dict[str, Any]:
+    """What libvirt asks at start-up, on a paused virt machine with a qcow2 disk, a balloon
+    and a UUID."""
+    qmp = Qmp([*program, "-M", "virt", "-m", "256", "-S", "-nodefaults", "-display", "none",
+               "-uuid", "6b1e2c3d-4f5a-4b6c-8d7e-9f0a1b2c3d4e",
+               "-blockdev", json.dumps({"driver": "file", "filename": disk,
+                                        "node-name": "libvirt-1-storage"}),
+               "-blockdev", json.dumps({"node-name": "libvirt-1-format", "driver": "qcow2",
+                                        "file": "libvirt-1-storage"}),
+               "-device", "virtio-blk-device,drive=libvirt-1-format,id=virtio-disk0",
+               "-device", "virtio-balloon-device,id=balloon0", "-qmp", "stdio"], env)
+    try:
+        out = {
+            "peripheral": qmp.cmd("qom-list", path="/machine/peripheral"),
+            "block": qmp.cmd("query-block")["return"],
+            "uuid": qmp.cmd("query-uuid"),
+            "chardev": qmp.cmd("query-chardev"),
+            "balloon": qmp.cmd("query-balloon"),
+            "balloon-0": qmp.cmd("balloon", value=0),
+            "balloon-128M": qmp.cmd("balloon", value=128 << 20),
+            "balloon-after": qmp.cmd("query-balloon"),
+        }
+    finally:
+        qmp.close()
+    return out
+
+
+def test_startup_queries_agree_with_qemu(tmp_path: Any) -> None:
+    if QEMU is None:
+        pytest.skip("qemu-system-riscv64 is not installed")
+    disk = tmp_path / "disk.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "16M"], check=True)
+    theirs = _startup_answers([QEMU], None, str(disk))
+    ours = _startup_answers([sys.executable, "-m", "kvmpy"], kvmpy_env(), str(disk))
+    for key in ("uuid", "chardev", "balloon", "balloon-0", "balloon-128M", "balloon-after"):
+        assert ours[key] == theirs[key], key
+
+    def by_name(reply: dict[str, Any]) -> list[dict[str, Any]]:
+        return sorted(reply["return"], key=lambda p: str(p["name"]))  # QEMU's is a hash's
+    assert by_name(ours["peripheral"]) == by_name(theirs["peripheral"])
+    [mine], [qemus] = ours["block"], theirs["block"]
+    assert mine.keys() == qemus.keys()
+    assert mine["inserted"].keys() == qemus["inserted"].keys()
+    for key in ("device", "qdev", "removable", "locked", "io-status", "type"):
+        assert mine[key] == qemus[key], key
+    for key in ("node-name", "ro", "drv", "file", "backing_file_depth", "encrypted"):
+        assert mine["inserted"][key] == qemus["inserted"][key], key
+    for key in ("virtual-size", "filename", "format", "actual-size", "dirty-flag"):
+        assert mine["inserted"]["image"][key] == qemus["inserted"]["image"][key], key
