@@ -102,3 +102,38 @@ def test_probe_command_line_and_machine_none() -> None:
     assert config.machine == "none" and config.daemonize
     with pytest.raises(ConfigError, match=r"^-nographic cannot be used with -daemonize$"):
         parse_command_line(["-nographic", "-daemonize"])
+
+
+def test_a_libvirt_11_command_line_starts(tmp_path: Path) -> None:
+    """The command line libvirt 11.x writes (every -object as JSON) builds and runs a VM."""
+    key = tmp_path / "master-key.aes"
+    key.write_bytes(bytes(32))
+    argv = [
+        "-name", "guest=rv,debug-threads=on", "-S",
+        "-object", json.dumps({"qom-type": "secret", "id": "masterKey0", "format": "raw",
+                               "file": str(key)}),
+        "-machine", "virt,usb=off,dump-guest-core=off,memory-backend=riscv_virt_board.ram",
+        "-accel", "tcg", "-m", "256",
+        "-object", json.dumps({"qom-type": "memory-backend-ram", "id": "riscv_virt_board.ram",
+                               "size": 268435456}),
+        "-overcommit", "mem-lock=off", "-smp", "2,sockets=2,cores=1,threads=1",
+        "-uuid", "de9dd1ff-0000-4000-8000-000000000001", "-display", "none",
+        "-no-user-config", "-nodefaults", "-rtc", "base=utc", "-no-shutdown",
+        "-boot", "strict=on",
+        "-audiodev", json.dumps({"id": "audio1", "driver": "none"}),
+        "-object", json.dumps({"qom-type": "rng-builtin", "id": "objrng0"}),
+        "-device", "virtio-rng-device,rng=objrng0,id=rng0",
+        "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+        "-msg", "timestamp=on", "-qmp", "stdio"]
+    messages = "\n".join(json.dumps(m) for m in (
+        {"execute": "qmp_capabilities"}, {"execute": "query-status"},
+        {"execute": "query-uuid"}, {"execute": "cont"}, {"execute": "query-status"},
+        {"execute": "quit"})) + "\n"
+    done = subprocess.run([sys.executable, "-m", "kvmpy", *argv], input=messages,
+                          capture_output=True, text=True, timeout=120, env=kvmpy_env())
+    replies = [json.loads(line) for line in done.stdout.splitlines()]
+    replies = [r for r in replies if "return" in r or "error" in r]
+    assert done.returncode == 0, done.stderr
+    assert replies[1]["return"]["status"] == "prelaunch"
+    assert replies[2]["return"] == {"UUID": "de9dd1ff-0000-4000-8000-000000000001"}
+    assert replies[4]["return"]["status"] == "running"
