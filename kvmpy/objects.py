@@ -159,8 +159,7 @@ def add_object(objects: dict[str, UserObject], text: str) -> UserObject:
     """Parse ``-object TEXT`` and add it to ``objects`` (ids are unique among objects)."""
     obj = parse_object(text)
     if obj.id in objects:
-        raise ConfigError(f"attempt to add duplicate property '{obj.id}' to object "
-                          "(type 'container')")
+        raise ConfigError(f"Duplicate ID '{obj.id}' for object")
     objects[obj.id] = obj
     return obj
 

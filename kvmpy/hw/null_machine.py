@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from kvmpy.errors import ConfigError
+from kvmpy.errors import ConfigError, NotBuiltError
 from kvmpy.machine import MachineState
 from kvmpy.qom import register_type
 
@@ -28,7 +28,9 @@ class NoneMachine(MachineState):
 
     def init(self, system: System) -> None:
         if self.kernel:
-            raise ConfigError("no machine: -kernel needs a board (-machine virt)")
+            raise ConfigError("The -kernel parameter is not supported (use the generic "
+                              "'loader' device instead).")
         if system.config.ram_size:
-            raise ConfigError("the none machine has no RAM: -m needs a board (-machine virt)")
+            raise NotBuiltError("RAM on the none machine is not built in kvmpy (-m needs a "
+                                "board: -machine virt)")
         system.harts.clear()

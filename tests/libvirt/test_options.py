@@ -38,6 +38,8 @@ BAD = [
     ["-object", "rng-random,id=r,filename=/nonexistent"],
     ["-machine", "none,usb=maybe"],
     ["-mon", "chardev=x,id=m,mode=control"],
+    ["-object", "secret,id=a,data=x", "-object", "secret,id=a,data=y"],
+    ["-kernel", "/etc/hostname"],
 ]
 
 
@@ -46,7 +48,7 @@ def _first_line(argv: list[str], program: list[str], env: dict[str, str] | None)
                           capture_output=True, text=True, timeout=60, env=env,
                           stdin=subprocess.DEVNULL)
     assert done.returncode == 1
-    return done.stderr.splitlines()[0].split(": ", 1)[1]
+    return done.stderr.splitlines()[-1].split(": ", 1)[1]  # after any notice lines
 
 
 @pytest.mark.skipif(QEMU is None, reason="qemu-system-riscv64 is not installed")
