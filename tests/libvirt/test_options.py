@@ -13,7 +13,8 @@ import pytest
 
 from kvmpy.cli import parse_command_line
 from kvmpy.errors import ConfigError, NotBuiltError
-from tests.support import kvmpy_env
+
+from ..support import kvmpy_env
 
 QEMU = shutil.which("qemu-system-riscv64")
 
@@ -43,7 +44,7 @@ BAD = [
 ]
 
 
-def _first_line(argv: list[str], program: list[str], env: dict[str, str] | None) -> str:
+def _error_line(argv: list[str], program: list[str], env: dict[str, str] | None) -> str:
     done = subprocess.run([*program, "-M", "none", "-nodefaults", "-display", "none", *argv],
                           capture_output=True, text=True, timeout=60, env=env,
                           stdin=subprocess.DEVNULL)
@@ -55,8 +56,8 @@ def _first_line(argv: list[str], program: list[str], env: dict[str, str] | None)
 @pytest.mark.parametrize("argv", BAD, ids=[" ".join(a) for a in BAD])
 def test_bad_values_are_refused_as_qemu_refuses_them(argv: list[str]) -> None:
     assert QEMU is not None
-    expected = _first_line(argv, [QEMU], None)
-    assert _first_line(argv, [sys.executable, "-m", "kvmpy"], kvmpy_env()) == expected
+    expected = _error_line(argv, [QEMU], None)
+    assert _error_line(argv, [sys.executable, "-m", "kvmpy"], kvmpy_env()) == expected
 
 
 def test_libvirt_9_and_11_forms_of_object_give_the_same_configuration(tmp_path: Path) -> None:

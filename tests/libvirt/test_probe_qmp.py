@@ -15,7 +15,8 @@ import pytest
 
 from kvmpy.monitor.qmp import COMMANDS
 from kvmpy.monitor.schema import EVENTS
-from tests.support import kvmpy_env
+
+from ..support import kvmpy_env
 
 QEMU = shutil.which("qemu-system-riscv64")
 PROBE = ["-S", "-no-user-config", "-nodefaults", "-nographic", "-machine", "none,accel=kvm:tcg",

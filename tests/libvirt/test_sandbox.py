@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import kvmpy_env
+from ..support import kvmpy_env
 
 LIBVIRT_SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux")
