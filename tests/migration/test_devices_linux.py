@@ -45,14 +45,23 @@ def _skip_reason() -> str | None:
     return "the tcg accelerator is not registered in this build"
 
 
-def run(vm: Any, prompt: str, command: str) -> str:
+def run(vm: Any, prompt: str, command: str, timeout: float = CMD_TIMEOUT) -> str:
     vm.console.send(f"echo @@$((6*7))@@; {command}; echo @@$((6*8))@@\n")
-    match = vm.console.expect(r"(?s)@@42@@\r?\n(.*?)@@48@@", timeout=CMD_TIMEOUT)
-    vm.console.expect(re.escape(prompt), timeout=CMD_TIMEOUT)
+    match = vm.console.expect(r"(?s)@@42@@\r?\n(.*?)@@48@@", timeout=timeout)
+    vm.console.expect(re.escape(prompt), timeout=timeout)
     return str(match.group(1)).replace("\r", "")
 
 
-def test_busy_devices_carry_on_in_the_restored_vm(tmp_path: Path) -> None:
+TRANSPORT_DEVICES = {
+    "pci": ["virtio-blk-pci,drive=hd0", "virtio-rng-pci", "virtio-serial-pci",
+            "virtconsole,chardev=c1"],
+    "mmio": ["virtio-blk-device,drive=hd0", "virtio-rng-device", "virtio-serial-device",
+             "virtconsole,chardev=c1"],
+}
+
+
+@pytest.mark.parametrize("transport", sorted(TRANSPORT_DEVICES))
+def test_busy_devices_carry_on_in_the_restored_vm(tmp_path: Path, transport: str) -> None:
     reason = _skip_reason()
     if reason is not None:
         pytest.skip(reason)
@@ -77,8 +86,7 @@ def test_busy_devices_carry_on_in_the_restored_vm(tmp_path: Path) -> None:
             initrd=str(initrd), append="console=ttyS0",
             extra_args=["-drive", f"file={disk},if=none,id=hd0,format=raw",
                         "-chardev", f"file,id=c1,path={hvc}"],
-            devices=["virtio-blk-pci,drive=hd0", "virtio-rng-pci", "virtio-serial-pci",
-                     "virtconsole,chardev=c1"])
+            devices=TRANSPORT_DEVICES[transport])
     restored: Any = None
     middle: Any = None
     try:
@@ -218,5 +226,84 @@ def test_open_9p_files_and_the_network_after_restore(tmp_path: Path) -> None:
         assert nic.state.config_generation >= 1 and nic.device.state.status == 1
     finally:
         for machine in (vm, restored):
+            if machine is not None and machine.is_running():
+                machine.kill()
+
+
+def test_live_migration_carries_a_9p_read_finished_by_drain(tmp_path: Path) -> None:
+    """Pre-copy with a 9P read in flight when the source stops: the device finishes it in
+    drain, writing the file's data straight into the guest's buffers after the last pass
+    sent those pages (the guest had zeroed them before the request); only the device's
+    dirty marks get them into the stream.  On the target the guest's md5sum goes on with
+    that data and gets the file's checksum."""
+    import io
+    import os
+    import threading
+
+    reason = _skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    try:
+        import kvmpy.guests as guests
+
+        kernel, initrd = guests.kernel_path(), guests.initrd_path()
+    except Exception as exc:
+        pytest.skip(f"bundled guest unavailable: {exc}")
+    from kvmpy.firmware import opensbi
+    from kvmpy.migration import LiveSaver, load_vm
+    from kvmpy.vm import VM
+
+    if opensbi.find_fw_dynamic() is None:
+        pytest.skip("no OpenSBI fw_dynamic installed (Debian package opensbi)")
+    share = tmp_path / "share"
+    share.mkdir()
+    data = os.urandom(MiB)
+    (share / "big.bin").write_bytes(data)
+    options: dict[str, Any] = dict(
+        machine="virt", accel="tcg", bios="default", kernel=str(kernel), initrd=str(initrd),
+        append="console=ttyS0",
+        extra_args=["-fsdev", f"local,id=f0,path={share},security_model=none"],
+        devices=["virtio-9p-pci,fsdev=f0,mount_tag=share"])
+    prompt = guests.PROMPT
+    source = VM(**options)
+    target: Any = None
+    try:
+        source.launch()
+        source.console.expect(re.escape(prompt), timeout=BOOT_TIMEOUT)
+        run(source, prompt, "mkdir -p /mnt/s && mount -t 9p -o trans=virtio,version=9p2000.L,"
+                            "msize=512000,cache=none share /mnt/s")
+        ninep = next(fn.device for region in source.system.bus.regions
+                     if hasattr(region.device, "functions")
+                     for name, fn in region.device.functions().items() if "9p" in name)
+        entered, gate = threading.Event(), threading.Event()
+        reads = ninep.server.read_direct
+
+        def slow_read(*args: Any) -> Any:  # the host file system takes its time
+            if not gate.is_set():
+                entered.set()
+                gate.wait(CMD_TIMEOUT)
+            return reads(*args)
+
+        out = io.BytesIO()
+        saver = LiveSaver(source.system, out)
+        source._on_loop(saver.begin)
+        source._on_loop(saver.iterate)
+        ninep.server.read_direct = slow_read
+        source.console.send("md5sum /mnt/s/big.bin > /tmp/m; echo M-DONE >> /tmp/m\n")
+        assert entered.wait(CMD_TIMEOUT)  # a read is in flight in the device
+        source._on_loop(saver.iterate)  # the guest's buffers, zeroed, go now
+        source.pause()
+        threading.Timer(0.5, gate.set).start()  # the read ends while complete() drains
+        source._on_loop(saver.complete)
+        source.kill()
+
+        target = VM(**options, start_paused=True).launch()
+        target._on_loop(lambda: load_vm(target.system, io.BytesIO(out.getvalue())))
+        target.resume()
+        result = run(target, prompt, "while ! grep -q M-DONE /tmp/m; do sleep 0.1; done; "
+                                     "cat /tmp/m", timeout=60)  # a lost reply: no end
+        assert result.split()[0] == hashlib.md5(data).hexdigest(), result
+    finally:
+        for machine in (source, target):
             if machine is not None and machine.is_running():
                 machine.kill()
