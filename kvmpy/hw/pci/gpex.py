@@ -155,10 +155,10 @@ class PciWindow(MmioDevice):
         self.bus.write(self.space, self.bus_base + offset, size, value)
 
     def get_state(self) -> dict[str, Any]:
-        return {}
+        return {}  # what decodes here is in the host bridge's state (the ECAM window)
 
     def set_state(self, state: dict[str, Any]) -> None:
-        pass
+        StateReader(state, self.name)
 
 
 class GpexHost:
