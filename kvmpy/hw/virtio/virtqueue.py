@@ -266,12 +266,13 @@ class Virtqueue:
         logging on, the used entry and every buffer the device could have written (devices
         also fill them in place, through :meth:`views`) are marked dirty."""
         s = self.state
-        slot = s.used + 4 + 8 * (s.used_idx % s.num)
-        _USED_ELEM.pack_into(self.ram.view, self._offset(slot, 8), elem.head, length)
-        s.used_idx = (s.used_idx + 1) & 0xFFFF
-        self.write_u16(s.used + 2, s.used_idx)
         ram = self.ram
+        slot = s.used + 4 + 8 * (s.used_idx % s.num)
+        _USED_ELEM.pack_into(ram.view, self._offset(slot, 8), elem.head, length)
+        s.used_idx = (s.used_idx + 1) & 0xFFFF
+        _U16.pack_into(ram.view, self._offset(s.used + 2, 2), s.used_idx)
         if ram.dirty_logging:
+            ram.mark_dirty(s.used + 2, 2)
             ram.mark_dirty(slot, 8)
             for addr, size in elem.in_:
                 ram.mark_dirty(addr, size)
