@@ -299,4 +299,10 @@ def apply_harts(state: dict[str, Any], system: System) -> None:
         for port, hart in zip(system.harts, state["harts"], strict=True):
             if hasattr(port, "_mtimecmp"):
                 port._mtimecmp = hart["mtimecmp"]
+        # The harts' pins came from the file; a device that changed a line while the
+        # devices were loaded (a NIC's announce, ...) drives it again.
+        for region in system.bus.regions:
+            refresh = getattr(region.device, "refresh_outputs", None)
+            if refresh is not None:
+                refresh()
         write_clock(system, state["clock"]["mtime"])

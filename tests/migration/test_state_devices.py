@@ -163,8 +163,10 @@ def test_builtin_sbi_state_is_empty_and_refuses_other_fields() -> None:
 
 
 def test_plic_state_crosses_between_ms_and_s_only_contexts() -> None:
-    """The interpreter's board has M and S contexts per hart, KVM's S ones only: a state
-    moves between them by context name; a context in use that the target lacks is refused."""
+    """The interpreter's board has M and S contexts per hart, KVM's S ones only.  The guest
+    addresses contexts by index, from the device tree it booted with, so a loaded state keeps
+    its layout (wired to the target board's lines for each hart and mode) until a reset; a
+    context in use that the target has no line for is refused."""
     outs = [FakeIrq() for _ in range(4)]
     ms = SiFivePlic(outs, hart_config="MS,MS", num_sources=96)
     ms.mmio_write(4 * 7, 4, 1)
@@ -174,13 +176,36 @@ def test_plic_state_crosses_between_ms_and_s_only_contexts() -> None:
     s_outs = [FakeIrq(), FakeIrq()]
     s_only = SiFivePlic(s_outs, hart_config="S,S", num_sources=96)
     s_only.set_state(through_stream(ms.get_state()))
-    assert s_only.get_state()["enable"] == [0, 1 << 7]
+    assert s_only.mmio_read(0x2000 + 0x80 * 3, 4) == 1 << 7  # where the guest left it
+    assert s_outs[1].history[-1] is True                       # hart 1's S line
+    assert s_only.mmio_read(0x200000 + 0x1000 * 3 + 4, 4) == 7  # claimed at context 3
+    assert s_outs[1].history[-1] is False
+    s_only.mmio_write(0x200000 + 0x1000 * 3 + 4, 4, 7)       # complete: level still high
     assert s_outs[1].history[-1] is True
     back = SiFivePlic([FakeIrq() for _ in range(4)], hart_config="MS,MS", num_sources=96)
     back.set_state(through_stream(s_only.get_state()))
     assert back.get_state()["enable"] == [0, 0, 0, 1 << 7]
+    s_only.reset()                                           # the board's own layout again
+    assert s_only.get_state()["contexts"] == ["0S", "1S"]
+    assert s_only.get_state()["enable"] == [0, 0]
     ms.mmio_write(0x2000, 4, 1 << 7)                    # hart 0's M context in use
     before = s_only.get_state()
     with pytest.raises(VmStateError, match="context 0M is in use"):
         s_only.set_state(ms.get_state())
     assert s_only.get_state() == before
+
+
+def test_plic_state_from_an_s_only_board_keeps_its_indexes_on_an_ms_board() -> None:
+    """The other way (saved under KVM, loaded on the interpreter): the guest's context 1 is
+    hart 1's S context, not hart 0's."""
+    s_outs = [FakeIrq(), FakeIrq()]
+    s_only = SiFivePlic(s_outs, hart_config="S,S", num_sources=96)
+    s_only.mmio_write(4 * 9, 4, 1)
+    s_only.mmio_write(0x2000 + 0x80 * 1, 4, 1 << 9)          # context 1 = hart 1 S
+    s_only.irq_in(9).set(True)
+    outs = [FakeIrq() for _ in range(4)]                     # 0M 0S 1M 1S
+    ms = SiFivePlic(outs, hart_config="MS,MS", num_sources=96)
+    ms.set_state(through_stream(s_only.get_state()))
+    assert outs[3].history[-1] is True and not any(o.history and o.history[-1]
+                                                   for o in outs[:3])
+    assert ms.mmio_read(0x200000 + 0x1000 * 1 + 4, 4) == 9

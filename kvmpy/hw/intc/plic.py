@@ -99,6 +99,8 @@ class SiFivePlic(SysBusDevice):
             raise ConfigError(f"plic: {len(self.contexts)} contexts in hart-config "
                               f"'{self.hart_config}' but {len(outputs)} output lines")
         self.outputs = list(outputs)
+        self._native = (list(self.contexts), list(self.outputs))
+        """The board's layout; a loaded state may bring its own until the next reset."""
         self.words = (self.num_sources + 31) // 32
         self._num_sources = self.num_sources
         self.region_size = self.aperture_size or (
@@ -157,27 +159,39 @@ class SiFivePlic(SysBusDevice):
                 self._out_levels[ctx] = level
                 line.set(level)
 
-    def _map_contexts(self, state: dict[str, object]) -> dict[str, object]:
-        """``state`` with threshold and enable per context of this PLIC: a context the
-        state lacks starts disabled; one this PLIC lacks must not be in use."""
+    def _saved_layout(self, state: dict[str, object]
+                      ) -> tuple[dict[str, object], list[tuple[int, str]], list[IrqLine]]:
+        """The saved context layout with this board's lines for it.
+
+        The guest addresses contexts by index, from the device tree it booted with, so a
+        state keeps its own layout: one saved under KVM (S contexts only) loads into the
+        interpreter's M+S PLIC as S-only, and back.  A context whose hart and mode this board
+        has no line for (M-mode under KVM) is wired to nothing and must not be in use."""
         from kvmpy.migration.errors import VmStateError
 
         names, thresholds, enables = (state.get(k) for k in ("contexts", "threshold",
                                                                "enable"))
         if (not isinstance(names, list) or not isinstance(thresholds, list)
                 or not isinstance(enables, list) or not len(names) == len(thresholds)
-                == len(enables) or not all(isinstance(c, str) for c in names)):
+                == len(enables) or not all(isinstance(c, str) for c in names)
+                or len(names) > 15872):
             raise VmStateError(f"vmstate: {self.name}: bad context list")
-        saved = dict(zip(names, zip(thresholds, enables, strict=True), strict=True))
-        here = [f"{hart}{mode}" for hart, mode in self.contexts]
-        for name, (_, enable) in saved.items():
-            if name not in here and enable:
-                raise VmStateError(f"vmstate: {self.name}: context {name} is in use and "
-                                   "this PLIC has no such context")
-        out = {k: v for k, v in state.items() if k != "contexts"}
-        out["threshold"] = [saved.get(name, (0, 0))[0] for name in here]
-        out["enable"] = [saved.get(name, (0, 0))[1] for name in here]
-        return out
+        lines = {f"{hart}{mode}": line for (hart, mode), line
+                 in zip(self._native[0], self._native[1], strict=True)}
+        contexts: list[tuple[int, str]] = []
+        outputs: list[IrqLine] = []
+        for name, enable in zip(names, enables, strict=True):
+            if len(name) < 2 or not name[:-1].isdigit() or name[-1] not in "MSU":
+                raise VmStateError(f"vmstate: {self.name}: bad context name {name!r}")
+            line = lines.get(name)
+            if line is None:
+                if enable:
+                    raise VmStateError(f"vmstate: {self.name}: context {name} is in use and "
+                                       "this board has no such hart or mode")
+                line = IrqLine(_unwired)
+            contexts.append((int(name[:-1]), name[-1]))
+            outputs.append(line)
+        return {k: v for k, v in state.items() if k != "contexts"}, contexts, outputs
 
     def claim(self, ctx: int) -> int:
         s = self.state
@@ -270,6 +284,7 @@ class SiFivePlic(SysBusDevice):
             self.complete(value)
 
     def reset(self) -> None:
+        self._set_layout(*self._native)  # the device tree written at reset describes it
         levels = self.state.levels
         self.state = self._fresh_state()
         self.state.levels = levels
@@ -287,10 +302,11 @@ class SiFivePlic(SysBusDevice):
     def set_state(self, state: dict[str, object]) -> None:
         from kvmpy.migration.errors import VmStateError
 
+        contexts, outputs = self._native
         if isinstance(state, dict) and "contexts" in state:
-            state = self._map_contexts(state)
+            state, contexts, outputs = self._saved_layout(state)
         new = state_from_dict(self.state, state, self.name)
-        n = len(self.contexts)
+        n = len(contexts)
         if (len(new.priority) != self.num_sources or len(new.threshold) != n
                 or len(new.enable) != n):
             raise VmStateError(f"vmstate: {self.name}: state is for another number of "
@@ -301,5 +317,25 @@ class SiFivePlic(SysBusDevice):
         if not all(0 <= v <= 0xFFFF_FFFF for v in words) or not all(0 <= v < limit
                                                                         for v in bits):
             raise VmStateError(f"vmstate: {self.name}: a register value is out of range")
+        self._set_layout(contexts, outputs)
         self.state = new
         self._update(force=True)
+
+    def _set_layout(self, contexts: list[tuple[int, str]], outputs: list[IrqLine]) -> None:
+        """Switch to another context layout, lowering the lines it no longer drives."""
+        if contexts == self.contexts and outputs == self.outputs:
+            return
+        for line, level in zip(self.outputs, self._out_levels, strict=True):
+            if level and line not in outputs:
+                line.set(False)
+        self.contexts, self.outputs = list(contexts), list(outputs)
+        self._out_levels = [False] * len(contexts)
+
+    def refresh_outputs(self) -> None:
+        """Drive every context's line with its current level again (after the harts'
+        pins were loaded from a saved state)."""
+        self._update(force=True)
+
+
+def _unwired(n: int, level: bool) -> None:
+    """The line of a context no hart of this board can take (M-mode under KVM)."""
