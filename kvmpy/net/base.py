@@ -217,6 +217,8 @@ class NetBackend(qom.Object):
 
 
 def netdev_types() -> list[qom.TypeInfo]:
+    from kvmpy.net import stream, tap, user  # noqa: F401  (register the back-end types)
+
     return qom.object_class_get_list("netdev")
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-import kvmpy.hw.pci  # noqa: F401  (registers the virtio-*-pci types)
+import kvmpy.hw.pci.virtio_pci  # noqa: F401  (registers the virtio-*-pci types)
 from kvmpy import qom
 from kvmpy.hw.core import device_new
 from kvmpy.hw.pci.gpex import GpexHost

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-import kvmpy.hw.pci  # noqa: F401  (registers the virtio-*-pci types)
+import kvmpy.hw.pci.virtio_pci  # noqa: F401  (registers the virtio-*-pci types)
 from kvmpy.config import OptionSpec
 from kvmpy.errors import ConfigError
 from kvmpy.fs.fsdev import parse_fsdev

@@ -352,8 +352,10 @@ def test_device_help_is_laid_out_like_qemus() -> None:
     import shutil
     import subprocess
 
-    import kvmpy.hw.pci
-    import kvmpy.hw.virtio  # noqa: F401
+    import kvmpy.hw.pci.gpex
+    import kvmpy.hw.pci.root_port
+    import kvmpy.hw.pci.virtio_pci
+    import kvmpy.hw.virtio.mmio  # noqa: F401
 
     text = device_help()
     qemu = shutil.which("qemu-system-riscv64")

@@ -32,7 +32,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import kvmpy.hw.virtio  # noqa: F401  (registers the virtio device types carried)
+# the virtio device types carried (registered by their modules)
+import kvmpy.hw.virtio.blk
+import kvmpy.hw.virtio.console
+import kvmpy.hw.virtio.net
+import kvmpy.hw.virtio.ninep
+import kvmpy.hw.virtio.rng  # noqa: F401
 from kvmpy import log, qom
 from kvmpy.errors import ConfigError
 from kvmpy.hw.pci import pcie
@@ -716,3 +721,6 @@ VIRTIO_PCI_MODELS = (
                    alias="virtio-balloon"),
 )
 """QEMU 7.2's IDs: legacy device ID, class (SCSI storage, communication other, other)."""
+
+for _model in VIRTIO_PCI_MODELS:
+    register_virtio_pci(_model)

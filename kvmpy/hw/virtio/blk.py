@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvmpy import log
-from kvmpy.block import open_drive
 from kvmpy.block.base import BlockImage
 from kvmpy.block.blockdev import open_blockdev
+from kvmpy.block.drive import open_drive
 from kvmpy.block.raw import RawImage as RawImage  # re-exported: its home was here
 from kvmpy.errors import ConfigError
 from kvmpy.hw.virtio.device import VirtioDevice

@@ -57,7 +57,6 @@ from kvmpy.hw.virtio.virtqueue import (
     VirtqueueError,
 )
 from kvmpy.hw.virtio.vmstate import U32, Applier, StateReader, state_error
-from kvmpy.net.base import RX_BACKLOG_BYTES, RX_QUEUE_MAX
 from kvmpy.qom import Property, register_type
 
 if TYPE_CHECKING:
@@ -370,6 +369,8 @@ class VirtioNet(VirtioDevice):
             raise r.fail("curr_guest_offloads", f"0x{offloads:x} has bits that are no "
                          "guest offload")
         rx_filter = _rx_filter_from(r.reader("rx_filter"))
+        from kvmpy.net.base import RX_BACKLOG_BYTES, RX_QUEUE_MAX  # the network layer's limits
+
         backlog = r.items("rx_backlog", RX_QUEUE_MAX)
         total = 0
         for i, frame in enumerate(backlog):
