@@ -26,12 +26,12 @@ import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from kvmpy.block.qcow2 import Qcow2Image
-from kvmpy.block.qcow2_snapshot import NO_ICOUNT, Snapshot
 from kvmpy.errors import KvmpyError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the image formats are imported where used: a VM without disks never needs them
     from kvmpy.block.base import BlockImage
+    from kvmpy.block.qcow2 import Qcow2Image
+    from kvmpy.block.qcow2_snapshot import Snapshot
     from kvmpy.system import System
 
 
@@ -53,6 +53,8 @@ class BlockDev:
     @property
     def qcow2(self) -> Qcow2Image | None:
         """The image, when it can take snapshots (a writable qcow2 image)."""
+        from kvmpy.block.qcow2 import Qcow2Image
+
         image = self.image
         return image if isinstance(image, Qcow2Image) and not image.read_only else None
 
@@ -191,6 +193,8 @@ def save_snapshot(system: System, name: str | None, overwrite: bool,
             out.flush()
         except (OSError, migration.VmStateError) as exc:
             raise KvmpyError(f"Error while writing VM state: {exc}") from None
+        from kvmpy.block.qcow2_snapshot import NO_ICOUNT
+
         made: Snapshot | None = None
         for dev in disks:
             image = dev.qcow2
@@ -337,6 +341,8 @@ def size_to_str(value: int) -> str:
 
 def snapshot_line(sn: Snapshot | None, id_str: str | None = None) -> str:
     """QEMU's ``bdrv_snapshot_dump``: the header line for None."""
+    from kvmpy.block.qcow2_snapshot import NO_ICOUNT
+
     if sn is None:
         return f"{'ID':<10}{'TAG':<17}{'VM SIZE':>8}{'DATE':>20}{'VM CLOCK':>13}{'ICOUNT':>11}"
     date = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(sn.date_sec))
