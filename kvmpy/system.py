@@ -76,6 +76,9 @@ def accel_types() -> list[type[Accelerator]]:
 
 
 def find_accel_class(name: str) -> type[Accelerator] | None:
+    info = qom.type_info(f"{name}-accel")  # QEMU's naming: imports just that accelerator
+    if info is not None and issubclass(info.cls, Accelerator) and info.cls.name == name:
+        return info.cls
     for cls in accel_types():
         if cls.name == name:
             return cls
