@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import kvmpy
 from kvmpy.chardev.base import CHR_EVENT_MUX_IN, CHR_EVENT_MUX_OUT, CHR_EVENT_OPENED, Chardev
 from kvmpy.errors import KvmpyError
-from kvmpy.monitor import commands, net, pci, snapshots
+from kvmpy.monitor import commands, net, pci
 
 if TYPE_CHECKING:
     from kvmpy.system import System
@@ -25,6 +25,12 @@ FP_NAMES = ["ft0", "ft1", "ft2", "ft3", "ft4", "ft5", "ft6", "ft7", "fs0", "fs1"
 CSRS = ["mhartid", "mstatus", "mip", "mie", "mideleg", "medeleg", "mtvec", "stvec", "mepc",
         "sepc", "mcause", "scause", "mtval", "stval", "mscratch", "sscratch", "satp"]
 UNIT_SIZES = {"b": 1, "h": 2, "w": 4, "g": 8}
+
+
+def _info_snapshots(system: System) -> str:
+    from kvmpy.monitor import snapshots  # the snapshot commands are imported when used
+
+    return snapshots.info_snapshots(system)
 
 
 class UnknownCommand(KvmpyError):
@@ -200,7 +206,7 @@ INFO: dict[str, tuple[Callable[[System, HmpState, list[str]], str], str, str]] =
         system, "migrate_capabilities"), "show current migration capabilities", ""),
     "migrate_parameters": (lambda system, state, args: _migration_info(
         system, "migrate_parameters"), "show current migration parameters", ""),
-    "snapshots": (lambda system, state, args: snapshots.info_snapshots(system),
+    "snapshots": (lambda system, state, args: _info_snapshots(system),
                   "show the currently saved VM snapshots", ""),
 }
 
@@ -366,6 +372,8 @@ def _dispatch(system: System, state: HmpState, name: str, args: list[str]) -> st
     if name in ("savevm", "loadvm", "delvm"):
         if name != "savevm" and not args:
             raise UsageError("missing argument", name)
+        from kvmpy.monitor import snapshots
+
         return {"savevm": snapshots.hmp_savevm, "loadvm": snapshots.hmp_loadvm,
                 "delvm": snapshots.hmp_delvm}[name](system, args)
     if name == "x":
