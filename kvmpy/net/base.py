@@ -223,6 +223,10 @@ def netdev_types() -> list[qom.TypeInfo]:
 
 
 def netdev_class(type_label: str) -> type[NetBackend] | None:
+    named = qom.type_info(f"netdev-{type_label}")  # imports just that back-end
+    if named is not None and getattr(named.cls, "type_label", None) == type_label:
+        found: type[NetBackend] = named.cls
+        return found
     for info in netdev_types():
         if getattr(info.cls, "type_label", None) == type_label:
             cls: type[NetBackend] = info.cls
