@@ -67,6 +67,9 @@ def machine_types() -> list[type[MachineState]]:
 
 
 def find_machine_class(name: str) -> type[MachineState] | None:
+    info = qom.type_info(f"{name}-machine")  # QEMU's naming: imports just that board
+    if info is not None and issubclass(info.cls, MachineState) and info.cls.name == name:
+        return info.cls
     for cls in machine_types():
         if cls.name == name:
             return cls
