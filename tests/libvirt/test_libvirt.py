@@ -302,9 +302,6 @@ def second_host(env: Env) -> Iterator[Libvirt]:
         daemons.stop()
 
 
-@pytest.mark.xfail(strict=False, reason="after a move the guest sometimes answers its console "
-                   "no more (1 in 4 live, 2 in 5 paused migrations here; idle in wfi with no "
-                   "interrupt pending): migrated device or interrupt state, not libvirt")
 def test_live_migration_between_two_libvirtds(env: Env, second_host: Libvirt) -> None:
     """virsh migrate --live --p2p --tunnelled: libvirt carries kvmpy's stream itself, from
     QMP migrate on fd: to -incoming defer and migrate-incoming on the other side."""
