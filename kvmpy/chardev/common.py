@@ -40,7 +40,9 @@ def write_all(fd: int, data: bytes) -> int:
         try:
             done += os.write(fd, view[done:])
         except BlockingIOError:
-            select.select([], [fd], [], 1.0)
+            poller = select.poll()  # not select(): descriptors may be numbered past 1023
+            poller.register(fd, select.POLLOUT)
+            poller.poll(1000)
         except InterruptedError:
             continue
     return done

@@ -292,8 +292,9 @@ def _connect(sock: socket.socket, address: Any, cancelled: Callable[[], bool]) -
     while err in (errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY):
         if cancelled():
             raise OSError(errno.ECANCELED, "cancelled")
-        _, writable, _ = select.select([], [sock], [], 0.1)
-        if writable:
+        poller = select.poll()  # not select(): descriptors may be numbered past 1023
+        poller.register(sock, select.POLLOUT)
+        if poller.poll(100):
             err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     if err:
         raise OSError(err, os.strerror(err))

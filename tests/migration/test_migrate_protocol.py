@@ -149,3 +149,32 @@ def test_uris() -> None:
     with pytest.raises(MigrationError) as info:
         parse("x:y", incoming=True)
     assert str(info.value) == "unknown migration protocol: x:y"
+
+
+def test_connect_with_a_descriptor_past_1023() -> None:
+    """A long-lived process (a test run, libvirt's many domains) numbers descriptors past
+    select()'s limit: connecting to the destination must still work."""
+    import resource
+    import socket
+
+    from kvmpy.migration.uri import _connect
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2048:
+        pytest.skip(f"the hard descriptor limit here is {hard}, below 2048")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048), hard))
+    try:
+        with socket.socket() as server:
+            server.bind(("127.0.0.1", 0))
+            server.listen(1)
+            plain = socket.socket()
+            high = os.dup2(plain.fileno(), 1500)
+            plain.close()
+            with socket.socket(fileno=high) as client:
+                _connect(client, server.getsockname(), lambda: False)
+                peer, _ = server.accept()
+                with peer:
+                    client.sendall(b"x")
+                    assert peer.recv(1) == b"x"
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
