@@ -18,15 +18,20 @@ from kvmpy.net import options
 from kvmpy.net.tap import TapNetdev
 
 IN_NAMESPACE = textwrap.dedent('''
-    import asyncio, socket, subprocess, threading
+    import asyncio, socket, subprocess, sys, threading
     from kvmpy.net.tap import TapNetdev
+
+    VNET = {"off": {"vnet_hdr": "off"}, "default": {}}[sys.argv[1]]
+    HDR = 0 if VNET else 12  # with the kernel's IFF_VNET_HDR, a header in front both ways
 
     class Nic:
         def __init__(self):
-            self.frames, self.room = [], True
+            self.frames, self.room, self.headers = [], True, set()
         def receive(self, frame):
             if not self.room:
                 return False
+            self.headers.add(frame[:HDR])
+            frame = frame[HDR:]
             if frame[12:14] == b"\\x88\\xb5":  # the test's frames (not the kernel's IPv6 ND)
                 self.frames.append(frame)
             return True
@@ -43,7 +48,9 @@ IN_NAMESPACE = textwrap.dedent('''
 
     async def main():
         loop = asyncio.get_running_loop()
-        tap = TapNetdev("t0", {"ifname": "kvmpytap0", "script": "no", "downscript": "no"})
+        tap = TapNetdev("t0", {"ifname": "kvmpytap0", "script": "no", "downscript": "no",
+                               **VNET})
+        assert tap.vnet_hdr_len == HDR
         nic = Nic()
         tap.attach(nic, "nic0")
         tap.start(System(loop))
@@ -62,7 +69,7 @@ IN_NAMESPACE = textwrap.dedent('''
             await asyncio.sleep(0.02)
         assert nic.frames == [frame(1)], nic.frames
         # NIC -> host
-        tap.transmit(frame(2))
+        tap.transmit(bytes(HDR) + frame(2))
         await asyncio.sleep(0.1)
         got = await loop.run_in_executor(None, peer.recv, 2048)
         assert got == frame(2), got
@@ -79,6 +86,7 @@ IN_NAMESPACE = textwrap.dedent('''
                 break
             await asyncio.sleep(0.02)
         assert nic.frames == [frame(n) for n in (1, 3, 4, 5, 6, 7)], len(nic.frames)
+        assert nic.headers == {bytes(HDR)}, nic.headers  # no offloads were asked for
         tap.close()
         print("TAP-OK")
 
@@ -93,9 +101,12 @@ def _unshare() -> str:
     return path
 
 
-def test_frames_cross_a_real_tap_device() -> None:
+@pytest.mark.parametrize("vnet_hdr", ["off", "default"])
+def test_frames_cross_a_real_tap_device(vnet_hdr: str) -> None:
+    """``vnet_hdr=off``: plain frames; by default (the kernel has IFF_VNET_HDR) each frame
+    has a 12-byte virtio-net header in front, both ways."""
     unshare = _unshare()
-    proc = subprocess.run([unshare, "-n", sys.executable, "-c", IN_NAMESPACE],
+    proc = subprocess.run([unshare, "-n", sys.executable, "-c", IN_NAMESPACE, vnet_hdr],
                           capture_output=True, text=True, timeout=60, check=False)
     if "Operation not permitted" in proc.stderr and "unshare" in proc.stderr:
         pytest.skip(f"cannot create a network namespace here: {proc.stderr.strip()}")
@@ -108,8 +119,13 @@ def test_unusable_names_and_options_are_one_line_errors() -> None:
         TapNetdev("t0", {"ifname": "x" * 16, "script": "no"})
     with pytest.raises(ConfigError, match="Invalid parameter 'foo'"):
         TapNetdev("t0", {"foo": "1"})
-    with pytest.raises(NotBuiltError, match="vnet_hdr=on"):
-        TapNetdev("t0", {"vnet_hdr": "on"})
+    with pytest.raises(ConfigError, match="Parameter 'vnet_hdr' expects 'on' or 'off'"):
+        TapNetdev("t0", {"vnet_hdr": "1"})
+    with pytest.raises(ConfigError, match="vnet_hdr=, helper=, queues=, fds=, and vhostfds= "
+                       "are invalid with fd="):
+        TapNetdev("t0", {"fd": "0", "vnet_hdr": "off"})
+    with pytest.raises(NotBuiltError, match="vhost=on"):
+        TapNetdev("t0", {"vhost": "on"})
     with pytest.raises(ConfigError, match="'99999' is not a valid file descriptor"):
         TapNetdev("t0", {"fd": "99999"})
 
