@@ -47,6 +47,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from ciutil import Console, StepFailed
 
+from kvmpy.qmp_client import QMPClient
+
 KVM_GET_API_VERSION = 0xAE00
 KVM_CREATE_VM = 0xAE01
 KVM_CHECK_EXTENSION = 0xAE03
@@ -465,8 +467,9 @@ def check_gdb(c: Console) -> None:
         g.interrupt()
         if not g.reply(60).startswith("T02"):
             raise StepFailed("gdb: no T02 after ^C")
-        if g.cmd(f"Z0,{idle:x},2") != "OK":
-            raise StepFailed("gdb: Z0 at sys_acct refused")
+        answer = g.cmd(f"Z0,{idle:x},2")
+        if answer != "OK":
+            raise StepFailed(f"gdb: Z0 at sys_acct refused: {answer!r}")
         g.send("c")
         octal = "".join(f"\\{b:03o}" for b in EBREAK_ELF)
         c.send(f"printf '{octal}' > /tmp/eb; chmod +x /tmp/eb; /tmp/eb; echo eb-rc=$?\n")
@@ -576,6 +579,100 @@ def boot_l2(timeout: float) -> None:
         check_disk()
 
 
+XACCEL_MARK = "kvmpy-cross-accel"
+
+
+def _qmp(sock: str, timeout: float = 60) -> QMPClient:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client = QMPClient(sock)
+            client.connect()
+            return client
+        except OSError:
+            if time.monotonic() > deadline:
+                raise StepFailed(f"no QMP on {sock}") from None
+            time.sleep(0.2)
+
+
+def _wait_migration(qmp: QMPClient, timeout: float) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info: dict[str, object] = qmp.execute("query-migrate")
+        if info.get("status") in ("completed", "failed", "cancelled"):
+            return info
+        time.sleep(0.2)
+    raise StepFailed("migration did not end")
+
+
+def _uptime(c: Console, cmd: str, timeout: float = 300, before: str = "") -> float:
+    """Run ``cmd``, then read the guest's uptime; ``before``: what ``cmd`` must print."""
+    c.send(cmd + "; cat /proc/uptime\n")
+    if before:
+        c.expect(f"\n{before}\r?\n", timeout)
+    return float(c.expect(rb"\n(\d+\.\d+) \d", timeout).group(1))
+
+
+def check_cross_accel(timeout: float) -> None:
+    """The bundled guest booted under -accel kvm, saved (QMP migrate to exec:), restored under
+    the interpreter (-accel tcg -bios builtin: KVM's SBI is in the kernel, the interpreter's in
+    kvmpy), saved there and restored under KVM again: the tmpfs file written under KVM is read
+    in both restored guests and the guest's uptime goes on from where it was saved."""
+    state = None
+    uptime = 0.0
+    for step, accel in enumerate(("kvm", "tcg", "kvm")):
+        sock = f"/tmp/xaccel-{step}.sock"
+        argv = ["kvmpy", "-accel", accel, "-M", "virt", "-nographic",
+                "-qmp", f"unix:{sock},server=on,wait=off"]
+        if accel == "tcg":
+            argv += ["-bios", "builtin"]
+        if state is not None:
+            argv += ["-incoming", f"exec:cat {state}"]
+        say("running " + " ".join(argv))
+        t0 = time.monotonic()
+        with Console(argv, echo_prefix=f"X{step}| ") as c:
+            qmp = _qmp(sock)
+            if state is None:
+                c.expect(rb"[#$] $", timeout)
+                uptime = _uptime(c, f"echo {XACCEL_MARK}-$((6*7)) > /tmp/xaccel")
+            else:
+                info = _wait_migration(qmp, timeout)
+                if info.get("status") != "completed":
+                    raise StepFailed(f"restore under {accel}: {info}")
+                say(f"restore under {accel}: migration completed after "
+                    f"{time.monotonic() - t0:.1f} s, {qmp.execute('query-status')}")
+                qmp.execute("cont")  # the source was stopped: restored paused, as QEMU's
+                try:
+                    now = _uptime(c, "cat /tmp/xaccel", 120, before=f"{XACCEL_MARK}-42")
+                except StepFailed:
+                    for _ in range(2):
+                        regs = qmp.execute("human-monitor-command",
+                                           {"command-line": "info registers"})
+                        say("no answer; " + " ".join(str(regs).split())[:1500])
+                        time.sleep(2)
+                    raise
+                if not uptime <= now < uptime + 60:
+                    raise StepFailed(f"uptime {now} after restoring one saved at {uptime}")
+                say(f"restored under {accel} in {time.monotonic() - t0:.1f} s: file kept, "
+                    f"uptime {uptime} -> {now}")
+                uptime = now
+            if step == 2:
+                c.send("poweroff -f\n")
+            else:
+                qmp.execute("stop")
+                state = f"/tmp/xaccel-{step}.state"
+                qmp.execute("migrate", {"uri": f"exec:cat > {state}"})
+                info = _wait_migration(qmp, timeout)
+                if info.get("status") != "completed":
+                    raise StepFailed(f"save under {accel}: {info}")
+                say(f"saved under {accel}: {os.path.getsize(state)} bytes")
+                qmp.execute("quit")
+            qmp.close()
+            rc = c.wait(120)
+            if rc != 0:
+                raise StepFailed(f"kvmpy under {accel} exit status {rc}")
+
+
 def main() -> int:
     infra_only = "--infra" in sys.argv
     try:
@@ -591,6 +688,9 @@ def main() -> int:
         check_kvm_abi()
         if not infra_only:
             boot_l2(float(os.environ.get("L2_TIMEOUT", "900")))
+            t = time.monotonic()
+            check_cross_accel(float(os.environ.get("L2_TIMEOUT", "900")))
+            say(f"cross-accelerator save/restore passed in {time.monotonic() - t:.1f} s")
     except StepFailed as exc:
         say(f"RESULT FAIL {exc}")
         return 1
