@@ -81,14 +81,15 @@ def check_received(frame: bytes, hdr_len: int, offloads: int) -> tuple[bytes | N
     gso = gso_type & ~GSO_ECN
     if gso != GSO_NONE:
         need = _GSO_NEEDS.get(gso)
-        if need is None or not offloads & need or \
+        if need is None or not offloads & need or not offloads & TUN_F_CSUM or \
                 (gso_type & GSO_ECN and not offloads & TUN_F_TSO_ECN):
             return None, f"GSO type 0x{gso_type:x} the guest did not enable"
     if offloads & TUN_F_CSUM or not flags & (F_NEEDS_CSUM | F_DATA_VALID):
         return frame, ""
-    # No checksum offload: the guest takes plain frames with their checksums done.
+    # No checksum offload: the guest takes plain frames with their checksums done, behind
+    # an empty header (num_buffers, if any, stays).
     fixed = bytearray(frame)
-    fixed[0] = 0
+    fixed[:HDR_LEN] = bytes(HDR_LEN)
     if flags & F_NEEDS_CSUM:
         start = hdr_len + csum_start
         field = start + csum_offset
