@@ -330,9 +330,6 @@ def test_live_migration_between_two_libvirtds(env: Env, second_host: Libvirt) ->
 
 @pytest.mark.skipif(not Path("/dev/net/tun").exists() or shutil.which("ip") is None,
                     reason="no /dev/net/tun or no ip(8) for a tap device")
-@pytest.mark.xfail(strict=True, reason="libvirt opens the tap of a virtio NIC with IFF_VNET_HDR "
-                   "and QEMU reads that flag from the fd; kvmpy's tap back-end "
-                   "(kvmpy/net/tap.py) sends and expects plain frames")
 def test_tap_interface_is_netdev_tap_fd(env: Env) -> None:
     """``<interface type='ethernet'>``: libvirt opens the tap and passes ``-netdev tap,fd=N``;
     the guest reaches the host's end of it (on this machine only, in 10.233.7.0/30)."""
