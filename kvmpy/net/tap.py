@@ -39,7 +39,6 @@ TUNSETIFF = 0x400454CA
 TUNGETFEATURES = 0x800454CF
 TUNSETOFFLOAD = 0x400454D0
 TUNGETIFF = 0x800454D2
-TUNGETVNETHDRSZ = 0x800454D7
 TUNSETVNETHDRSZ = 0x400454D8
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
@@ -189,7 +188,9 @@ class TapNetdev(NetBackend):
                 fcntl.ioctl(self.fd, TUNSETVNETHDRSZ, struct.pack("i", vnet_hdr.HDR_LEN))
 
     def _set_tun_offloads(self, flags: int) -> None:
-        """QEMU's tap_fd_set_offload: without UFO if the kernel refuses it."""
+        """QEMU's tap_fd_set_offload: without UFO if the kernel refuses it.  What received
+        headers may ask for narrows before the kernel is told and widens after."""
+        self._offloads &= flags
         for attempt in (flags, flags & ~vnet_hdr.TUN_F_UFO):
             try:
                 fcntl.ioctl(self.fd, TUNSETOFFLOAD, attempt)
