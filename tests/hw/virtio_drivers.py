@@ -237,6 +237,7 @@ def make_transport(kind: str, ram: GuestRAM, device: Any) -> tuple[Any, Any, Fak
 
 def _proxy_for(device: Any, ram: GuestRAM) -> Any:
     """A virtio-pci proxy carrying an already built ``device``."""
+    import kvmpy.hw.pci.virtio_pci  # noqa: F401  (registers the virtio-*-pci types)
     from kvmpy import qom
 
     for info in qom.object_class_get_list("virtio-pci"):
