@@ -224,6 +224,8 @@ class TcgAccel(Accelerator):
 
     thread = Property(str, "single", "vCPU threading (the interpreter runs every hart on one "
                       "thread, round-robin)", choices=("single", "multi"))
+    jit = Property(bool, False, "translate hot blocks to host code (x86-64 hosts; elsewhere, "
+                   "and with jit=off, every instruction is interpreted)")
 
     def __init__(self) -> None:
         self.vcpus: list[TcgVcpu] = []  # type: ignore[assignment]
@@ -256,6 +258,7 @@ class TcgAccel(Accelerator):
                              f"RAM 0x{ram.base:x}+0x{ram.size:x}")
         self.engine = engine
         self._memory = [ram, *roms]
+        core.lib.tcg_set_jit(engine, 1 if self.jit else 0)
         for rom in roms:
             if core.lib.tcg_add_memory(engine, rom.base,
                                        core.ffi.cast("uint8_t *", rom.host_address),

@@ -253,6 +253,8 @@ typedef struct block {
     uint32_t nbytes;
     uint32_t epoch;
     uint8_t linked, valid;
+    uint32_t jit_hot;    /* times looked up, until translated (jit_x86.c) */
+    void *jit;           /* its translation, or NULL */
     op ops[];
 } block;
 
@@ -381,7 +383,15 @@ struct tcg_engine {
     uint64_t bp[TCG_MAX_BREAKPOINTS];
     uint64_t wp_addr[TCG_MAX_WATCHPOINTS], wp_len[TCG_MAX_WATCHPOINTS];
     uint32_t wp_type[TCG_MAX_WATCHPOINTS];
+
+    /* the translating tier (jit_x86.c) */
+    struct jit_state *jit;
+    int jit_on;
 };
+
+static void jit_init(tcg_engine *e);
+static void jit_free(tcg_engine *e);
+static void jit_reset(tcg_engine *e);
 
 /* ---------------------------------------------------------------- small helpers --------- */
 
@@ -1161,6 +1171,7 @@ static void code_flush_all(tcg_engine *e)
     e->arena_used = 0;
     e->flush_gen++;
     invalidate_jump_caches(e);
+    jit_reset(e);
 }
 
 static inline unsigned bhash_index(uint64_t ppc, uint64_t vpc)
@@ -2974,6 +2985,8 @@ static block *lookup_block(hart *h)
     b->epoch = e->code_epoch;
     b->linked = 0;
     b->valid = 1;
+    b->jit_hot = 0;
+    b->jit = NULL;
     unsigned idx = bhash_index(ppc, pc);
     b->hnext = e->bhash[idx];
     e->bhash[idx] = b;
@@ -3341,6 +3354,8 @@ static inline uint64_t remw(uint64_t a, uint64_t b)
     return sext32((uint32_t)(x % y));
 }
 
+#include "jit_x86.c"
+
 static int run_loop(hart *h)
 {
 #if USE_COMPUTED_GOTO
@@ -3398,6 +3413,18 @@ next_block:
                 trace_emit(h->e, TCG_TRACE_EXEC, h->id, pc, (uint64_t)h->priv, 0, 0);
                 set_attention(h);
             }
+        }
+    }
+    if (jit_usable(h)) {
+        /* blocks meet at next_block, where they are counted and translated */
+        if (link_from)
+            link_from->chain = NULL;
+        int r = jit_run(h, b);
+        if (r >= 0) {
+            link_from = NULL;
+            if (r)
+                return 0;
+            goto next_block;
         }
     }
     link_from = NULL;
@@ -3746,6 +3773,8 @@ tcg_engine *tcg_engine_new(uint8_t *ram, uint64_t ram_base, uint64_t ram_size, i
         h->mtimecmp = ~0ull;
         hart_reset(h, ram_base, PRV_M, (uint64_t)i, 0, 0);
     }
+    jit_init(e);
+    e->jit_on = 0;
     return e;
 }
 
@@ -3753,6 +3782,7 @@ void tcg_engine_free(tcg_engine *e)
 {
     if (!e)
         return;
+    jit_free(e);
     if (e->harts)
         for (int i = 0; i < e->num_harts; i++)
             free(e->harts[i]);
@@ -3814,6 +3844,14 @@ int tcg_add_mmio_window(tcg_engine *e, uint64_t gpa, uint64_t size)
 }
 
 void tcg_set_builtin_firmware(tcg_engine *e, int on) { e->builtin_fw = on != 0; }
+
+int tcg_jit_available(void) { return JIT_BUILT; }
+
+int tcg_set_jit(tcg_engine *e, int on)
+{
+    e->jit_on = on && e->jit != NULL;
+    return e->jit_on;
+}
 
 void tcg_set_icount(tcg_engine *e, int shift)
 {
