@@ -74,6 +74,7 @@ typedef struct jit_state {
     uint8_t *epilogue32; /* the same after zero-extending eax (a C helper's int result) */
     uint64_t gen;     /* bumped when every translation is forgotten */
     int failed;       /* the code buffer could not be made executable: interpret */
+    int fma;          /* the host has FMA3 (and the OS saves AVX state) */
     jit_exit_info **pending; /* per hart: the exit to chain to the next block entered */
     uint64_t *pending_gen;
 } jit_state;
@@ -109,6 +110,8 @@ static void e64(jbuf *j, uint64_t v)
 #define F_66 2u   /* operand-size prefix */
 #define F_MEM 4u  /* rm is a memory operand [base + index*scale + disp] */
 #define F_BYTE 8u /* byte register operand: REX even without bits (sil, dil) */
+#define F_F2 16u  /* scalar-double prefix */
+#define F_F3 32u  /* scalar-single prefix */
 #define NOIDX (-1)
 
 /* One instruction: [66] [REX] opcode (1-3 bytes, big end first) ModRM [SIB] [disp]. */
@@ -117,6 +120,10 @@ static void x_ins(jbuf *j, unsigned fl, uint32_t opc, int reg, int rm, int index
 {
     if (fl & F_66)
         e8(j, 0x66);
+    if (fl & F_F2)
+        e8(j, 0xf2);
+    if (fl & F_F3)
+        e8(j, 0xf3);
     unsigned rex = 0x40 | ((fl & F_W) ? 8 : 0) | ((reg & 8) ? 4 : 0) |
                    ((index >= 0 && (index & 8)) ? 2 : 0) | ((rm & 8) ? 1 : 0);
     if (rex != 0x40 || ((fl & F_BYTE) && ((reg & 7) >= 4 || (!(fl & F_MEM) && (rm & 7) >= 4))))
@@ -314,6 +321,86 @@ static int jit_trap_illegal(hart *h, const op *o, uint32_t k)
     return 1;
 }
 
+/* The interpreter's fast FP cases (round to nearest even); 0: take fp_exec(). */
+static int jit_fp_fast(hart *h, const op *o)
+{
+    if (fs_off(h) || (o->rm == 7 && h->frm != 0))
+        return 0;
+    uint64_t *const X = h->x;
+    switch (o->kind) {
+    case OP_fadd_d: case OP_fsub_d: case OP_fmul_d: case OP_fdiv_d: {
+        double a = get_d(h, o->rs1), bb = get_d(h, o->rs2), r;
+        switch (o->kind) {
+        case OP_fadd_d: r = a + bb; break;
+        case OP_fsub_d: r = a - bb; break;
+        case OP_fmul_d: r = a * bb; break;
+        default: r = a / bb; break;
+        }
+        FP_BARRIER(r);
+        set_d(h, o->rd, r);
+        break;
+    }
+    case OP_fadd_s: case OP_fsub_s: case OP_fmul_s: case OP_fdiv_s: {
+        float a = get_s(h, o->rs1), bb = get_s(h, o->rs2), r;
+        switch (o->kind) {
+        case OP_fadd_s: r = a + bb; break;
+        case OP_fsub_s: r = a - bb; break;
+        case OP_fmul_s: r = a * bb; break;
+        default: r = a / bb; break;
+        }
+        FP_BARRIER(r);
+        set_s(h, o->rd, r);
+        break;
+    }
+    case OP_fcvt_d_w: {
+        double r = (double)(int32_t)X[o->rs1];
+        FP_BARRIER(r);
+        set_d(h, o->rd, r);
+        break;
+    }
+    case OP_fmadd_d: case OP_fmsub_d: case OP_fnmsub_d: case OP_fnmadd_d: {
+        double a = get_d(h, o->rs1), bb = get_d(h, o->rs2), cc = get_d(h, o->rs3);
+        if (unlikely((isinf(a) && bb == 0) || (a == 0 && isinf(bb))))
+            return 0;
+        if (o->kind == OP_fnmsub_d || o->kind == OP_fnmadd_d)
+            a = -a;
+        if (o->kind == OP_fmsub_d || o->kind == OP_fnmadd_d)
+            cc = -cc;
+        double r = fma(a, bb, cc);
+        FP_BARRIER(r);
+        set_d(h, o->rd, r);
+        break;
+    }
+    case OP_fmadd_s: case OP_fmsub_s: case OP_fnmsub_s: case OP_fnmadd_s: {
+        float a = get_s(h, o->rs1), bb = get_s(h, o->rs2), cc = get_s(h, o->rs3);
+        if (unlikely((isinf(a) && bb == 0) || (a == 0 && isinf(bb))))
+            return 0;
+        if (o->kind == OP_fnmsub_s || o->kind == OP_fnmadd_s)
+            a = -a;
+        if (o->kind == OP_fmsub_s || o->kind == OP_fnmadd_s)
+            cc = -cc;
+        float r = fmaf(a, bb, cc);
+        FP_BARRIER(r);
+        set_s(h, o->rd, r);
+        break;
+    }
+    case OP_fmv_d:
+        h->f[o->rd] = h->f[o->rs1];
+        break;
+    case OP_fle_d: case OP_flt_d: case OP_feq_d: {
+        double a = get_d(h, o->rs1), bb = get_d(h, o->rs2);
+        if (unlikely(isnan(a) || isnan(bb)))
+            return 0;
+        X[o->rd] = o->kind == OP_fle_d ? a <= bb : o->kind == OP_flt_d ? a < bb : a == bb;
+        break;
+    }
+    default:
+        return 0;
+    }
+    h->mstatus |= MSTATUS_FS;
+    return 1;
+}
+
 /* One op without an inline translation, with the interpreter's semantics.  0: done; else the
  * value translated code returns (1: go to the C loop, 2: leave the run loop). */
 static int jit_helper(hart *h, const op *o, uint32_t k)
@@ -398,6 +485,8 @@ static int jit_helper(hart *h, const op *o, uint32_t k)
     case OP_fmadd_s: case OP_fmsub_s: case OP_fnmsub_s: case OP_fnmadd_s:
     case OP_fmv_d: case OP_fle_d: case OP_flt_d: case OP_feq_d: case OP_fcvt_d_w:
     case OP_fp:
+        if (o->kind != OP_fp && jit_fp_fast(h, o))
+            return 0;
         if (unlikely(fp_exec(h, (uint32_t)o->imm))) {
             h->pc = o->pc;
             h->insns += k;
@@ -412,7 +501,7 @@ static int jit_helper(hart *h, const op *o, uint32_t k)
 
 /* ------------------------------------------------------------------ the translator ----- */
 
-enum { FIX_LOAD, FIX_STORE, FIX_BRANCH };
+enum { FIX_LOAD, FIX_STORE, FIX_BRANCH, FIX_HELPER };
 
 typedef struct jit_fixup {
     int kind;
@@ -430,7 +519,7 @@ typedef struct jit_ctx {
     int8_t hreg[33];    /* guest register -> host register, or -1 */
     uint64_t written;   /* allocated guest registers the block writes */
     uint64_t allocated;
-    jit_fixup fix[3 * BLOCK_MAX + 4];
+    jit_fixup fix[4 * BLOCK_MAX + 8];
     int nfix;
     uint8_t *bail_jcc[2];
 } jit_ctx;
@@ -793,6 +882,188 @@ static void minmax(jit_ctx *c, const op *o, int cc_take_rs2)
     wr(c, o->rd, RAX);
 }
 
+#define FOFF(r) (OFF(f) + 8 * (int32_t)(r))
+
+/* Jump to the out-of-line helper call unless FS is on (and, for `rnd`, the rounding mode is
+ * nearest-even: a static rm of 0, or a dynamic one with frm = 0).  Returns the branches. */
+static int fp_guard(jit_ctx *c, const op *o, int rnd, uint8_t **out)
+{
+    jbuf *j = &c->j;
+    int n = 0;
+    RM(j, F_W, 0xf7, 0, RBX, OFF(mstatus)); /* test qword [mstatus], FS */
+    e32(j, (uint32_t)MSTATUS_FS);
+    out[n++] = x_jcc(j, CC_E);
+    if (rnd && o->rm == 7) {
+        RM(j, 0, 0x83, G_CMP, RBX, OFF(frm));
+        e8(j, 0);
+        out[n++] = x_jcc(j, CC_NE);
+    }
+    return n;
+}
+
+static void fp_dirty(jit_ctx *c)
+{
+    RM(&c->j, F_W, 0x81, G_OR, RBX, OFF(mstatus));
+    e32(&c->j, (uint32_t)MSTATUS_FS);
+}
+
+static void add_helper_fixes(jit_ctx *c, uint8_t **jccs, int n, const op *o, uint32_t k)
+{
+    for (int i = 0; i < n; i++) {
+        jit_fixup *f = &c->fix[c->nfix++];
+        f->kind = FIX_HELPER;
+        f->jcc = jccs[i];
+        f->o = o;
+        f->k = k;
+        f->target = 0;
+        f->cont = NULL; /* set by the caller once the op's code is complete */
+    }
+}
+
+static void set_fix_cont(jit_ctx *c, int from)
+{
+    for (int i = from; i < c->nfix; i++)
+        if (c->fix[i].kind == FIX_HELPER && !c->fix[i].cont)
+            c->fix[i].cont = c->j.p;
+}
+
+/* fadd/fsub/fmul/fdiv.d, fcvt.d.w, fmv.d, feq/flt/fle.d inline (SSE2 computes them
+ * exactly as the C code does, flags in MXCSR included); fld/fsd/flw/fsw with the inline TLB
+ * check.  Anything unusual (FS off, another rounding mode, a NaN compare, a TLB miss) calls
+ * jit_helper(). */
+static int emit_fp(jit_ctx *c, const op *o, uint32_t k)
+{
+    jbuf *j = &c->j;
+    uint8_t *br[4];
+    int first = c->nfix;
+    int n;
+    switch (o->kind) {
+    case OP_fadd_d: case OP_fsub_d: case OP_fmul_d: case OP_fdiv_d: {
+        n = fp_guard(c, o, 1, br);
+        RM(j, F_F2, 0x0f10, 0, RBX, FOFF(o->rs1));                 /* movsd xmm0, rs1 */
+        unsigned opc = o->kind == OP_fadd_d ? 0x0f58 : o->kind == OP_fsub_d ? 0x0f5c :
+                       o->kind == OP_fmul_d ? 0x0f59 : 0x0f5e;
+        RM(j, F_F2, opc, 0, RBX, FOFF(o->rs2));
+        RR(j, F_66, 0x0f2e, 0, 0);                                 /* ucomisd xmm0, xmm0 */
+        uint8_t *ok = x_jcc(j, 0xb);                              /* jnp */
+        x_mov_ri(j, RAX, CANON_NAN64);
+        RM(j, F_W, O_MOV_ST, RAX, RBX, FOFF(o->rd));
+        uint8_t *done = x_jmp(j);
+        x_patch(ok, j->p);
+        RM(j, F_F2, 0x0f11, 0, RBX, FOFF(o->rd));                 /* movsd rd, xmm0 */
+        x_patch(done, j->p);
+        fp_dirty(c);
+        add_helper_fixes(c, br, n, o, k);
+        break;
+    }
+    case OP_fadd_s: case OP_fsub_s: case OP_fmul_s: case OP_fdiv_s: {
+        n = fp_guard(c, o, 1, br);
+        /* both operands NaN-boxed (else the helper: a canonical NaN operand) */
+        RM(j, 0, 0x83, G_CMP, RBX, FOFF(o->rs1) + 4);
+        e8(j, 0xff);
+        br[n++] = x_jcc(j, CC_NE);
+        RM(j, 0, 0x83, G_CMP, RBX, FOFF(o->rs2) + 4);
+        e8(j, 0xff);
+        br[n++] = x_jcc(j, CC_NE);
+        RM(j, F_F3, 0x0f10, 0, RBX, FOFF(o->rs1));                 /* movss xmm0, rs1 */
+        unsigned opc = o->kind == OP_fadd_s ? 0x0f58 : o->kind == OP_fsub_s ? 0x0f5c :
+                       o->kind == OP_fmul_s ? 0x0f59 : 0x0f5e;
+        RM(j, F_F3, opc, 0, RBX, FOFF(o->rs2));
+        RR(j, 0, 0x0f2e, 0, 0);                                    /* ucomiss xmm0, xmm0 */
+        uint8_t *ok = x_jcc(j, 0xb);                              /* jnp */
+        RM(j, 0, 0xc7, 0, RBX, FOFF(o->rd));
+        e32(j, CANON_NAN32);
+        uint8_t *done = x_jmp(j);
+        x_patch(ok, j->p);
+        RM(j, F_F3, 0x0f11, 0, RBX, FOFF(o->rd));                 /* movss rd, xmm0 */
+        x_patch(done, j->p);
+        RM(j, 0, 0xc7, 0, RBX, FOFF(o->rd) + 4);                  /* the NaN box */
+        e32(j, 0xffffffffu);
+        fp_dirty(c);
+        add_helper_fixes(c, br, n, o, k);
+        break;
+    }
+    case OP_fmadd_d: case OP_fmsub_d: case OP_fnmsub_d: case OP_fnmadd_d: {
+        if (!c->js->fma)
+            return 0;
+        n = fp_guard(c, o, 1, br);
+        RM(j, F_F2, 0x0f10, 0, RBX, FOFF(o->rs1));                 /* xmm0 = a */
+        RM(j, F_F2, 0x0f10, 1, RBX, FOFF(o->rs2));                 /* xmm1 = b */
+        /* vfm*213sd xmm0, xmm1, [c]: xmm0 = +-(xmm1 * xmm0) +- c */
+        unsigned opc = o->kind == OP_fmadd_d ? 0xa9 : o->kind == OP_fmsub_d ? 0xab :
+                       o->kind == OP_fnmsub_d ? 0xad : 0xaf;
+        e8(j, 0xc4);
+        e8(j, 0xe2);             /* R X B = 0 (inverted), map 0F38 */
+        e8(j, 0xf1);             /* W1, vvvv = ~xmm1, L0, pp = 66 */
+        e8(j, opc);
+        e8(j, 0x83);             /* mod 10, reg xmm0, rm rbx */
+        e32(j, (uint32_t)FOFF(o->rs3));
+        RR(j, F_66, 0x0f2e, 0, 0);                                 /* ucomisd xmm0, xmm0 */
+        br[n++] = x_jcc(j, 0xa);  /* a NaN (perhaps inf * 0): the helper decides */
+        RM(j, F_F2, 0x0f11, 0, RBX, FOFF(o->rd));
+        fp_dirty(c);
+        add_helper_fixes(c, br, n, o, k);
+        break;
+    }
+    case OP_fcvt_d_w: {
+        n = fp_guard(c, o, 1, br);
+        int a = src(c, o->rs1, RAX);
+        RR(j, F_F2, 0x0f2a, 0, a);                                 /* cvtsi2sd xmm0, r32 */
+        RM(j, F_F2, 0x0f11, 0, RBX, FOFF(o->rd));
+        fp_dirty(c);
+        add_helper_fixes(c, br, n, o, k);
+        break;
+    }
+    case OP_fmv_d:
+        n = fp_guard(c, o, 0, br);
+        RM(j, F_W, O_MOV, RAX, RBX, FOFF(o->rs1));
+        RM(j, F_W, O_MOV_ST, RAX, RBX, FOFF(o->rd));
+        fp_dirty(c);
+        add_helper_fixes(c, br, n, o, k);
+        break;
+    case OP_fle_d: case OP_flt_d: case OP_feq_d: {
+        n = fp_guard(c, o, 0, br);
+        RM(j, F_F2, 0x0f10, 0, RBX, FOFF(o->rs1));
+        RM(j, F_F2, 0x0f10, 1, RBX, FOFF(o->rs2));
+        RR(j, F_66, 0x0f2e, 0, 1);                                 /* ucomisd xmm0, xmm1 */
+        br[n++] = x_jcc(j, 0xa);                                   /* jp: a NaN */
+        int cc = o->kind == OP_fle_d ? 6 : o->kind == OP_flt_d ? CC_B : CC_E; /* be, b, e */
+        RR(j, 0, 0x0f90u + (unsigned)cc, 0, RAX);
+        RR(j, 0, O_MOVZX8, RAX, RAX);
+        wr(c, o->rd, RAX);
+        fp_dirty(c);
+        add_helper_fixes(c, br, n, o, k);
+        break;
+    }
+    case OP_fld: case OP_flw: case OP_fsd: case OP_fsw: {
+        int load = o->kind == OP_fld || o->kind == OP_flw;
+        unsigned size = o->kind == OP_fld || o->kind == OP_fsd ? 8 : 4;
+        n = fp_guard(c, o, 0, br);
+        br[n++] = tlb_check(c, o, load ? R12 : R13, size);
+        if (load) {
+            if (size == 8) {
+                RM(j, F_W, O_MOV, RAX, RDX, 0);
+            } else {
+                RM(j, 0, O_MOV, RAX, RDX, 0);
+                x_mov_ri(j, RCX, 0xffffffff00000000ull);
+                RR(j, F_W, O_OR, RAX, RCX);
+            }
+            RM(j, F_W, O_MOV_ST, RAX, RBX, FOFF(o->rd));
+            fp_dirty(c);
+        } else {
+            RM(j, F_W, O_MOV, RAX, RBX, FOFF(o->rs2));
+            RM(j, size == 8 ? F_W : 0, O_MOV_ST, RAX, RDX, 0);
+        }
+        add_helper_fixes(c, br, n, o, k);
+        break;
+    }
+    default:
+        return 0;
+    }
+    set_fix_cont(c, first);
+    return 1;
+}
+
 /* One op; returns 1 when it ended the block (nothing after it runs). */
 static int emit_op(jit_ctx *c, const op *o, uint32_t k)
 {
@@ -951,7 +1222,8 @@ static int emit_op(jit_ctx *c, const op *o, uint32_t k)
         x_patch(x_jmp(j), c->js->epilogue32);
         return 1;
     default:
-        call_op_helper(c, (const void *)jit_helper, o, k);
+        if (!emit_fp(c, o, k))
+            call_op_helper(c, (const void *)jit_helper, o, k);
         return 0;
     }
 }
@@ -968,6 +1240,17 @@ static void emit_fixups(jit_ctx *c)
             continue;
         }
         spill(c);
+        if (f->kind == FIX_HELPER) {
+            x_mov_rr(j, RDI, RBX);
+            x_movabs(j, RSI, (uint64_t)(uintptr_t)f->o);
+            x_mov_ri(j, RDX, f->k);
+            x_call(j, (const void *)jit_helper);
+            RR(j, 0, O_TEST, RAX, RAX);
+            x_patch(x_jcc(j, CC_NE), c->js->epilogue32);
+            reload(c);
+            x_patch(x_jmp(j), f->cont);
+            continue;
+        }
         x_mov_rr(j, RSI, RDX); /* va */
         x_mov_rr(j, RDI, RBX);
         x_movabs(j, RDX, (uint64_t)(uintptr_t)f->o);
@@ -1081,6 +1364,13 @@ static int jit_compile(tcg_engine *e, block *b)
 
 static void jit_link(jit_state *js, jit_exit_info *xi, block *b)
 {
+    int32_t d;
+    memcpy(&d, xi->site, 4);
+    uint64_t pp = ~(uint64_t)0;
+    if (xi->ppage_imm)
+        memcpy(&pp, xi->ppage_imm, 8);
+    if (xi->site + 4 + d == (uint8_t *)b->jit && (!xi->ppage_imm || pp == (b->ppc & PAGE_MASK)))
+        return; /* already */
     uint8_t *lo = xi->site, *hi = xi->site + 4;
     if (xi->ppage_imm && xi->ppage_imm < lo)
         lo = xi->ppage_imm;
@@ -1135,6 +1425,7 @@ static void jit_init(tcg_engine *e)
         return;
     }
     js->code = m;
+    js->fma = __builtin_cpu_supports("fma") && __builtin_cpu_supports("avx");
     /* the trampoline: uintptr_t enter(hart *h, const void *code, const tlb_entry *tlb_x) */
     jbuf jb = {js->code, js->code + 4096, 0}, *j = &jb;
     static const int saved[] = {RBX, RBP, R12, R13, R14, R15};
@@ -1198,8 +1489,17 @@ static int jit_run(hart *h, block *b)
         }
     }
     jit_exit_info *xi = js->pending[h->id];
-    if (xi && js->pending_gen[h->id] == js->gen && xi->target == h->pc && b->vpc == h->pc)
-        jit_link(js, xi, b);
+    if (xi && js->pending_gen[h->id] == js->gen && xi->target == h->pc && b->vpc == h->pc) {
+        const tlb_entry *t = &h->tlb_x[fetch_mode(h->priv)][(h->pc >> 12) & TLB_MASK];
+        if (xi->ppage_imm && (t->tag != (h->pc & PAGE_MASK) || t->ppage != (b->ppc & PAGE_MASK))) {
+            /* a jump-cache hit: look the block up the long way, which fills the entry */
+            js->pending[h->id] = NULL;
+            if (lookup_block(h) != b || js->pending_gen[h->id] != js->gen)
+                return 0; /* a trap, or everything was forgotten: start over at next_block */
+        }
+        if (t->tag == (h->pc & PAGE_MASK) || !xi->ppage_imm)
+            jit_link(js, xi, b);
+    }
     js->pending[h->id] = NULL;
     uintptr_t r = js->enter(h, b->jit, h->tlb_x[fetch_mode(h->priv)]);
     if (r == 1)
