@@ -3853,6 +3853,9 @@ int tcg_set_jit(tcg_engine *e, int on)
     return e->jit_on;
 }
 
+uint64_t tcg_jit_translated(tcg_engine *e) { return jit_translated(e); }
+void tcg_set_jit_threshold(tcg_engine *e, uint32_t n) { jit_set_threshold(e, n); }
+
 void tcg_set_icount(tcg_engine *e, int shift)
 {
     uint64_t now = mtime_now(e, NULL);

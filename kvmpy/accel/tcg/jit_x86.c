@@ -75,6 +75,8 @@ typedef struct jit_state {
     uint64_t gen;     /* bumped when every translation is forgotten */
     int failed;       /* the code buffer could not be made executable: interpret */
     int fma;          /* the host has FMA3 (and the OS saves AVX state) */
+    uint64_t translated; /* blocks translated so far */
+    uint32_t threshold;  /* lookups of a block before it is translated */
     jit_exit_info **pending; /* per hart: the exit to chain to the next block entered */
     uint64_t *pending_gen;
 } jit_state;
@@ -522,6 +524,7 @@ typedef struct jit_ctx {
     jit_fixup fix[4 * BLOCK_MAX + 8];
     int nfix;
     uint8_t *bail_jcc[2];
+    uint8_t *body;      /* after the entry check and the register loads */
 } jit_ctx;
 
 static int op_native(unsigned kind)
@@ -572,9 +575,12 @@ static void op_uses(const op *o, int *r1, int *r2)
     }
 }
 
+/* Does the inline translation of o write the integer register rd? */
 static int op_writes_rd(const op *o)
 {
     switch (o->kind) {
+    case OP_fle_d: case OP_flt_d: case OP_feq_d: /* emit_fp */
+        return 1;
     case OP_nop: case OP_end: case OP_system:
     case OP_beq: case OP_bne: case OP_blt: case OP_bge: case OP_bltu: case OP_bgeu:
     case OP_sb: case OP_sh: case OP_sw: case OP_sd:
@@ -676,6 +682,77 @@ static void chain_exit(jit_ctx *c, uint64_t target, uint32_t k)
         uint64_t a = (uint64_t)(uintptr_t)rec;
         memcpy(info_imm, &a, 8);
     }
+}
+
+/* Leave for the pc in rdx after `k` instructions (an indirect jump): through the hart's jump
+ * cache straight to the successor's translation when there is one, else to the C loop.  The
+ * cached registers must already be stored. */
+static void jump_cache_exit(jit_ctx *c, uint32_t k)
+{
+    jbuf *j = &c->j;
+    uint8_t *out[6];
+    int n = 0;
+    RM(j, F_W, 0x83, G_ADD, RBX, OFF(insns));
+    e8(j, k);
+    RM(j, F_W, O_MOV, RAX, RBX, OFF(insns));
+    RM(j, F_W, O_CMP, RAX, RBX, OFF(limit));
+    out[n++] = x_jcc(j, CC_AE);
+    RM(j, 0, 0x83, G_CMP, RBX, OFF(attention));
+    e8(j, 0);
+    out[n++] = x_jcc(j, CC_NE);
+    /* j = &h->jc[(pc >> 1) & (JC_SIZE - 1)]; key = pc ^ priv << 56 */
+    x_mov_rr(j, RCX, RDX);
+    x_shift_ri(j, F_W, S_SHR, RCX, 1);
+    x_alu_ri(j, 0, G_AND, RCX, JC_SIZE - 1);
+    RMX(j, F_W, O_LEA, RCX, RCX, RCX, 2, 0);                  /* * 3 (24-byte entries) */
+    RMX(j, F_W, O_LEA, RCX, RBX, RCX, 8, OFF(jc));
+    RM(j, F_W, O_MOVSXD, RAX, RBX, OFF(priv));
+    x_shift_ri(j, F_W, S_SHL, RAX, 56);
+    RR(j, F_W, O_XOR, RAX, RDX);
+    RM(j, F_W, O_CMP, RAX, RCX, (int32_t)offsetof(jc_entry, key));
+    out[n++] = x_jcc(j, CC_NE);
+    RM(j, F_W, O_MOV, RAX, RBX, OFF(jc_gen));
+    RM(j, F_W, O_CMP, RAX, RCX, (int32_t)offsetof(jc_entry, gen));
+    out[n++] = x_jcc(j, CC_NE);
+    RM(j, F_W, O_MOV, RAX, RCX, (int32_t)offsetof(jc_entry, b));
+    RM(j, F_W, O_MOV, RAX, RAX, (int32_t)offsetof(block, jit));
+    RR(j, F_W, O_TEST, RAX, RAX);
+    out[n++] = x_jcc(j, CC_E);
+    RR(j, 0, 0xff, 4, RAX);                                    /* jmp rax */
+    for (int i = 0; i < n; i++)
+        x_patch(out[i], j->p);
+    RM(j, F_W, O_MOV_ST, RDX, RBX, OFF(pc));
+    x_mov_ri(j, RAX, 1);
+    x_patch(x_jmp(j), c->js->epilogue);
+}
+
+/* Back to the start of this same block after `k` instructions: the cached registers stay
+ * where they are (the next exit stores them); only the limit, attention and a store to the
+ * block's own code (valid) are checked, the same as a chain. */
+static void self_loop(jit_ctx *c, uint32_t k)
+{
+    jbuf *j = &c->j;
+    RM(j, F_W, 0x83, G_ADD, RBX, OFF(insns));
+    e8(j, k);
+    RM(j, F_W, O_MOV, RAX, RBX, OFF(insns));
+    RM(j, F_W, O_CMP, RAX, RBX, OFF(limit));
+    uint8_t *out[3];
+    out[0] = x_jcc(j, CC_AE);
+    RM(j, 0, 0x83, G_CMP, RBX, OFF(attention));
+    e8(j, 0);
+    out[1] = x_jcc(j, CC_NE);
+    x_movabs(j, RAX, (uint64_t)(uintptr_t)c->b);
+    RM(j, 0, 0x80, G_CMP, RAX, (int32_t)offsetof(block, valid));
+    e8(j, 0);
+    out[2] = x_jcc(j, CC_E);
+    x_patch(x_jmp(j), c->body);
+    for (int i = 0; i < 3; i++)
+        x_patch(out[i], j->p);
+    spill(c);
+    x_movabs(j, RAX, c->b->vpc);
+    RM(j, F_W, O_MOV_ST, RAX, RBX, OFF(pc));
+    x_mov_ri(j, RAX, 1);
+    x_patch(x_jmp(j), c->js->epilogue);
 }
 
 /* Return `code` (1: the C loop, 2: leave run_loop) with pc = `pc`, after `k` instructions.
@@ -803,9 +880,32 @@ static void emit_branch(jit_ctx *c, const op *o, uint32_t k)
     add_fix(c, FIX_BRANCH, x_jcc(j, cc), o, k + 1, o->pc + (uint64_t)o->imm);
 }
 
+/* The host register that receives rd: its own, else rax (then stored with wr()). */
+static int dst(jit_ctx *c, int g)
+{
+    return g < 32 && g > 0 && c->hreg[g] >= 0 ? c->hreg[g] : RAX;
+}
+
 /* rd = rs1 OP rs2 (64-bit group-1 ops, r, r/m direction opcode) */
 static void alu_rr(jit_ctx *c, const op *o, uint32_t opc, unsigned fl, int sext)
 {
+    if (o->rd == 32)
+        return;
+    int d = dst(c, o->rd);
+    if (d != RAX && !sext) {
+        int bb = src(c, o->rs2, RCX);
+        if (bb != d) {
+            int a = src(c, o->rs1, d);
+            x_mov_rr(&c->j, d, a);
+            RR(&c->j, fl, opc, d, bb);
+            return;
+        }
+        if (opc != O_SUB) { /* rd = rs2: commutative */
+            int a = src(c, o->rs1, RAX);
+            RR(&c->j, fl, opc, d, a);
+            return;
+        }
+    }
     ld_rax(c, o->rs1);
     int bb = src(c, o->rs2, RCX);
     RR(&c->j, fl, opc, RAX, bb);
@@ -816,6 +916,20 @@ static void alu_rr(jit_ctx *c, const op *o, uint32_t opc, unsigned fl, int sext)
 
 static void alu_ri(jit_ctx *c, const op *o, int g, unsigned fl, int sext)
 {
+    if (o->rd == 32)
+        return;
+    int d = dst(c, o->rd);
+    if (d != RAX && !sext) {
+        int a = src(c, o->rs1, d);
+        if (g == G_ADD && a != d) {
+            RM(&c->j, F_W, O_LEA, d, a, (int32_t)o->imm);
+        } else {
+            x_mov_rr(&c->j, d, a);
+            if (o->imm || g == G_AND)
+                x_alu_ri(&c->j, fl, g, d, (int32_t)o->imm);
+        }
+        return;
+    }
     ld_rax(c, o->rs1);
     x_alu_ri(&c->j, fl, g, RAX, (int32_t)o->imm);
     if (sext)
@@ -825,6 +939,15 @@ static void alu_ri(jit_ctx *c, const op *o, int g, unsigned fl, int sext)
 
 static void shift_ri(jit_ctx *c, const op *o, int g, unsigned fl, int sext)
 {
+    if (o->rd == 32)
+        return;
+    int d = dst(c, o->rd);
+    if (d != RAX && !sext) {
+        int a = src(c, o->rs1, d);
+        x_mov_rr(&c->j, d, a);
+        x_shift_ri(&c->j, fl, g, d, (unsigned)o->imm);
+        return;
+    }
     ld_rax(c, o->rs1);
     x_shift_ri(&c->j, fl, g, RAX, (unsigned)o->imm);
     if (sext)
@@ -1088,13 +1211,22 @@ static int emit_op(jit_ctx *c, const op *o, uint32_t k)
         }
         return 0;
     case OP_mv:
-        ld_rax(c, o->rs1);
-        wr(c, o->rd, RAX);
+        if (o->rd != 32) {
+            int d = dst(c, o->rd);
+            int a = src(c, o->rs1, d);
+            x_mov_rr(j, d, a);
+            if (d == RAX)
+                wr(c, o->rd, RAX);
+        }
         return 0;
     case OP_jal:
         if (o->rd != 32) {
             x_mov_ri(j, RAX, o->pc + o->len);
             wr(c, o->rd, RAX);
+        }
+        if (o->pc + (uint64_t)o->imm == c->b->vpc) {
+            self_loop(c, k + 1);
+            return 1;
         }
         spill(c);
         chain_exit(c, o->pc + (uint64_t)o->imm, k + 1);
@@ -1109,11 +1241,7 @@ static int emit_op(jit_ctx *c, const op *o, uint32_t k)
             wr(c, o->rd, RAX);
         }
         spill(c);
-        RM(j, F_W, 0x83, G_ADD, RBX, OFF(insns));
-        e8(j, k + 1);
-        RM(j, F_W, O_MOV_ST, RDX, RBX, OFF(pc));
-        x_mov_ri(j, RAX, 1);
-        x_patch(x_jmp(j), c->js->epilogue);
+        jump_cache_exit(c, k + 1);
         return 1;
     case OP_beq: case OP_bne: case OP_blt: case OP_bge: case OP_bltu: case OP_bgeu:
         emit_branch(c, o, k);
@@ -1235,6 +1363,10 @@ static void emit_fixups(jit_ctx *c)
         jit_fixup *f = &c->fix[i];
         x_patch(f->jcc, j->p);
         if (f->kind == FIX_BRANCH) {
+            if (f->target == c->b->vpc) {
+                self_loop(c, f->k);
+                continue;
+            }
             spill(c);
             chain_exit(c, f->target, f->k);
             continue;
@@ -1326,6 +1458,7 @@ static int jit_compile(tcg_engine *e, block *b)
     c->js = js;
     c->b = b;
     c->nfix = 0;
+    c->body = NULL;
     c->j.p = js->code + start;
     c->j.end = js->code + start + JIT_BLOCK_ROOM;
     c->j.overflow = 0;
@@ -1343,6 +1476,7 @@ static int jit_compile(tcg_engine *e, block *b)
     e8(j, 0);
     c->bail_jcc[1] = x_jcc(j, CC_E);
     reload(c);
+    c->body = j->p;
 
     for (uint32_t i = 0; i <= b->n; i++)
         if (emit_op(c, &b->ops[i], i))
@@ -1358,6 +1492,7 @@ static int jit_compile(tcg_engine *e, block *b)
     if (overflow)
         return -1;
     js->used = end;
+    js->translated++;
     b->jit = entry;
     return 0;
 }
@@ -1425,6 +1560,7 @@ static void jit_init(tcg_engine *e)
         return;
     }
     js->code = m;
+    js->threshold = JIT_HOT;
     js->fma = __builtin_cpu_supports("fma") && __builtin_cpu_supports("avx");
     /* the trampoline: uintptr_t enter(hart *h, const void *code, const tlb_entry *tlb_x) */
     jbuf jb = {js->code, js->code + 4096, 0}, *j = &jb;
@@ -1460,12 +1596,13 @@ static void jit_init(tcg_engine *e)
 }
 
 /* May hart h run translated code now?  Not while anything that needs the interpreter's
- * per-instruction or per-block view is on. */
+ * per-instruction or per-block view is on.  (-icount needs nothing more: its timer checks are
+ * the instruction limit, which translated code honours at the same block boundaries.) */
 static inline int jit_usable(const hart *h)
 {
     const tcg_engine *e = h->e;
     return e->jit_on && e->jit && !e->jit->failed && !h->single_step && !h->dbg_block &&
-           !e->nbp && !e->nwp && e->icount_shift < 0 &&
+           !e->nbp && !e->nwp &&
            !(e->trace_flags & ((1u << TCG_TRACE_IN_ASM) | (1u << TCG_TRACE_EXEC)));
 }
 
@@ -1478,7 +1615,7 @@ static int jit_run(hart *h, block *b)
     if (!b->valid)
         return -1;
     if (!b->jit) {
-        if (++b->jit_hot < JIT_HOT)
+        if (++b->jit_hot < js->threshold)
             return -1;
         if (jit_compile(e, b) != 0) {
             if (js->failed)
@@ -1511,6 +1648,14 @@ static int jit_run(hart *h, block *b)
     return 0;
 }
 
+static uint64_t jit_translated(const tcg_engine *e) { return e->jit ? e->jit->translated : 0; }
+
+static void jit_set_threshold(tcg_engine *e, uint32_t n)
+{
+    if (e->jit)
+        e->jit->threshold = n ? n : 1;
+}
+
 #else /* no translator on this host */
 
 #define JIT_BUILT 0
@@ -1519,5 +1664,7 @@ static inline void jit_free(tcg_engine *e) { (void)e; }
 static inline void jit_reset(tcg_engine *e) { (void)e; }
 static inline int jit_usable(const hart *h) { (void)h; return 0; }
 static inline int jit_run(hart *h, block *b) { (void)h; (void)b; return -1; }
+static inline uint64_t jit_translated(const tcg_engine *e) { (void)e; return 0; }
+static inline void jit_set_threshold(tcg_engine *e, uint32_t n) { (void)e; (void)n; }
 
 #endif
