@@ -4031,6 +4031,9 @@ int tcg_get_reg(tcg_engine *e, int hartid, int reg, uint64_t *value)
     }
     if (reg >= TCG_REG_CSR && reg < TCG_REG_CSR + 4096) {
         h->mip_sw |= ATOMIC_XCHG(&h->mip_edge, 0);
+        /* tcg_run took the guest's FP flags when it ended: what the host has raised since
+         * (the VMM's own floating point) is not the guest's */
+        (void)host_flags_take();
         return csr_read(h, (unsigned)(reg - TCG_REG_CSR), value, 0);
     }
     return -1;
