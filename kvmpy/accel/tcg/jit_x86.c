@@ -525,6 +525,8 @@ typedef struct jit_ctx {
     int nfix;
     uint8_t *bail_jcc[2];
     uint8_t *body;      /* after the entry check and the register loads */
+    int fs_on;          /* an earlier FP op of the block checked that FS is on */
+    int fs_dirty;       /* an earlier FP op of the block set FS dirty */
 } jit_ctx;
 
 static int op_native(unsigned kind)
@@ -1013,9 +1015,14 @@ static int fp_guard(jit_ctx *c, const op *o, int rnd, uint8_t **out)
 {
     jbuf *j = &c->j;
     int n = 0;
-    RM(j, F_W, 0xf7, 0, RBX, OFF(mstatus)); /* test qword [mstatus], FS */
-    e32(j, (uint32_t)MSTATUS_FS);
-    out[n++] = x_jcc(j, CC_E);
+    /* FS only changes in CSR writes, which end blocks: once checked (on the helper path
+     * too, which traps when it is off), it stays on for the rest of the block */
+    if (!c->fs_on) {
+        RM(j, F_W, 0xf7, 0, RBX, OFF(mstatus)); /* test qword [mstatus], FS */
+        e32(j, (uint32_t)MSTATUS_FS);
+        out[n++] = x_jcc(j, CC_E);
+        c->fs_on = 1;
+    }
     if (rnd && o->rm == 7) {
         RM(j, 0, 0x83, G_CMP, RBX, OFF(frm));
         e8(j, 0);
@@ -1026,8 +1033,11 @@ static int fp_guard(jit_ctx *c, const op *o, int rnd, uint8_t **out)
 
 static void fp_dirty(jit_ctx *c)
 {
+    if (c->fs_dirty) /* an earlier op of the block (or its helper) made it so */
+        return;
     RM(&c->j, F_W, 0x81, G_OR, RBX, OFF(mstatus));
     e32(&c->j, (uint32_t)MSTATUS_FS);
+    c->fs_dirty = 1;
 }
 
 static void add_helper_fixes(jit_ctx *c, uint8_t **jccs, int n, const op *o, uint32_t k)
@@ -1459,6 +1469,7 @@ static int jit_compile(tcg_engine *e, block *b)
     c->b = b;
     c->nfix = 0;
     c->body = NULL;
+    c->fs_on = c->fs_dirty = 0;
     c->j.p = js->code + start;
     c->j.end = js->code + start + JIT_BLOCK_ROOM;
     c->j.overflow = 0;
