@@ -2,14 +2,13 @@
 
 Two engines run the same program from the same RAM image, one with translation and one
 without, with -icount (guest time counts instructions, so timer interrupts come at the same
-instruction on both) and a CLINT, in slices of 64 instructions (the smallest slice that still runs whole blocks, so
-translated blocks and their chains are what runs; every block is translated the first time
-it runs); after every slice the exits, pc, retired
-instruction count, every integer and FP register and the trap CSRs must be equal, and so must
-RAM at the end.  The programs are the ISA programs of tests/guests/ (but the multi-hart
-ones) and programs hypothesis generates from random instruction
-sequences run in a loop, so that their blocks are translated, chained, and taken at both
-exits.
+instruction on both) and a CLINT, in slices of 64 instructions: the smallest slice that
+still runs whole blocks, so translated blocks and their chains are what runs, and every block
+is translated the first time it runs.  After every slice the exits, pc, retired instruction
+count, every integer and FP register and the trap CSRs must be equal, and so must RAM at the
+end.  The programs are the ISA programs of tests/guests/ (but the multi-hart ones) and
+programs hypothesis generates from random instruction sequences run in a loop, so that their
+blocks are translated, chained, and taken at both exits.
 """
 
 from __future__ import annotations
