@@ -525,6 +525,9 @@ typedef struct jit_ctx {
     int nfix;
     uint8_t *bail_jcc[2];
     uint8_t *body;      /* after the entry check and the register loads */
+    int8_t fx[32];      /* guest FP register -> xmm register caching it, or -1 */
+    uint32_t fwritten;  /* cached FP registers the block writes */
+    uint32_t fallocated;
     int fs_on;          /* an earlier FP op of the block checked that FS is on */
     int fs_dirty;       /* an earlier FP op of the block set FS dirty */
 } jit_ctx;
@@ -592,11 +595,17 @@ static int op_writes_rd(const op *o)
     }
 }
 
+#define OFF(f) ((int32_t)offsetof(hart, f))
+#define FOFF(r) (OFF(f) + 8 * (int32_t)(r))
+
 static void spill(jit_ctx *c)
 {
     for (int g = 1; g < 32; g++)
         if ((c->written >> g) & 1)
             RM(&c->j, F_W, O_MOV_ST, c->hreg[g], RBX, 8 * g);
+    for (int g = 0; g < 32; g++)
+        if ((c->fwritten >> g) & 1)
+            RM(&c->j, F_F2, 0x0f11, c->fx[g], RBX, FOFF(g)); /* movsd [f], xmm */
 }
 
 static void reload(jit_ctx *c)
@@ -604,6 +613,38 @@ static void reload(jit_ctx *c)
     for (int g = 1; g < 32; g++)
         if ((c->allocated >> g) & 1)
             RM(&c->j, F_W, O_MOV, c->hreg[g], RBX, 8 * g);
+    for (int g = 0; g < 32; g++)
+        if ((c->fallocated >> g) & 1)
+            RM(&c->j, F_F2, 0x0f10, c->fx[g], RBX, FOFF(g)); /* movsd xmm, [f] */
+}
+
+/* xmm x = guest FP register g (its 64 bits) */
+static void f_get(jit_ctx *c, int x, int g)
+{
+    if (c->fx[g] >= 0) {
+        if (c->fx[g] != x)
+            RR(&c->j, F_66, 0x0f28, x, c->fx[g]); /* movapd */
+    } else {
+        RM(&c->j, F_F2, 0x0f10, x, RBX, FOFF(g));
+    }
+}
+
+/* guest FP register g = xmm0 */
+static void f_set(jit_ctx *c, int g)
+{
+    if (c->fx[g] >= 0)
+        RR(&c->j, F_66, 0x0f28, c->fx[g], 0);
+    else
+        RM(&c->j, F_F2, 0x0f11, 0, RBX, FOFF(g));
+}
+
+/* op xmm x, guest FP register g (prefix flags fl, two-byte opcode) */
+static void f_op(jit_ctx *c, unsigned fl, unsigned opc, int x, int g)
+{
+    if (c->fx[g] >= 0)
+        RR(&c->j, fl, opc, x, c->fx[g]);
+    else
+        RM(&c->j, fl, opc, x, RBX, FOFF(g));
 }
 
 /* A host register holding guest register g: its own, or `tmp` loaded with it. */
@@ -637,7 +678,6 @@ static void ld_rax(jit_ctx *c, int g)
     x_mov_rr(&c->j, RAX, r);
 }
 
-#define OFF(f) ((int32_t)offsetof(hart, f))
 
 /* Leave for `target` after `k` more retired instructions: chain, or return to the C loop.
  * The cached registers must already be stored. */
@@ -1007,8 +1047,6 @@ static void minmax(jit_ctx *c, const op *o, int cc_take_rs2)
     wr(c, o->rd, RAX);
 }
 
-#define FOFF(r) (OFF(f) + 8 * (int32_t)(r))
-
 /* Jump to the out-of-line helper call unless FS is on (and, for `rnd`, the rounding mode is
  * nearest-even: a static rm of 0, or a dynamic one with frm = 0).  Returns the branches. */
 static int fp_guard(jit_ctx *c, const op *o, int rnd, uint8_t **out)
@@ -1073,18 +1111,16 @@ static int emit_fp(jit_ctx *c, const op *o, uint32_t k)
     switch (o->kind) {
     case OP_fadd_d: case OP_fsub_d: case OP_fmul_d: case OP_fdiv_d: {
         n = fp_guard(c, o, 1, br);
-        RM(j, F_F2, 0x0f10, 0, RBX, FOFF(o->rs1));                 /* movsd xmm0, rs1 */
+        f_get(c, 0, o->rs1);
         unsigned opc = o->kind == OP_fadd_d ? 0x0f58 : o->kind == OP_fsub_d ? 0x0f5c :
                        o->kind == OP_fmul_d ? 0x0f59 : 0x0f5e;
-        RM(j, F_F2, opc, 0, RBX, FOFF(o->rs2));
+        f_op(c, F_F2, opc, 0, o->rs2);
         RR(j, F_66, 0x0f2e, 0, 0);                                 /* ucomisd xmm0, xmm0 */
         uint8_t *ok = x_jcc(j, 0xb);                              /* jnp */
         x_mov_ri(j, RAX, CANON_NAN64);
-        RM(j, F_W, O_MOV_ST, RAX, RBX, FOFF(o->rd));
-        uint8_t *done = x_jmp(j);
+        RR(j, F_66 | F_W, 0x0f6e, 0, RAX);                         /* movq xmm0, rax */
         x_patch(ok, j->p);
-        RM(j, F_F2, 0x0f11, 0, RBX, FOFF(o->rd));                 /* movsd rd, xmm0 */
-        x_patch(done, j->p);
+        f_set(c, o->rd);
         fp_dirty(c);
         add_helper_fixes(c, br, n, o, k);
         break;
@@ -1120,20 +1156,25 @@ static int emit_fp(jit_ctx *c, const op *o, uint32_t k)
         if (!c->js->fma)
             return 0;
         n = fp_guard(c, o, 1, br);
-        RM(j, F_F2, 0x0f10, 0, RBX, FOFF(o->rs1));                 /* xmm0 = a */
-        RM(j, F_F2, 0x0f10, 1, RBX, FOFF(o->rs2));                 /* xmm1 = b */
+        f_get(c, 0, o->rs1);                                       /* xmm0 = a */
+        f_get(c, 1, o->rs2);                                       /* xmm1 = b */
         /* vfm*213sd xmm0, xmm1, [c]: xmm0 = +-(xmm1 * xmm0) +- c */
         unsigned opc = o->kind == OP_fmadd_d ? 0xa9 : o->kind == OP_fmsub_d ? 0xab :
                        o->kind == OP_fnmsub_d ? 0xad : 0xaf;
+        int cx = c->fx[o->rs3];
         e8(j, 0xc4);
-        e8(j, 0xe2);             /* R X B = 0 (inverted), map 0F38 */
+        e8(j, cx >= 8 ? 0xc2 : 0xe2); /* ~R ~X ~B, map 0F38 */
         e8(j, 0xf1);             /* W1, vvvv = ~xmm1, L0, pp = 66 */
         e8(j, opc);
-        e8(j, 0x83);             /* mod 10, reg xmm0, rm rbx */
-        e32(j, (uint32_t)FOFF(o->rs3));
+        if (cx >= 0) {
+            e8(j, 0xc0 | (cx & 7)); /* c in an xmm register */
+        } else {
+            e8(j, 0x83);         /* mod 10, reg xmm0, rm rbx */
+            e32(j, (uint32_t)FOFF(o->rs3));
+        }
         RR(j, F_66, 0x0f2e, 0, 0);                                 /* ucomisd xmm0, xmm0 */
         br[n++] = x_jcc(j, 0xa);  /* a NaN (perhaps inf * 0): the helper decides */
-        RM(j, F_F2, 0x0f11, 0, RBX, FOFF(o->rd));
+        f_set(c, o->rd);
         fp_dirty(c);
         add_helper_fixes(c, br, n, o, k);
         break;
@@ -1142,23 +1183,22 @@ static int emit_fp(jit_ctx *c, const op *o, uint32_t k)
         n = fp_guard(c, o, 1, br);
         int a = src(c, o->rs1, RAX);
         RR(j, F_F2, 0x0f2a, 0, a);                                 /* cvtsi2sd xmm0, r32 */
-        RM(j, F_F2, 0x0f11, 0, RBX, FOFF(o->rd));
+        f_set(c, o->rd);
         fp_dirty(c);
         add_helper_fixes(c, br, n, o, k);
         break;
     }
     case OP_fmv_d:
         n = fp_guard(c, o, 0, br);
-        RM(j, F_W, O_MOV, RAX, RBX, FOFF(o->rs1));
-        RM(j, F_W, O_MOV_ST, RAX, RBX, FOFF(o->rd));
+        f_get(c, 0, o->rs1);
+        f_set(c, o->rd);
         fp_dirty(c);
         add_helper_fixes(c, br, n, o, k);
         break;
     case OP_fle_d: case OP_flt_d: case OP_feq_d: {
         n = fp_guard(c, o, 0, br);
-        RM(j, F_F2, 0x0f10, 0, RBX, FOFF(o->rs1));
-        RM(j, F_F2, 0x0f10, 1, RBX, FOFF(o->rs2));
-        RR(j, F_66, 0x0f2e, 0, 1);                                 /* ucomisd xmm0, xmm1 */
+        f_get(c, 0, o->rs1);
+        f_op(c, F_66, 0x0f2e, 0, o->rs2);                          /* ucomisd xmm0, rs2 */
         br[n++] = x_jcc(j, 0xa);                                   /* jp: a NaN */
         int cc = o->kind == OP_fle_d ? 6 : o->kind == OP_flt_d ? CC_B : CC_E; /* be, b, e */
         RR(j, 0, 0x0f90u + (unsigned)cc, 0, RAX);
@@ -1174,15 +1214,20 @@ static int emit_fp(jit_ctx *c, const op *o, uint32_t k)
         n = fp_guard(c, o, 0, br);
         br[n++] = tlb_check(c, o, load ? R12 : R13, size);
         if (load) {
-            if (size == 8) {
+            if (size == 8 && c->fx[o->rd] >= 0) {
+                RM(j, F_F3, 0x0f7e, c->fx[o->rd], RDX, 0);             /* movq xmm, [rdx] */
+            } else if (size == 8) {
                 RM(j, F_W, O_MOV, RAX, RDX, 0);
             } else {
                 RM(j, 0, O_MOV, RAX, RDX, 0);
                 x_mov_ri(j, RCX, 0xffffffff00000000ull);
                 RR(j, F_W, O_OR, RAX, RCX);
             }
-            RM(j, F_W, O_MOV_ST, RAX, RBX, FOFF(o->rd));
+            if (!(size == 8 && c->fx[o->rd] >= 0))
+                RM(j, F_W, O_MOV_ST, RAX, RBX, FOFF(o->rd));
             fp_dirty(c);
+        } else if (size == 8 && c->fx[o->rs2] >= 0) {
+            RM(j, F_66, 0x0fd6, c->fx[o->rs2], RDX, 0);                /* movq [rdx], xmm */
         } else {
             RM(j, F_W, O_MOV, RAX, RBX, FOFF(o->rs2));
             RM(j, size == 8 ? F_W : 0, O_MOV_ST, RAX, RDX, 0);
@@ -1439,6 +1484,67 @@ static void choose_registers(jit_ctx *c)
         if (op_writes_rd(o) && o->rd < 32 && c->hreg[o->rd] >= 0)
             c->written |= 1ull << o->rd;
     }
+
+    /* FP registers in xmm2-xmm15: those that only double-precision ops with an inline
+     * translation touch (the single-precision ones, flw and fsw use the memory copy);
+     * helpers find them stored and reload them afterwards, as the integer ones. */
+    int fcount[32] = {0};
+    uint32_t fexclude = 0, fdest = 0;
+    memset(c->fx, -1, sizeof(c->fx));
+    c->fwritten = c->fallocated = 0;
+    for (uint32_t i = 0; i < b->n; i++) {
+        const op *o = &b->ops[i];
+        switch (o->kind) {
+        case OP_fadd_d: case OP_fsub_d: case OP_fmul_d: case OP_fdiv_d:
+        case OP_fmadd_d: case OP_fmsub_d: case OP_fnmsub_d: case OP_fnmadd_d:
+            fcount[o->rs1] += 2;
+            fcount[o->rs2] += 2;
+            if (o->kind >= OP_fmadd_d && o->kind <= OP_fnmadd_d)
+                fcount[o->rs3] += 2;
+            fcount[o->rd] += 2;
+            fdest |= 1u << o->rd;
+            break;
+        case OP_fmv_d:
+            fcount[o->rs1] += 2;
+            fcount[o->rd] += 2;
+            fdest |= 1u << o->rd;
+            break;
+        case OP_fle_d: case OP_flt_d: case OP_feq_d:
+            fcount[o->rs1] += 2;
+            fcount[o->rs2] += 2;
+            break;
+        case OP_fcvt_d_w: case OP_fld:
+            fcount[o->rd] += 2;
+            fdest |= 1u << o->rd;
+            break;
+        case OP_fsd:
+            fcount[o->rs2] += 2;
+            break;
+        case OP_fadd_s: case OP_fsub_s: case OP_fmul_s: case OP_fdiv_s:
+            fexclude |= 1u << o->rs1 | 1u << o->rs2 | 1u << o->rd;
+            break;
+        case OP_flw:
+            fexclude |= 1u << o->rd;
+            break;
+        case OP_fsw:
+            fexclude |= 1u << o->rs2;
+            break;
+        default:
+            break;
+        }
+    }
+    for (int x = 2; x < 16; x++) {
+        int best = -1;
+        for (int g = 0; g < 32; g++)
+            if (c->fx[g] < 0 && !((fexclude >> g) & 1) && fcount[g] >= 4 &&
+                (best < 0 || fcount[g] > fcount[best]))
+                best = g;
+        if (best < 0)
+            break;
+        c->fx[best] = (int8_t)x;
+        c->fallocated |= 1u << best;
+    }
+    c->fwritten = fdest & c->fallocated;
 }
 
 static int jit_prot(jit_state *js, size_t from, size_t to, int writable)
