@@ -1555,7 +1555,8 @@ static int jit_prot(jit_state *js, size_t from, size_t to, int writable)
     return mprotect((void *)a, z - a, writable ? PROT_READ | PROT_WRITE : PROT_READ | PROT_EXEC);
 }
 
-/* Translate b into the code buffer.  0: done; -1: the buffer is full. */
+/* Translate b into the code buffer.  0: done; -1: the buffer is full; -2: the translation
+ * does not fit JIT_BLOCK_ROOM (b stays interpreted). */
 static int jit_compile(tcg_engine *e, block *b)
 {
     jit_state *js = e->jit;
@@ -1607,7 +1608,7 @@ static int jit_compile(tcg_engine *e, block *b)
     free(c);
     jit_prot(js, start, start + JIT_BLOCK_ROOM, 0);
     if (overflow)
-        return -1;
+        return -2;
     js->used = end;
     js->translated++;
     b->jit = entry;
@@ -1732,9 +1733,14 @@ static int jit_run(hart *h, block *b)
     if (!b->valid)
         return -1;
     if (!b->jit) {
-        if (++b->jit_hot < js->threshold)
+        if (b->jit_hot >= 0x80000000u || ++b->jit_hot < js->threshold)
             return -1;
-        if (jit_compile(e, b) != 0) {
+        int r = jit_compile(e, b);
+        if (r == -2) {
+            b->jit_hot = 0x80000000u; /* never again */
+            return -1;
+        }
+        if (r != 0) {
             if (js->failed)
                 return -1;
             /* the buffer is full: start again (the blocks go too, b with them) */
