@@ -19,6 +19,11 @@
  * Misaligned loads and stores to RAM are emulated here (as if by bytes), the behaviour Linux
  * and OpenSBI accept; misaligned atomics raise address-misaligned exceptions.
  *
+ * On x86-64 hosts a block looked up often enough is translated to host code (jit_x86.c,
+ * included below, before the interpreter loop); run_loop enters translations at next_block
+ * and they chain among themselves, honouring the same limit, attention flag, TLB and code
+ * invalidation as the interpreted blocks.  `-accel tcg,jit=off` interprets everything.
+ *
  * Debugger support costs nothing while unused.  With breakpoints set, blocks end before each
  * breakpoint, are not chained, and a hart goes through service() before each block, which
  * compares pc with the breakpoints; a single step runs one-instruction blocks and ends once an
