@@ -461,7 +461,11 @@ static void tlb_flush_va(hart *h, uint64_t va)
         h->tlb_w[m][i].tag = ~(uint64_t)0;
         h->tlb_x[m][i].tag = ~(uint64_t)0;
     }
-    jc_flush(h);
+    /* the jump cache keeps the other pages (a key is pc ^ priv << 56: bits 56 and up are
+     * left out of the comparison, which may drop a few more) */
+    for (unsigned k = 0; k < JC_SIZE; k++)
+        if ((((h->jc[k].key ^ va) & PAGE_MASK) & ((1ull << 56) - 1)) == 0)
+            h->jc[k].key = ~(uint64_t)0;
 }
 
 /* Drop every writable TLB entry (of every hart) that maps guest-physical page `ppage`. */
