@@ -226,7 +226,7 @@ class TcgAccel(Accelerator):
                       "thread, round-robin)", choices=("single", "multi"))
     jit = Property(bool, True, "translate hot blocks to host code (x86-64 hosts; elsewhere, "
                    "and with jit=off, every instruction is interpreted)")
-    jit_threshold = Property(int, 4, "times a block runs interpreted before it is translated "
+    jit_threshold = Property(int, 32, "times a block runs interpreted before it is translated "
                              "(1: at once)", name="jit-threshold")
 
     def __init__(self) -> None:

@@ -102,7 +102,7 @@ void tcg_set_icount(tcg_engine *e, int shift);
 int tcg_jit_available(void);
 int tcg_set_jit(tcg_engine *e, int on);
 uint64_t tcg_jit_translated(tcg_engine *e); /* blocks translated so far */
-/* How many times a block is looked up (interpreted) before it is translated (default 4;
+/* How many times a block is looked up (interpreted) before it is translated (default 32;
  * 1: every block at once, which tests use to run all code translated). */
 void tcg_set_jit_threshold(tcg_engine *e, uint32_t n);
 void tcg_set_trace(tcg_engine *e, uint32_t flags);

@@ -46,7 +46,7 @@
 #endif
 
 #define JIT_CODE_SIZE (64u << 20)
-#define JIT_HOT 4u
+#define JIT_HOT 32u
 #define JIT_BLOCK_ROOM (48u << 10) /* more than the largest translation of a block */
 #define JIT_NALLOC 8
 
