@@ -14,6 +14,8 @@ blocks are translated, chained, and taken at both exits.
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -324,3 +326,16 @@ def test_generated_program_runs_translated_code() -> None:
         assert core.lib.tcg_jit_translated(a.engine) > 0
     finally:
         a.close()
+
+
+@pytest.mark.parametrize("accel", ["tcg,jit=off", "tcg,jit=on,jit-threshold=1"])
+def test_command_line_turns_translation_off_and_on(accel: str) -> None:
+    """``-accel tcg,jit=off`` interprets, ``jit-threshold=1`` translates every block at
+    once; an ISA program passes either way."""
+    elf = GUESTS / "rv64i_control.elf"
+    proc = subprocess.run([sys.executable, "-m", "kvmpy", "-accel", accel, "-M", "spike",
+                           "-bios", "none", "-kernel", str(elf), "-nographic"],
+                          capture_output=True, timeout=120, stdin=subprocess.DEVNULL,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout.decode().replace("\r\n", "\n").endswith("PASS\n")
