@@ -285,6 +285,10 @@ class TcgAccel(Accelerator):
 
     thread = Property(str, "single", "vCPU threading (the interpreter runs every hart on one "
                       "thread, round-robin)", choices=("single", "multi"))
+    jit = Property(bool, True, "translate hot blocks to host code (x86-64 hosts; elsewhere, "
+                   "and with jit=off, every instruction is interpreted)")
+    jit_threshold = Property(int, 32, "times a block runs interpreted before it is translated "
+                             "(1: at once)", name="jit-threshold")
 
     def __init__(self) -> None:
         self.vcpus: list[TcgVcpu] = []  # type: ignore[assignment]
@@ -317,6 +321,8 @@ class TcgAccel(Accelerator):
                              f"RAM 0x{ram.base:x}+0x{ram.size:x}")
         self.engine = engine
         self._memory = [ram, *roms]
+        core.lib.tcg_set_jit(engine, 1 if self.jit else 0)
+        core.lib.tcg_set_jit_threshold(engine, min(max(1, self.jit_threshold), 1 << 30))
         for rom in roms:
             if core.lib.tcg_add_memory(engine, rom.base,
                                        core.ffi.cast("uint8_t *", rom.host_address),

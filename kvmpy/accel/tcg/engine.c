@@ -19,6 +19,11 @@
  * Misaligned loads and stores to RAM are emulated here (as if by bytes), the behaviour Linux
  * and OpenSBI accept; misaligned atomics raise address-misaligned exceptions.
  *
+ * On x86-64 hosts a block looked up often enough is translated to host code (jit_x86.c,
+ * included below, before the interpreter loop); run_loop enters translations at next_block
+ * and they chain among themselves, honouring the same limit, attention flag, TLB and code
+ * invalidation as the interpreted blocks.  `-accel tcg,jit=off` interprets everything.
+ *
  * Debugger support costs nothing while unused.  With breakpoints set, blocks end before each
  * breakpoint, are not chained, and a hart goes through service() before each block, which
  * compares pc with the breakpoints; a single step runs one-instruction blocks and ends once an
@@ -253,6 +258,8 @@ typedef struct block {
     uint32_t nbytes;
     uint32_t epoch;
     uint8_t linked, valid;
+    uint32_t jit_hot;    /* times looked up, until translated (jit_x86.c) */
+    void *jit;           /* its translation, or NULL */
     op ops[];
 } block;
 
@@ -386,7 +393,15 @@ struct tcg_engine {
      * entry is only installed by a store that marked its page, and collecting the log drops
      * every write entry, so stores through the TLB need no check. */
     uint64_t *dirty;
+
+    /* the translating tier (jit_x86.c) */
+    struct jit_state *jit;
+    int jit_on;
 };
+
+static void jit_init(tcg_engine *e);
+static void jit_free(tcg_engine *e);
+static void jit_reset(tcg_engine *e);
 
 /* ---------------------------------------------------------------- small helpers --------- */
 
@@ -451,7 +466,11 @@ static void tlb_flush_va(hart *h, uint64_t va)
         h->tlb_w[m][i].tag = ~(uint64_t)0;
         h->tlb_x[m][i].tag = ~(uint64_t)0;
     }
-    jc_flush(h);
+    /* the jump cache keeps the other pages (a key is pc ^ priv << 56: bits 56 and up are
+     * left out of the comparison, which may drop a few more) */
+    for (unsigned k = 0; k < JC_SIZE; k++)
+        if ((((h->jc[k].key ^ va) & PAGE_MASK) & ((1ull << 56) - 1)) == 0)
+            h->jc[k].key = ~(uint64_t)0;
 }
 
 /* Drop every writable TLB entry (of every hart) that maps guest-physical page `ppage`. */
@@ -1169,6 +1188,7 @@ static void code_flush_all(tcg_engine *e)
     e->arena_used = 0;
     e->flush_gen++;
     invalidate_jump_caches(e);
+    jit_reset(e);
 }
 
 static inline unsigned bhash_index(uint64_t ppc, uint64_t vpc)
@@ -2993,6 +3013,8 @@ static block *lookup_block(hart *h)
     b->epoch = e->code_epoch;
     b->linked = 0;
     b->valid = 1;
+    b->jit_hot = 0;
+    b->jit = NULL;
     unsigned idx = bhash_index(ppc, pc);
     b->hnext = e->bhash[idx];
     e->bhash[idx] = b;
@@ -3360,6 +3382,8 @@ static inline uint64_t remw(uint64_t a, uint64_t b)
     return sext32((uint32_t)(x % y));
 }
 
+#include "jit_x86.c"
+
 static int run_loop(hart *h)
 {
 #if USE_COMPUTED_GOTO
@@ -3417,6 +3441,18 @@ next_block:
                 trace_emit(h->e, TCG_TRACE_EXEC, h->id, pc, (uint64_t)h->priv, 0, 0);
                 set_attention(h);
             }
+        }
+    }
+    if (jit_usable(h)) {
+        /* blocks meet at next_block, where they are counted and translated */
+        if (link_from)
+            link_from->chain = NULL;
+        int r = jit_run(h, b);
+        if (r >= 0) {
+            link_from = NULL;
+            if (r)
+                return 0;
+            goto next_block;
         }
     }
     link_from = NULL;
@@ -3765,6 +3801,8 @@ tcg_engine *tcg_engine_new(uint8_t *ram, uint64_t ram_base, uint64_t ram_size, i
         h->mtimecmp = ~0ull;
         hart_reset(h, ram_base, PRV_M, (uint64_t)i, 0, 0);
     }
+    jit_init(e);
+    e->jit_on = 0;
     return e;
 }
 
@@ -3772,6 +3810,7 @@ void tcg_engine_free(tcg_engine *e)
 {
     if (!e)
         return;
+    jit_free(e);
     if (e->harts)
         for (int i = 0; i < e->num_harts; i++)
             free(e->harts[i]);
@@ -3834,6 +3873,17 @@ int tcg_add_mmio_window(tcg_engine *e, uint64_t gpa, uint64_t size)
 }
 
 void tcg_set_builtin_firmware(tcg_engine *e, int on) { e->builtin_fw = on != 0; }
+
+int tcg_jit_available(void) { return JIT_BUILT; }
+
+int tcg_set_jit(tcg_engine *e, int on)
+{
+    e->jit_on = on && e->jit != NULL;
+    return e->jit_on;
+}
+
+uint64_t tcg_jit_translated(tcg_engine *e) { return jit_translated(e); }
+void tcg_set_jit_threshold(tcg_engine *e, uint32_t n) { jit_set_threshold(e, n); }
 
 void tcg_set_icount(tcg_engine *e, int shift)
 {
@@ -4010,6 +4060,9 @@ int tcg_get_reg(tcg_engine *e, int hartid, int reg, uint64_t *value)
     }
     if (reg >= TCG_REG_CSR && reg < TCG_REG_CSR + 4096) {
         h->mip_sw |= ATOMIC_XCHG(&h->mip_edge, 0);
+        /* tcg_run took the guest's FP flags when it ended: what the host has raised since
+         * (the VMM's own floating point) is not the guest's */
+        (void)host_flags_take();
         return csr_read(h, (unsigned)(reg - TCG_REG_CSR), value, 0);
     }
     return -1;

@@ -95,6 +95,16 @@ int tcg_add_mmio_hole(tcg_engine *e, uint64_t gpa, uint64_t size);
 int tcg_add_mmio_window(tcg_engine *e, uint64_t gpa, uint64_t size);
 void tcg_set_builtin_firmware(tcg_engine *e, int on);
 void tcg_set_icount(tcg_engine *e, int shift);
+/* The translating tier (x86-64 hosts): tcg_jit_available says whether it is built here;
+ * tcg_set_jit turns it on or off (off: every block is interpreted) and returns whether it
+ * is on.  Breakpoints, watchpoints, single steps and in_asm/exec tracing run on the
+ * interpreter meanwhile. */
+int tcg_jit_available(void);
+int tcg_set_jit(tcg_engine *e, int on);
+uint64_t tcg_jit_translated(tcg_engine *e); /* blocks translated so far */
+/* How many times a block is looked up (interpreted) before it is translated (default 32;
+ * 1: every block at once, which tests use to run all code translated). */
+void tcg_set_jit_threshold(tcg_engine *e, uint32_t n);
 void tcg_set_trace(tcg_engine *e, uint32_t flags);
 size_t tcg_trace_drain(tcg_engine *e, tcg_trace_rec *out, size_t max);
 
