@@ -4,6 +4,7 @@ state leaves the device exactly as it was."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,13 @@ from kvmpy.hw.virtio.console import VirtConsole
 from kvmpy.hw.virtio.ninep import VirtioNineP
 from kvmpy.memory import GuestRAM, MmioBus
 from kvmpy.migration import VmStateError
+from kvmpy.registry_init import load_types
 from tests.fs.client import Client
 from tests.hw.conftest import BufferChardev, FakeIrq
 from tests.hw.virtio_drivers import MMIO_BASE, MmioDriver, VirtioPciTestDriver, host_bus
 
 RAM_BASE = 0x80000000
+load_types()  # device_new by type name, as -device does
 
 values = st.one_of(
     st.none(), st.booleans(), st.integers(-2, 3), st.integers(-(1 << 70), 1 << 70),
@@ -62,9 +65,11 @@ def _mutate(state: Any, path: tuple[Any, ...], action: str, value: Any) -> Any:
     return state
 
 
-def _devices(tmp: Path) -> list[Any]:
-    """Devices with states worth mutating: a driver has set each of them up."""
+def _devices(tmp: Path, closing: contextlib.ExitStack) -> list[Any]:
+    """Devices with states worth mutating: a driver has set each of them up; what they hold
+    open is closed by ``closing``."""
     ram = GuestRAM(RAM_BASE, 1 << 20)
+    closing.callback(ram.close)
     image = tmp / "disk.img"
     if not image.exists():
         image.write_bytes(bytes(1 << 16))
@@ -75,12 +80,16 @@ def _devices(tmp: Path) -> list[Any]:
     serial = VirtioSerial(max_ports=2)
     serial.add_port(VirtConsole(backend=BufferChardev()))
     server = Server(FsDev(id="f0", path=str(share), security_model="none"))
+    closing.callback(server.close)
     client = Client(server)
     client.version(8192)
     client.attach(0)
     client.walk(0, 1, "f")
     client.lopen(1, 0)
-    for device in (VirtioBlk(image=RawImage(str(image))), serial,
+    images = [RawImage(str(image)), RawImage(str(image))]
+    for disk in images:
+        closing.callback(disk.close)
+    for device in (VirtioBlk(image=images[0]), serial,
                    device_new("virtio-net-device", {}),
                    VirtioNineP(server=server, mount_tag="t")):
         transport = VirtioMmio(FakeIrq(1), ram=ram, device=device, force_legacy=False)
@@ -91,8 +100,7 @@ def _devices(tmp: Path) -> list[Any]:
     host = GpexHost([FakeIrq(32 + i) for i in range(4)])
     port = device_new("pcie-root-port", {"chassis": "1"})
     host.bus.plug(port, 1 << 3)
-    host.bus.plug(device_new("virtio-blk-pci", {}, ram=ram,
-                             image=RawImage(str(image))), 2 << 3)
+    host.bus.plug(device_new("virtio-blk-pci", {}, ram=ram, image=images[1]), 2 << 3)
     VirtioPciTestDriver(host_bus(host), ram, 2 << 3, legacy=False).probe()
     made.append(host.ecam)
     return made
@@ -102,7 +110,11 @@ def _devices(tmp: Path) -> list[Any]:
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
 def test_any_state_is_taken_or_refused_cleanly(tmp_path: Path, data: st.DataObject) -> None:
-    devices = _devices(tmp_path)
+    with contextlib.ExitStack() as closing:
+        _take_or_refuse(_devices(tmp_path, closing), data)
+
+
+def _take_or_refuse(devices: list[Any], data: st.DataObject) -> None:
     device = data.draw(st.sampled_from(devices))
     good = device.get_state()
     state = good
