@@ -12,7 +12,11 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+import kvmpy
+
+ROOT = Path(kvmpy.__file__).resolve().parent.parent
+"""Where the kvmpy under test lives: the source tree, or site-packages when the tests run
+against the installed package (the source tree then has no built interpreter core)."""
 # The sifive_test pass value stored by the first instructions: the VM exits at once.
 # lui t0,0x100 ; c.lui t1,0x5 ; addi t1,t1,0x555 ; sw t1,0(t0) ; c.j .
 TINY_KERNEL = bytes.fromhex("b7021000" "1563" "13035355" "23a06200" "01a0")
