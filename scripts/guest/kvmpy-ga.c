@@ -8,7 +8,8 @@
  *
  *   guest-sync, guest-sync-delimited (response preceded by a 0xFF byte), guest-ping,
  *   guest-info, guest-get-osinfo, guest-exec, guest-exec-status, guest-file-open,
- *   guest-file-read, guest-file-write, guest-file-close, guest-shutdown (no response).
+ *   guest-file-read, guest-file-write, guest-file-close, guest-network-get-interfaces,
+ *   guest-shutdown (no response).
  *
  * A 0xFF byte in the input drops any partial request (qga's resynchronisation).  Every input
  * is bounded: a request's size, the JSON nesting depth and node count, the captured output of
@@ -41,7 +42,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <dirent.h>
+#include <ifaddrs.h>
+#include <arpa/inet.h>
 #include <linux/netlink.h>
+#include <netinet/in.h>
 #include <sys/reboot.h>
 #include <sys/socket.h>
 #include <sys/signalfd.h>
@@ -1390,6 +1394,144 @@ static int cmd_file_write(struct request *rq)
     return return_reply(rq);
 }
 
+/* network interfaces ------------------------------------------------------------------------- */
+
+/* The first line of a small /sys file, without its newline; false when it cannot be read. */
+static bool read_sys_line(const char *path, char *out, size_t size)
+{
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return false;
+    bool ok = fgets(out, (int)size, f) != NULL;
+    fclose(f);
+    if (ok)
+        out[strcspn(out, "\n")] = 0;
+    return ok;
+}
+
+static int netmask_prefix(const struct sockaddr *mask)
+{
+    const unsigned char *bytes;
+    size_t len;
+    if (mask->sa_family == AF_INET) {
+        bytes = (const unsigned char *)&((const struct sockaddr_in *)(const void *)mask)->sin_addr;
+        len = 4;
+    } else {
+        bytes = (const unsigned char *)&((const struct sockaddr_in6 *)(const void *)mask)->sin6_addr;
+        len = 16;
+    }
+    int prefix = 0;
+    for (size_t k = 0; k < len; k++)
+        prefix += __builtin_popcount(bytes[k]);
+    return prefix;
+}
+
+/* hardware-address as qemu-ga gives it (SIOCGIFHWADDR): the first 6 bytes, zeros for a device
+ * without one (lo, tun); absent when the device cannot be asked. */
+static void interface_hwaddr(struct buf *r, const char *name)
+{
+    char path[PATH_MAX], line[256];
+    snprintf(path, sizeof(path), "/sys/class/net/%s/address", name);
+    if (!read_sys_line(path, line, sizeof(line)))
+        return;
+    unsigned int mac[6] = {0};
+    char *p = line;
+    for (int k = 0; k < 6 && *p; k++) {
+        char *end;
+        unsigned long v = strtoul(p, &end, 16);
+        if (end == p || v > 0xff)
+            return;
+        mac[k] = (unsigned int)v;
+        p = *end == ':' ? end + 1 : end;
+    }
+    buf_printf(r, ", \"hardware-address\": \"%02x:%02x:%02x:%02x:%02x:%02x\"", mac[0], mac[1],
+               mac[2], mac[3], mac[4], mac[5]);
+}
+
+/* statistics from /sys/class/net/NAME/statistics; absent when one cannot be read. */
+static void interface_stats(struct buf *r, const char *name)
+{
+    static const struct {
+        const char *file, *field;
+    } stats[] = {
+        {"rx_bytes", "rx-bytes"}, {"rx_packets", "rx-packets"}, {"rx_errors", "rx-errs"},
+        {"rx_dropped", "rx-dropped"}, {"tx_bytes", "tx-bytes"}, {"tx_packets", "tx-packets"},
+        {"tx_errors", "tx-errs"}, {"tx_dropped", "tx-dropped"},
+    };
+    unsigned long long values[sizeof(stats) / sizeof(stats[0])];
+    for (size_t k = 0; k < sizeof(stats) / sizeof(stats[0]); k++) {
+        char path[PATH_MAX], line[64], *end;
+        snprintf(path, sizeof(path), "/sys/class/net/%s/statistics/%s", name, stats[k].file);
+        if (!read_sys_line(path, line, sizeof(line)))
+            return;
+        errno = 0;
+        values[k] = strtoull(line, &end, 10);
+        if (end == line || *end || errno)
+            return;
+    }
+    buf_str(r, ", \"statistics\": {");
+    for (size_t k = 0; k < sizeof(stats) / sizeof(stats[0]); k++)
+        buf_printf(r, "%s\"%s\": %llu", k ? ", " : "", stats[k].field, values[k]);
+    buf_str(r, "}");
+}
+
+/* qemu-ga's answer: one entry per interface in getifaddrs() order (name, hardware-address,
+ * then its IPv4 and IPv6 addresses and statistics, both only for an interface with an
+ * address). */
+static int cmd_network_interfaces(struct request *rq)
+{
+    if (args_allowed(rq, NO_ARGS) < 0)
+        return -1;
+    struct ifaddrs *ifap;
+    if (getifaddrs(&ifap) < 0)
+        return ERR(rq, "getifaddrs failed: %s", strerror(errno));
+    struct buf *r = rq->resp;
+    buf_str(r, "[");
+    bool first = true;
+    for (struct ifaddrs *ifa = ifap; ifa; ifa = ifa->ifa_next) {
+        bool seen = false;
+        for (struct ifaddrs *e = ifap; e != ifa && !seen; e = e->ifa_next)
+            seen = strcmp(e->ifa_name, ifa->ifa_name) == 0;
+        if (seen)
+            continue;
+        buf_str(r, first ? "{\"name\": " : ", {\"name\": ");
+        first = false;
+        json_cstring(r, ifa->ifa_name);
+        interface_hwaddr(r, ifa->ifa_name);
+        bool any = false;
+        for (struct ifaddrs *e = ifa; e; e = e->ifa_next) {
+            if (strcmp(e->ifa_name, ifa->ifa_name) != 0 || !e->ifa_addr ||
+                (e->ifa_addr->sa_family != AF_INET && e->ifa_addr->sa_family != AF_INET6))
+                continue;
+            bool v4 = e->ifa_addr->sa_family == AF_INET;
+            char text[INET6_ADDRSTRLEN];
+            const void *addr = v4
+                ? (const void *)&((const struct sockaddr_in *)(const void *)e->ifa_addr)->sin_addr
+                : (const void *)&((const struct sockaddr_in6 *)(const void *)e->ifa_addr)->sin6_addr;
+            if (!inet_ntop(e->ifa_addr->sa_family, addr, text, sizeof(text))) {
+                int err = errno;
+                freeifaddrs(ifap);
+                r->len = 0;
+                return ERR(rq, "inet_ntop failed: %s", strerror(err));
+            }
+            int prefix = e->ifa_netmask && e->ifa_netmask->sa_family == e->ifa_addr->sa_family
+                             ? netmask_prefix(e->ifa_netmask) : 0;
+            buf_printf(r, "%s{\"ip-address-type\": \"%s\", \"ip-address\": \"%s\", "
+                       "\"prefix\": %d}", any ? ", " : ", \"ip-addresses\": [",
+                       v4 ? "ipv4" : "ipv6", text, prefix);
+            any = true;
+        }
+        if (any) {
+            buf_str(r, "]");
+            interface_stats(r, ifa->ifa_name);
+        }
+        buf_str(r, "}");
+    }
+    buf_str(r, "]");
+    freeifaddrs(ifap);
+    return return_reply(rq);
+}
+
 static int cmd_shutdown(struct request *rq)
 {
     static const char *const names[] = {"mode", NULL};
@@ -1428,6 +1570,7 @@ static const struct command {
     {"guest-file-close", cmd_file_close, true},
     {"guest-file-read", cmd_file_read, true},
     {"guest-file-write", cmd_file_write, true},
+    {"guest-network-get-interfaces", cmd_network_interfaces, true},
     {"guest-shutdown", cmd_shutdown, false},
 };
 

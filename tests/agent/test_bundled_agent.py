@@ -9,6 +9,7 @@ import hashlib
 import itertools
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,47 @@ def test_info_osinfo_and_poweroff(booted: Any) -> None:
     assert osinfo["id"] == "kvmpy"
     guest.shutdown()
     assert booted.wait(60) == 0
+
+
+NIC_ARGS = ["-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0"]
+
+
+def leased_interfaces(guest: GuestAgent, timeout: float = BOOT_TIMEOUT) -> list[dict[str, Any]]:
+    """guest-network-get-interfaces once the guest's DHCP client has put an address on eth0
+    (it runs in the background after boot)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        interfaces: list[dict[str, Any]] = guest.execute("guest-network-get-interfaces")
+        if any(i["name"] == "eth0" and i.get("ip-addresses") for i in interfaces):
+            return interfaces
+        assert time.monotonic() < deadline, f"eth0 got no address: {interfaces}"
+        time.sleep(0.5)
+
+
+@pytest.mark.parametrize("process", [False, True], ids=["VM", "ProcessVM"])
+def test_network_interfaces(vm_factory: Any, process: bool) -> None:
+    vm = vm_factory(machine="virt", memory="256M", agent=True, process=process,
+                    extra_args=NIC_ARGS)
+    vm.guest.wait_ready(BOOT_TIMEOUT)
+    commands = {c["name"] for c in vm.guest.info()["supported_commands"]}
+    assert "guest-network-get-interfaces" in commands
+    interfaces = {i["name"]: i for i in leased_interfaces(vm.guest)}
+    assert sorted(interfaces) == ["eth0", "lo"]
+    eth0 = interfaces["eth0"]
+    assert eth0["hardware-address"] == "52:54:00:12:34:56"
+    assert eth0["ip-addresses"] == [
+        {"ip-address-type": "ipv4", "ip-address": "10.0.2.15", "prefix": 24}]
+    stats = eth0["statistics"]
+    assert sorted(stats) == sorted(["rx-bytes", "rx-packets", "rx-errs", "rx-dropped",
+                                    "tx-bytes", "tx-packets", "tx-errs", "tx-dropped"])
+    assert stats["rx-packets"] > 0 and stats["tx-packets"] > 0  # the DHCP exchange
+    assert stats["rx-bytes"] > stats["rx-packets"]
+    lo = interfaces["lo"]
+    assert lo["hardware-address"] == "00:00:00:00:00:00"
+    assert lo["ip-addresses"] == [
+        {"ip-address-type": "ipv4", "ip-address": "127.0.0.1", "prefix": 8}]
+    with pytest.raises(GuestAgentCommandError, match="unexpected"):
+        vm.guest.execute("guest-network-get-interfaces", {"x": 1})
 
 
 def test_reboot_and_the_agent_answers_again() -> None:

@@ -3,7 +3,7 @@
 The same guest (bundled kernel and initramfs) boots twice: once with kvmpy-ga on the agent
 port, once with qemu-ga there instead (see qemu_ga.py); the same exec and file calls go to
 both, and their results (return codes, output, truncation, error texts, file contents, OS
-facts) must be equal.
+facts, network interfaces but for their packet counts) must be equal.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from kvmpy.process import ProcessVM
 from kvmpy.vm import VM
 
 from . import qemu_ga
+from .test_bundled_agent import NIC_ARGS, leased_interfaces
 
 BOOT_TIMEOUT = 180.0
 BLOB = bytes(range(256)) * 1200 + hashlib.sha256(b"kvmpy").digest()
@@ -61,6 +62,14 @@ def round_trip(guest: GuestAgent) -> Any:
     return mode, summary(guest.read_file("/tmp/blob", chunk_size=70_000))
 
 
+def interfaces(guest: GuestAgent) -> Any:
+    """The interfaces once eth0 is leased, statistics by their names (the counts differ; qemu-ga
+    orders the keys as its hash table has them)."""
+    found = leased_interfaces(guest, BOOT_TIMEOUT)
+    return [{**i, "statistics": sorted(i["statistics"])} if "statistics" in i else i
+            for i in found]
+
+
 SCENARIOS: dict[str, Callable[[GuestAgent], Any]] = {
     "status and both streams": lambda g: run(g, ["sh", "-c", "echo out; echo err >&2; exit 3"]),
     "exit 255": lambda g: run(g, ["sh", "-c", "exit 255"]),
@@ -81,6 +90,7 @@ SCENARIOS: dict[str, Callable[[GuestAgent], Any]] = {
     "file round trip": lambda g: outcome(lambda: round_trip(g)),
     "/proc file": lambda g: outcome(lambda: g.read_file("/proc/sys/kernel/ostype")),
     "osinfo": lambda g: outcome(g.osinfo),
+    "network interfaces": lambda g: outcome(lambda: interfaces(g)),
 }
 
 
@@ -95,7 +105,7 @@ def answers(vm: Any) -> tuple[str, dict[str, Any]]:
 
 def test_qemu_ga_answers_as_kvmpy_ga(qemu_ga_initrd: Path) -> None:
     options: dict[str, Any] = {"machine": "virt", "memory": "256M", "agent": True,
-                               "kernel": str(guests.kernel_path())}
+                               "kernel": str(guests.kernel_path()), "extra_args": NIC_ARGS}
     with VM(initrd=str(guests.initrd_path()), **options) as vm:
         kvmpy_version, kvmpy_answers = answers(vm)
     with ProcessVM(initrd=str(qemu_ga_initrd), **options) as vm:
@@ -111,3 +121,7 @@ def test_qemu_ga_answers_as_kvmpy_ga(qemu_ga_initrd: Path) -> None:
     assert kvmpy_answers["binary stdin"] == (0, summary(BLOB), b"", False, False)
     assert kvmpy_answers["file round trip"] == (f"666 {len(BLOB)}\n".encode(), summary(BLOB))
     assert kvmpy_answers["no such program"][0] == "error"
+    eth0 = next(i for i in kvmpy_answers["network interfaces"] if i["name"] == "eth0")
+    assert eth0["hardware-address"] == "52:54:00:12:34:56"
+    assert eth0["ip-addresses"] == [
+        {"ip-address-type": "ipv4", "ip-address": "10.0.2.15", "prefix": 24}]
