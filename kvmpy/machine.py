@@ -49,7 +49,7 @@ class MachineState(Object):
     usb = Property(bool, False, "Set on/off to enable/disable usb (the board has no USB: "
                    "only off)")
     dump_guest_core = Property(bool, True, "Include guest memory in a core dump")
-    memory_backend = Property(str, "", "Set RAM backend (an -object memory-backend-ram id)")
+    memory_backend = Property(str, "", "Set RAM backend (an -object memory-backend-* id)")
 
     def __init__(self) -> None:
         self.ram_size = self.default_ram_size

@@ -1,4 +1,5 @@
-"""Guest-physical memory: RAM as one anonymous mmap, and the MMIO bus of device windows.
+"""Guest-physical memory: RAM as one mmap (anonymous, or of a memory backend's file or
+memfd), and the MMIO bus of device windows.
 
 RAM is shared by everyone that needs it: Python devices see a ``memoryview``, the interpreter
 core a pointer (:attr:`GuestRAM.host_address`), KVM the ``userspace_addr`` of a memory slot.
@@ -7,7 +8,9 @@ core a pointer (:attr:`GuestRAM.host_address`), KVM the ``userspace_addr`` of a 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import ctypes
+import errno
 import mmap
 import os
 import re
@@ -49,6 +52,7 @@ _libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_
                        ctypes.c_int, ctypes.c_long)
 _MAP_FAILED = ctypes.c_void_p(-1).value
 _MAP_FIXED = 0x10
+_MADV_POPULATE_WRITE = 23
 
 
 def _map_fixed(address: int, size: int, fd: int, offset: int) -> None:
@@ -93,20 +97,36 @@ def _pack_flags(flags: bytes | bytearray) -> bytes:
 
 
 class GuestRAM:
-    """``size`` bytes of guest RAM at guest-physical ``base``, one anonymous private mmap.
+    """``size`` bytes of guest RAM at guest-physical ``base``, one anonymous private mmap
+    (or, with ``fd``, a mapping of that file: MAP_SHARED with ``shared``, else MAP_PRIVATE).
 
     Pages are only backed when touched, so a large ``-m`` costs nothing until used.
     """
 
-    def __init__(self, base: int, size: int, name: str = "ram") -> None:
+    def __init__(self, base: int, size: int, name: str = "ram", *, fd: int | None = None,
+                 shared: bool = False) -> None:
         if size <= 0 or size % mmap.PAGESIZE:
             raise ConfigError(f"RAM size {size} is not a positive multiple of the page size")
         self.base = base
         self.size = size
         self.name = name
+        self.fd_backed = fd is not None
+        """RAM is a mapping of a file or memfd (``-object memory-backend-file|memfd``)."""
+        self.shared = shared and fd is not None
+        """The mapping is MAP_SHARED: guest writes reach the file."""
+        self.discard_data = False
+        """Drop the file's pages at :meth:`close` (``memory-backend-file,discard-data=on``)."""
         try:
-            self._mmap = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            if fd is None:
+                self._mmap = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            else:
+                flags = mmap.MAP_SHARED if shared else mmap.MAP_PRIVATE
+                self._mmap = mmap.mmap(fd, size, flags=flags,
+                                       prot=mmap.PROT_READ | mmap.PROT_WRITE)
         except OSError as exc:
+            if fd is not None:
+                raise ConfigError("unable to map backing store for guest RAM: "
+                                  f"{exc.strerror}") from exc
             raise ConfigError(f"cannot set up guest memory '{name}': {exc.strerror}") from exc
         self.view = memoryview(self._mmap)
         self._anchor = ctypes.c_char.from_buffer(self._mmap)
@@ -159,7 +179,12 @@ class GuestRAM:
 
     def clear(self) -> None:
         """Zero all of RAM (and give the pages back to the host)."""
-        if self.file_ranges:  # MADV_DONTNEED would bring back the file's pages
+        if self.shared:  # the file itself is zeroed: holes where the filesystem can
+            try:
+                self._mmap.madvise(mmap.MADV_REMOVE)
+            except OSError:
+                self.view[:] = bytes(self.size)
+        elif self.file_ranges or self.fd_backed:  # MADV_DONTNEED brings back the file's pages
             _map_fixed(self.host_address, self.size, -1, 0)
             self.file_ranges = []
         else:
@@ -170,14 +195,33 @@ class GuestRAM:
         """Map ``size`` bytes of file ``fd`` at ``file_offset`` (page-aligned) copy-on-write
         over RAM at ``gpa``: the guest sees the file's data, its writes stay private, and
         every VM mapping the same file shares the pages it has not written.  Only while no
-        vCPU runs."""
+        vCPU runs.  Shared RAM (a memory backend with ``share=on``) stays one mapping of its
+        backend: the data is read into it instead."""
         off = self._offset(gpa, size)
         if off % PAGE_SIZE or size % PAGE_SIZE or file_offset % PAGE_SIZE:
             raise GuestMemoryError(f"map_file: 0x{gpa:x}+0x{size:x} at file offset "
                                    f"0x{file_offset:x} is not page-aligned")
+        if self.shared:
+            done = 0
+            while done < size:
+                got = os.preadv(fd, [self.view[off + done:off + size]], file_offset + done)
+                if got <= 0:
+                    raise OSError(errno.EIO, "short read")
+                done += got
+            self.mark_dirty(gpa, size)
+            return
         _map_fixed(self.host_address + off, size, fd, file_offset)
         self.file_ranges.append((off, size))
         self.mark_dirty(gpa, size)
+
+    def preallocate(self) -> None:
+        """Back every page now (``prealloc=on``), without changing its contents."""
+        try:
+            self._mmap.madvise(_MADV_POPULATE_WRITE)
+        except OSError:  # before Linux 5.14: touch each page
+            view = self.view
+            for off in range(0, self.size, PAGE_SIZE):
+                view[off] = view[off]
 
     # -- dirty logging (live migration) ----------------------------------------------------
 
@@ -230,6 +274,9 @@ class GuestRAM:
 
     def close(self) -> None:
         """Unmap RAM. Only valid once nothing (core, KVM) uses the mapping any more."""
+        if self.discard_data and self.shared:
+            with contextlib.suppress(OSError):  # as QEMU: discarding is an optimisation
+                self._mmap.madvise(mmap.MADV_REMOVE)
         del self._anchor
         self.view.release()
         self._mmap.close()

@@ -5,7 +5,7 @@ Written ``TYPE,id=ID,prop=value`` (libvirt 9.0) or as JSON ``{"qom-type": ..., "
 
 * ``secret`` (``data`` or ``file``, ``format=raw|base64``): read at once, as QEMU does;
 * ``memory-backend-ram``, ``-file``, ``-memfd``: guest RAM for ``-machine memory-backend=ID``
-  (kvmpy's RAM is anonymous memory, so only ``memory-backend-ram`` can back it);
+  (``-file`` and ``-memfd`` RAM is a mapping of the file or memfd, shared with ``share=on``);
 * ``rng-random`` (``filename``, default ``/dev/urandom``, opened at once) and ``rng-builtin``:
   entropy for ``virtio-rng-*,rng=ID``.
 """
@@ -13,7 +13,11 @@ Written ``TYPE,id=ID,prop=value`` (libvirt 9.0) or as JSON ``{"qom-type": ..., "
 from __future__ import annotations
 
 import base64
+import errno
+import fcntl
 import json
+import os
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,7 +148,7 @@ def _complete(obj: UserObject) -> None:
         if props["size"] == 0:
             raise ConfigError("can't create backend with size 0", option="")
         if obj.qom_type == "memory-backend-file" and not props.get("mem-path"):
-            raise ConfigError("mem-path property not set", option="")
+            raise ConfigError("Parameter 'mem-path' is missing")
     elif obj.qom_type == "rng-random":
         path = props.setdefault("filename", "/dev/urandom")
         try:
@@ -167,21 +171,91 @@ def add_object(objects: dict[str, UserObject], text: str) -> UserObject:
 def ram_backend(objects: dict[str, UserObject], backend_id: str,
                 ram_size: int | None) -> int:
     """``-machine memory-backend=ID``: the RAM size it gives (checked against ``-m``)."""
-    from kvmpy.errors import NotBuiltError
-
     obj = objects.get(backend_id)
     if obj is None:
         raise ConfigError(f"Memory backend '{backend_id}' not found")
     if not obj.qom_type.startswith("memory-backend-"):
         raise ConfigError("Invalid parameter type for 'memory-backend', expected: "
                           "memory-backend")
-    if obj.qom_type != "memory-backend-ram":
-        raise NotBuiltError(f"{obj.qom_type} as guest RAM is not built in kvmpy (its RAM is "
-                            "anonymous memory: use memory-backend-ram)")
     if ram_size is not None and ram_size != obj.size:
         raise ConfigError("Machine memory size does not match the size of the memory "
                           "backend")
     return obj.size
+
+
+def open_ram_fd(obj: UserObject, region_name: str) -> tuple[int, bool] | None:
+    """The file descriptor of a ``memory-backend-file`` or ``-memfd`` sized for its RAM and
+    whether to map it shared (None: anonymous RAM), with QEMU 7.2's checks and wording."""
+    size = obj.size
+    if obj.qom_type == "memory-backend-memfd":
+        flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
+        if obj.props.get("hugetlb"):
+            flags |= os.MFD_HUGETLB
+        try:
+            fd = os.memfd_create("memory-backend-memfd", flags)
+        except OSError as exc:
+            raise ConfigError(f"failed to create memfd with flags 0x{flags:x}: "
+                              f"{exc.strerror}") from None
+        try:
+            os.ftruncate(fd, size)
+        except OSError as exc:
+            os.close(fd)
+            raise ConfigError(f"failed to resize memfd to {size}: {exc.strerror}") from None
+        if obj.props.get("seal", True):
+            seals = fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
+            try:
+                fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+            except OSError as exc:
+                os.close(fd)
+                raise ConfigError(f"failed to add seals 0x{seals:x}: {exc.strerror}") from None
+        return fd, bool(obj.props.get("share", True))
+    if obj.qom_type != "memory-backend-file":
+        return None
+    path = str(obj.props["mem-path"])
+    readonly = bool(obj.props.get("readonly"))
+    created = False
+    while True:
+        try:
+            fd = os.open(path, (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC)
+            break
+        except IsADirectoryError:
+            safe = region_name.replace("/", "_")
+            try:
+                fd, tmp = tempfile.mkstemp(prefix=f"qemu_back_mem.{safe}.", dir=path)
+            except OSError as exc:
+                err = exc
+            else:
+                os.unlink(tmp)
+                break
+        except FileNotFoundError:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+                created = True
+                break
+            except OSError as exc:
+                err = exc
+        except OSError as exc:
+            err = exc
+        if err.errno not in (errno.EEXIST, errno.EINTR):
+            raise ConfigError(f"can't open backing store {path} for guest RAM: "
+                              f"{err.strerror}") from None
+    file_size = os.fstat(fd).st_size
+    try:
+        if 0 < file_size < size:
+            raise ConfigError(f"backing store size 0x{file_size:x} does not match 'size' "
+                              f"option 0x{size:x}")
+        if file_size == 0:
+            try:
+                os.ftruncate(fd, size)
+            except OSError as exc:
+                raise ConfigError("unable to map backing store for guest RAM: "
+                                  f"{exc.strerror}") from None
+    except ConfigError:
+        os.close(fd)
+        if created:
+            os.unlink(path)
+        raise
+    return fd, bool(obj.props.get("share", False))
 
 
 def type_properties(qom_type: str) -> list[dict[str, Any]]:

@@ -281,7 +281,24 @@ class System:
         """Board init: the machine's RAM (one region; shared with the accelerator)."""
         if self.ram is not None:
             raise ConfigError("only one RAM region is supported")
-        self.ram = GuestRAM(base, size, name)
+        backend = self.config.objects.get(self.config.machine_props.get("memory-backend", ""))
+        if backend is None:
+            self.ram = GuestRAM(base, size, name)
+            return self.ram
+        from kvmpy.objects import open_ram_fd
+
+        opened = open_ram_fd(backend, backend.id)
+        if opened is None:
+            self.ram = GuestRAM(base, size, name)
+        else:
+            fd, shared = opened
+            try:
+                self.ram = GuestRAM(base, size, name, fd=fd, shared=shared)
+            finally:
+                os.close(fd)  # the mapping holds its own reference
+            self.ram.discard_data = bool(backend.props.get("discard-data"))
+        if backend.props.get("prealloc"):
+            self.ram.preallocate()
         return self.ram
 
     def create_rom(self, base: int, size: int, name: str) -> GuestRAM:
