@@ -609,7 +609,7 @@ def _uptime(c: Console, cmd: str, timeout: float = 300, before: str = "") -> flo
     """Run ``cmd``, then read the guest's uptime; ``before``: what ``cmd`` must print."""
     c.send(cmd + "; cat /proc/uptime\n")
     if before:
-        c.expect(f"\n{before}\r?\n", timeout)
+        c.expect(f"\n{before}(?=\r?\n)", timeout)
     return float(c.expect(rb"\n(\d+\.\d+) \d", timeout).group(1))
 
 
