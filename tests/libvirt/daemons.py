@@ -13,6 +13,7 @@ a machine without systemd needs.  ``virsh`` reaches the daemon through
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -118,7 +119,14 @@ class Libvirt:
             return None
 
     def stop(self, timeout: float = 20.0) -> None:
-        """Stop libvirtd, then virtlogd, by their pids (SIGTERM, SIGKILL after ``timeout``)."""
+        """Destroy the domains still running (a test that failed half-way leaves them, and
+        they outlive libvirtd), then stop libvirtd and virtlogd by their pids (SIGTERM,
+        SIGKILL after ``timeout``)."""
+        if self._pid("libvirtd") is not None:
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                running = self.virsh("list", "--name", timeout=30, check=False).stdout
+                for domain in running.split():
+                    self.virsh("destroy", domain, timeout=30, check=False)
         for name in ("libvirtd", "virtlogd"):
             pid = self._pid(name)
             if pid is None:
