@@ -134,13 +134,11 @@ class SocketChannel(Channel):
         self.sock.close()
 
 
-class FdChannel(Channel):
-    """A file descriptor of any kind (``fd:``): a pipe, a file or a socket."""
+class _DescriptorChannel(Channel):
+    """Reads and writes one descriptor, ``fd``; errors name it as ``what``."""
 
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.what = "socket" if _is_socket(fd) else "file"
-        os.set_blocking(fd, True)
+    fd: int
+    what: str
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
@@ -157,6 +155,15 @@ class FdChannel(Channel):
         except OSError as exc:
             raise MigrationError(f"Unable to read from {self.what}: "
                                  f"{exc.strerror or exc}") from None
+
+
+class FdChannel(_DescriptorChannel):
+    """A file descriptor of any kind (``fd:``): a pipe, a file or a socket."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.what = "socket" if _is_socket(fd) else "file"
+        os.set_blocking(fd, True)
 
     def abort(self) -> None:
         if self.what == "socket":
@@ -179,7 +186,7 @@ def _is_socket(fd: int) -> bool:
         return False
 
 
-class CommandChannel(Channel):
+class CommandChannel(_DescriptorChannel):
     """``exec:CMD``: ``/bin/sh -c CMD`` with its stdin (outgoing) or stdout (incoming)."""
 
     what = "command"
@@ -195,22 +202,6 @@ class CommandChannel(Channel):
         stream = self.proc.stdin if outgoing else self.proc.stdout
         assert stream is not None
         self.fd = stream.fileno()
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        view = memoryview(data)
-        try:
-            while view:
-                view = view[os.write(self.fd, view):]
-        except OSError as exc:
-            raise MigrationError(f"Unable to write to command: "
-                                 f"{exc.strerror or exc}") from None
-
-    def read(self, size: int) -> bytes:
-        try:
-            return os.read(self.fd, size)
-        except OSError as exc:
-            raise MigrationError(f"Unable to read from command: "
-                                 f"{exc.strerror or exc}") from None
 
     def abort(self) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
