@@ -156,8 +156,9 @@ class Driver:
             if thread is not current:
                 thread.join()
 
-    def _wait_until_running(self) -> bool:
-        """Park while paused; returns False when the driver quits."""
+    def _wait_until_running(self, vcpu: Vcpu | None = None) -> bool:
+        """Park while paused; returns False when the driver quits.  ``vcpu``: the one this
+        thread runs (its kicks are forgotten after the pause; with None, every vCPU's)."""
         if self._running:  # the common case, checked without the lock (pause() kicks anyway)
             return True
         with self._cond:
@@ -168,8 +169,10 @@ class Driver:
             while not self._running and not self._quit:
                 self._cond.wait()
             self._parked -= 1
-            for vcpu in self.vcpus:  # the kicks were for the pause that just ended
-                cancel = getattr(vcpu, "cancel_kick", None)
+            # the kicks were for the pause that just ended; not another thread's vCPU's,
+            # which may still be on its way out (a quit)
+            for each in self.vcpus if vcpu is None else [vcpu]:
+                cancel = getattr(each, "cancel_kick", None)
                 if cancel is not None:
                     cancel()
             return not self._quit
@@ -266,7 +269,7 @@ class ThreadPerVcpuDriver(Driver):
         acquire, release = system.lock.acquire, system.lock.release
         bus = system.bus
         try:
-            while self._running or self._wait_until_running():
+            while self._running or self._wait_until_running(vcpu):
                 exit_ = run()
                 if exit_.__class__ is MmioExit:  # handle_exit's first case, inlined
                     acquire()

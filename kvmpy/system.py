@@ -152,6 +152,8 @@ class System:
         self.firmware_mode = "none"
         self.machine: MachineState | None = None
         self.accel: Accelerator | None = None
+        self._accel_text = "-accel"  # the option that chose it, for its errors
+        self._accel_props: dict[str, str] = {}
         self.caps = AccelCaps(machine_mode=True, in_kernel_timer_ipi=False)
         self.driver: Driver | None = None
         self.time_source = _Clock(self)
@@ -188,6 +190,10 @@ class System:
         if config.icount_shift is not None and not self.accel.supports_icount:
             raise ConfigError(f"-icount is not supported with accelerator "
                               f"'{self.accel.name}'", option="-icount")
+        if config.icount_shift is not None and getattr(self.accel, "thread", "") == "multi":
+            if "thread" in self._accel_props:  # QEMU's default is single with -icount
+                raise ConfigError("No MTTCG when icount is enabled", option=self._accel_text)
+            self.accel.thread = "single"  # type: ignore[attr-defined]
         self._open_chardevs()
         self._open_netdevs()
         self.harts = [HartPort(i) for i in range(self.machine.smp.cpus)]
@@ -235,6 +241,8 @@ class System:
             reason = cls.unavailable_reason()
             if reason is None:
                 accel: Accelerator = qom.object_new(cls.type_name, props)
+                self._accel_text = text
+                self._accel_props = props
                 if reasons and not explicit:
                     self.notice(f"{reasons[-1]}; falling back to {name}")
                 elif reasons:

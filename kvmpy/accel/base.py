@@ -99,8 +99,9 @@ class Accelerator(Object):
 
     supports_icount: ClassVar[bool] = False
     """``-icount shift=N`` is honoured (``set_icount``): time counts retired instructions."""
-    threaded_vcpus: ClassVar[bool] = False
-    """True: one thread per vCPU blocked in run() (KVM); False: all harts on one thread."""
+    threaded_vcpus: bool = False
+    """True: one thread per vCPU blocked in run() (KVM, TCG with thread=multi); False: all
+    harts on one thread.  Settled by ``init_machine``."""
 
     @classmethod
     def unavailable_reason(cls) -> str | None:

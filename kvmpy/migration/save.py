@@ -239,7 +239,7 @@ def vcpus_held(system: System) -> Iterator[None]:
     driver = system.driver
     accel = system.accel
     if (driver is None or system.status != "running"
-            or (accel is not None and accel.threaded_vcpus)):  # KVM's log needs no pause
+            or (accel is not None and accel.name == "kvm")):  # KVM's log needs no pause
         yield
         return
     driver.pause()

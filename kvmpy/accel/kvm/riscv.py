@@ -484,7 +484,7 @@ class KvmAccel(Accelerator):
     system events.  ``kvm_factory`` opens the KVM device (tests pass a fake wrapper)."""
 
     name: ClassVar[str] = "kvm"
-    threaded_vcpus: ClassVar[bool] = True
+    threaded_vcpus = True
     """One thread per vCPU, blocked in KVM_RUN (``kvmpy.runloop.ThreadPerVcpuDriver``)."""
 
     def __init__(self, kvm_factory: Callable[[], Kvm] | None = None) -> None:

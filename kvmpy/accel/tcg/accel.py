@@ -13,6 +13,7 @@ then no M-mode firmware that could take the ecall).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -59,6 +60,9 @@ class TcgVcpu:
         """The hart's SBI HSM power state as last set through this object; the engine only
         changes it when told (reset, set_reg, hart_start/stop), so the run loop can ask on
         every exit without a call into C (which lets other threads take the GIL)."""
+        self._started = threading.Event()
+        """thread=multi: a stopped hart's thread waits here in ``run()`` until the hart is
+        started or kicked (WFI sleeps inside the core instead)."""
 
     # -- running -----------------------------------------------------------------------
 
@@ -84,6 +88,10 @@ class TcgVcpu:
         if kind == core.EXIT_HALT:
             return exits.HaltExit(None if x.deadline_ns < 0 else int(x.deadline_ns))
         if kind == core.EXIT_STOPPED:
+            if self._accel.threaded_vcpus:
+                self._started.wait()
+                self._started.clear()
+                return exits.IntrExit()
             return exits.HaltExit(None)
         if kind == core.EXIT_ERROR:
             return exits.InternalErrorExit(core.ffi.string(x.message).decode())
@@ -139,6 +147,7 @@ class TcgVcpu:
 
     def kick(self) -> None:
         core.lib.tcg_kick(self._engine, self.index)
+        self._started.set()
 
     def cancel_kick(self) -> None:
         """Forget kicks of a pause that is over, so the hart's next turn is not empty."""
@@ -169,7 +178,7 @@ class TcgVcpu:
         if core.lib.tcg_set_reg(self._engine, self.index, reg, value & _U64) != 0:
             raise AccelError(f"tcg: hart {self.index}: register '{name}' cannot be written")
         if reg == core.REG_STOPPED:
-            self._stopped = value != 0
+            self._set_stopped(value != 0)
 
     def reset(self, pc: int, priv: int, a0: int, a1: int, stopped: bool) -> None:
         if priv == PRV_S:
@@ -178,7 +187,12 @@ class TcgVcpu:
             raise AccelError(f"tcg: hart {self.index} cannot start in privilege {priv}")
         core.lib.tcg_reset_hart(self._engine, self.index, pc & _U64, priv, a0 & _U64,
                                 a1 & _U64, 1 if stopped else 0)
+        self._set_stopped(stopped)
+
+    def _set_stopped(self, stopped: bool) -> None:
         self._stopped = stopped
+        if not stopped:
+            self._started.set()
 
     # -- FirmwareHart (built-in SBI) ---------------------------------------------------
 
@@ -195,7 +209,7 @@ class TcgVcpu:
     def hart_start(self, start_addr: int, opaque: int) -> None:
         core.lib.tcg_reset_hart(self._engine, self.index, start_addr & _U64, PRV_S,
                                 self.index, opaque & _U64, 0)
-        self._stopped = False
+        self._set_stopped(False)
 
     def hart_stop(self) -> None:
         core.lib.tcg_set_reg(self._engine, self.index, core.REG_STOPPED, 1)
@@ -255,7 +269,7 @@ class TcgVcpu:
         if core.lib.tcg_set_hart_state(self._engine, self.index, s) != 0:
             raise AccelError(f"tcg: hart {self.index}: state not accepted (privilege "
                              f"{state['priv']}, tselect {state['csr']['tselect']})")
-        self._stopped = bool(state["stopped"])
+        self._set_stopped(bool(state["stopped"]))
 
 
 _WATCH_KINDS = {core.WATCH_WRITE: "write", core.WATCH_READ: "read",
@@ -280,11 +294,11 @@ class TcgAccel(Accelerator):
     """The interpreter accelerator: harts start in M-mode, the VMM provides CLINT/ACLINT."""
 
     name: ClassVar[str] = "tcg"
-    threaded_vcpus: ClassVar[bool] = False
     supports_icount: ClassVar[bool] = True
 
-    thread = Property(str, "single", "vCPU threading (the interpreter runs every hart on one "
-                      "thread, round-robin)", choices=("single", "multi"))
+    thread = Property(str, "multi", "vCPU threading: multi runs each hart on a host thread of "
+                      "its own (the default, except with -icount), single runs every hart on "
+                      "one thread, round-robin", choices=("single", "multi"))
     jit = Property(bool, True, "translate hot blocks to host code (x86-64 hosts; elsewhere, "
                    "and with jit=off, every instruction is interpreted)")
     jit_threshold = Property(int, 32, "times a block runs interpreted before it is translated "
@@ -297,6 +311,7 @@ class TcgAccel(Accelerator):
         self.engine: Any = None
         self.tracing = False
         self._trace_buf: Any = None
+        self._trace_lock = threading.Lock()
         self._memory: list[GuestRAM] = []
         self._int_log = log.logger("int")
         self._asm_log = log.logger("in_asm")
@@ -321,6 +336,9 @@ class TcgAccel(Accelerator):
                              f"RAM 0x{ram.base:x}+0x{ram.size:x}")
         self.engine = engine
         self._memory = [ram, *roms]
+        self.threaded_vcpus = self.thread == "multi"
+        if core.lib.tcg_set_multithread(engine, 1 if self.threaded_vcpus else 0) != 0:
+            raise AccelError("No MTTCG when icount is enabled")
         core.lib.tcg_set_jit(engine, 1 if self.jit else 0)
         core.lib.tcg_set_jit_threshold(engine, min(max(1, self.jit_threshold), 1 << 30))
         for rom in roms:
@@ -459,13 +477,14 @@ class TcgAccel(Accelerator):
         core.lib.tcg_set_trace(self.engine, flags)
 
     def drain_trace(self) -> None:
-        buf = self._trace_buf
-        while True:
-            n = core.lib.tcg_trace_drain(self.engine, buf, 1024)
-            for i in range(n):
-                self._log_record(buf[i])
-            if n < 1024:
-                return
+        with self._trace_lock:  # thread=multi: every hart's thread drains
+            buf = self._trace_buf
+            while True:
+                n = core.lib.tcg_trace_drain(self.engine, buf, 1024)
+                for i in range(n):
+                    self._log_record(buf[i])
+                if n < 1024:
+                    return
 
     def _log_record(self, r: Any) -> None:
         if r.kind == core.TRACE_INT:

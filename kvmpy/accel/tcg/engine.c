@@ -36,11 +36,13 @@
  * load/store trigger may match stay out of that hart's data TLB, and mem_slow() and the
  * atomics check the triggers before the access.
  */
-#define _POSIX_C_SOURCE 199309L
+#define _POSIX_C_SOURCE 200809L
 #include "engine.h"
 
 #include <fenv.h>
 #include <math.h>
+#include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -229,7 +231,7 @@ enum { PEND_NONE = 0, PEND_LOAD, PEND_STORE, PEND_SBI };
     X(system) \
     X(fadd_d) X(fsub_d) X(fmul_d) X(fdiv_d) X(fadd_s) X(fsub_s) X(fmul_s) X(fdiv_s) \
     X(fmadd_d) X(fmsub_d) X(fnmsub_d) X(fnmadd_d) X(fmadd_s) X(fmsub_s) X(fnmsub_s) \
-    X(fnmadd_s) X(fmv_d) X(fle_d) X(flt_d) X(feq_d) X(fcvt_d_w)
+    X(fnmadd_s) X(fmv_d) X(fle_d) X(flt_d) X(feq_d) X(fcvt_d_w) X(fence)
 
 #define OP_ENUM(n) OP_##n,
 enum { OP_LIST(OP_ENUM) OP_COUNT };
@@ -312,6 +314,13 @@ typedef struct hart {
     uint64_t next_timer_check;
     uint32_t attention;   /* atomic: look at kicks/irqs/timers before the next block */
     uint32_t kicked;      /* atomic */
+    /* thread=multi: requests from other threads, served by this hart's own thread */
+    uint32_t timer_req;     /* atomic: a timer compare changed */
+    uint32_t tlb_flush_req; /* atomic: flush the TLB (a remote sfence) */
+    uint32_t in_exec;       /* atomic: inside run_loop and not asleep */
+    uint32_t sleeping;      /* atomic: waiting in WFI on sleep_cv */
+    pthread_mutex_t sleep_mu;
+    pthread_cond_t sleep_cv;
     int stopped;
     int halted;
     int dmode;            /* data TLB flavour */
@@ -324,6 +333,7 @@ typedef struct hart {
     /* LR/SC */
     int resv_valid;
     uint64_t resv_pa;
+    uint64_t resv_val;   /* what LR loaded: SC compares and swaps it (thread=multi) */
     int resv_watch;
     int single_step; /* one-instruction blocks: run_small, a step or an execute trigger */
 
@@ -397,11 +407,40 @@ struct tcg_engine {
     /* the translating tier (jit_x86.c) */
     struct jit_state *jit;
     int jit_on;
+
+    /* thread=multi (tcg_set_multithread): every hart runs tcg_run on its own thread.
+     * code_mu guards the decoded code and the translations (lookups that miss the jump
+     * cache, decoding, invalidation, translating, chain patching); the hot paths take no
+     * lock.  Forgetting all code (code_flush_all) reuses memory other harts may be running,
+     * so it is requested (flush_req) and done by one hart while every other hart waits
+     * outside run_loop: the exclusive section of excl_mu/excl_cv, which counts the harts
+     * running (inside run_loop and awake). */
+    int mt;
+    pthread_mutex_t code_mu;
+    pthread_mutex_t trace_mu;
+    pthread_mutex_t excl_mu;
+    pthread_cond_t excl_cv;
+    int excl_running;
+    uint32_t excl_pending; /* atomic */
+    uint32_t flush_req;    /* atomic */
 };
 
 static void jit_init(tcg_engine *e);
 static void jit_free(tcg_engine *e);
 static void jit_reset(tcg_engine *e);
+
+/* thread=multi locking; no-ops with every hart on one thread */
+static inline void code_lock(tcg_engine *e)
+{
+    if (e->mt)
+        pthread_mutex_lock(&e->code_mu);
+}
+
+static inline void code_unlock(tcg_engine *e)
+{
+    if (e->mt)
+        pthread_mutex_unlock(&e->code_mu);
+}
 
 /* ---------------------------------------------------------------- small helpers --------- */
 
@@ -428,22 +467,26 @@ static uint64_t mtime_now(tcg_engine *e, const hart *running)
 static void trace_emit(tcg_engine *e, uint32_t kind, int hartid, uint64_t pc, uint64_t a,
                        uint64_t b, uint64_t c)
 {
-    if (e->trace_len >= TRACE_CAP)
-        return;
-    tcg_trace_rec *r = &e->trace[e->trace_len++];
-    r->kind = kind;
-    r->hart = (uint32_t)hartid;
-    r->pc = pc;
-    r->a = a;
-    r->b = b;
-    r->c = c;
+    if (e->mt)
+        pthread_mutex_lock(&e->trace_mu);
+    if (e->trace_len < TRACE_CAP) {
+        tcg_trace_rec *r = &e->trace[e->trace_len++];
+        r->kind = kind;
+        r->hart = (uint32_t)hartid;
+        r->pc = pc;
+        r->a = a;
+        r->b = b;
+        r->c = c;
+    }
+    if (e->mt)
+        pthread_mutex_unlock(&e->trace_mu);
 }
 
 static inline void set_attention(hart *h) { ATOMIC_STORE(&h->attention, 1u); }
 
 /* ---------------------------------------------------------------- TLB and jump cache ---- */
 
-static void jc_flush(hart *h) { h->jc_gen = ++h->e->gen_counter; }
+static void jc_flush(hart *h) { h->jc_gen = __atomic_add_fetch(&h->e->gen_counter, 1, __ATOMIC_RELAXED); }
 
 static void tlb_flush_all(hart *h)
 {
@@ -1210,11 +1253,26 @@ static void unlink_block(tcg_engine *e, block *b)
 /* A store hit a RAM page that holds decoded code: drop its blocks. */
 static void invalidate_code_page(tcg_engine *e, uint64_t idx)
 {
+    code_lock(e);
     block *b = e->page_blocks[idx];
     e->page_blocks[idx] = NULL;
     for (; b; b = b->pnext)
         unlink_block(e, b);
     invalidate_jump_caches(e);
+    code_unlock(e);
+}
+
+/* Forget every decoded block and translation: at once with one thread; with thread=multi at
+ * the next point where no hart runs any of them (see struct tcg_engine). */
+static void code_flush_request(tcg_engine *e)
+{
+    if (!e->mt) {
+        code_flush_all(e);
+        return;
+    }
+    __atomic_store_n(&e->flush_req, 1u, __ATOMIC_SEQ_CST);
+    for (int k = 0; k < e->num_harts; k++)
+        set_attention(e->harts[k]);
 }
 
 static inline void mark_dirty(tcg_engine *e, uint64_t off, unsigned size)
@@ -1222,8 +1280,8 @@ static inline void mark_dirty(tcg_engine *e, uint64_t off, unsigned size)
     uint64_t i0 = off >> 12, i1 = (off + size - 1) >> 12;
     if (i1 >= (e->ram_size >> 12))
         i1 = i0;
-    e->dirty[i0 >> 6] |= 1ull << (i0 & 63);
-    e->dirty[i1 >> 6] |= 1ull << (i1 & 63);
+    ATOMIC_OR(&e->dirty[i0 >> 6], 1ull << (i0 & 63));
+    ATOMIC_OR(&e->dirty[i1 >> 6], 1ull << (i1 & 63));
 }
 
 static inline void notify_ram_write(tcg_engine *e, uint64_t pa, unsigned size)
@@ -1675,16 +1733,14 @@ static int exec_amo(hart *h, const op *o)
         if (st)
             return st;
         uint64_t v;
-        if (size == 4) {
-            uint32_t t;
-            memcpy(&t, p, 4);
-            v = sext32(t);
-        } else {
-            memcpy(&v, p, 8);
-        }
+        if (size == 4)
+            v = sext32(__atomic_load_n((uint32_t *)(void *)p, __ATOMIC_SEQ_CST));
+        else
+            v = __atomic_load_n((uint64_t *)(void *)p, __ATOMIC_SEQ_CST);
         h->x[o->rd] = v;
         h->resv_valid = 1;
         h->resv_pa = pa;
+        h->resv_val = v;
         return ST_OK;
     }
     int st = amo_addr(h, va, size, ACC_W, &p, &pa);
@@ -1695,48 +1751,84 @@ static int exec_amo(hart *h, const op *o)
         int ok = h->resv_valid && h->resv_pa == pa;
         h->resv_valid = 0;
         if (ok) {
-            notify_ram_write(e, pa, size);
-            break_reservations(h, pa, size);
+            /* Atomic against the other harts' threads (thread=multi): the store happens only
+             * if the word still holds what LR loaded.  (A store of that same value by another
+             * hart in between goes unnoticed, as under QEMU's MTTCG.) */
             uint64_t v = h->x[o->rs2];
             if (size == 4) {
-                uint32_t t = (uint32_t)v;
-                memcpy(p, &t, 4);
+                uint32_t expect = (uint32_t)h->resv_val;
+                ok = __atomic_compare_exchange_n((uint32_t *)(void *)p, &expect, (uint32_t)v, 0,
+                                                 __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
             } else {
-                memcpy(p, &v, 8);
+                uint64_t expect = h->resv_val;
+                ok = __atomic_compare_exchange_n((uint64_t *)(void *)p, &expect, v, 0,
+                                                 __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+            }
+            if (ok) {
+                notify_ram_write(e, pa, size);
+                break_reservations(h, pa, size);
             }
         }
         h->x[o->rd] = ok ? 0 : 1;
         return ST_OK;
     }
-    uint64_t old, src = h->x[o->rs2], res;
+    /* AMOs are atomic read-modify-writes on the host (sequentially consistent, which covers
+     * every aq/rl combination) */
+    uint64_t old, src = h->x[o->rs2];
     if (size == 4) {
-        uint32_t t;
-        memcpy(&t, p, 4);
-        old = sext32(t);
-        src = sext32(src);
+        uint32_t *w = (uint32_t *)(void *)p, s32 = (uint32_t)src, cur;
+        switch (funct5) {
+        case 0x01: cur = __atomic_exchange_n(w, s32, __ATOMIC_SEQ_CST); break;
+        case 0x00: cur = __atomic_fetch_add(w, s32, __ATOMIC_SEQ_CST); break;
+        case 0x04: cur = __atomic_fetch_xor(w, s32, __ATOMIC_SEQ_CST); break;
+        case 0x0c: cur = __atomic_fetch_and(w, s32, __ATOMIC_SEQ_CST); break;
+        case 0x08: cur = __atomic_fetch_or(w, s32, __ATOMIC_SEQ_CST); break;
+        default:
+            cur = __atomic_load_n(w, __ATOMIC_SEQ_CST);
+            for (;;) {
+                uint32_t res;
+                switch (funct5) {
+                case 0x10: res = (int32_t)cur < (int32_t)s32 ? cur : s32; break;
+                case 0x14: res = (int32_t)cur > (int32_t)s32 ? cur : s32; break;
+                case 0x18: res = cur < s32 ? cur : s32; break;
+                case 0x1c: res = cur > s32 ? cur : s32; break;
+                default: res = cur; break;
+                }
+                if (__atomic_compare_exchange_n(w, &cur, res, 0, __ATOMIC_SEQ_CST,
+                                                __ATOMIC_SEQ_CST))
+                    break;
+            }
+            break;
+        }
+        old = sext32(cur);
     } else {
-        memcpy(&old, p, 8);
-    }
-    switch (funct5) {
-    case 0x01: res = src; break;
-    case 0x00: res = old + src; break;
-    case 0x04: res = old ^ src; break;
-    case 0x0c: res = old & src; break;
-    case 0x08: res = old | src; break;
-    case 0x10: res = (int64_t)old < (int64_t)src ? old : src; break;
-    case 0x14: res = (int64_t)old > (int64_t)src ? old : src; break;
-    case 0x18: res = (size == 4 ? (uint32_t)old < (uint32_t)src : old < src) ? old : src; break;
-    case 0x1c: res = (size == 4 ? (uint32_t)old > (uint32_t)src : old > src) ? old : src; break;
-    default: res = old; break;
+        uint64_t *w = (uint64_t *)(void *)p;
+        switch (funct5) {
+        case 0x01: old = __atomic_exchange_n(w, src, __ATOMIC_SEQ_CST); break;
+        case 0x00: old = __atomic_fetch_add(w, src, __ATOMIC_SEQ_CST); break;
+        case 0x04: old = __atomic_fetch_xor(w, src, __ATOMIC_SEQ_CST); break;
+        case 0x0c: old = __atomic_fetch_and(w, src, __ATOMIC_SEQ_CST); break;
+        case 0x08: old = __atomic_fetch_or(w, src, __ATOMIC_SEQ_CST); break;
+        default:
+            old = __atomic_load_n(w, __ATOMIC_SEQ_CST);
+            for (;;) {
+                uint64_t res;
+                switch (funct5) {
+                case 0x10: res = (int64_t)old < (int64_t)src ? old : src; break;
+                case 0x14: res = (int64_t)old > (int64_t)src ? old : src; break;
+                case 0x18: res = old < src ? old : src; break;
+                case 0x1c: res = old > src ? old : src; break;
+                default: res = old; break;
+                }
+                if (__atomic_compare_exchange_n(w, &old, res, 0, __ATOMIC_SEQ_CST,
+                                                __ATOMIC_SEQ_CST))
+                    break;
+            }
+            break;
+        }
     }
     notify_ram_write(e, pa, size);
     break_reservations(h, pa, size);
-    if (size == 4) {
-        uint32_t t = (uint32_t)res;
-        memcpy(p, &t, 4);
-    } else {
-        memcpy(p, &res, 8);
-    }
     h->x[o->rd] = old;
     return ST_OK;
 }
@@ -2541,7 +2633,10 @@ static int decode32(uint32_t insn, op *o)
             return D_END;
         }
         if (f3 == 0) {
-            set_op(o, OP_nop, 0, 0, 0, 0);
+            /* x86-64 keeps every order RVWMO's fence asks for except a store before a load
+             * (pred W, succ R); fence.tso (fm 8) does not ask for that one */
+            int w_r = (insn >> 28) == 0 && ((insn >> 24) & 1) && ((insn >> 21) & 1);
+            set_op(o, w_r ? OP_fence : OP_nop, 0, 0, 0, 0);
             return 0;
         }
         if (f3 == 1) {
@@ -2932,18 +3027,22 @@ static block *lookup_block(hart *h)
     int cacheable = uniform && (ppc - e->ram_base) < e->ram_size && !h->single_step;
     if (cacheable) {
         unsigned idx = bhash_index(ppc, pc);
+        code_lock(e);
         for (block *b = e->bhash[idx]; b; b = b->hnext) {
             if (b->ppc != ppc || b->vpc != pc)
                 continue;
-            if (b->epoch != e->code_epoch) {
+            uint32_t epoch = ATOMIC_LOAD(&e->code_epoch);
+            if (b->epoch != epoch) {
                 if (memcmp(b->code, host, b->nbytes) != 0) {
                     unlink_block(e, b);
                     break;
                 }
-                b->epoch = e->code_epoch;
+                b->epoch = epoch;
             }
+            code_unlock(e);
             return b;
         }
+        code_unlock(e);
     }
 
     /* decode a new block */
@@ -2979,6 +3078,7 @@ static block *lookup_block(hart *h)
         return b;
     }
     if (!cacheable) { /* one instruction at a time, decoded again each time */
+    one_insn:;
         block *b = &h->scratch.b;
         uint32_t nb;
         b->n = (uint32_t)decode_into(b->ops, 1, pc, host, (uint32_t)avail, &nb, NULL);
@@ -2992,25 +3092,36 @@ static block *lookup_block(hart *h)
             emit_in_asm(h, b);
         return b;
     }
+    /* decode a copy: with thread=multi another hart may store to the page meanwhile, and
+     * the block's code bytes (for fence.i) must be the ones it was decoded from */
     op tmp[BLOCK_MAX + 1];
+    uint8_t bytes[BLOCK_MAX * 4];
+    uint32_t room = avail < sizeof(bytes) ? (uint32_t)avail : (uint32_t)sizeof(bytes);
+    uint32_t epoch = ATOMIC_LOAD(&e->code_epoch);
+    memcpy(bytes, host, room);
     uint32_t nbytes;
-    int n = decode_into(tmp, BLOCK_MAX, pc, host, (uint32_t)avail, &nbytes,
-                        e->nbp ? e : NULL);
+    int n = decode_into(tmp, BLOCK_MAX, pc, bytes, room, &nbytes, e->nbp ? e : NULL);
     size_t size = sizeof(block) + (size_t)(n + 1) * sizeof(op);
+    code_lock(e);
     block *b = arena_alloc(e, size + nbytes);
     if (!b) {
+        if (e->mt) { /* other harts may be running blocks of the arena */
+            code_unlock(e);
+            code_flush_request(e);
+            goto one_insn;
+        }
         code_flush_all(e);
         b = arena_alloc(e, size + nbytes);
     }
     memcpy(b->ops, tmp, (size_t)(n + 1) * sizeof(op));
     uint8_t *code = (uint8_t *)b + size;
-    memcpy(code, host, nbytes);
+    memcpy(code, bytes, nbytes);
     b->code = code;
     b->n = (uint32_t)n;
     b->nbytes = nbytes;
     b->vpc = pc;
     b->ppc = ppc;
-    b->epoch = e->code_epoch;
+    b->epoch = epoch;
     b->linked = 0;
     b->valid = 1;
     b->jit_hot = 0;
@@ -3023,6 +3134,7 @@ static block *lookup_block(hart *h)
     if (!e->page_blocks[pidx])
         tlb_drop_writable_page(e, ppc & PAGE_MASK);
     e->page_blocks[pidx] = b;
+    code_unlock(e);
     if (e->trace_flags & (1u << TCG_TRACE_IN_ASM))
         emit_in_asm(h, b);
     return b;
@@ -3062,6 +3174,10 @@ static int do_halt(hart *h)
         return ST_OK;
     }
     h->halted = 1;
+    if (e->mt) { /* sleep in service(), outside any block (see mt_halt_wait) */
+        set_attention(h);
+        return ST_OK;
+    }
     h->exit->kind = TCG_EXIT_HALT;
     h->exit->deadline_ns = d == ~(uint64_t)0 ? -1 : mtime_to_ns(e, d);
     return ST_EXIT;
@@ -3179,7 +3295,7 @@ static int exec_system(hart *h, const op *o)
          * next instruction, not at the next periodic timer check.  With other harts to run,
          * this hart is waiting for them (a polling loop): give up the rest of the slice. */
         set_attention(h);
-        if (e->num_harts > 1) {
+        if (e->num_harts > 1 && !e->mt) {
             h->exit->kind = TCG_EXIT_NONE;
             return ST_EXIT;
         }
@@ -3187,6 +3303,12 @@ static int exec_system(hart *h, const op *o)
     case SYS_PAUSE:
         h->pc += o->len;
         h->insns++;
+        if (e->mt) {
+#if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+#endif
+            return ST_OK;
+        }
         if (e->num_harts > 1) {
             h->exit->kind = TCG_EXIT_NONE;
             return ST_EXIT;
@@ -3203,8 +3325,10 @@ static int exec_system(hart *h, const op *o)
         h->insns++;
         return ST_OK;
     case SYS_FENCEI:
-        e->code_epoch++;
+        __atomic_add_fetch(&e->code_epoch, 1u, __ATOMIC_SEQ_CST);
+        code_lock(e);
         invalidate_jump_caches(e);
+        code_unlock(e);
         h->pc += o->len;
         h->insns++;
         return ST_OK;
@@ -3221,10 +3345,145 @@ static int exec_system(hart *h, const op *o)
 }
 
 /* Between blocks, when `attention` is set or `limit` is reached.  Returns 1 to leave run(). */
+/* ---------------------------------------------------------------- thread=multi -------- */
+
+/* The hart starts running (tcg_run, or back from a sleep or the exclusive section): wait while
+ * a hart works alone; be that hart when everything decoded is to be forgotten. */
+static void mt_enter(hart *h)
+{
+    tcg_engine *e = h->e;
+    pthread_mutex_lock(&e->excl_mu);
+    for (;;) {
+        while (e->excl_pending)
+            pthread_cond_wait(&e->excl_cv, &e->excl_mu);
+        if (!__atomic_load_n(&e->flush_req, __ATOMIC_SEQ_CST))
+            break;
+        __atomic_store_n(&e->excl_pending, 1u, __ATOMIC_SEQ_CST);
+        for (int k = 0; k < e->num_harts; k++)
+            set_attention(e->harts[k]);
+        while (e->excl_running > 0)
+            pthread_cond_wait(&e->excl_cv, &e->excl_mu);
+        /* alone: no hart is inside a block or a translation */
+        if (__atomic_exchange_n(&e->flush_req, 0u, __ATOMIC_SEQ_CST))
+            code_flush_all(e);
+        __atomic_store_n(&e->excl_pending, 0u, __ATOMIC_SEQ_CST);
+        pthread_cond_broadcast(&e->excl_cv);
+    }
+    e->excl_running++;
+    __atomic_store_n(&h->in_exec, 1u, __ATOMIC_SEQ_CST);
+    pthread_mutex_unlock(&e->excl_mu);
+}
+
+static void mt_leave(hart *h)
+{
+    tcg_engine *e = h->e;
+    __atomic_store_n(&h->in_exec, 0u, __ATOMIC_SEQ_CST);
+    pthread_mutex_lock(&e->excl_mu);
+    e->excl_running--;
+    if (e->excl_pending)
+        pthread_cond_broadcast(&e->excl_cv);
+    pthread_mutex_unlock(&e->excl_mu);
+}
+
+/* Wake h if it sleeps in WFI; its waker has already set what it is woken for (seq-cst, as
+ * the sleeper's `sleeping`, so that one of the two sees the other). */
+static void mt_wake(hart *h)
+{
+    if (h->e->mt && __atomic_load_n(&h->sleeping, __ATOMIC_SEQ_CST)) {
+        pthread_mutex_lock(&h->sleep_mu);
+        pthread_cond_signal(&h->sleep_cv);
+        pthread_mutex_unlock(&h->sleep_mu);
+    }
+}
+
+static int mt_wake_pending(hart *h)
+{
+    uint64_t mip = h->mip_sw | __atomic_load_n(&h->mip_edge, __ATOMIC_SEQ_CST) |
+                   __atomic_load_n(&h->mip_pins, __ATOMIC_SEQ_CST) | h->mip_timer;
+    return (mip & h->mie) || __atomic_load_n(&h->kicked, __ATOMIC_SEQ_CST) ||
+           __atomic_load_n(&h->timer_req, __ATOMIC_SEQ_CST) ||
+           __atomic_load_n(&h->tlb_flush_req, __ATOMIC_SEQ_CST) ||
+           __atomic_load_n(&h->e->flush_req, __ATOMIC_SEQ_CST);
+}
+
+static void remote_flush(hart *h)
+{
+    tcg_engine *e = h->e;
+    tlb_flush_all(h);
+    __atomic_add_fetch(&e->code_epoch, 1u, __ATOMIC_SEQ_CST);
+    code_lock(e);
+    invalidate_jump_caches(e);
+    code_unlock(e);
+}
+
+/* WFI with thread=multi: sleep (not counted as running) until an interrupt is pending and
+ * enabled in mie (halted cleared) or a kick comes (still halted: tcg_run returns, and the
+ * next tcg_run sleeps again). */
+static void mt_halt_wait(hart *h)
+{
+    tcg_engine *e = h->e;
+    for (;;) {
+        h->mip_sw |= ATOMIC_XCHG(&h->mip_edge, 0);
+        __atomic_store_n(&h->timer_req, 0u, __ATOMIC_SEQ_CST);
+        update_timer_bits(h);
+        if (read_mip(h) & h->mie) {
+            h->halted = 0;
+            return;
+        }
+        if (__atomic_load_n(&h->kicked, __ATOMIC_SEQ_CST))
+            return;
+        if (__atomic_load_n(&h->tlb_flush_req, __ATOMIC_SEQ_CST)) {
+            remote_flush(h);
+            __atomic_store_n(&h->tlb_flush_req, 0u, __ATOMIC_SEQ_CST);
+        }
+        uint64_t d = next_timer_deadline(h);
+        mt_leave(h);
+        pthread_mutex_lock(&h->sleep_mu);
+        __atomic_store_n(&h->sleeping, 1u, __ATOMIC_SEQ_CST);
+        if (!mt_wake_pending(h)) {
+            if (d == ~(uint64_t)0) {
+                pthread_cond_wait(&h->sleep_cv, &h->sleep_mu);
+            } else {
+                int64_t ns = mtime_to_ns(e, d);
+                struct timespec ts = {(time_t)(ns / 1000000000), (long)(ns % 1000000000)};
+                if (ns > host_ns())
+                    pthread_cond_timedwait(&h->sleep_cv, &h->sleep_mu, &ts);
+            }
+        }
+        __atomic_store_n(&h->sleeping, 0u, __ATOMIC_SEQ_CST);
+        pthread_mutex_unlock(&h->sleep_mu);
+        mt_enter(h);
+    }
+}
+
+/* service() with thread=multi: take part in an exclusive section, serve other threads'
+ * requests, sleep in WFI. */
+static void mt_service(hart *h)
+{
+    tcg_engine *e = h->e;
+    if (__atomic_load_n(&e->excl_pending, __ATOMIC_SEQ_CST) ||
+        __atomic_load_n(&e->flush_req, __ATOMIC_SEQ_CST)) {
+        mt_leave(h);
+        mt_enter(h);
+    }
+    if (__atomic_load_n(&h->tlb_flush_req, __ATOMIC_SEQ_CST)) {
+        remote_flush(h);
+        __atomic_store_n(&h->tlb_flush_req, 0u, __ATOMIC_SEQ_CST);
+    }
+    if (__atomic_exchange_n(&h->timer_req, 0u, __ATOMIC_SEQ_CST)) {
+        update_timer_bits(h);
+        schedule_timer_check(h);
+    }
+    if (h->halted)
+        mt_halt_wait(h);
+}
+
 static int service(hart *h)
 {
     tcg_engine *e = h->e;
     ATOMIC_STORE(&h->attention, 0u);
+    if (e->mt)
+        mt_service(h);
     if (ATOMIC_XCHG(&h->kicked, 0u)) {
         h->exit->kind = TCG_EXIT_NONE;
         return 1;
@@ -3413,7 +3672,11 @@ next_block:
         uint64_t pc = h->pc;
         uint64_t key = pc ^ ((uint64_t)h->priv << 56);
         jc_entry *j = &h->jc[(pc >> 1) & (JC_SIZE - 1)];
-        if (likely(j->key == key && j->gen == h->jc_gen)) {
+        /* valid and epoch too: with thread=multi an entry may be filled just after another
+         * hart dropped the block or ran fence.i, and translated code does not enter a stale
+         * block (it would come back here at once, for ever) */
+        if (likely(j->key == key && j->gen == h->jc_gen && j->b->valid &&
+                   j->b->epoch == epoch)) {
             b = j->b;
             if (link_from && link_target == pc && ((link_from->pc ^ pc) & PAGE_MASK) == 0 &&
                 !h->dbg_block)
@@ -3422,12 +3685,14 @@ next_block:
             b = lookup_block(h);
             if (!b)
                 goto next_block; /* fetch fault: the trap is taken */
-            if (!b->linked) {
+            if (!__atomic_load_n(&b->linked, __ATOMIC_ACQUIRE)) {
+                /* with thread=multi two harts may do this at once, storing the same values;
+                 * a hart that sees `linked` sees the handlers */
 #if USE_COMPUTED_GOTO
                 for (uint32_t i = 0; i <= b->n; i++)
                     b->ops[i].handler = labels[b->ops[i].kind];
 #endif
-                b->linked = 1;
+                __atomic_store_n(&b->linked, 1, __ATOMIC_RELEASE);
             }
             if (b->valid && !(h->e->trace_flags & (1u << TCG_TRACE_EXEC))) {
                 j->key = key;
@@ -3475,6 +3740,11 @@ dispatch:
     ALU(mv, R1)
     ALU(auipc, o->pc + (uint64_t)o->imm)
     CASE(nop) { NEXT(); }
+    CASE(fence) {
+        if (h->e->mt) /* other harts run on other threads */
+            __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        NEXT();
+    }
     CASE(jal) {
         uint64_t link = o->pc + o->len;
         RD = link;
@@ -3789,18 +4059,29 @@ tcg_engine *tcg_engine_new(uint8_t *ram, uint64_t ram_base, uint64_t ram_size, i
         tcg_engine_free(e);
         return NULL;
     }
+    pthread_mutex_init(&e->code_mu, NULL);
+    pthread_mutex_init(&e->trace_mu, NULL);
+    pthread_mutex_init(&e->excl_mu, NULL);
+    pthread_cond_init(&e->excl_cv, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* WFI deadlines are host_ns() times */
     for (int i = 0; i < num_harts; i++) {
         hart *h = calloc(1, sizeof(hart));
         if (!h) {
+            pthread_condattr_destroy(&ca);
             tcg_engine_free(e);
             return NULL;
         }
         e->harts[i] = h;
+        pthread_mutex_init(&h->sleep_mu, NULL);
+        pthread_cond_init(&h->sleep_cv, &ca);
         h->id = i;
         h->e = e;
         h->mtimecmp = ~0ull;
         hart_reset(h, ram_base, PRV_M, (uint64_t)i, 0, 0);
     }
+    pthread_condattr_destroy(&ca);
     jit_init(e);
     e->jit_on = 0;
     return e;
@@ -3811,9 +4092,15 @@ void tcg_engine_free(tcg_engine *e)
     if (!e)
         return;
     jit_free(e);
-    if (e->harts)
-        for (int i = 0; i < e->num_harts; i++)
+    if (e->harts) {
+        for (int i = 0; i < e->num_harts; i++) {
+            if (e->harts[i]) {
+                pthread_mutex_destroy(&e->harts[i]->sleep_mu);
+                pthread_cond_destroy(&e->harts[i]->sleep_cv);
+            }
             free(e->harts[i]);
+        }
+    }
     free(e->harts);
     free(e->trace);
     free(e->arena);
@@ -3874,6 +4161,15 @@ int tcg_add_mmio_window(tcg_engine *e, uint64_t gpa, uint64_t size)
 
 void tcg_set_builtin_firmware(tcg_engine *e, int on) { e->builtin_fw = on != 0; }
 
+int tcg_set_multithread(tcg_engine *e, int on)
+{
+    if (on && e->icount_shift >= 0)
+        return -1;
+    e->mt = on != 0;
+    jit_set_multithread(e);
+    return 0;
+}
+
 int tcg_jit_available(void) { return JIT_BUILT; }
 
 int tcg_set_jit(tcg_engine *e, int on)
@@ -3897,15 +4193,19 @@ void tcg_set_trace(tcg_engine *e, uint32_t flags)
     e->trace_flags = flags;
     invalidate_jump_caches(e);
     if (flags & (1u << TCG_TRACE_IN_ASM))
-        code_flush_all(e); /* so every block is decoded (and shown) again */
+        code_flush_request(e); /* so every block is decoded (and shown) again */
 }
 
 size_t tcg_trace_drain(tcg_engine *e, tcg_trace_rec *out, size_t max)
 {
+    if (e->mt)
+        pthread_mutex_lock(&e->trace_mu);
     size_t n = e->trace_len < max ? e->trace_len : max;
     memcpy(out, e->trace, n * sizeof(*out));
     memmove(e->trace, e->trace + n, (e->trace_len - n) * sizeof(*out));
     e->trace_len -= n;
+    if (e->mt)
+        pthread_mutex_unlock(&e->trace_mu);
     return n;
 }
 
@@ -3944,7 +4244,7 @@ int tcg_run(tcg_engine *e, int hartid, uint64_t max_insns, tcg_exit *out)
     h->single_step = h->run_small || h->dbg_step || h->trig_x;
     if (h->single_step)
         jc_flush(h);
-    if (h->halted) {
+    if (h->halted && !e->mt) { /* with thread=multi, service() sleeps */
         h->mip_sw |= ATOMIC_XCHG(&h->mip_edge, 0);
         update_timer_bits(h);
         if (!(read_mip(h) & h->mie)) {
@@ -3967,9 +4267,14 @@ int tcg_run(tcg_engine *e, int hartid, uint64_t max_insns, tcg_exit *out)
     h->limit = h->insns;
     ATOMIC_STORE(&h->attention, 1u);
     (void)host_flags_take(); /* what the host raised before this run is not the guest's */
+    if (e->mt)
+        mt_enter(h);
     run_loop(h);
+    if (e->mt)
+        mt_leave(h);
     fp_sync_flags(h);
-    e->icount_acc += h->insns - h->run_start;
+    if (e->icount_shift >= 0)
+        e->icount_acc += h->insns - h->run_start;
     h->run_start = h->insns;
     h->exit = NULL;
     return 0;
@@ -4011,8 +4316,9 @@ void tcg_complete_sbi(tcg_engine *e, int hartid, int64_t error, int64_t value)
 void tcg_kick(tcg_engine *e, int hartid)
 {
     hart *h = e->harts[hartid];
-    ATOMIC_STORE(&h->kicked, 1u);
+    __atomic_store_n(&h->kicked, 1u, __ATOMIC_SEQ_CST);
     ATOMIC_STORE(&h->attention, 1u);
+    mt_wake(h);
 }
 
 void tcg_cancel_kick(tcg_engine *e, int hartid)
@@ -4035,6 +4341,8 @@ void tcg_set_irq(tcg_engine *e, int hartid, int irq, int level)
         ATOMIC_AND(&h->mip_pins, ~bit);
     }
     ATOMIC_STORE(&h->attention, 1u);
+    if (level)
+        mt_wake(h);
 }
 
 int tcg_get_reg(tcg_engine *e, int hartid, int reg, uint64_t *value)
@@ -4092,11 +4400,19 @@ int tcg_set_reg(tcg_engine *e, int hartid, int reg, uint64_t value)
         set_attention(h);
         return 0;
     case TCG_REG_MTIMECMP:
-        h->mtimecmp = value;
-        timer_changed(h);
-        return 0;
     case TCG_REG_SBI_TIMECMP:
-        h->sbi_timecmp = value;
+        if (e->mt) { /* h may be running on its own thread: it updates its timer itself */
+            __atomic_store_n(reg == TCG_REG_MTIMECMP ? &h->mtimecmp : &h->sbi_timecmp, value,
+                             __ATOMIC_SEQ_CST);
+            __atomic_store_n(&h->timer_req, 1u, __ATOMIC_SEQ_CST);
+            set_attention(h);
+            mt_wake(h);
+            return 0;
+        }
+        if (reg == TCG_REG_MTIMECMP)
+            h->mtimecmp = value;
+        else
+            h->sbi_timecmp = value;
         timer_changed(h);
         return 0;
     case TCG_REG_STOPPED:
@@ -4122,15 +4438,26 @@ int tcg_set_reg(tcg_engine *e, int hartid, int reg, uint64_t value)
 void tcg_reset_hart(tcg_engine *e, int hartid, uint64_t pc, int priv, uint64_t a0, uint64_t a1,
                     int stopped)
 {
-    code_flush_all(e);
+    code_flush_request(e);
     hart_reset(e->harts[hartid], pc, priv, a0, a1, stopped);
 }
 
 void tcg_flush_tlb(tcg_engine *e, int hartid)
 {
-    tlb_flush_all(e->harts[hartid]);
-    e->code_epoch++;
-    invalidate_jump_caches(e);
+    hart *h = e->harts[hartid];
+    if (!e->mt) {
+        remote_flush(h);
+        return;
+    }
+    /* h may be running on its own thread: it flushes at its next block boundary, and a
+     * running hart is waited for (an SBI remote fence is complete when the call returns);
+     * a hart not running flushes before it runs again */
+    __atomic_store_n(&h->tlb_flush_req, 1u, __ATOMIC_SEQ_CST);
+    set_attention(h);
+    mt_wake(h);
+    while (__atomic_load_n(&h->tlb_flush_req, __ATOMIC_SEQ_CST) &&
+           __atomic_load_n(&h->in_exec, __ATOMIC_SEQ_CST))
+        sched_yield();
 }
 
 uint64_t tcg_read_mtime(tcg_engine *e) { return mtime_now(e, NULL); }
@@ -4155,7 +4482,7 @@ int tcg_set_breakpoints(tcg_engine *e, const uint64_t *pcs, int n)
     for (int i = 0; i < n; i++)
         e->bp[i] = pcs[i];
     e->nbp = n;
-    code_flush_all(e); /* blocks end before breakpoints and are not chained meanwhile */
+    code_flush_request(e); /* blocks end before breakpoints and are not chained meanwhile */
     for (int k = 0; k < e->num_harts; k++)
         set_attention(e->harts[k]);
     return 0;
@@ -4335,7 +4662,21 @@ int tcg_set_hart_state(tcg_engine *e, int hartid, const tcg_hart_state *s)
     h->halted = s->halted != 0;
     h->resv_valid = s->resv_valid != 0;
     h->resv_pa = s->resv_pa;
-    code_flush_all(e); /* RAM was replaced under the decoded code */
+    if (h->resv_valid) { /* what SC will compare with: the word as it is now */
+        uint64_t avail;
+        int w;
+        uint8_t *p = phys_host(e, h->resv_pa, &avail, &w);
+        if (!p || avail < 4) {
+            h->resv_valid = 0;
+        } else if (avail >= 8 && !(h->resv_pa & 7)) {
+            memcpy(&h->resv_val, p, 8);
+        } else {
+            uint32_t t;
+            memcpy(&t, p, 4);
+            h->resv_val = sext32(t);
+        }
+    }
+    code_flush_request(e); /* RAM was replaced under the decoded code */
     tlb_flush_all(h);
     update_dmode(h);
     trig_update(h);

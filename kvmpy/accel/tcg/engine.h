@@ -86,14 +86,20 @@ typedef struct tcg_trace_rec {
 #define TCG_REG_HALTED 70     /* read-only: in WFI, waiting for an interrupt */
 #define TCG_REG_CSR 4096
 
-/* Harts of one engine must not run concurrently (round-robin on one thread); tcg_kick and
- * tcg_set_irq may be called from any thread at any time. */
+/* Harts of one engine run on one thread (round-robin) unless tcg_set_multithread turned
+ * thread=multi on (before any tcg_run; -1 with -icount): then each hart may run tcg_run on a
+ * thread of its own, WFI sleeps inside tcg_run (until an interrupt or a kick), and while a
+ * hart runs, other threads may only call tcg_kick, tcg_set_irq, tcg_flush_tlb (waits until a
+ * running hart has flushed), tcg_set_reg of MTIMECMP / SBI_TIMECMP, tcg_get_reg and
+ * tcg_read_mtime on it; everything else needs the harts stopped.  In either mode tcg_kick
+ * and tcg_set_irq may be called from any thread at any time. */
 tcg_engine *tcg_engine_new(uint8_t *ram, uint64_t ram_base, uint64_t ram_size, int num_harts);
 void tcg_engine_free(tcg_engine *e);
 int tcg_add_memory(tcg_engine *e, uint64_t gpa, uint8_t *host, uint64_t size, int writable);
 int tcg_add_mmio_hole(tcg_engine *e, uint64_t gpa, uint64_t size);
 int tcg_add_mmio_window(tcg_engine *e, uint64_t gpa, uint64_t size);
 void tcg_set_builtin_firmware(tcg_engine *e, int on);
+int tcg_set_multithread(tcg_engine *e, int on);
 void tcg_set_icount(tcg_engine *e, int shift);
 /* The translating tier (x86-64 hosts): tcg_jit_available says whether it is built here;
  * tcg_set_jit turns it on or off (off: every block is interpreted) and returns whether it

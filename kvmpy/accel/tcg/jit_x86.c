@@ -79,6 +79,9 @@ typedef struct jit_state {
     uint32_t threshold;  /* lookups of a block before it is translated */
     jit_exit_info **pending; /* per hart: the exit to chain to the next block entered */
     uint64_t *pending_gen;
+    int mt;           /* thread=multi: the buffer stays writable and executable (as QEMU's
+                         default), since other harts run code in it while one translates;
+                         patched jumps and page immediates are aligned and stored whole */
 } jit_state;
 
 /* ------------------------------------------------------------------ the emitter -------- */
@@ -535,7 +538,8 @@ typedef struct jit_ctx {
 static int op_native(unsigned kind)
 {
     switch (kind) {
-    case OP_end: case OP_li: case OP_mv: case OP_auipc: case OP_nop: case OP_jal: case OP_jalr:
+    case OP_end: case OP_li: case OP_mv: case OP_auipc: case OP_nop: case OP_fence:
+    case OP_jal: case OP_jalr:
     case OP_beq: case OP_bne: case OP_blt: case OP_bge: case OP_bltu: case OP_bgeu:
     case OP_lb: case OP_lh: case OP_lw: case OP_ld: case OP_lbu: case OP_lhu: case OP_lwu:
     case OP_sb: case OP_sh: case OP_sw: case OP_sd:
@@ -562,7 +566,8 @@ static void op_uses(const op *o, int *r1, int *r2)
 {
     *r1 = *r2 = 0;
     switch (o->kind) {
-    case OP_li: case OP_auipc: case OP_nop: case OP_jal: case OP_end: case OP_system:
+    case OP_li: case OP_auipc: case OP_nop: case OP_fence: case OP_jal: case OP_end:
+    case OP_system:
         return;
     case OP_beq: case OP_bne: case OP_blt: case OP_bge: case OP_bltu: case OP_bgeu:
     case OP_sb: case OP_sh: case OP_sw: case OP_sd:
@@ -586,7 +591,7 @@ static int op_writes_rd(const op *o)
     switch (o->kind) {
     case OP_fle_d: case OP_flt_d: case OP_feq_d: /* emit_fp */
         return 1;
-    case OP_nop: case OP_end: case OP_system:
+    case OP_nop: case OP_fence: case OP_end: case OP_system:
     case OP_beq: case OP_bne: case OP_blt: case OP_bge: case OP_bltu: case OP_bgeu:
     case OP_sb: case OP_sh: case OP_sw: case OP_sd:
         return 0;
@@ -701,10 +706,14 @@ static void chain_exit(jit_ctx *c, uint64_t target, uint32_t k)
         x_movabs(j, RAX, target & PAGE_MASK);
         RM(j, F_W, O_CMP, RAX, R14, ent + (int32_t)offsetof(tlb_entry, tag));
         to_c[nto++] = x_jcc(j, CC_NE);
+        while (((uintptr_t)j->p + 2) & 7) /* an imm64 patched whole (jit_link) */
+            e8(j, 0x90);
         ppage_imm = x_movabs(j, RAX, ~(uint64_t)0);
         RM(j, F_W, O_CMP, RAX, R14, ent + (int32_t)offsetof(tlb_entry, ppage));
         to_c[nto++] = x_jcc(j, CC_NE);
     }
+    while (((uintptr_t)j->p + 1) & 3) /* a rel32 patched whole (jit_link) */
+        e8(j, 0x90);
     uint8_t *site = x_jmp(j);
     x_patch(site, j->p);
     for (int i = 0; i < nto; i++)
@@ -1249,6 +1258,13 @@ static int emit_op(jit_ctx *c, const op *o, uint32_t k)
     switch (o->kind) {
     case OP_nop:
         return 0;
+    case OP_fence:
+        if (c->js->mt) { /* mfence: the store-to-load order x86 does not keep by itself */
+            e8(j, 0x0f);
+            e8(j, 0xae);
+            e8(j, 0xf0);
+        }
+        return 0;
     case OP_li:
         if (o->rd != 32) {
             int d = c->hreg[o->rd] >= 0 ? c->hreg[o->rd] : RAX;
@@ -1549,6 +1565,8 @@ static void choose_registers(jit_ctx *c)
 
 static int jit_prot(jit_state *js, size_t from, size_t to, int writable)
 {
+    if (js->mt)
+        return 0;
     uintptr_t a = (uintptr_t)js->code + from, z = (uintptr_t)js->code + to;
     a &= ~(uintptr_t)4095;
     z = (z + 4095) & ~(uintptr_t)4095;
@@ -1611,7 +1629,7 @@ static int jit_compile(tcg_engine *e, block *b)
         return -2;
     js->used = end;
     js->translated++;
-    b->jit = entry;
+    __atomic_store_n(&b->jit, (void *)entry, __ATOMIC_RELEASE); /* after its code */
     return 0;
 }
 
@@ -1629,11 +1647,12 @@ static void jit_link(jit_state *js, jit_exit_info *xi, block *b)
         lo = xi->ppage_imm;
     if (jit_prot(js, (size_t)(lo - js->code), (size_t)(hi - js->code), 1) != 0)
         return;
-    x_patch(xi->site, b->jit);
-    if (xi->ppage_imm) {
-        uint64_t pp = b->ppc & PAGE_MASK;
-        memcpy(xi->ppage_imm, &pp, 8);
-    }
+    /* other harts may be running this code (thread=multi): the page first, then the jump,
+     * each an aligned store of its own, so a hart sees the old exit or the complete new one */
+    if (xi->ppage_imm)
+        __atomic_store_n((uint64_t *)(void *)xi->ppage_imm, b->ppc & PAGE_MASK, __ATOMIC_RELEASE);
+    int32_t rel = (int32_t)((uint8_t *)b->jit - (xi->site + 4));
+    __atomic_store_n((int32_t *)(void *)xi->site, rel, __ATOMIC_RELEASE);
     jit_prot(js, (size_t)(lo - js->code), (size_t)(hi - js->code), 0);
 }
 
@@ -1735,7 +1754,9 @@ static int jit_run(hart *h, block *b)
     if (!b->jit) {
         if (b->jit_hot >= 0x80000000u || ++b->jit_hot < js->threshold)
             return -1;
-        int r = jit_compile(e, b);
+        code_lock(e);
+        int r = b->jit ? 0 : jit_compile(e, b); /* another hart may have just done it */
+        code_unlock(e);
         if (r == -2) {
             b->jit_hot = 0x80000000u; /* never again */
             return -1;
@@ -1744,6 +1765,10 @@ static int jit_run(hart *h, block *b)
             if (js->failed)
                 return -1;
             /* the buffer is full: start again (the blocks go too, b with them) */
+            if (e->mt) { /* once no hart runs any translation */
+                code_flush_request(e);
+                return -1;
+            }
             code_flush_all(e);
             return 0;
         }
@@ -1757,8 +1782,11 @@ static int jit_run(hart *h, block *b)
             if (lookup_block(h) != b || js->pending_gen[h->id] != js->gen)
                 return 0; /* a trap, or everything was forgotten: start over at next_block */
         }
-        if (t->tag == (h->pc & PAGE_MASK) || !xi->ppage_imm)
+        if (t->tag == (h->pc & PAGE_MASK) || !xi->ppage_imm) {
+            code_lock(e);
             jit_link(js, xi, b);
+            code_unlock(e);
+        }
     }
     js->pending[h->id] = NULL;
     uintptr_t r = js->enter(h, b->jit, h->tlb_x[fetch_mode(h->priv)]);
@@ -1772,6 +1800,18 @@ static int jit_run(hart *h, block *b)
 }
 
 static uint64_t jit_translated(const tcg_engine *e) { return e->jit ? e->jit->translated : 0; }
+
+/* thread=multi: no mprotect switching, which would pull the pages from under other harts */
+static void jit_set_multithread(tcg_engine *e)
+{
+    jit_state *js = e->jit;
+    if (!js || !js->code || js->mt == e->mt)
+        return;
+    int prot = e->mt ? PROT_READ | PROT_WRITE | PROT_EXEC : PROT_READ | PROT_EXEC;
+    if (mprotect(js->code, JIT_CODE_SIZE, prot) != 0)
+        js->failed = 1;
+    js->mt = e->mt;
+}
 
 static void jit_set_threshold(tcg_engine *e, uint32_t n)
 {
@@ -1788,6 +1828,7 @@ static inline void jit_reset(tcg_engine *e) { (void)e; }
 static inline int jit_usable(const hart *h) { (void)h; return 0; }
 static inline int jit_run(hart *h, block *b) { (void)h; (void)b; return -1; }
 static inline uint64_t jit_translated(const tcg_engine *e) { (void)e; return 0; }
+static inline void jit_set_multithread(tcg_engine *e) { (void)e; }
 static inline void jit_set_threshold(tcg_engine *e, uint32_t n) { (void)e; (void)n; }
 
 #endif
