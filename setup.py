@@ -1,6 +1,6 @@
-"""Builds the interpreter core (kvmpy/accel/tcg/engine.c) through cffi; metadata is in
-pyproject.toml."""
+"""Builds the interpreter core (kvmpy/accel/tcg/engine.c) and the device models' C halves
+(kvmpy/hw/) through cffi; metadata is in pyproject.toml."""
 
 from setuptools import setup
 
-setup(cffi_modules=["kvmpy/accel/tcg/_build.py:ffibuilder"])
+setup(cffi_modules=["kvmpy/accel/tcg/_build.py:ffibuilder", "kvmpy/hw/_build.py:ffibuilder"])

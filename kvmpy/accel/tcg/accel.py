@@ -25,7 +25,8 @@ from kvmpy.errors import AccelError
 from kvmpy.qom import Property, register_type
 
 if TYPE_CHECKING:
-    from kvmpy.memory import GuestRAM
+    from kvmpy.accel.tcg.c_mmio import TcgCMmio
+    from kvmpy.memory import GuestRAM, MmioBus
 
 RUN_SLICE = 200_000
 """Instructions per ``run()`` call at most: long enough to amortise the call, short enough
@@ -72,6 +73,8 @@ class TcgVcpu:
             kind = x.kind
             if kind != core.EXIT_TRACE:
                 break
+        if self._accel.c_mmio is not None:
+            self._accel.c_mmio.flush()  # C devices' output goes before what this exit sends
         if kind == core.EXIT_MMIO:
             return exits.MmioExit(int(x.gpa), int(x.size), bool(x.is_write), int(x.value))
         if kind == core.EXIT_NONE:
@@ -304,6 +307,7 @@ class TcgAccel(Accelerator):
         self._asm_last_pc: int | None = None
         self._holes: list[tuple[int, int]] = []
         self._windows: list[tuple[int, int]] = []
+        self.c_mmio: TcgCMmio | None = None
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -362,6 +366,13 @@ class TcgAccel(Accelerator):
         self._windows = list(windows)
         if self.engine is not None:
             self._apply_windows()
+
+    def attach_c_mmio(self, bus: MmioBus) -> None:
+        """Devices of ``bus`` with a C half (kvmpy.hw.c_mmio) complete accesses in the engine."""
+        from kvmpy.accel.tcg.c_mmio import TcgCMmio
+
+        if self.engine is not None and self.c_mmio is None:
+            self.c_mmio = TcgCMmio(self.engine, bus)
 
     def _apply_windows(self) -> None:
         for gpa, size in self._windows:
@@ -490,6 +501,9 @@ class TcgAccel(Accelerator):
                                  _PRIV_NAMES.get(int(r.a), "?"))
 
     def close(self) -> None:
+        if self.c_mmio is not None:
+            self.c_mmio.close()
+            self.c_mmio = None
         if self.engine is not None:
             core.lib.tcg_engine_free(self.engine)
             self.engine = None
