@@ -179,7 +179,7 @@ def load_firmware(ram: GuestRAM, plan: BootPlan, dram_base: int, roms: list[Rom]
     end (the DRAM base when there is no firmware in RAM)."""
     if plan.path is None:
         return dram_base
-    image = load_image(plan.path, ram, dram_base, what="firmware")
+    image = load_image(plan.path, ram, dram_base, what="firmware", symbols=False)
     if isinstance(image, ElfImage):
         roms.append(Rom(plan.path, image.low, image.high - image.low))
         return image.high
@@ -190,7 +190,7 @@ def load_firmware(ram: GuestRAM, plan: BootPlan, dram_base: int, roms: list[Rom]
 def load_kernel(ram: GuestRAM, path: str, start: int, roms: list[Rom]) -> int:
     """riscv_load_kernel: an ELF goes to its addresses and is entered at its lowest one (QEMU
     7.2); anything else (a Linux ``Image``, EFI stub or not) is copied raw to ``start``."""
-    image = load_image(path, ram, start, what="kernel")
+    image = load_image(path, ram, start, what="kernel", symbols=False)
     if isinstance(image, ElfImage):
         roms.append(Rom(path, image.low, image.high - image.low))
         return image.low
