@@ -23,7 +23,14 @@ import importlib.util
 from kvmpy import qom
 
 TYPE_MODULES = (
-    "kvmpy.chardev",
+    "kvmpy.chardev.base",
+    "kvmpy.chardev.file",
+    "kvmpy.chardev.mux",
+    "kvmpy.chardev.null",
+    "kvmpy.chardev.pty",
+    "kvmpy.chardev.ringbuf",
+    "kvmpy.chardev.socket",
+    "kvmpy.chardev.stdio",
     "kvmpy.accel.tcg",
     "kvmpy.accel.kvm",
     "kvmpy.hw.char",
@@ -61,9 +68,14 @@ _VIRTIO_PCI = tuple(f"virtio-{name}{suffix}" for name in ("9p", "balloon", "blk"
                     for suffix in ("", "-pci", "-pci-non-transitional", "-pci-transitional"))
 
 DECLARED_TYPES: dict[str, tuple[str, ...]] = {
-    "kvmpy.chardev": ("object", "chardev", "chardev-file", "chardev-memory", "chardev-mux",
-                      "chardev-null", "chardev-pty", "chardev-ringbuf", "chardev-socket",
-                      "chardev-stdio", "chardev-vc"),
+    "kvmpy.chardev.base": ("object", "chardev"),
+    "kvmpy.chardev.file": ("object", "chardev", "chardev-file"),
+    "kvmpy.chardev.mux": ("object", "chardev", "chardev-mux"),
+    "kvmpy.chardev.null": ("object", "chardev", "chardev-null", "chardev-vc"),
+    "kvmpy.chardev.pty": ("object", "chardev", "chardev-pty"),
+    "kvmpy.chardev.ringbuf": ("object", "chardev", "chardev-memory", "chardev-ringbuf"),
+    "kvmpy.chardev.socket": ("object", "chardev", "chardev-socket"),
+    "kvmpy.chardev.stdio": ("object", "chardev", "chardev-stdio"),
     "kvmpy.accel.tcg": ("object", "accel", "tcg-accel"),
     "kvmpy.accel.kvm": ("object", "accel", "kvm-accel"),
     "kvmpy.hw.char": (*_DEVICE, "serial-mm"),
