@@ -131,3 +131,38 @@ print(json.dumps({"before": before, "names": names, "missing": missing,
     assert result["names"] and all(result["names"].values())
     assert result["missing"] == f"module {package!r} has no attribute 'no_such_name'"
     assert result["dir"] == []
+
+
+GC_STATE = """
+import gc, json, sys
+import kvmpy.system
+from kvmpy.cli import main
+
+seen = {}
+run = kvmpy.system.System.run
+
+def recording_run(self, *args, **kwargs):
+    seen.update(enabled=gc.isenabled(), frozen=gc.get_freeze_count())
+    return run(self, *args, **kwargs)
+
+kvmpy.system.System.run = recording_run
+argv = ["-M", "virt", "-bios", "none", "-kernel", "tiny.bin", "-nographic", "-accel", "tcg"]
+if sys.argv[1] == "process":
+    sys.argv[1:] = argv
+    status = main()
+else:
+    status = main(argv)
+print(json.dumps({"status": status, **seen, "after": gc.isenabled()}))
+"""
+
+
+def test_the_collector_is_on_while_the_vm_runs(tmp_path: Path) -> None:
+    """As the process's entry point, start-up runs without the cyclic collector and freezes
+    what it made; the VM runs with the collector on.  A library call leaves it alone."""
+    (tmp_path / "tiny.bin").write_bytes(TINY_KERNEL)
+    process = json.loads(_python(GC_STATE, tmp_path, "process").splitlines()[-1])
+    assert process["status"] == 0
+    assert process["enabled"] is True and process["frozen"] > 1000
+    assert process["after"] is True
+    library = json.loads(_python(GC_STATE, tmp_path, "library").splitlines()[-1])
+    assert library == {"status": 0, "enabled": True, "frozen": 0, "after": True}
