@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _main(args, process)
     finally:
-        if process:
+        if process:  # the process ends: its final collection need not scan what is left
+            gc.freeze()
             gc.enable()
 
 
