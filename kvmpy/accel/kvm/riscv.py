@@ -716,14 +716,13 @@ class KvmAccel(Accelerator):
             self._kvm = None
 
 
-def attach_run_loop(vcpus: Sequence[KvmRiscvVcpu], bus: MmioBus) -> KvmCMmio | None:
-    """Make ``vcpus`` run through the C run loop with the C windows of ``bus``; None (and
-    nothing changed) when no device on it has a C half.  The C run loop must be built."""
+def attach_run_loop(vcpus: Sequence[KvmRiscvVcpu], bus: MmioBus) -> KvmCMmio:
+    """Make ``vcpus`` run through the C run loop with the C windows of ``bus`` (the C run
+    loop must be built).  Also without any C window: its KVM_RUN is a cheaper call than the
+    wrapper's (API mode, no libffi), which every exit to Python gains."""
     from kvmpy.accel.kvm.c_loop import CRunLoop, KvmCMmio
 
     windows = KvmCMmio(bus)
-    if not windows.devices.windows:
-        return None
     for vcpu in vcpus:
         vcpu.use_run_loop(CRunLoop(vcpu.fd, windows).run)
     return windows
