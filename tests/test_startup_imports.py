@@ -69,13 +69,14 @@ def _under(modules: set[str], *packages: str) -> set[str]:
 def test_a_plain_virt_run_imports_no_disk_network_or_unused_device(tmp_path: Path) -> None:
     """The benchmark's command line: the board builds its PCIe host and virtio-mmio slots
     and -nographic opens HMP on stdio, but no disk format, network back-end, 9P server,
-    virtio device model, virtio-pci transport, snapshot command or KVM back-end is
-    imported."""
+    virtio device model, virtio-pci transport, HMP command, snapshot command or KVM back-end
+    is imported."""
     modules = _run(tmp_path)
-    assert {"kvmpy.hw.pci.gpex", "kvmpy.hw.virtio.mmio", "kvmpy.monitor.hmp",
+    assert {"kvmpy.hw.pci.gpex", "kvmpy.hw.virtio.mmio", "kvmpy.monitor.hmp_chardev",
             "kvmpy.accel.tcg"} <= modules  # what the VM does use
     assert _under(modules, "kvmpy.block", "kvmpy.net", "kvmpy.fs", "kvmpy.accel.kvm",
-                  "kvmpy.monitor.snapshots", "kvmpy.hw.pci.virtio_pci",
+                  "kvmpy.monitor.hmp", "kvmpy.monitor.commands", "kvmpy.monitor.snapshots",
+                  "kvmpy.hw.pci.virtio_pci",
                   "kvmpy.hw.pci.root_port") == set()
     assert _under(modules, *(f"kvmpy.hw.virtio.{m}" for m in
                              ("blk", "net", "ninep", "rng", "balloon"))) == set()

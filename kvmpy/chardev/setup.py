@@ -356,7 +356,7 @@ def make_monitor(system: System, spec: MonitorSpec) -> Any:
         if qmp is not None:
             return qmp.QmpMonitor(spec.chardev, pretty=spec.pretty)
     else:
-        hmp = _module("kvmpy.monitor.hmp")
+        hmp = _module("kvmpy.monitor.hmp_chardev")  # the commands wait for a first line
         if hmp is not None:
             return hmp.HmpMonitor(spec.chardev)
     return spec
