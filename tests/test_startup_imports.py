@@ -30,7 +30,7 @@ print(json.dumps({"status": status, "modules": sorted(sys.modules)}))
 """
 
 LAZY_PACKAGES = ("kvmpy.hw.pci", "kvmpy.hw.virtio", "kvmpy.block", "kvmpy.net", "kvmpy.fs",
-                 "kvmpy.chardev")
+                 "kvmpy.chardev", "kvmpy.hw.misc")
 
 
 def _python(code: str, cwd: Path | None, *args: str) -> str:
@@ -80,6 +80,7 @@ def test_a_plain_virt_run_imports_no_disk_network_or_unused_device(tmp_path: Pat
                   "kvmpy.hw.pci.root_port") == set()
     assert _under(modules, *(f"kvmpy.hw.virtio.{m}" for m in
                              ("blk", "net", "ninep", "rng", "balloon"))) == set()
+    assert "kvmpy.hw.misc.sifive_test" in modules and "kvmpy.hw.misc.htif" not in modules
 
 
 def test_a_plain_run_imports_no_asyncio_ssl_or_unused_chardev_backend(tmp_path: Path) -> None:
