@@ -183,7 +183,7 @@ void hart_main(uint64_t id)
     h->end = *CLINT_MTIME;
     __atomic_store_n(&h->done, 1, __ATOMIC_RELEASE);
     if (id != 0) {
-        __asm__ volatile("fence rw, w" ::: "memory");
+        __asm__ volatile("fence iorw, iorw" ::: "memory");
         CLINT_MSIP[0] = 1;
         for (;;) {
             __asm__ volatile("wfi");
