@@ -49,6 +49,7 @@ class CMmioDevices:
     def __init__(self, windows: list[CMmioWindow]) -> None:
         self.windows = windows
         self._flushers = tuple(w.handler.flush for w in windows)
+        self._detached: list[CMmioWindow] = []
 
     def flush(self) -> None:
         for flush in self._flushers:
@@ -58,11 +59,13 @@ class CMmioDevices:
         """The accelerator cannot serve ``window`` in C after all: Python takes it again."""
         self.windows.remove(window)
         self._flushers = tuple(w.handler.flush for w in self.windows)
-        window.handler.detach()
+        window.handler.detach()  # never in the accelerator's table: nothing to keep
 
     def detach(self) -> None:
-        """End C service of every window (each device flushes what is left)."""
+        """End C service of every window (each device flushes what is left).  The handlers
+        stay referenced here: the accelerator's table may still hold their addresses."""
         windows, self.windows, self._flushers = self.windows, [], ()
+        self._detached = windows
         for window in windows:
             window.handler.detach()
 
