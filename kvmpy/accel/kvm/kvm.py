@@ -276,6 +276,7 @@ class Vcpu(_Fd):
                 self.kvm_run.immediate_exit = 0
                 return self._intr_exit
             raise KvmIoctlError("KVM_RUN", err)
+        # run()'s decode, repeated rather than shared: a call more costs every exit
         reason, gpa, data, size, is_write = self._unpack_exit(self._view, 8)
         if reason != 6:  # abi.KVM_EXIT_MMIO
             return self.decode_exit(reason)
