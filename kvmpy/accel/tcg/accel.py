@@ -99,6 +99,8 @@ class TcgVcpu:
         core.lib.tcg_run(self._engine, self.index, max(1, n), self._exit)
         if self._accel.tracing:
             self._accel.drain_trace()
+        if self._accel.c_mmio is not None:
+            self._accel.c_mmio.flush()
         if self._exit.kind == core.EXIT_TRACE:
             return exits.IntrExit()
         return self._decode_last()
