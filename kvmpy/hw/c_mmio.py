@@ -12,35 +12,41 @@ when that ends (``detach``).  Accelerators find such devices on the bus with
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from kvmpy.memory import MmioBus
 
 
-@dataclass(frozen=True)
 class CMmio:
     """A device's C entry point and the calls its Python half needs from the accelerator."""
 
-    function: int
-    """Address of the ``c_mmio_fn``."""
-    opaque: int
-    """Its first argument (address of the device's C state)."""
-    flush: Callable[[], None]
-    """Hand what C buffered to Python (output to the chardev): called by the vCPU thread
-    each time control returns to Python after C completed accesses, before the exit is
-    handled, so that the device's output keeps its order with other output."""
-    detach: Callable[[], None]
-    """C will not be called any more (the accelerator closes): the Python half takes every
-    access again, and whatever C buffered is flushed."""
+    __slots__ = ("detach", "flush", "function", "opaque")
+
+    def __init__(self, function: int, opaque: int, flush: Callable[[], None],
+                 detach: Callable[[], None]) -> None:
+        self.function = function
+        """Address of the ``c_mmio_fn``."""
+        self.opaque = opaque
+        """Its first argument (address of the device's C state)."""
+        self.flush = flush
+        """Hand what C buffered to Python (output to the chardev): called by the vCPU
+        thread each time control returns to Python, before the exit is handled, so that the
+        device's output keeps its order with other output; cheap when nothing is buffered."""
+        self.detach = detach
+        """C will not be called any more (the accelerator closes): the Python half takes
+        every access again, and whatever C buffered is flushed."""
 
 
-@dataclass(frozen=True)
 class CMmioWindow:
-    gpa: int
-    size: int
-    handler: CMmio
+    """A device window served in C: ``[gpa, gpa + size)`` and its device's handler."""
+
+    __slots__ = ("gpa", "handler", "size")
+
+    def __init__(self, gpa: int, size: int, handler: CMmio) -> None:
+        self.gpa = gpa
+        self.size = size
+        self.handler = handler
 
 
 class CMmioDevices:

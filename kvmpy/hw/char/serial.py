@@ -28,14 +28,17 @@ last byte C stored and its buffered output (in order) before each.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from kvmpy import log
 from kvmpy.chardev.base import CHR_EVENT_BREAK, Chardev
-from kvmpy.hw.c_mmio import CMmio
 from kvmpy.hw.char import uart_fast
 from kvmpy.hw.core import SysBusDevice, state_from_dict
 from kvmpy.hw.irq import IrqLine, unconnected_irq
 from kvmpy.qom import Property, register_type
+
+if TYPE_CHECKING:
+    from kvmpy.hw.c_mmio import CMmio
 
 UART_FIFO_LENGTH = 16
 
@@ -129,6 +132,8 @@ class SerialMM(SysBusDevice):
         """Let C complete LSR reads and polled THR writes (see the module docstring); None
         when the C half is not built."""
         if self._fast_handler is None and uart_fast.available():
+            from kvmpy.hw.c_mmio import CMmio
+
             self._fast = uart_fast.UartFast(self._shift, self._output)
             self._fast_leave()
             self._fast_handler = CMmio(self._fast.function, self._fast.opaque,

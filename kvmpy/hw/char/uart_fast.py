@@ -17,10 +17,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-try:
-    from kvmpy.hw import _cdev  # type: ignore[attr-defined]
-except ImportError:  # not built (or built for another Python): Python alone
-    _cdev = None
+_cdev: Any = None
+_loaded = False
 
 CAPACITY = 4096
 """Output bytes the C half holds; a THR write that finds it full goes to Python."""
@@ -32,6 +30,16 @@ FAST_THR = 2
 
 
 def available() -> bool:
+    """Whether the C half is built (loaded on first ask, when a UART is attached to an
+    accelerator that calls C: a process that never runs a guest does not load it)."""
+    global _cdev, _loaded
+    if not _loaded:
+        _loaded = True
+        try:
+            from kvmpy.hw import _cdev as module  # type: ignore[attr-defined]
+        except ImportError:  # not built (or built for another Python): Python alone
+            module = None
+        _cdev = module
     return _cdev is not None
 
 
@@ -40,7 +48,7 @@ class UartFast:
     output lock held, from vCPU threads and the flusher thread)."""
 
     def __init__(self, regshift: int, write: Callable[[bytes], object]) -> None:
-        if _cdev is None:
+        if not available():
             raise RuntimeError("the C device models (kvmpy.hw._cdev) are not built")
         ffi, lib = _cdev.ffi, _cdev.lib
         c = lib.uart_fast_new(regshift, CAPACITY)
