@@ -10,12 +10,10 @@ without end.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import io
 import itertools
 import os
 import struct
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO, NamedTuple
@@ -81,6 +79,9 @@ def _read_contents(f: BinaryIO, host: HostFile, path: str, what: str, limit: int
         raise _too_large(path, what, host.size, limit)
     data = f.read(host.size)
     if data[:2] == GZIP_MAGIC:
+        import gzip  # only for a compressed file
+        import zlib
+
         try:
             with gzip.GzipFile(fileobj=io.BytesIO(data)) as unzipped:
                 data = unzipped.read(limit + 1)
