@@ -4,10 +4,10 @@ QEMU's main loop (``util/main-loop.c``) in a few lines: :class:`MainLoop` offers
 asyncio's event-loop interface that kvmpy's chardevs, monitors, network back-ends and timers
 use (``add_reader``/``add_writer`` and their removal, ``call_soon``, ``call_soon_threadsafe``,
 ``call_at``/``call_later``/``time``, ``add_signal_handler``, ``run_forever``/``stop``,
-``is_closed``/``close``), with
-asyncio's semantics: so a back-end runs unchanged on this loop or on an asyncio loop (its tests
-use either).  It exists because importing asyncio (and ssl with it) costs more than the whole
-rest of a VM's start-up before its first instruction; nothing here is a coroutine.
+``is_closed``/``close``), with asyncio's semantics: so a back-end runs unchanged on this loop
+or on an asyncio loop (its tests use either).  It exists because importing asyncio (and ssl
+with it) costs ~20 ms, a fifth of a VM's start-up to its first instruction, for none of
+asyncio's coroutine machinery.
 
 One turn of :meth:`MainLoop.run_forever` is asyncio's ``_run_once``: wait in the selector (epoll)
 until a descriptor is ready, the first timer is due or a call arrives (zero if calls are
