@@ -79,7 +79,7 @@ def test_a_plain_virt_run_imports_no_disk_network_or_unused_device(tmp_path: Pat
                   "kvmpy.hw.pci.virtio_pci",
                   "kvmpy.hw.pci.root_port") == set()
     assert _under(modules, *(f"kvmpy.hw.virtio.{m}" for m in
-                             ("blk", "net", "ninep", "rng", "balloon"))) == set()
+                             ("blk", "net", "ninep", "rng", "balloon", "console"))) == set()
     assert "kvmpy.hw.misc.sifive_test" in modules and "kvmpy.hw.misc.htif" not in modules
 
 

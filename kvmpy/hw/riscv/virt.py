@@ -337,7 +337,6 @@ class VirtMachine(MachineState):
         address down, as QEMU fills them."""
         from kvmpy.hw.pci import PciBridge, PciBus
         from kvmpy.hw.qdev import Bus, create_devices
-        from kvmpy.hw.virtio.console import serial_buses
         from kvmpy.hw.virtio.mmio import mmio_buses
 
         host = self.devices["pcie"]
@@ -354,6 +353,8 @@ class VirtMachine(MachineState):
             return entry
 
         def carried(device: object, dev_id: str) -> list[Bus]:
+            from kvmpy.hw.virtio.console import serial_buses  # once a -device is created
+
             found = serial_buses(device, dev_id)
             if isinstance(device, PciBridge):
                 secondary = device.secondary_bus
