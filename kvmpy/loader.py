@@ -10,21 +10,21 @@ without end.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import io
 import itertools
 import os
 import struct
-import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from kvmpy.errors import LoaderError
 from kvmpy.hostfile import HostFile, open_host_file
 from kvmpy.memory import GuestRAM
 
 EM_RISCV = 243
+ELFCLASS64 = 2
+ELFDATA2LSB = 1
 PT_LOAD = 1
 FDT_MAGIC = 0xD00DFEED
 IMAGE_MAGIC2 = b"RSC\x05"
@@ -36,6 +36,7 @@ DTB_MAX_SIZE = 1 << 24
 
 __all__ = [
     "ElfImage",
+    "ElfSegment",
     "LinuxImageHeader",
     "LoadedBlob",
     "load_dtb",
@@ -44,6 +45,7 @@ __all__ = [
     "load_initrd",
     "load_raw",
     "parse_linux_image_header",
+    "read_elf64_loads",
     "read_file",
 ]
 
@@ -77,6 +79,9 @@ def _read_contents(f: BinaryIO, host: HostFile, path: str, what: str, limit: int
         raise _too_large(path, what, host.size, limit)
     data = f.read(host.size)
     if data[:2] == GZIP_MAGIC:
+        import gzip  # only for a compressed file
+        import zlib
+
         try:
             with gzip.GzipFile(fileobj=io.BytesIO(data)) as unzipped:
                 data = unzipped.read(limit + 1)
@@ -113,7 +118,8 @@ class LoadedBlob:
 
 @dataclass
 class ElfImage:
-    """An ELF file loaded into RAM. ``low``/``high`` bound its PT_LOAD segments (high exclusive)."""
+    """An ELF file loaded into RAM. ``low``/``high`` bound its PT_LOAD segments (high exclusive);
+    ``symbols``: name to value, empty when the loader was not asked for them."""
 
     path: str
     entry: int
@@ -130,99 +136,169 @@ def is_elf(data: bytes) -> bool:
     return data[:4] == ELF_MAGIC
 
 
+class ElfSegment(NamedTuple):
+    """A PT_LOAD program header's placement: ``filesz`` bytes at file ``offset`` go to
+    guest-physical ``paddr``, followed by zeros up to ``memsz`` (ELF gABI, "Program Header")."""
+
+    paddr: int
+    offset: int
+    filesz: int
+    memsz: int
+
+
+_ELF64_EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
+_ELF64_PHDR = struct.Struct("<IIQQQQQQ")
+_PN_XNUM = 0xFFFF
+
+
+def read_elf64_loads(stream: BinaryIO) -> tuple[int, list[ElfSegment]] | None:
+    """The entry point and the PT_LOAD segments with memory (file order) of a little-endian
+    64-bit RISC-V ELF whose header and program header table are whole, read with two reads;
+    None for any other file (another class, byte order or machine, an odd header table, a
+    short file), which the full parser (pyelftools) then reads or refuses with its reason.
+
+    Only the ELF header and the program headers: what QEMU's ``load_elf`` reads to load.
+    """
+    stream.seek(0)
+    header = stream.read(_ELF64_EHDR.size)
+    if len(header) != _ELF64_EHDR.size:
+        return None
+    (ident, _type, machine, _version, entry, phoff, _shoff, _flags, _ehsize, phentsize,
+     phnum, *_) = _ELF64_EHDR.unpack(header)
+    if (ident[:4] != ELF_MAGIC or ident[4] != ELFCLASS64 or ident[5] != ELFDATA2LSB
+            or machine != EM_RISCV or phnum == _PN_XNUM
+            or (phnum and phentsize != _ELF64_PHDR.size)):
+        return None
+    stream.seek(phoff)
+    table = stream.read(phnum * _ELF64_PHDR.size)
+    if len(table) != phnum * _ELF64_PHDR.size:
+        return None
+    loads = []
+    for p_type, _pflags, offset, _vaddr, paddr, filesz, memsz, _align in \
+            _ELF64_PHDR.iter_unpack(table):
+        if p_type == PT_LOAD and memsz != 0:
+            loads.append(ElfSegment(paddr, offset, filesz, memsz))
+    return entry, loads
+
+
 def load_elf(path: str, ram: GuestRAM, what: str = "kernel",
-             data: bytes | None = None) -> ElfImage:
+             data: bytes | None = None, symbols: bool = True) -> ElfImage:
     """Copy the PT_LOAD segments of a 64-bit RISC-V ELF into RAM (bss zeroed).
 
     The file is parsed where it lies (or from ``data``, its decompressed bytes): only the
     headers, the symbol tables and segments that fit in ``ram`` are read, so a kernel with
-    debug information may be larger than guest RAM, as with QEMU.
+    debug information may be larger than guest RAM, as with QEMU.  ``symbols=False``: the
+    symbol tables are not read (:attr:`ElfImage.symbols` stays empty), nor any section
+    header: only what QEMU's loader reads to load a kernel or firmware.
     """
     if data is not None:
-        return _load_elf_from(io.BytesIO(data), path, ram, what)
+        return _load_elf_from(io.BytesIO(data), path, ram, what, symbols)
     with _opened(path, what) as (f, host):
         if host.size == 0:
             raise LoaderError(f"could not load {what} '{path}': {host.kind} is empty")
-        return _load_elf_from(f, path, ram, what)
+        return _load_elf_from(f, path, ram, what, symbols)
 
 
-def _load_elf_from(stream: BinaryIO, path: str, ram: GuestRAM, what: str) -> ElfImage:
-    # pyelftools takes ~20 ms to import: only when an ELF is loaded (not for an Image or .bin)
-    from elftools.common.exceptions import ELFError
-    from elftools.elf.elffile import ELFFile
-    from elftools.elf.sections import SymbolTableSection
-
+def _load_elf_from(stream: BinaryIO, path: str, ram: GuestRAM, what: str,
+                   symbols: bool) -> ElfImage:
     def error(reason: str) -> LoaderError:
         return LoaderError(f"could not load {what} '{path}': {reason}")
 
     if stream.read(4) != ELF_MAGIC:
         raise error("not an ELF file")
     stream.seek(0)
+    # pyelftools takes ~20 ms to import: only for the symbols, or a file the plain reader
+    # leaves to it (it also words the refusals of a foreign or malformed ELF)
+    plain = None if symbols else read_elf64_loads(stream)
+    if plain is not None:
+        entry, loads = plain
+        found = _load_segments(stream, loads, ram, error)
+        return _elf_image(path, entry, loads, found, ram, {})
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import SymbolTableSection
+
     try:
         elf = ELFFile(stream)
         if elf.elfclass != 64 or elf["e_machine"] != "EM_RISCV":
             raise error(f"not a 64-bit RISC-V ELF (class {elf.elfclass}, machine "
                         f"{elf['e_machine']})")
-        loads = [seg for seg in elf.iter_segments()
+        loads = [ElfSegment(seg["p_paddr"], seg["p_offset"], seg["p_filesz"], seg["p_memsz"])
+                 for seg in elf.iter_segments()
                  if seg["p_type"] == "PT_LOAD" and seg["p_memsz"] != 0]
-        if not loads:
-            raise error("no loadable segments")
-        loads.sort(key=lambda seg: seg["p_paddr"])
-        for seg in loads:
-            if seg["p_filesz"] > seg["p_memsz"]:
-                raise error("segment file size exceeds its memory size")
-        for a, b in itertools.pairwise(loads):
-            if a["p_paddr"] + a["p_memsz"] > b["p_paddr"]:
-                raise error(f"segments at 0x{a['p_paddr']:x} and 0x{b['p_paddr']:x} overlap")
-        for seg in loads:
-            addr, memsz = seg["p_paddr"], seg["p_memsz"]
-            # The part of a segment below RAM is dropped, as QEMU's ROM loader drops writes
-            # to unbacked addresses (`ld -Ttext=0x80000000` without -N puts the ELF headers
-            # in the page below RAM); its end must be in RAM.
-            if addr + memsz <= ram.base or not ram.contains(max(addr, ram.base),
-                                                            addr + memsz - max(addr, ram.base)):
-                raise error(f"segment 0x{addr:x}-0x{addr + memsz - 1:x} does not fit in RAM "
-                            f"0x{ram.base:x}-0x{ram.end - 1:x}")
-        # Bounded now: each segment's part in RAM fits, and its file part in its memory part.
-        bodies = []
-        for seg in loads:
-            skip = min(max(ram.base - seg["p_paddr"], 0), seg["p_filesz"])
-            stream.seek(seg["p_offset"] + skip)
-            body = stream.read(seg["p_filesz"] - skip)
-            if len(body) != seg["p_filesz"] - skip:
-                raise error(f"truncated segment at 0x{seg['p_paddr']:x}")
-            bodies.append(body)
-        symbols: dict[str, int] = {}
-        for section in elf.iter_sections():
+        found = _load_segments(stream, loads, ram, error)
+        table: dict[str, int] = {}
+        for section in elf.iter_sections() if symbols else ():
             if isinstance(section, SymbolTableSection):
                 for sym in section.iter_symbols():
                     if sym.name and sym["st_shndx"] != "SHN_UNDEF":
-                        symbols.setdefault(sym.name, sym["st_value"])
+                        table.setdefault(sym.name, sym["st_value"])
         entry = int(elf["e_entry"])
     except (ELFError, struct.error, ValueError, KeyError, IndexError) as exc:
         raise error(f"malformed ELF ({exc})") from None
+    return _elf_image(path, entry, loads, found, ram, table)
+
+
+def _load_segments(stream: BinaryIO, loads: list[ElfSegment], ram: GuestRAM,
+                   error: Callable[[str], LoaderError]) -> list[bytes]:
+    """Checks ``loads`` (sorted here by address) against each other and RAM, then reads the
+    file part of each that lies in RAM; the bodies, in ``loads``' new order."""
+    if not loads:
+        raise error("no loadable segments")
+    loads.sort(key=lambda seg: seg.paddr)
+    for seg in loads:
+        if seg.filesz > seg.memsz:
+            raise error("segment file size exceeds its memory size")
+    for a, b in itertools.pairwise(loads):
+        if a.paddr + a.memsz > b.paddr:
+            raise error(f"segments at 0x{a.paddr:x} and 0x{b.paddr:x} overlap")
+    for seg in loads:
+        addr, memsz = seg.paddr, seg.memsz
+        # The part of a segment below RAM is dropped, as QEMU's ROM loader drops writes
+        # to unbacked addresses (`ld -Ttext=0x80000000` without -N puts the ELF headers
+        # in the page below RAM); its end must be in RAM.
+        if addr + memsz <= ram.base or not ram.contains(max(addr, ram.base),
+                                                        addr + memsz - max(addr, ram.base)):
+            raise error(f"segment 0x{addr:x}-0x{addr + memsz - 1:x} does not fit in RAM "
+                        f"0x{ram.base:x}-0x{ram.end - 1:x}")
+    # Bounded now: each segment's part in RAM fits, and its file part in its memory part.
+    bodies = []
+    for seg in loads:
+        skip = min(max(ram.base - seg.paddr, 0), seg.filesz)
+        stream.seek(seg.offset + skip)
+        body = stream.read(seg.filesz - skip)
+        if len(body) != seg.filesz - skip:
+            raise error(f"truncated segment at 0x{seg.paddr:x}")
+        bodies.append(body)
+    return bodies
+
+
+def _elf_image(path: str, entry: int, loads: list[ElfSegment], bodies: list[bytes],
+               ram: GuestRAM, symbols: dict[str, int]) -> ElfImage:
+    """Writes the checked segments to RAM (bss zeroed)."""
     for seg, body in zip(loads, bodies, strict=True):
-        start, end = max(seg["p_paddr"], ram.base), seg["p_paddr"] + seg["p_memsz"]
+        start, end = max(seg.paddr, ram.base), seg.paddr + seg.memsz
         ram.write(start, body + bytes(end - start - len(body)))
-    low = max(loads[0]["p_paddr"], ram.base)
-    high = max(seg["p_paddr"] + seg["p_memsz"] for seg in loads)
+    low = max(loads[0].paddr, ram.base)
+    high = max(seg.paddr + seg.memsz for seg in loads)
     return ElfImage(path, entry, low, high, symbols)
 
 
-def load_image(path: str, ram: GuestRAM, addr: int, what: str = "kernel"
-               ) -> ElfImage | LoadedBlob:
+def load_image(path: str, ram: GuestRAM, addr: int, what: str = "kernel",
+               symbols: bool = True) -> ElfImage | LoadedBlob:
     """QEMU's ``riscv_load_kernel`` and ``riscv_find_and_load_firmware``: an ELF goes to its
-    own addresses; anything else (decompressed first when gzip) is copied raw to ``addr``."""
+    own addresses; anything else (decompressed first when gzip) is copied raw to ``addr``.
+    ``symbols``: as for :func:`load_elf`."""
     with _opened(path, what) as (f, host):
         if host.size == 0:
             raise LoaderError(f"could not load {what} '{path}': {host.kind} is empty")
         head = f.read(4)
         f.seek(0)
         if head == ELF_MAGIC:
-            return _load_elf_from(f, path, ram, what)
+            return _load_elf_from(f, path, ram, what, symbols)
         data = _read_contents(f, host, path, what, ram.size)
     if is_elf(data):  # a compressed ELF
-        return load_elf(path, ram, what, data=data)
+        return load_elf(path, ram, what, data=data, symbols=symbols)
     return load_raw(path, ram, addr, what, data=data)
 
 

@@ -96,6 +96,9 @@ class Driver:
         self._finished = 0
         self._threads: list[threading.Thread] = []
         self._wake = threading.Event()
+        attach = getattr(getattr(system, "accel", None), "attach_c_mmio", None)
+        if attach is not None:  # devices with a C half, for an accelerator that calls C
+            attach(system.bus)
 
     @property
     def nthreads(self) -> int:

@@ -7,8 +7,8 @@
    reads its capabilities;
 4. board init: ``machine.init(system)`` builds RAM, devices, the device tree, loads payloads;
 5. accelerator init: vCPUs are created on the RAM mapping and attached to the harts;
-6. run: a driver runs the vCPUs while the main loop (asyncio) serves chardevs, monitors and
-   timers, until shutdown.
+6. run: a driver runs the vCPUs while the main loop (:mod:`kvmpy.mainloop`) serves chardevs,
+   monitors and timers, until shutdown.
 
 Devices are called from vCPU threads and from the main loop; :attr:`System.lock` (QEMU's big
 lock) serialises every device call.
@@ -16,7 +16,6 @@ lock) serialises every device call.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -35,6 +34,7 @@ from kvmpy.errors import AccelError, ConfigError, StateError
 from kvmpy.hw.cpu import HartPort
 from kvmpy.log import stderr_line
 from kvmpy.machine import MachineState, instantiate_machine, select_machine_class
+from kvmpy.mainloop import MainLoop
 from kvmpy.memory import GuestRAM, MmioBus
 from kvmpy.monitor.throttle import EventThrottle
 from kvmpy.runloop import Driver, RoundRobinDriver, ThreadPerVcpuDriver
@@ -171,8 +171,7 @@ class System:
         self.notices: list[str] = []
         self._listeners: list[EventListener] = []
         self._throttle = EventThrottle(self._deliver_event, self.schedule)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._quit_event: asyncio.Event | None = None
+        self._loop: MainLoop | None = None
         self._pending_timers: list[tuple[int, Callable[[], None]]] = []
         self._always_readable: dict[int, Callable[[], None]] = {}
         self._closed = False
@@ -574,13 +573,15 @@ class System:
         self._call_on_loop(fn)
 
     @property
-    def loop(self) -> asyncio.AbstractEventLoop | None:
+    def loop(self) -> MainLoop | None:
         return self._loop
 
     def quit(self) -> None:
-        """End the main loop; :meth:`run` returns :attr:`exit_code`."""
-        if self._quit_event is not None:
-            self._quit_event.set()
+        """End the main loop; :meth:`run` returns :attr:`exit_code`.  The loop turns once more
+        first: descriptors made ready by what ran before (a chardev's last output) are served."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(loop.stop)
 
     def run(self, install_signal_handlers: bool = True,
             ready: Callable[[], None] | None = None) -> int:
@@ -588,19 +589,20 @@ class System:
 
         ``ready`` is called once the main loop serves requests and the vCPUs have started.
         """
-        loop = asyncio.new_event_loop()
+        loop = MainLoop()
         try:
-            return loop.run_until_complete(self._main(install_signal_handlers, ready))
+            self._start(loop, install_signal_handlers, ready)
+            loop.run_forever()  # until quit()
+            return self.exit_code
         finally:
             self.close()
             loop.close()
 
-    async def _main(self, install_signal_handlers: bool,
-                    ready: Callable[[], None] | None) -> int:
+    def _start(self, loop: MainLoop, install_signal_handlers: bool,
+               ready: Callable[[], None] | None) -> None:
         assert self.driver is not None
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop
         self._loop_thread = threading.get_ident()
-        self._quit_event = asyncio.Event()
         for _, arm in self._pending_timers:
             arm()
         self._pending_timers.clear()
@@ -640,8 +642,6 @@ class System:
             self.driver.resume()
         if ready is not None:
             ready()
-        await self._quit_event.wait()
-        return self.exit_code
 
     def _on_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name

@@ -44,6 +44,15 @@ def backend_types() -> dict[str, qom.TypeInfo]:
     return types
 
 
+def backend_type(backend: str) -> qom.TypeInfo | None:
+    """The registered type of one ``-chardev`` backend: ``chardev-<backend>`` imports just its
+    module (:mod:`kvmpy.registry_init`); a name without such a type is looked for among all."""
+    info = qom.type_info(f"chardev-{backend}")
+    if info is not None and getattr(info.cls, "backend", None) == backend:
+        return info
+    return backend_types().get(backend)
+
+
 def chardev_help() -> str:
     """``-chardev help``, from the registry."""
     return "\n".join(["Available chardev backend types: ",
@@ -71,7 +80,7 @@ def check_id(chardev_id: str) -> None:
 
 def check_props(backend: str, props: dict[str, str]) -> qom.TypeInfo:
     """The backend exists and takes these properties (values are checked at creation)."""
-    info = backend_types().get(backend)
+    info = backend_type(backend)
     if info is None:
         raise ConfigError(f"'{backend}' is not a valid char driver name")
     for key in props:
@@ -347,7 +356,7 @@ def make_monitor(system: System, spec: MonitorSpec) -> Any:
         if qmp is not None:
             return qmp.QmpMonitor(spec.chardev, pretty=spec.pretty)
     else:
-        hmp = _module("kvmpy.monitor.hmp")
+        hmp = _module("kvmpy.monitor.hmp_chardev")  # the commands wait for a first line
         if hmp is not None:
             return hmp.HmpMonitor(spec.chardev)
     return spec

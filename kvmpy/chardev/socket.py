@@ -12,7 +12,6 @@ Frontends see CHR_EVENT_OPENED when a peer arrives and CHR_EVENT_CLOSED when it 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import socket
@@ -215,7 +214,7 @@ class SocketChardev(Backend):
 
     def _schedule_reconnect(self) -> None:
         loop = getattr(self._host, "loop", None)
-        if isinstance(loop, asyncio.AbstractEventLoop):
+        if loop is not None:
             loop.call_later(self.reconnect, self._try_reconnect)
 
     def _try_reconnect(self) -> None:
@@ -319,7 +318,7 @@ class SocketChardev(Backend):
 
     def _call_on_loop(self, fn: Callable[[], None]) -> None:
         loop = getattr(self._host, "loop", None)
-        if isinstance(loop, asyncio.AbstractEventLoop) and not loop.is_closed():
+        if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(fn)
         else:  # no main loop (a backend used on its own): flush in place
             self._flush_blocking()
@@ -341,13 +340,13 @@ class SocketChardev(Backend):
             if conn is None or not self._outbuf or self._writer_fd is not None:
                 return
             self._writer_fd = conn.fileno()
-        if isinstance(loop, asyncio.AbstractEventLoop):
+        if loop is not None:
             loop.add_writer(self._writer_fd, self._on_writable)
 
     def _stop_writer(self) -> None:
         loop = getattr(self._host, "loop", None)
         fd, self._writer_fd = self._writer_fd, None
-        if fd is not None and isinstance(loop, asyncio.AbstractEventLoop):
+        if fd is not None and loop is not None:
             loop.remove_writer(fd)
 
     def _on_writable(self) -> None:

@@ -8,6 +8,7 @@ means what it means to QEMU 7.2.  Options take the keyval grammar of :mod:`kvmpy
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import traceback
@@ -29,7 +30,7 @@ def format_error(exc: KvmpyError) -> str:
     return f"{PROG}: {option}: {message}" if option else f"{PROG}: {message}"
 
 
-def _run(config: VMConfig) -> int:
+def _run(config: VMConfig, process: bool = False) -> int:
     if not module_exists("kvmpy.system"):
         raise NotBuiltError("running a VM is not built in this version of kvmpy")
     from kvmpy import system
@@ -49,7 +50,18 @@ def _run(config: VMConfig) -> int:
         from kvmpy import sandbox
 
         sandbox.start(config.sandbox)
+    if process:
+        _collect_from_here()
     return vm.run()
+
+
+def _collect_from_here() -> None:
+    """The process's start-up ran with the cyclic garbage collector off (:func:`main`): its
+    passes over a heap that only grows cost milliseconds, for little garbage (the device tree
+    builder's nodes).  What start-up made lives as long as the VM, so it is frozen (never
+    scanned again, at exit neither) and collection resumes for what the run allocates."""
+    gc.freeze()
+    gc.enable()
 
 
 def _daemonize(pidfile: str | None) -> None:
@@ -100,9 +112,23 @@ def _notice_no_display(config: VMConfig) -> None:
 def main(argv: list[str] | None = None) -> int:
     """``kvmpy [options]``: returns the process exit status."""
     args = sys.argv[1:] if argv is None else list(argv)
+    process = argv is None  # the process's entry point, not a library call
+    if process:
+        gc.disable()  # start-up: see _collect_from_here
+    try:
+        return _main(args, process)
+    finally:
+        if process:  # the process ends: its final collection need not scan what is left
+            gc.freeze()
+            gc.enable()
+
+
+def _main(args: list[str], process: bool) -> int:
     if args[:1] == ["run"]:  # ``kvmpy run [OPTIONS] -- COMMAND``: see kvmpy.runner
         from kvmpy.runner import main as run_main
 
+        if process:
+            gc.enable()
         return run_main(args[1:])
     try:
         result = parse_command_line(args)
@@ -110,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             print(result.output, flush=True)
             return result.status
         _configure_logging(result.config)
-        return _run(result.config)
+        return _run(result.config, process)
     except KvmpyError as exc:
         print(format_error(exc), file=sys.stderr, flush=True)
         return 1
@@ -124,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"{PROG}: internal error: {type(exc).__name__}: {exc} "
               "(set KVMPY_DEBUG=1 for a traceback)", file=sys.stderr, flush=True)
-        if argv is None:
+        if process:
             _exit_without_waiting(1)
         return 1
 

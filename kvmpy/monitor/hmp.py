@@ -8,14 +8,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import kvmpy
-from kvmpy.chardev.base import CHR_EVENT_MUX_IN, CHR_EVENT_MUX_OUT, CHR_EVENT_OPENED, Chardev
 from kvmpy.errors import KvmpyError
 from kvmpy.monitor import commands, net, pci
+from kvmpy.monitor.hmp_chardev import PROMPT, HmpMonitor
+
+__all__ = ["CSRS", "PROMPT", "HmpMonitor", "HmpState", "UnknownCommand", "UsageError",
+           "run_command"]
 
 if TYPE_CHECKING:
     from kvmpy.system import System
 
-PROMPT = "(qemu) "
 ABI_NAMES = ["zero", "ra", "sp", "gp", "tp", "t0", "t1", "t2", "s0", "s1", "a0", "a1", "a2",
              "a3", "a4", "a5", "a6", "a7", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9",
              "s10", "s11", "t3", "t4", "t5", "t6"]
@@ -433,69 +435,3 @@ HELP = [  # name, parameters, description: as QEMU's hmp-commands.hx
     ("x", "/fmt addr", "virtual memory dump starting at 'addr'"),
     ("xp", "/fmt addr", "physical memory dump starting at 'addr'"),
 ]
-
-
-class HmpMonitor:
-    """HMP on a chardev: echoes typed characters, edits a line, runs it on Enter."""
-
-    def __init__(self, chardev: Chardev, banner: bool = True) -> None:
-        self.chardev = chardev
-        self.system: System | None = None
-        self.state = HmpState()
-        self.banner = banner
-        self._line = bytearray()
-        self._hidden = False
-        self._greeted = False
-
-    def start(self, system: System) -> None:
-        self.system = system
-        self.chardev.set_handlers(self._receive, None, self._on_event)
-        if self.chardev.connected and not self._hidden:
-            self._greet()
-
-    def close(self) -> None:
-        self.chardev.set_handlers(None)
-
-    def _on_event(self, event: str) -> None:
-        if event == CHR_EVENT_OPENED and not self._hidden:
-            self._greet()
-        elif event == CHR_EVENT_MUX_OUT:
-            self._hidden = True
-        elif event == CHR_EVENT_MUX_IN:
-            # On a mux (mon:stdio) the banner waits until the monitor first gets the focus.
-            self._hidden = False
-            if self._greeted:
-                self._write("\n" + PROMPT)
-            else:
-                self._greet()
-
-    def _greet(self) -> None:
-        self._greeted = True
-        if self.banner:
-            self._write(f"kvmpy {kvmpy.__version__} monitor - type 'help' for more "
-                        "information\n")
-        self._write(PROMPT)
-
-    def _write(self, text: str) -> None:
-        self.chardev.write(text.replace("\n", "\r\n").encode())
-
-    def _receive(self, data: bytes) -> None:
-        for byte in data:
-            if byte in (0x0D, 0x0A):
-                if byte == 0x0A and not self._line and getattr(self, "_last_cr", False):
-                    self._last_cr = False
-                    continue
-                self._last_cr = byte == 0x0D
-                self._write("\n")
-                line = self._line.decode(errors="replace")
-                self._line.clear()
-                if self.system is not None:
-                    self._write(run_command(self.system, line, state=self.state))
-                self._write(PROMPT)
-            elif byte in (0x7F, 0x08):
-                if self._line:
-                    self._line.pop()
-                    self._write("\b \b")
-            elif 0x20 <= byte < 0x7F:
-                self._line.append(byte)
-                self.chardev.write(bytes([byte]))

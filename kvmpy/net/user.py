@@ -9,7 +9,7 @@ HMP commands ``info usernet``, ``hostfwd_add`` and ``hostfwd_remove`` print what
 Main loop integration as QEMU's (``net_slirp_poll_notify``): after anything that may change
 libslirp's sockets, one *round* runs on the main loop: revents for the descriptors of the
 last ``slirp_pollfds_fill`` (a zero-timeout ``poll``), ``slirp_pollfds_poll``, then a new
-fill whose descriptors are watched as asyncio readers/writers (diffed against the previous
+fill whose descriptors are watched as main-loop readers/writers (diffed against the previous
 set) and whose timeout arms the next round.  libslirp's own timers run on
 ``system.schedule``.  Every libslirp call happens on the main loop thread.
 """
@@ -269,7 +269,7 @@ class UserNetdev(NetBackend):
         return [from_poll(ready.get(fd, 0)) for fd, _ in self._pollfds]
 
     def _watch(self, pollfds: Iterable[tuple[int, int]]) -> None:
-        """Make the asyncio readers/writers match the descriptors libslirp asked for."""
+        """Make the main loop's readers/writers match the descriptors libslirp asked for."""
         from kvmpy.net.slirp import READ_EVENTS, WRITE_EVENTS
 
         readers = {fd for fd, events in pollfds if events & READ_EVENTS}

@@ -263,6 +263,34 @@ class Vcpu(_Fd):
             out.value = 0
         return out
 
+    @property
+    def run_area(self) -> int:
+        """Address of the mapped ``kvm_run`` (for a run loop in C)."""
+        return int(ffi.cast("uintptr_t", self._map))
+
+    def finish_run(self, err: int) -> VcpuExit:
+        """The exit of a ``KVM_RUN`` made by other code on this vCPU (a run loop in C), as
+        :meth:`run` returns it: ``err`` is its errno, 0 when it succeeded."""
+        if err:
+            if err == errno.EINTR or err == errno.EAGAIN:
+                self.kvm_run.immediate_exit = 0
+                return self._intr_exit
+            raise KvmIoctlError("KVM_RUN", err)
+        # run()'s decode, repeated rather than shared: a call more costs every exit
+        reason, gpa, data, size, is_write = self._unpack_exit(self._view, 8)
+        if reason != 6:  # abi.KVM_EXIT_MMIO
+            return self.decode_exit(reason)
+        out = self._mmio_exit
+        out.gpa = gpa
+        out.size = size
+        if is_write:
+            out.is_write = True
+            out.value = data & _DATA_MASKS[size]
+        else:
+            out.is_write = False
+            out.value = 0
+        return out
+
     def decode_exit(self, reason: int) -> VcpuExit:
         """The exit value for ``kvm_run`` as ``KVM_RUN`` left it with ``reason``."""
         if reason == abi.KVM_EXIT_MMIO:

@@ -41,8 +41,9 @@ from kvmpy.errors import AccelError, KvmpyError
 from kvmpy.qom import register_type
 
 if TYPE_CHECKING:
+    from kvmpy.accel.kvm.c_loop import KvmCMmio
     from kvmpy.accel.kvm.ioeventfd import Doorbells
-    from kvmpy.memory import GuestRAM
+    from kvmpy.memory import GuestRAM, MmioBus
     from kvmpy.system import System
 
 _log = logging.getLogger("kvmpy")
@@ -199,6 +200,11 @@ class KvmRiscvVcpu:
         if exit_.__class__ is MmioExit:
             return exit_
         return self._other_exit(exit_)
+
+    def use_run_loop(self, run: Callable[[], VcpuExit]) -> None:
+        """Run through ``run`` (a C run loop over this vCPU's fd, :mod:`.c_loop`) instead of
+        the wrapper's ``run()``; same exits."""
+        self._fd_run = run
 
     def _other_exit(self, exit_: VcpuExit) -> VcpuExit:
         while True:
@@ -498,6 +504,8 @@ class KvmAccel(Accelerator):
         self._regions: list[GuestRAM] = []
         self.doorbells: Doorbells | None = None
         """The devices' doorbells as ioeventfds, once the main loop runs."""
+        self.c_mmio: KvmCMmio | None = None
+        """Device windows whose MMIO exits complete in the C run loop, when it is built."""
         self._guest_debug: bool | None = None
         self._debug_enabled = False
         self.sw_breakpoints = SwBreakpoints(self._read_physical, self._write_physical)
@@ -663,6 +671,15 @@ class KvmAccel(Accelerator):
             vcpu.accel = self
             self.vcpus.append(vcpu)
 
+    def attach_c_mmio(self, bus: MmioBus) -> None:
+        """With the C run loop built (:mod:`.c_loop`), the vCPUs run through it and complete
+        MMIO exits to the devices of ``bus`` that have a C half without Python."""
+        from kvmpy.accel.kvm import c_loop
+
+        if self.c_mmio is not None or not self.vcpus or not c_loop.available():
+            return
+        self.c_mmio = attach_run_loop(self.vcpus, bus)  # type: ignore[arg-type]
+
     def start_doorbells(self, system: System) -> None:
         """Virtio kicks complete in the kernel (:mod:`.ioeventfd`); called once the main loop
         runs, which then serves them."""
@@ -680,6 +697,9 @@ class KvmAccel(Accelerator):
             self.doorbells.drain()
 
     def close(self) -> None:
+        if self.c_mmio is not None:
+            self.c_mmio.close()
+            self.c_mmio = None
         if self.doorbells is not None:
             self.doorbells.close()
             self.doorbells = None
@@ -694,3 +714,15 @@ class KvmAccel(Accelerator):
         if self._kvm is not None:
             self._kvm.close()
             self._kvm = None
+
+
+def attach_run_loop(vcpus: Sequence[KvmRiscvVcpu], bus: MmioBus) -> KvmCMmio:
+    """Make ``vcpus`` run through the C run loop with the C windows of ``bus`` (the C run
+    loop must be built).  Also without any C window: its KVM_RUN is a cheaper call than the
+    wrapper's (API mode, no libffi), which every exit to Python gains."""
+    from kvmpy.accel.kvm.c_loop import CRunLoop, KvmCMmio
+
+    windows = KvmCMmio(bus)
+    for vcpu in vcpus:
+        vcpu.use_run_loop(CRunLoop(vcpu.fd, windows).run)
+    return windows

@@ -16,6 +16,7 @@ from cffi import FFI
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
 MODULE = "kvmpy.accel.tcg._engine"
+HW = os.path.join(os.path.dirname(os.path.dirname(HERE)), "hw")  # c_mmio.h
 
 # -frounding-math: FP code honours the guest's rounding modes; -fno-gcse: better code for
 # the computed-goto dispatch of the interpreter loop (GCC manual).
@@ -34,14 +35,14 @@ def _cdef() -> str:
 
 def make_builder(absolute_paths: bool) -> FFI:
     """The FFI builder; setuptools wants source paths relative to the project root."""
-    source = os.path.join(HERE, "engine.c")
+    sources = [os.path.join(HERE, name) for name in ("engine.c", "c_mmio.c")]
     builder = FFI()
     builder.cdef(_cdef())
     builder.set_source(
         MODULE,
         '#include "engine.h"',
-        sources=[source if absolute_paths else os.path.relpath(source, ROOT)],
-        include_dirs=[HERE],
+        sources=[s if absolute_paths else os.path.relpath(s, ROOT) for s in sources],
+        include_dirs=[HERE, HW],
         extra_compile_args=CFLAGS,
         libraries=["m"],
     )

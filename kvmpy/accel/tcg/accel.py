@@ -26,7 +26,8 @@ from kvmpy.errors import AccelError
 from kvmpy.qom import Property, register_type
 
 if TYPE_CHECKING:
-    from kvmpy.memory import GuestRAM
+    from kvmpy.accel.tcg.c_mmio import TcgCMmio
+    from kvmpy.memory import GuestRAM, MmioBus
 
 RUN_SLICE = 200_000
 """Instructions per ``run()`` call at most: long enough to amortise the call, short enough
@@ -76,6 +77,8 @@ class TcgVcpu:
             kind = x.kind
             if kind != core.EXIT_TRACE:
                 break
+        if self._accel.c_mmio is not None:
+            self._accel.c_mmio.flush()  # C devices' output goes before what this exit sends
         if kind == core.EXIT_MMIO:
             return exits.MmioExit(int(x.gpa), int(x.size), bool(x.is_write), int(x.value))
         if kind == core.EXIT_NONE:
@@ -104,6 +107,8 @@ class TcgVcpu:
         core.lib.tcg_run(self._engine, self.index, max(1, n), self._exit)
         if self._accel.tracing:
             self._accel.drain_trace()
+        if self._accel.c_mmio is not None:
+            self._accel.c_mmio.flush()
         if self._exit.kind == core.EXIT_TRACE:
             return exits.IntrExit()
         return self._decode_last()
@@ -319,6 +324,7 @@ class TcgAccel(Accelerator):
         self._asm_last_pc: int | None = None
         self._holes: list[tuple[int, int]] = []
         self._windows: list[tuple[int, int]] = []
+        self.c_mmio: TcgCMmio | None = None
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -380,6 +386,13 @@ class TcgAccel(Accelerator):
         self._windows = list(windows)
         if self.engine is not None:
             self._apply_windows()
+
+    def attach_c_mmio(self, bus: MmioBus) -> None:
+        """Devices of ``bus`` with a C half (kvmpy.hw.c_mmio) complete accesses in the engine."""
+        from kvmpy.accel.tcg.c_mmio import TcgCMmio
+
+        if self.engine is not None and self.c_mmio is None:
+            self.c_mmio = TcgCMmio(self.engine, bus)
 
     def _apply_windows(self) -> None:
         for gpa, size in self._windows:
@@ -509,6 +522,9 @@ class TcgAccel(Accelerator):
                                  _PRIV_NAMES.get(int(r.a), "?"))
 
     def close(self) -> None:
+        if self.c_mmio is not None:
+            self.c_mmio.close()
+            self.c_mmio = None
         if self.engine is not None:
             core.lib.tcg_engine_free(self.engine)
             self.engine = None

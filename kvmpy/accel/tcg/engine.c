@@ -38,6 +38,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "engine.h"
+#include "c_mmio.h"
 
 #include <fenv.h>
 #include <math.h>
@@ -407,6 +408,8 @@ struct tcg_engine {
     /* the translating tier (jit_x86.c) */
     struct jit_state *jit;
     int jit_on;
+
+    struct c_mmio_table *c_mmio; /* device windows served in C (tcg_set_c_mmio), or NULL */
 
     /* thread=multi (tcg_set_multithread): every hart runs tcg_run on its own thread.
      * code_mu guards the decoded code and the translations (lookups that miss the jump
@@ -1648,6 +1651,8 @@ static int mem_slow(hart *h, uint64_t va, unsigned size, int acc, uint64_t *val,
         return ST_TRAP;
     }
     tcg_engine *e = h->e;
+    if (e->c_mmio && c_mmio_access(e->c_mmio, pa, size, acc == ACC_W, val))
+        return ST_OK;
     if (e->nholes && in_hole(e, pa, size))
         return mmio_exit(h, pa, size, acc == ACC_W, *val, o, sign, fp);
     uint64_t avail;
@@ -4160,6 +4165,8 @@ int tcg_add_mmio_window(tcg_engine *e, uint64_t gpa, uint64_t size)
 }
 
 void tcg_set_builtin_firmware(tcg_engine *e, int on) { e->builtin_fw = on != 0; }
+
+void tcg_set_c_mmio(tcg_engine *e, tcg_c_mmio *t) { e->c_mmio = t; }
 
 int tcg_set_multithread(tcg_engine *e, int on)
 {

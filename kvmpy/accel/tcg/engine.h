@@ -98,6 +98,15 @@ void tcg_engine_free(tcg_engine *e);
 int tcg_add_memory(tcg_engine *e, uint64_t gpa, uint8_t *host, uint64_t size, int writable);
 int tcg_add_mmio_hole(tcg_engine *e, uint64_t gpa, uint64_t size);
 int tcg_add_mmio_window(tcg_engine *e, uint64_t gpa, uint64_t size);
+/* Device windows served in C (kvmpy/hw/c_mmio.h; c_mmio.c): a load or store that would exit
+ * as MMIO is first offered to the window's function, and completes at once when it accepts
+ * it.  The table is the caller's, and outlives its use by the engine; set (or NULL) while
+ * no hart runs; tcg_c_mmio_add returns -1 when full or on an overlap.  fn is a c_mmio_fn. */
+typedef struct c_mmio_table tcg_c_mmio;
+tcg_c_mmio *tcg_c_mmio_new(void);
+void tcg_c_mmio_free(tcg_c_mmio *t);
+int tcg_c_mmio_add(tcg_c_mmio *t, uint64_t gpa, uint64_t size, void *fn, void *opaque);
+void tcg_set_c_mmio(tcg_engine *e, tcg_c_mmio *t);
 void tcg_set_builtin_firmware(tcg_engine *e, int on);
 int tcg_set_multithread(tcg_engine *e, int on);
 void tcg_set_icount(tcg_engine *e, int shift);

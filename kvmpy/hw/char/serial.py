@@ -17,17 +17,28 @@ free receive-FIFO space, so no typed byte is lost; reading RBR calls ``chardev.a
 The character timeout of the FIFO (QEMU: 4 character times after the last byte) is taken as
 elapsed at once when a receive or a read leaves the FIFO below its trigger level: a burst from
 the chardev is one event, and the guest sees its input without waiting for a timer.
+
+With an accelerator that calls C on MMIO (:mod:`kvmpy.hw.c_mmio`), LSR reads and THR writes
+that raise no interrupt (Linux's console output, byte by byte) are completed by the model's C
+half (:mod:`kvmpy.hw.char.uart_fast`) without Python; this model stays the authority for all
+state, pushes the LSR and the allowed accesses to C after each operation, and takes back the
+last byte C stored and its buffered output (in order) before each.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from kvmpy import log
 from kvmpy.chardev.base import CHR_EVENT_BREAK, Chardev
+from kvmpy.hw.char import uart_fast
 from kvmpy.hw.core import SysBusDevice, state_from_dict
 from kvmpy.hw.irq import IrqLine, unconnected_irq
 from kvmpy.qom import Property, register_type
+
+if TYPE_CHECKING:
+    from kvmpy.hw.c_mmio import CMmio
 
 UART_FIFO_LENGTH = 16
 
@@ -60,6 +71,8 @@ UART_LSR_BI = 0x10
 UART_LSR_OE = 0x02
 UART_LSR_DR = 0x01
 UART_LSR_INT_ANY = 0x1E
+
+_THR_EMPTY = UART_LSR_THRE | UART_LSR_TEMT
 
 UART_FCR_FE = 0x01
 UART_FCR_RFR = 0x02
@@ -108,8 +121,65 @@ class SerialMM(SysBusDevice):
         self.region_size = 8 << self.regshift
         self._shift = self.regshift  # plain int: every access uses it
         self.state = SerialState()
+        self._fast: uart_fast.UartFast | None = None
+        self._fast_handler: CMmio | None = None
         if chardev is not None:
             chardev.set_handlers(self.receive, self.can_receive, self._chardev_event)
+
+    # -- the C half ---------------------------------------------------------------------------
+
+    def c_mmio(self) -> CMmio | None:
+        """Let C complete LSR reads and polled THR writes (see the module docstring); None
+        when the C half is not built."""
+        if self._fast_handler is None and uart_fast.available():
+            from kvmpy.hw.c_mmio import CMmio
+
+            self._fast = uart_fast.UartFast(self._shift, self._output)
+            self._fast_leave()
+            self._fast_handler = CMmio(self._fast.function, self._fast.opaque,
+                                       self._fast.flush, self._detach_fast)
+        return self._fast_handler
+
+    def _detach_fast(self) -> None:
+        fast = self._fast
+        if fast is not None:
+            self._fast_enter()
+            self._fast = self._fast_handler = None
+            fast.close()
+
+    def _fast_enter(self) -> None:
+        """Before Python acts: the THR write C took last, and C's output sent before ours."""
+        fast = self._fast
+        if fast is not None:
+            thr = fast.take_thr()
+            if thr >= 0:
+                self.state.thr = thr
+                self.state.thr_ipending = 1
+                fast.flush()
+
+    def _fast_leave(self) -> None:
+        """After Python acted: what C may now complete (the 16550 datasheet's conditions
+        under which an LSR read or a THR write has no effect beyond the one C gives it)."""
+        fast = self._fast
+        if fast is not None:
+            s = self.state
+            lsr = s.lsr
+            mode = 0 if lsr & (UART_LSR_BI | UART_LSR_OE) else uart_fast.FAST_LSR
+            if (lsr & _THR_EMPTY == _THR_EMPTY
+                    and not (s.lcr & UART_LCR_DLAB or s.ier & UART_IER_THRI
+                             or s.mcr & UART_MCR_LOOP)):
+                mode |= uart_fast.FAST_THR
+            fast.push(lsr, mode)
+
+    def _output(self, data: bytes) -> None:
+        if self.chardev is not None:
+            self.chardev.write(data)
+
+    def _send(self, byte: int) -> None:
+        if self._fast is not None:
+            self._fast.write(bytes((byte,)))
+        elif self.chardev is not None:
+            self.chardev.write(bytes((byte,)))
 
     def _chardev_event(self, event: str) -> None:
         if event == CHR_EVENT_BREAK:
@@ -118,6 +188,16 @@ class SerialMM(SysBusDevice):
     def receive_break(self) -> None:
         """A line break from the host (mux ``C-a b``; Linux turns it into magic SysRq):
         a NUL with LSR.BI, as QEMU's serial_receive_break."""
+        if self._fast is not None:
+            self._fast_enter()
+            try:
+                self._receive_break()
+            finally:
+                self._fast_leave()
+        else:
+            self._receive_break()
+
+    def _receive_break(self) -> None:
         s = self.state
         s.rbr = 0
         if len(s.recv_fifo) < UART_FIFO_LENGTH:
@@ -160,6 +240,16 @@ class SerialMM(SysBusDevice):
         """Bytes from the chardev (or the loopback)."""
         if not data:
             return
+        if self._fast is not None:
+            self._fast_enter()
+            try:
+                self._receive(data)
+            finally:
+                self._fast_leave()
+        else:
+            self._receive(data)
+
+    def _receive(self, data: bytes) -> None:
         s = self.state
         if s.fcr & UART_FCR_FE:
             for byte in data:
@@ -188,8 +278,7 @@ class SerialMM(SysBusDevice):
             s.thr = byte
             s.thr_ipending = 1
             s.lsr |= UART_LSR_THRE | UART_LSR_TEMT
-            if self.chardev is not None:
-                self.chardev.write(bytes((byte,)))
+            self._send(byte)
             return
         s.thr = byte
         s.thr_ipending = 0
@@ -201,14 +290,23 @@ class SerialMM(SysBusDevice):
             s.thr_ipending = 1
             self._update_irq()
         if s.mcr & UART_MCR_LOOP:
-            self.receive(bytes((byte,)))
-        elif self.chardev is not None:
-            self.chardev.write(bytes((byte,)))
+            self._receive(bytes((byte,)))
+        else:
+            self._send(byte)
         s.lsr |= UART_LSR_TEMT
 
     # -- registers ------------------------------------------------------------------------------
 
     def mmio_read(self, offset: int, size: int) -> int:
+        if self._fast is None:
+            return self._read(offset)
+        self._fast_enter()
+        try:
+            return self._read(offset)
+        finally:
+            self._fast_leave()
+
+    def _read(self, offset: int) -> int:
         reg = (offset >> self._shift) & 7
         s = self.state
         if reg == 0:
@@ -262,6 +360,16 @@ class SerialMM(SysBusDevice):
         return value
 
     def mmio_write(self, offset: int, size: int, value: int) -> None:
+        if self._fast is None:
+            self._write(offset, value)
+            return
+        self._fast_enter()
+        try:
+            self._write(offset, value)
+        finally:
+            self._fast_leave()
+
+    def _write(self, offset: int, value: int) -> None:
         reg = (offset >> self._shift) & 7
         value &= 0xFF
         s = self.state
@@ -319,10 +427,16 @@ class SerialMM(SysBusDevice):
             self.chardev.accept_input()
 
     def reset(self) -> None:
+        self._fast_enter()  # what C took before the reset is sent
         self.state = SerialState()
+        self._fast_leave()
         self.irq.lower()
         if self.chardev is not None:
             self.chardev.accept_input()
+
+    def get_state(self) -> dict[str, object]:
+        self._fast_enter()  # THR as C left it; its output sent before the state is taken
+        return super().get_state()
 
     def set_state(self, state: dict[str, object]) -> None:
         from kvmpy.migration.errors import VmStateError
@@ -337,7 +451,9 @@ class SerialMM(SysBusDevice):
                 or new.thr_ipending not in (0, 1) or new.timeout_ipending not in (0, 1)):
             raise VmStateError(f"vmstate: {self.name}: a register or FIFO value is out of "
                                "range")
+        self._fast_enter()
         self.state = new
+        self._fast_leave()
         self._update_irq()
         if self.chardev is not None:  # room in the FIFO: input may flow again
             self.chardev.accept_input()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from kvmpy.accel.base import PRV_M, PRV_S, AccelCaps
 from kvmpy.errors import ConfigError, LoaderError
@@ -21,6 +22,9 @@ from kvmpy.hw.riscv.virt_fdt import fixup_chosen
 from kvmpy.loader import ElfImage, load_image, load_initrd
 from kvmpy.memory import GuestRAM
 from kvmpy.system import HartBoot
+
+if TYPE_CHECKING:
+    from fdt import FDT
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -179,7 +183,7 @@ def load_firmware(ram: GuestRAM, plan: BootPlan, dram_base: int, roms: list[Rom]
     end (the DRAM base when there is no firmware in RAM)."""
     if plan.path is None:
         return dram_base
-    image = load_image(plan.path, ram, dram_base, what="firmware")
+    image = load_image(plan.path, ram, dram_base, what="firmware", symbols=False)
     if isinstance(image, ElfImage):
         roms.append(Rom(plan.path, image.low, image.high - image.low))
         return image.high
@@ -190,7 +194,7 @@ def load_firmware(ram: GuestRAM, plan: BootPlan, dram_base: int, roms: list[Rom]
 def load_kernel(ram: GuestRAM, path: str, start: int, roms: list[Rom]) -> int:
     """riscv_load_kernel: an ELF goes to its addresses and is entered at its lowest one (QEMU
     7.2); anything else (a Linux ``Image``, EFI stub or not) is copied raw to ``start``."""
-    image = load_image(path, ram, start, what="kernel")
+    image = load_image(path, ram, start, what="kernel", symbols=False)
     if isinstance(image, ElfImage):
         roms.append(Rom(path, image.low, image.high - image.low))
         return image.low
@@ -199,7 +203,7 @@ def load_kernel(ram: GuestRAM, path: str, start: int, roms: list[Rom]) -> int:
 
 
 def load_payloads(ram: GuestRAM, plan: BootPlan, *, dram_base: int, kernel: str | None,
-                  initrd: str | None, append: str, base_fdt: bytes, fdt_path: str,
+                  initrd: str | None, append: str, base_fdt: bytes | FDT, fdt_path: str,
                   fdt_size: int) -> Payloads:
     """virt_machine_done: firmware, kernel, initrd, the FDT's /chosen, then the FDT itself."""
     roms: list[Rom] = []

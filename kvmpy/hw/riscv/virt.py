@@ -22,7 +22,7 @@ from kvmpy.firmware.sbi import Sbi, SbiConsole
 from kvmpy.hw.core import MmioDevice
 from kvmpy.hw.irq import IrqLine
 from kvmpy.hw.riscv import boot
-from kvmpy.hw.riscv.virt_fdt import VirtFdtConfig, create_fdt
+from kvmpy.hw.riscv.virt_fdt import FdtBuilder, VirtFdtConfig, create_fdt
 from kvmpy.log import stderr_line
 from kvmpy.machine import MachineState
 from kvmpy.qom import Property, register_type
@@ -153,8 +153,10 @@ class VirtMachine(MachineState):
         self.plugged: list[Any] = []
         """The devices of -device and -drive if=virtio, in creation order."""
         self.sbi: Sbi | None = None
-        self.fdt_builder: Any = None
+        self.fdt_builder: FdtBuilder | None = None
+        """The generated device tree (no -dtb); each boot writes a copy with /chosen fixed up."""
         self.base_fdt = b""
+        """A -dtb file's tree."""
         self.boot_plan: boot.BootPlan | None = None
         self.roms: list[boot.Rom] = []
         self.ram: GuestRAM | None = None
@@ -191,7 +193,7 @@ class VirtMachine(MachineState):
             self.base_fdt = load_dtb(self.dtb)
             fdt_size = boot.user_dtb_size(len(self.base_fdt))
         else:
-            self.base_fdt = create_fdt(self._fdt_config(system), self.append).to_dtb()
+            self.fdt_builder = create_fdt(self._fdt_config(system), self.append)
             fdt_size = boot.QEMU_FDT_MAX_SIZE
         self._load_payloads(system, fdt_size)
         if self.dumpdtb:
@@ -335,7 +337,6 @@ class VirtMachine(MachineState):
         address down, as QEMU fills them."""
         from kvmpy.hw.pci import PciBridge, PciBus
         from kvmpy.hw.qdev import Bus, create_devices
-        from kvmpy.hw.virtio.console import serial_buses
         from kvmpy.hw.virtio.mmio import mmio_buses
 
         host = self.devices["pcie"]
@@ -352,6 +353,8 @@ class VirtMachine(MachineState):
             return entry
 
         def carried(device: object, dev_id: str) -> list[Bus]:
+            from kvmpy.hw.virtio.console import serial_buses  # once a -device is created
+
             found = serial_buses(device, dev_id)
             if isinstance(device, PciBridge):
                 secondary = device.secondary_bus
@@ -391,7 +394,8 @@ class VirtMachine(MachineState):
         result = boot.load_payloads(
             self.ram, self.boot_plan, dram_base=VIRT_MEMMAP["dram"].base,
             kernel=self.kernel or None, initrd=self.initrd or None, append=self.append,
-            base_fdt=self.base_fdt, fdt_path=self.dtb or "fdt", fdt_size=fdt_size)
+            base_fdt=self.base_fdt if self.fdt_builder is None else self.fdt_builder.to_fdt(),
+            fdt_path=self.dtb or "fdt", fdt_size=fdt_size)
         self.roms = result.roms
         self.fdt_blob = result.fdt
         self.fdt_addr = result.fdt_addr

@@ -448,15 +448,17 @@ def _set_front(node: fdt.Node, prop: fdt.Property) -> None:
     node.props.insert(0, node.props.pop())
 
 
-def fixup_chosen(blob: bytes, path: str, *, bootargs: str | None, initrd: tuple[int, int] | None
-                 ) -> bytes:
+def fixup_chosen(blob: bytes | fdt.FDT, path: str, *, bootargs: str | None,
+                 initrd: tuple[int, int] | None) -> bytes:
     """What QEMU's boot code writes into ``/chosen`` of any tree, including a user's ``-dtb``.
 
     ``bootargs`` (``-append``), ``linux,initrd-start``/``-end`` (32-bit cells, as QEMU 7.2
     writes them), then every ``rng-seed`` gets fresh random bytes (QEMU re-randomizes seeds
-    at each reset, ``qemu_fdt_randomize_seeds``).
+    at each reset, ``qemu_fdt_randomize_seeds``).  ``blob``: the tree as a blob, or as a tree
+    (the generated one, :meth:`FdtBuilder.to_fdt`), which is changed in place and not parsed
+    again; the same blob results either way.
     """
-    tree = _parse_dtb(blob, path)
+    tree = blob if isinstance(blob, fdt.FDT) else _parse_dtb(blob, path)
     chosen = _ensure_node(tree, "/chosen") if (bootargs or initrd) else None
     if chosen is not None and bootargs:
         _set_front(chosen, fdt.PropStrings("bootargs", bootargs))

@@ -20,7 +20,6 @@ from kvmpy import log
 from kvmpy.hw.core import Device, SysBusDevice
 from kvmpy.hw.irq import IrqLine, unconnected_irq
 from kvmpy.hw.qdev import Bus, create_devices
-from kvmpy.hw.virtio.console import serial_buses
 from kvmpy.hw.virtio.device import VirtioDevice
 from kvmpy.hw.virtio.transport import (
     VIRTIO_INT_CONFIG,
@@ -320,4 +319,11 @@ def plug_devices(system: Any, transports: Sequence[VirtioMmio]) -> list[Device]:
     """Create the ``-device`` options of ``system.config`` into free ``transports`` (see
     :func:`mmio_buses`); ports (``virtconsole``, ``virtserialport``) go on the most recent
     virtio-serial device."""
-    return create_devices(system, mmio_buses(transports), serial_buses)
+    return create_devices(system, mmio_buses(transports), _serial_buses)
+
+
+def _serial_buses(device: object, dev_id: str) -> list[Bus]:
+    # virtio-serial's module once a -device is created (a VM without one does not import it)
+    from kvmpy.hw.virtio.console import serial_buses
+
+    return serial_buses(device, dev_id)

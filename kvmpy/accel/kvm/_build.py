@@ -1,0 +1,70 @@
+"""cffi build script of the KVM vCPU run loop in C (vcpu_loop.c; API mode, out of line).
+
+Optional: the ``kvm`` accelerator itself needs no compiler (ABI mode, :mod:`.kvm`); with this
+module built, a vCPU completes MMIO exits to device windows served in C without returning to
+Python.  ``pip install .`` builds it through ``cffi_modules`` in setup.py; for development run
+``python kvmpy/accel/kvm/_build.py``, which puts ``_vcpu_loop.*.so`` next to this file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+from cffi import FFI
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
+HW = os.path.join(os.path.dirname(os.path.dirname(HERE)), "hw")  # c_mmio.h
+MODULE = "kvmpy.accel.kvm._vcpu_loop"
+CFLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra"]
+
+
+def _cdef() -> str:
+    with open(os.path.join(HERE, "vcpu_loop.h"), encoding="utf-8") as f:
+        match = re.search(r"/\* CDEF-BEGIN \*/(.*)/\* CDEF-END \*/", f.read(), re.S)
+    if match is None:
+        raise RuntimeError("vcpu_loop.h: CDEF markers not found")
+    return match.group(1)
+
+
+def make_builder(absolute_paths: bool) -> FFI:
+    """The FFI builder; setuptools wants source paths relative to the project root."""
+    source = os.path.join(HERE, "vcpu_loop.c")
+    builder = FFI()
+    builder.cdef(_cdef())
+    builder.set_source(
+        MODULE,
+        '#include "vcpu_loop.h"',
+        sources=[source if absolute_paths else os.path.relpath(source, ROOT)],
+        include_dirs=[HERE, HW],
+        extra_compile_args=CFLAGS,
+    )
+    return builder
+
+
+ffibuilder = make_builder(absolute_paths=False)
+
+
+def main() -> int:
+    """Build in-tree: intermediates under build/kvm, the module next to this file."""
+    import glob
+    import shutil
+
+    os.chdir(ROOT)
+    tmpdir = os.path.join(ROOT, "build", "kvm")
+    built = make_builder(absolute_paths=True).compile(
+        tmpdir=tmpdir, verbose=bool(os.environ.get("KVMPY_BUILD_VERBOSE")))
+    target = os.path.join(HERE, os.path.basename(built))
+    for old in glob.glob(os.path.join(HERE, "_vcpu_loop.*.so")):
+        if old != target:
+            os.remove(old)
+    # a new file replaces the old one, so running processes keep their mapping intact
+    shutil.copy2(built, target + ".tmp")
+    os.replace(target + ".tmp", target)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
