@@ -2,8 +2,9 @@
 
 :func:`handle_exit` is the one free function that maps an exit to handled / stopped (STYLE.md,
 after Firecracker).  Two drivers call ``vcpu.run()``: :class:`RoundRobinDriver` runs all harts
-on one thread with fair slices (the interpreter), :class:`ThreadPerVcpuDriver` gives each vCPU
-its own thread blocked in ``run()`` (KVM).  Both honour pause requests by kicking vCPUs and
+on one thread with fair slices (the interpreter's ``thread=single``),
+:class:`ThreadPerVcpuDriver` gives each vCPU its own thread blocked in ``run()`` (KVM, and the
+interpreter's ``thread=multi``).  Both honour pause requests by kicking vCPUs and
 parking their threads, so a paused VM's registers can be read.
 """
 

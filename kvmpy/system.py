@@ -189,10 +189,11 @@ class System:
         if config.icount_shift is not None and not self.accel.supports_icount:
             raise ConfigError(f"-icount is not supported with accelerator "
                               f"'{self.accel.name}'", option="-icount")
+        if hasattr(self.accel, "thread") and "thread" not in self._accel_props:
+            # QEMU's default: a thread per hart, except with -icount
+            self.accel.thread = "single" if config.icount_shift is not None else "multi"
         if config.icount_shift is not None and getattr(self.accel, "thread", "") == "multi":
-            if "thread" in self._accel_props:  # QEMU's default is single with -icount
-                raise ConfigError("No MTTCG when icount is enabled", option=self._accel_text)
-            self.accel.thread = "single"  # type: ignore[attr-defined]
+            raise ConfigError("No MTTCG when icount is enabled", option=self._accel_text)
         self._open_chardevs()
         self._open_netdevs()
         self.harts = [HartPort(i) for i in range(self.machine.smp.cpus)]

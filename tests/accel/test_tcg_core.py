@@ -60,7 +60,6 @@ class Guest:
         self.ram = GuestRAM(RAM_BASE, 1 << 20)
         self.ram.write(RAM_BASE, code)
         self.accel = TcgAccel()
-        self.accel.thread = "single"  # run() on this thread, halts returned (not slept in)
         self.accel.init_machine(self.ram, harts)
         self.vcpus: list[TcgVcpu] = self.accel.vcpus
         for i, vcpu in enumerate(self.vcpus):

@@ -38,7 +38,7 @@ PRV_M = 3
 CSRS = (0x300, 0x302, 0x303, 0x304, 0x305, 0x340, 0x341, 0x342, 0x343, 0x105, 0x140,
         0x141, 0x142, 0x143, 0x180, 0x003)
 # Programs for several harts: test_isa runs them with translation on.
-SMP = {"smp_atomics", "smp4_atomics"}
+SMP = {"smp_atomics", "smp4_atomics", "smp_stress"}
 MSIP, MTIMECMP, MTIME = CLINT[0], CLINT[0] + 0x4000, CLINT[0] + 0xbff8
 IRQ_M_SOFT = 3
 

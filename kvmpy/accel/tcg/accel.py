@@ -1,8 +1,11 @@
 """``-accel tcg``: the accelerator object and its vCPUs, over the C core of :mod:`.core`.
 
 One engine holds every hart of the VM and the shared RAM mapping; each :class:`TcgVcpu` runs
-its hart for a slice per ``run()`` (the round-robin driver calls them in turn) and returns the
-exit values of :mod:`kvmpy.accel.exits`.
+its hart for a slice per ``run()`` and returns the exit values of :mod:`kvmpy.accel.exits`.
+With ``thread=single`` the round-robin driver calls them in turn on one thread; with
+``thread=multi`` (QEMU's MTTCG, what ``-accel tcg`` chooses unless ``-icount`` is on) each
+vCPU has a thread of its own, ``run()`` releases the GIL for the C core, a hart in WFI sleeps
+inside it, and a stopped hart's thread waits in ``run()`` until the hart is started.
 
 Built-in firmware mode (``-bios builtin``, no M-mode code at all): an ``ecall`` from S-mode is
 an :class:`~kvmpy.accel.exits.SbiExit`, and SBI TIME arms :meth:`TcgVcpu.set_sbi_timer`,
@@ -301,9 +304,9 @@ class TcgAccel(Accelerator):
     name: ClassVar[str] = "tcg"
     supports_icount: ClassVar[bool] = True
 
-    thread = Property(str, "multi", "vCPU threading: multi runs each hart on a host thread of "
-                      "its own (the default, except with -icount), single runs every hart on "
-                      "one thread, round-robin", choices=("single", "multi"))
+    thread = Property(str, "single", "vCPU threading: multi runs each hart on a host thread "
+                      "of its own (what -accel tcg chooses unless -icount is on), single runs "
+                      "every hart on one thread, round-robin", choices=("single", "multi"))
     jit = Property(bool, True, "translate hot blocks to host code (x86-64 hosts; elsewhere, "
                    "and with jit=off, every instruction is interpreted)")
     jit_threshold = Property(int, 32, "times a block runs interpreted before it is translated "
