@@ -12,7 +12,8 @@ host's python3. The steps, each cached so that a second run does no network and 
    `bin`, `sbin`, `lib` are links into `usr/`); pure-Python wheels that Debian lacks (`fdt`) are
    fetched with `pip download` into `ci/cache/wheels/` and installed as a wheel installer would.
 4. kvmpy is built into a `cp3XX-cp3XX-linux_riscv64` wheel: the package sources plus its cffi
-   interpreter core (`kvmpy/accel/tcg/_build.py`, when present), whose C is emitted by the
+   modules (the interpreter core `kvmpy/accel/tcg/_build.py`, the device models' C halves and
+   the KVM run loop in C, each when present), whose C is emitted by the
    userland's own cffi under qemu-user and compiled with `riscv64-linux-gnu-gcc` against the
    riscv64 Python headers (from `libpython3.X-dev`, unpacked into `ci/work/devroot`). The wheel
    is installed into the rootfs' `/usr/local/lib/python3.X/dist-packages`.
@@ -586,19 +587,29 @@ print(json.dumps({"module": module_name, "kwds": {k: norm(v) for k, v in kwds.it
 """
 
 
+CFFI_BUILDS = ("kvmpy/accel/tcg/_build.py", "kvmpy/hw/_build.py", "kvmpy/accel/kvm/_build.py")
+"""kvmpy's cffi modules (setup.py's cffi_modules): the interpreter core first, then the device
+models' C halves and the KVM run loop in C (optional: kvmpy runs their Python paths without)."""
+
+
 def cross_build_tcg(root: Path, build_dir: Path) -> tuple[str, Path] | None:
     """Cross-compile kvmpy's cffi interpreter core; (module name, .so path) or None if the
     core is not in the tree yet."""
+    return cross_build_module(root, build_dir, REPO / CFFI_BUILDS[0])
+
+
+def cross_build_module(root: Path, build_dir: Path, build_py: Path) -> tuple[str, Path] | None:
+    """Cross-compile the cffi module of ``build_py``; (module name, .so path) or None when the
+    script is not in the tree."""
     import json
 
-    tcg = REPO / "kvmpy" / "accel" / "tcg"
-    build_py = tcg / "_build.py"
+    tcg = build_py.parent
     if not build_py.exists():
-        log("kvmpy/accel/tcg/_build.py not present: building kvmpy without the interpreter core")
+        log(f"{build_py.relative_to(REPO)} not present: building kvmpy without its module")
         return None
     pyver = python_version(root)
     build_dir.mkdir(parents=True, exist_ok=True)
-    out_c = build_dir / "_engine_gen.c"
+    out_c = build_dir / f"{build_py.parent.name}_gen.c"
     # The userland's own cffi writes the C, so the module matches its _cffi_backend exactly.
     r = run_python(
         ["-c", EMIT_SCRIPT, str(build_py), str(out_c)], root=root, capture_output=True,
@@ -656,6 +667,8 @@ def build_kvmpy_wheel(root: Path, out_dir: Path) -> Path:
     tag = f"cp{pyver.replace('.', '')}"
     build = WORK / "build-kvmpy"
     ext = cross_build_tcg(root, build)
+    extras = [m for m in (cross_build_module(root, build, REPO / b) for b in CFFI_BUILDS[1:])
+              if m is not None]
     plat = "linux_riscv64" if ext else "any"
     wheel_tag = f"{tag}-{tag}-{plat}" if ext else "py3-none-any"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -665,8 +678,7 @@ def build_kvmpy_wheel(root: Path, out_dir: Path) -> Path:
 
     for p in _kvmpy_sources():
         records.append((str(p.relative_to(REPO)), p.read_bytes()))
-    if ext:
-        module_name, so = ext
+    for module_name, so in [ext, *extras] if ext else []:
         records.append((module_name.replace(".", "/") + _ext_suffix(pyver), so.read_bytes()))
 
     md = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]

@@ -21,7 +21,7 @@ HW = os.path.join(os.path.dirname(os.path.dirname(HERE)), "hw")  # c_mmio.h
 # -frounding-math: FP code honours the guest's rounding modes; -fno-gcse: better code for
 # the computed-goto dispatch of the interpreter loop (GCC manual).
 CFLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-frounding-math", "-fno-strict-aliasing",
-          "-fno-gcse"]
+          "-fno-gcse", "-pthread"]
 
 
 def _cdef() -> str:
@@ -45,6 +45,7 @@ def make_builder(absolute_paths: bool) -> FFI:
         include_dirs=[HERE, HW],
         extra_compile_args=CFLAGS,
         libraries=["m"],
+        extra_link_args=["-pthread"],  # thread=multi: its locks and WFI sleeps
     )
     return builder
 
