@@ -782,7 +782,7 @@ static void take_trap(hart *h, uint64_t cause, uint64_t tval)
 
 static uint64_t read_mip(hart *h)
 {
-    return h->mip_sw | ATOMIC_LOAD(&h->mip_pins) | h->mip_timer;
+    return h->mip_sw | ATOMIC_LOAD(&h->mip_edge) | ATOMIC_LOAD(&h->mip_pins) | h->mip_timer;
 }
 
 /* The interrupt to take now, as a cause with bit 63 set, or 0 (privileged spec 3.1.9). */
@@ -4374,7 +4374,9 @@ int tcg_get_reg(tcg_engine *e, int hartid, int reg, uint64_t *value)
     default: break;
     }
     if (reg >= TCG_REG_CSR && reg < TCG_REG_CSR + 4096) {
-        h->mip_sw |= ATOMIC_XCHG(&h->mip_edge, 0);
+        /* with thread=multi the hart merges its edges itself (read_mip shows them) */
+        if (!e->mt)
+            h->mip_sw |= ATOMIC_XCHG(&h->mip_edge, 0);
         /* tcg_run took the guest's FP flags when it ended: what the host has raised since
          * (the VMM's own floating point) is not the guest's */
         (void)host_flags_take();
