@@ -292,8 +292,14 @@ class VM:
                 done.set()
 
         system.call_soon(call)
-        if not done.wait(DEFAULT_TIMEOUT):
-            raise TimeoutError("the VM's main loop did not answer")
+        # The VM may end meanwhile (a guest poweroff), its loop with it: then nothing runs
+        # the call, and waiting for it is pointless.
+        deadline = time.monotonic() + DEFAULT_TIMEOUT
+        while not done.wait(0.05):
+            if not self.is_running() and not done.is_set():
+                raise StateError("the VM is not running", self.status, "running")
+            if time.monotonic() > deadline:
+                raise TimeoutError("the VM's main loop did not answer")
         if error:
             raise error[0]
         return result[0] if result else None
@@ -314,7 +320,10 @@ class VM:
     def shutdown(self, timeout: float = DEFAULT_TIMEOUT) -> int:
         """Stop the VM (QMP ``quit``) and wait for it; returns the exit status."""
         if self.is_running():
-            self._on_loop(lambda: commands.quit_vm(self.system))
+            try:
+                self._on_loop(lambda: commands.quit_vm(self.system))
+            except StateError:  # it ended by itself meanwhile
+                pass
         return self.wait(timeout)
 
     def kill(self) -> None:

@@ -97,3 +97,15 @@ def test_wait_returns_after_guest_poweroff(tmp_path: Path) -> None:
         vm = cls([*TINY, "-kernel", write_payload(tmp_path, "off", POWEROFF)]).launch()
         assert vm.wait(30) == 0
         assert vm.shutdown() == 0  # nothing left to stop
+
+
+def test_shutdown_while_the_guest_powers_off(tmp_path: Path) -> None:
+    # The guest powers off at once; shutdown() races with the end of the VM's main loop
+    # (which then runs no more calls): either way it returns the exit status.
+    from .helpers import POWEROFF
+
+    payload = write_payload(tmp_path, "off", POWEROFF)
+    for _ in range(20):
+        vm = VM([*TINY, "-kernel", payload]).launch()
+        vm.event_wait("SHUTDOWN", timeout=30)  # the loop is ending now
+        assert vm.shutdown() == 0
