@@ -23,6 +23,7 @@ wanted and several at a time (``docs/vmstate.md``)::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -320,10 +321,8 @@ class VM:
     def shutdown(self, timeout: float = DEFAULT_TIMEOUT) -> int:
         """Stop the VM (QMP ``quit``) and wait for it; returns the exit status."""
         if self.is_running():
-            try:
+            with contextlib.suppress(StateError):  # it ended by itself meanwhile
                 self._on_loop(lambda: commands.quit_vm(self.system))
-            except StateError:  # it ended by itself meanwhile
-                pass
         return self.wait(timeout)
 
     def kill(self) -> None:
