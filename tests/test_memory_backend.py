@@ -52,10 +52,9 @@ def test_file_backend_shared_ram_is_the_file(tmp_path: Path) -> None:
     vm.launch()
     try:
         deadline = time.monotonic() + 30
-        with open(path, "rb") as f:
+        with open(path, "rb", buffering=0) as f:  # a buffered read would keep old bytes
             while True:  # the guest ran the program it found in the file and wrote to it
-                f.seek(0x1000)
-                if struct.unpack("<I", f.read(4))[0] == MARKER:
+                if struct.unpack("<I", os.pread(f.fileno(), 4, 0x1000))[0] == MARKER:
                     break
                 assert time.monotonic() < deadline, "the guest's store never reached the file"
                 time.sleep(0.1)
