@@ -8,7 +8,11 @@
  *
  * A block that the interpreter looked up JIT_HOT times is translated to x86-64 code in one
  * pass, into a code buffer that is writable only while code is written into it (W^X: the
- * pages are switched with mprotect around each translation and each chain patch).
+ * pages are switched with mprotect around each translation and each chain patch).  With
+ * thread=multi other harts run code in the buffer while one translates, so it stays writable
+ * and executable (QEMU's default); translating and patching then hold the engine's code lock,
+ * and a patched jump (and the page immediate of a cross-page chain) is aligned and stored in
+ * one piece.
  *
  * Register use inside translated code: rbx = the hart (its x[] array is at offset 0), r12 /
  * r13 = the current read / write soft TLB (fixed while translated code runs: the data TLB
