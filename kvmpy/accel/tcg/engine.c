@@ -24,6 +24,13 @@
  * and they chain among themselves, honouring the same limit, attention flag, TLB and code
  * invalidation as the interpreted blocks.  `-accel tcg,jit=off` interprets everything.
  *
+ * Threads.  With thread=single every hart runs on one thread, in turns.  With thread=multi
+ * (tcg_set_multithread) each hart runs tcg_run on a thread of its own: the code cache and the
+ * translations are shared under code_mu (taken off the hot paths only), forgetting all code
+ * waits for an exclusive section (mt_enter/mt_leave), AMOs and SC are host atomics, WFI sleeps
+ * in mt_halt_wait, and requests from other threads (timer compares, TLB flushes) are served
+ * by the hart's own thread in service().
+ *
  * Debugger support costs nothing while unused.  With breakpoints set, blocks end before each
  * breakpoint, are not chained, and a hart goes through service() before each block, which
  * compares pc with the breakpoints; a single step runs one-instruction blocks and ends once an
