@@ -456,6 +456,29 @@ static inline void code_unlock(tcg_engine *e)
 
 static inline uint64_t sext32(uint64_t v) { return (uint64_t)(int64_t)(int32_t)v; }
 
+/* A guest load or store of 1, 2, 4 or 8 aligned bytes of RAM: single-copy atomic, as RVWMO
+ * requires (with thread=multi a hart on another thread never sees half a store; memcpy may
+ * copy byte by byte on hosts without fast misaligned access).  A plain load or store. */
+static inline uint64_t ram_load(const void *p, unsigned size)
+{
+    switch (size) {
+    case 1: return __atomic_load_n((const uint8_t *)p, __ATOMIC_RELAXED);
+    case 2: return __atomic_load_n((const uint16_t *)p, __ATOMIC_RELAXED);
+    case 4: return __atomic_load_n((const uint32_t *)p, __ATOMIC_RELAXED);
+    default: return __atomic_load_n((const uint64_t *)p, __ATOMIC_RELAXED);
+    }
+}
+
+static inline void ram_store(void *p, unsigned size, uint64_t v)
+{
+    switch (size) {
+    case 1: __atomic_store_n((uint8_t *)p, (uint8_t)v, __ATOMIC_RELAXED); break;
+    case 2: __atomic_store_n((uint16_t *)p, (uint16_t)v, __ATOMIC_RELAXED); break;
+    case 4: __atomic_store_n((uint32_t *)p, (uint32_t)v, __ATOMIC_RELAXED); break;
+    default: __atomic_store_n((uint64_t *)p, v, __ATOMIC_RELAXED); break;
+    }
+}
+
 static int64_t host_ns(void)
 {
     struct timespec ts;
@@ -696,8 +719,9 @@ static int translate(hart *h, uint64_t va, int acc, int priv, uint64_t *pa, int 
     int64_t sva = (int64_t)(va << (64 - vabits)) >> (64 - vabits);
     if ((uint64_t)sva != va)
         return fault_cause(acc, 1);
-    uint64_t a = (h->satp & ((1ull << 44) - 1)) << 12;
     tcg_engine *e = h->e;
+walk:;
+    uint64_t a = (h->satp & ((1ull << 44) - 1)) << 12;
     for (int i = levels - 1; i >= 0; i--) {
         uint64_t pte_pa = a + ((va >> (12 + 9 * i)) & 0x1ff) * 8;
         uint64_t avail;
@@ -705,8 +729,7 @@ static int translate(hart *h, uint64_t va, int acc, int priv, uint64_t *pa, int 
         uint8_t *p = phys_host(e, pte_pa, &avail, &wr);
         if (!p || avail < 8 || !pmp_ok(h, pte_pa, 8, ACC_R, PRV_S))
             return fault_cause(acc, 0);
-        uint64_t pte;
-        memcpy(&pte, p, 8);
+        uint64_t pte = ram_load(p, 8);
         if (!(pte & PTE_V) || (!(pte & PTE_R) && (pte & PTE_W)) || (pte >> 54))
             return fault_cause(acc, 1);
         uint64_t ppn = (pte >> 10) & ((1ull << 44) - 1);
@@ -733,11 +756,16 @@ static int translate(hart *h, uint64_t va, int acc, int priv, uint64_t *pa, int 
         if ((pte & want) != want) {
             if (!wr || !pmp_ok(h, pte_pa, 8, ACC_W, PRV_S))
                 return fault_cause(acc, 0);
+            /* atomically, and only if the PTE is unchanged (another hart may be writing it):
+             * else walk again */
+            uint64_t old = pte;
+            if (!__atomic_compare_exchange_n((uint64_t *)(void *)p, &old, pte | want, 0,
+                                             __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+                goto walk;
             pte |= want;
-            memcpy(p, &pte, 8);
             if (h->e->dirty && pte_pa - h->e->ram_base < h->e->ram_size)
-                h->e->dirty[(pte_pa - h->e->ram_base) >> 18] |=
-                    1ull << (((pte_pa - h->e->ram_base) >> 12) & 63);
+                ATOMIC_OR(&h->e->dirty[(pte_pa - h->e->ram_base) >> 18],
+                          1ull << (((pte_pa - h->e->ram_base) >> 12) & 63));
         }
         uint64_t off_mask = (1ull << (12 + 9 * i)) - 1;
         *pa = ((ppn << 12) & ~off_mask) | (va & off_mask);
@@ -1679,22 +1707,10 @@ static int mem_slow(hart *h, uint64_t va, unsigned size, int acc, uint64_t *val,
         break_reservations(h, pa, size);
     }
     tlb_fill(h, acc, va, pa, level, priv);
-    if (acc == ACC_W) {
-        uint64_t v = *val;
-        switch (size) {
-        case 1: { uint8_t t = (uint8_t)v; memcpy(p, &t, 1); break; }
-        case 2: { uint16_t t = (uint16_t)v; memcpy(p, &t, 2); break; }
-        case 4: { uint32_t t = (uint32_t)v; memcpy(p, &t, 4); break; }
-        default: memcpy(p, &v, 8); break;
-        }
-    } else {
-        switch (size) {
-        case 1: { uint8_t t; memcpy(&t, p, 1); *val = t; break; }
-        case 2: { uint16_t t; memcpy(&t, p, 2); *val = t; break; }
-        case 4: { uint32_t t; memcpy(&t, p, 4); *val = t; break; }
-        default: memcpy(val, p, 8); break;
-        }
-    }
+    if (acc == ACC_W)
+        ram_store(p, size, *val);
+    else
+        *val = ram_load(p, size);
     return ST_OK;
 }
 
@@ -3576,8 +3592,7 @@ static int service(hart *h)
         uint64_t va = R1 + (uint64_t)o->imm;                                                  \
         const tlb_entry *t = &tlb_r[(va >> 12) & TLB_MASK];                            \
         if (likely(t->tag == (va & (PAGE_MASK | (size - 1))))) {                              \
-            T v;                                                                              \
-            memcpy(&v, (const void *)(uintptr_t)(va + t->addend), size);                      \
+            T v = (T)ram_load((const void *)(uintptr_t)(va + t->addend), size);               \
             RD = conv(v);                                                                     \
             NEXT();                                                                           \
         }                                                                                     \
@@ -3595,8 +3610,7 @@ static int service(hart *h)
         uint64_t va = R1 + (uint64_t)o->imm;                                                  \
         const tlb_entry *t = &tlb_w[(va >> 12) & TLB_MASK];                            \
         if (likely(t->tag == (va & (PAGE_MASK | (size - 1))))) {                              \
-            T v = (T)(value);                                                                 \
-            memcpy((void *)(uintptr_t)(va + t->addend), &v, size);                            \
+            ram_store((void *)(uintptr_t)(va + t->addend), size, (uint64_t)(T)(value));      \
             NEXT();                                                                           \
         }                                                                                     \
         uint64_t v = (value);                                                                 \
@@ -3792,7 +3806,7 @@ dispatch:
         SYNC_PC();
         const tlb_entry *t = &tlb_r[(va >> 12) & TLB_MASK];
         if (likely(t->tag == (va & (PAGE_MASK | (size - 1))))) {
-            memcpy(&v, (const void *)(uintptr_t)(va + t->addend), size);
+            v = ram_load((const void *)(uintptr_t)(va + t->addend), size);
         } else {
             st = mem_slow(h, va, size, ACC_R, &v, o, 0, 1);
             if (unlikely(st))
@@ -3809,7 +3823,7 @@ dispatch:
         uint64_t va = R1 + (uint64_t)o->imm, v = h->f[o->rs2];
         const tlb_entry *t = &tlb_w[(va >> 12) & TLB_MASK];
         if (likely(t->tag == (va & (PAGE_MASK | (size - 1))))) {
-            memcpy((void *)(uintptr_t)(va + t->addend), &v, size);
+            ram_store((void *)(uintptr_t)(va + t->addend), size, v);
             NEXT();
         }
         SYNC_PC();

@@ -471,9 +471,9 @@ static int jit_helper(hart *h, const op *o, uint32_t k)
                                   : &h->tlb_w_cur[(va >> 12) & TLB_MASK];
         if (likely(t->tag == (va & (PAGE_MASK | (size - 1))))) {
             if (load)
-                memcpy(&v, (const void *)(uintptr_t)(va + t->addend), size);
+                v = ram_load((const void *)(uintptr_t)(va + t->addend), size);
             else
-                memcpy((void *)(uintptr_t)(va + t->addend), &v, size);
+                ram_store((void *)(uintptr_t)(va + t->addend), size, v);
         } else {
             h->pc = o->pc;
             int st = mem_slow(h, va, size, load ? ACC_R : ACC_W, &v, o, 0, 1);
