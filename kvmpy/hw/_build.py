@@ -10,6 +10,7 @@ each header between its CDEF markers.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import sys
@@ -56,21 +57,12 @@ ffibuilder = make_builder(absolute_paths=False)
 
 def main() -> int:
     """Build in-tree: intermediates under build/hw, the module next to this file."""
-    import glob
-    import shutil
-
-    os.chdir(ROOT)
-    tmpdir = os.path.join(ROOT, "build", "hw")
-    built = make_builder(absolute_paths=True).compile(
-        tmpdir=tmpdir, verbose=bool(os.environ.get("KVMPY_BUILD_VERBOSE")))
-    target = os.path.join(HERE, os.path.basename(built))
-    for old in glob.glob(os.path.join(HERE, "_cdev.*.so")):
-        if old != target:
-            os.remove(old)
-    # a new file replaces the old one, so running processes keep their mapping intact
-    shutil.copy2(built, target + ".tmp")
-    os.replace(target + ".tmp", target)
-    return 0
+    tcg_build = os.path.join(os.path.dirname(HERE), "accel", "tcg", "_build.py")
+    spec = importlib.util.spec_from_file_location("_kvmpy_tcg_build", tcg_build)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return int(module.compile_in_tree(make_builder(absolute_paths=True), HERE, "hw"))
 
 
 if __name__ == "__main__":

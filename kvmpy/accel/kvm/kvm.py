@@ -242,26 +242,8 @@ class Vcpu(_Fd):
     def run(self) -> VcpuExit:
         """``KVM_RUN`` until the next exit; ``EINTR``/``EAGAIN`` (a signal or
         ``immediate_exit``) return :class:`IntrExit` and clear ``immediate_exit``."""
-        if self._ioctl(self.fd, 0xAE80, self._null) < 0:  # abi.KVM_RUN
-            err = ffi.errno
-            if err == errno.EINTR or err == errno.EAGAIN:
-                self.kvm_run.immediate_exit = 0
-                return self._intr_exit
-            raise KvmIoctlError("KVM_RUN", err)
-        reason, gpa, data, size, is_write = self._unpack_exit(self._view, 8)
-        if reason != 6:  # abi.KVM_EXIT_MMIO
-            return self.decode_exit(reason)
-        # The hot path, inlined: filled into the preallocated exit object.
-        out = self._mmio_exit
-        out.gpa = gpa
-        out.size = size
-        if is_write:
-            out.is_write = True
-            out.value = data & _DATA_MASKS[size]
-        else:
-            out.is_write = False
-            out.value = 0
-        return out
+        failed = self._ioctl(self.fd, 0xAE80, self._null) < 0  # abi.KVM_RUN
+        return self.finish_run(ffi.errno if failed else 0)
 
     @property
     def run_area(self) -> int:
@@ -276,7 +258,7 @@ class Vcpu(_Fd):
                 self.kvm_run.immediate_exit = 0
                 return self._intr_exit
             raise KvmIoctlError("KVM_RUN", err)
-        # run()'s decode, repeated rather than shared: a call more costs every exit
+        # The hot path, inlined: filled into the preallocated exit object.
         reason, gpa, data, size, is_write = self._unpack_exit(self._view, 8)
         if reason != 6:  # abi.KVM_EXIT_MMIO
             return self.decode_exit(reason)

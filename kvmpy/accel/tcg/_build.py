@@ -53,23 +53,29 @@ def make_builder(absolute_paths: bool) -> FFI:
 ffibuilder = make_builder(absolute_paths=False)
 
 
-def main() -> int:
-    """Build in-tree: intermediates under build/tcg, the module next to this file."""
+def compile_in_tree(builder: FFI, here: str, name: str) -> int:
+    """Build ``builder``'s module in-tree (every kvmpy cffi module's ``main``): intermediates
+    under build/``name``, the module next to its build script in ``here``."""
     import glob
     import shutil
 
     os.chdir(ROOT)
-    tmpdir = os.path.join(ROOT, "build", "tcg")
-    built = make_builder(absolute_paths=True).compile(tmpdir=tmpdir,
-                               verbose=bool(os.environ.get("KVMPY_BUILD_VERBOSE")))
-    target = os.path.join(HERE, os.path.basename(built))
-    for old in glob.glob(os.path.join(HERE, "_engine.*.so")):
+    built = builder.compile(tmpdir=os.path.join(ROOT, "build", name),
+                            verbose=bool(os.environ.get("KVMPY_BUILD_VERBOSE")))
+    target = os.path.join(here, os.path.basename(built))
+    stem = os.path.basename(built).split(".", 1)[0]
+    for old in glob.glob(os.path.join(here, stem + ".*.so")):
         if old != target:
             os.remove(old)
     # a new file replaces the old one, so running processes keep their mapping intact
     shutil.copy2(built, target + ".tmp")
     os.replace(target + ".tmp", target)
     return 0
+
+
+def main() -> int:
+    """Build in-tree: intermediates under build/tcg, the module next to this file."""
+    return compile_in_tree(make_builder(absolute_paths=True), HERE, "tcg")
 
 
 if __name__ == "__main__":

@@ -3444,6 +3444,16 @@ static void remote_flush(hart *h)
     code_unlock(e);
 }
 
+/* A TLB flush asked by another thread (tcg_flush_tlb), done before the request is cleared:
+ * its caller waits for that. */
+static void serve_tlb_flush(hart *h)
+{
+    if (__atomic_load_n(&h->tlb_flush_req, __ATOMIC_SEQ_CST)) {
+        remote_flush(h);
+        __atomic_store_n(&h->tlb_flush_req, 0u, __ATOMIC_SEQ_CST);
+    }
+}
+
 /* WFI with thread=multi: sleep (not counted as running) until an interrupt is pending and
  * enabled in mie (halted cleared) or a kick comes (still halted: tcg_run returns, and the
  * next tcg_run sleeps again). */
@@ -3460,10 +3470,7 @@ static void mt_halt_wait(hart *h)
         }
         if (__atomic_load_n(&h->kicked, __ATOMIC_SEQ_CST))
             return;
-        if (__atomic_load_n(&h->tlb_flush_req, __ATOMIC_SEQ_CST)) {
-            remote_flush(h);
-            __atomic_store_n(&h->tlb_flush_req, 0u, __ATOMIC_SEQ_CST);
-        }
+        serve_tlb_flush(h);
         uint64_t d = next_timer_deadline(h);
         mt_leave(h);
         pthread_mutex_lock(&h->sleep_mu);
@@ -3494,10 +3501,7 @@ static void mt_service(hart *h)
         mt_leave(h);
         mt_enter(h);
     }
-    if (__atomic_load_n(&h->tlb_flush_req, __ATOMIC_SEQ_CST)) {
-        remote_flush(h);
-        __atomic_store_n(&h->tlb_flush_req, 0u, __ATOMIC_SEQ_CST);
-    }
+    serve_tlb_flush(h);
     if (__atomic_exchange_n(&h->timer_req, 0u, __ATOMIC_SEQ_CST)) {
         update_timer_bits(h);
         schedule_timer_check(h);
